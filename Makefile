@@ -1,0 +1,41 @@
+# ctxrec — developer entry points. Each target installs what it needs into .venv.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+PIP    := $(BIN)/pip --disable-pip-version-check -q
+
+# Real datasets live outside the project (never committed); point loaders at them.
+SHARED_DATA := $(abspath ../shared/data)
+ifneq ($(wildcard $(SHARED_DATA)),)
+export CTXREC_DATA_DIR ?= $(SHARED_DATA)
+endif
+
+.PHONY: all test demo bench bench-quick install clean
+
+all: test
+
+# Build tools first, then the package (editable, C++ core compiled by scikit-build-core).
+$(VENV)/.installed: pyproject.toml CMakeLists.txt $(wildcard csrc/*)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install "scikit-build-core>=0.10" "pybind11>=2.12" ninja cmake
+	$(PIP) install --no-build-isolation -e ".[dev,bench]"
+	touch $@
+
+install: $(VENV)/.installed
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q tests
+
+demo: $(VENV)/.installed
+	$(PY) -m ctxrec.demo
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/run.py
+
+bench-quick: $(VENV)/.installed
+	$(PY) benchmarks/run.py --quick
+
+clean:
+	rm -rf build $(VENV) .pytest_cache

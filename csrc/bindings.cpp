@@ -1,0 +1,214 @@
+// Thin pybind11 layer over rescore.cpp: numpy buffers in and out without copies,
+// dtype/shape/contiguity validated with errors that name the argument, the GIL
+// released around all work.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cmath>
+#include <string>
+
+#include "rescore.hpp"
+
+namespace py = pybind11;
+using ctxrec::Csr;
+using ctxrec::ScoreSpec;
+using ctxrec::TopKOut;
+
+namespace {
+
+std::string shape_str(const py::array& a) {
+    std::string s = "(";
+    for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+    return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
+
+// Returns the buffer of a C-contiguous array of dtype T with the given ndim; never copies.
+template <class T>
+const T* view(const py::handle& obj, const char* name, int ndim, const char* want) {
+    if (!py::isinstance<py::array>(obj))
+        throw py::type_error(std::string(name) + " must be a numpy array of " + want + ", got " +
+                             py::str(py::type::of(obj)).cast<std::string>());
+    py::array a = py::reinterpret_borrow<py::array>(obj);
+    if (!a.dtype().is(py::dtype::of<T>()))
+        throw py::value_error(std::string(name) + " must have dtype " + want + ", got " + dtype_str(a) +
+                              " (convert it once, e.g. np.ascontiguousarray(x, dtype=np." + want + "))");
+    if (a.ndim() != ndim)
+        throw py::value_error(std::string(name) + " must be " + std::to_string(ndim) + "-D, got shape " +
+                              shape_str(a));
+    if (!(a.flags() & py::array::c_style))
+        throw py::value_error(std::string(name) + " must be C-contiguous (np.ascontiguousarray)");
+    return static_cast<const T*>(a.data());
+}
+
+int64_t dim(const py::handle& obj, int axis) { return py::reinterpret_borrow<py::array>(obj).shape(axis); }
+
+void expect(bool ok, const std::string& msg) {
+    if (!ok) throw py::value_error(msg);
+}
+
+void check_finite(const float* p, int64_t rows, int64_t cols, const char* name) {
+    for (int64_t i = 0; i < rows * cols; ++i)
+        if (!std::isfinite(p[i]))
+            throw py::value_error(std::string(name) + " holds NaN or inf at row " + std::to_string(i / cols) +
+                                  ", column " + std::to_string(i % cols));
+}
+
+struct Inputs {
+    ScoreSpec spec;
+    Csr exclude, allow;
+    int64_t b = 0;
+};
+
+Csr csr_arg(const py::object& indptr, const py::object& indices, int64_t b, const char* name) {
+    Csr c;
+    const std::string ip = std::string(name) + "_indptr", ix = std::string(name) + "_indices";
+    if (indptr.is_none() && indices.is_none()) return c;
+    expect(!indptr.is_none() && !indices.is_none(), ip + " and " + ix + " must be given together");
+    c.indptr = view<int64_t>(indptr, ip.c_str(), 1, "int64");
+    c.indices = view<int64_t>(indices, ix.c_str(), 1, "int64");
+    const int64_t rows = dim(indptr, 0) - 1;
+    expect(rows == b || rows == 1, ip + " must have length b + 1 = " + std::to_string(b + 1) +
+                                       " (one list per query) or 2 (one list for all), got " +
+                                       std::to_string(rows + 1));
+    expect(c.indptr[0] == 0, ip + "[0] must be 0, got " + std::to_string(c.indptr[0]));
+    for (int64_t r = 0; r < rows; ++r)
+        expect(c.indptr[r] <= c.indptr[r + 1], ip + " must be non-decreasing (row " + std::to_string(r) + ")");
+    expect(c.indptr[rows] == dim(indices, 0), ip + "[-1] = " + std::to_string(c.indptr[rows]) +
+                                                  " must equal len(" + ix + ") = " + std::to_string(dim(indices, 0)));
+    c.rows = rows;
+    return c;
+}
+
+Inputs parse(const py::object& queries, const py::object& item_vecs, const py::object& item_bias,
+             const py::object& text_queries, const py::object& item_text, float text_weight,
+             const py::object& tri_queries, const py::object& item_tri, float tri_weight,
+             const py::object& exclude_indptr, const py::object& exclude_indices, const py::object& allow_indptr,
+             const py::object& allow_indices) {
+    Inputs in;
+    ScoreSpec& sp = in.spec;
+    sp.items = view<float>(item_vecs, "item_vecs", 2, "float32");
+    sp.queries = view<float>(queries, "queries", 2, "float32");
+    sp.n_items = dim(item_vecs, 0);
+    sp.k = dim(item_vecs, 1);
+    in.b = dim(queries, 0);
+    expect(dim(queries, 1) == sp.k, "queries has " + std::to_string(dim(queries, 1)) +
+                                        " columns but item_vecs has " + std::to_string(sp.k));
+    check_finite(sp.queries, in.b, sp.k, "queries");
+    if (!item_bias.is_none()) {
+        sp.bias = view<float>(item_bias, "item_bias", 1, "float32");
+        expect(dim(item_bias, 0) == sp.n_items, "item_bias has length " + std::to_string(dim(item_bias, 0)) +
+                                                    ", expected n_items = " + std::to_string(sp.n_items));
+    }
+    auto extra = [&](const py::object& qs, const py::object& table, const char* qname, const char* tname,
+                     const float*& qp, const float*& tp, int64_t& width) {
+        if (qs.is_none() && table.is_none()) return;
+        expect(!qs.is_none() && !table.is_none(), std::string(qname) + " and " + tname + " must be given together");
+        tp = view<float>(table, tname, 2, "float32");
+        qp = view<float>(qs, qname, 2, "float32");
+        width = dim(table, 1);
+        expect(dim(table, 0) == sp.n_items, std::string(tname) + " has " + std::to_string(dim(table, 0)) +
+                                                " rows, expected n_items = " + std::to_string(sp.n_items));
+        expect(dim(qs, 0) == in.b && dim(qs, 1) == width,
+               std::string(qname) + " must have shape (" + std::to_string(in.b) + ", " + std::to_string(width) +
+                   "), got " + shape_str(py::reinterpret_borrow<py::array>(qs)));
+        check_finite(qp, in.b, width, qname);
+    };
+    extra(text_queries, item_text, "text_queries", "item_text", sp.text_q, sp.item_text, sp.d);
+    extra(tri_queries, item_tri, "tri_queries", "item_tri", sp.tri_q, sp.item_tri, sp.t);
+    expect(std::isfinite(text_weight), "text_weight must be finite, got " + std::to_string(text_weight));
+    expect(std::isfinite(tri_weight), "tri_weight must be finite, got " + std::to_string(tri_weight));
+    sp.w_text = text_weight;
+    sp.w_tri = tri_weight;
+    in.exclude = csr_arg(exclude_indptr, exclude_indices, in.b, "exclude");
+    in.allow = csr_arg(allow_indptr, allow_indices, in.b, "allow");
+    return in;
+}
+
+template <class Run>
+py::tuple run_topk(const Inputs& in, int64_t k, int num_threads, Run&& run) {
+    expect(k >= 0, "k must be >= 0, got " + std::to_string(k));
+    const int nt = ctxrec::resolve_threads(num_threads);  // validates before any work
+    py::array_t<int64_t> ids({in.b, k});
+    py::array_t<float> scores({in.b, k});
+    TopKOut out{ids.mutable_data(), scores.mutable_data(), k};
+    {
+        py::gil_scoped_release release;
+        run(out, nt);
+    }
+    return py::make_tuple(ids, scores);
+}
+
+const char* kScoreDoc = R"(
+    Score s(q, i) = queries[q] . item_vecs[i] + item_bias[i]
+                  + text_weight * text_queries[q] . item_text[i]
+                  + tri_weight  * tri_queries[q]  . item_tri[i]
+
+    All float arrays must be float32 and all index arrays int64, C-contiguous; nothing
+    is copied or converted (a wrong dtype raises ValueError naming the argument).
+    exclude_* / allow_* are CSR lists of item indices: indptr of length b + 1 (one list
+    per query) or 2 (one list for every query). Excluded items never appear; with an
+    allow list only listed items can appear. Results are sorted by score descending,
+    ties by smaller item index; each item appears at most once; rows with fewer than k
+    eligible items are padded with id -1 and score -inf. Non-finite inputs raise
+    ValueError. num_threads: worker threads (0 = all cores). The GIL is released.
+
+    Returns (ids int64 [b, k], scores float32 [b, k]).
+)";
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "ctxrec compiled core: exact candidate rescoring and full-catalog top-K selection";
+
+    m.def(
+        "rescore",
+        [](py::object queries, py::object item_vecs, py::object item_bias, py::object candidates, int64_t k,
+           py::object text_queries, py::object item_text, float text_weight, py::object tri_queries,
+           py::object item_tri, float tri_weight, py::object exclude_indptr, py::object exclude_indices,
+           py::object allow_indptr, py::object allow_indices, int num_threads) {
+            Inputs in = parse(queries, item_vecs, item_bias, text_queries, item_text, text_weight, tri_queries,
+                              item_tri, tri_weight, exclude_indptr, exclude_indices, allow_indptr, allow_indices);
+            const int64_t* cand = view<int64_t>(candidates, "candidates", 2, "int64");
+            expect(dim(candidates, 0) == in.b, "candidates has " + std::to_string(dim(candidates, 0)) +
+                                                   " rows but queries has " + std::to_string(in.b));
+            const int64_t c = dim(candidates, 1);
+            return run_topk(in, k, num_threads, [&](TopKOut out, int nt) {
+                ctxrec::rescore(in.spec, in.b, cand, c, in.exclude, in.allow, out, nt);
+            });
+        },
+        (std::string("Exact rescoring of candidate item indices [b, c] (-1 = padding) and top-k selection.\n") +
+         kScoreDoc)
+            .c_str(),
+        py::arg("queries"), py::arg("item_vecs"), py::arg("item_bias"), py::arg("candidates"), py::arg("k"),
+        py::kw_only(), py::arg("text_queries") = py::none(), py::arg("item_text") = py::none(),
+        py::arg("text_weight") = 1.0f, py::arg("tri_queries") = py::none(), py::arg("item_tri") = py::none(),
+        py::arg("tri_weight") = 1.0f, py::arg("exclude_indptr") = py::none(),
+        py::arg("exclude_indices") = py::none(), py::arg("allow_indptr") = py::none(),
+        py::arg("allow_indices") = py::none(), py::arg("num_threads") = 1);
+
+    m.def(
+        "topk_full",
+        [](py::object queries, py::object item_vecs, py::object item_bias, int64_t k, py::object text_queries,
+           py::object item_text, float text_weight, py::object tri_queries, py::object item_tri, float tri_weight,
+           py::object exclude_indptr, py::object exclude_indices, py::object allow_indptr,
+           py::object allow_indices, int num_threads) {
+            Inputs in = parse(queries, item_vecs, item_bias, text_queries, item_text, text_weight, tri_queries,
+                              item_tri, tri_weight, exclude_indptr, exclude_indices, allow_indptr, allow_indices);
+            return run_topk(in, k, num_threads, [&](TopKOut out, int nt) {
+                ctxrec::topk_full(in.spec, in.b, in.exclude, in.allow, out, nt);
+            });
+        },
+        (std::string("Exact top-k over the whole catalog (blocked scoring + partial selection).\n") + kScoreDoc)
+            .c_str(),
+        py::arg("queries"), py::arg("item_vecs"), py::arg("item_bias"), py::arg("k"), py::kw_only(),
+        py::arg("text_queries") = py::none(), py::arg("item_text") = py::none(), py::arg("text_weight") = 1.0f,
+        py::arg("tri_queries") = py::none(), py::arg("item_tri") = py::none(), py::arg("tri_weight") = 1.0f,
+        py::arg("exclude_indptr") = py::none(), py::arg("exclude_indices") = py::none(),
+        py::arg("allow_indptr") = py::none(), py::arg("allow_indices") = py::none(),
+        py::arg("num_threads") = 1);
+
+    m.def("resolve_threads", &ctxrec::resolve_threads, py::arg("num_threads"),
+          "Worker threads that num_threads resolves to (0 = all cores).");
+}

@@ -1,0 +1,9 @@
+"""ctxrec: a context-aware recommendation engine with an LLM text encoder and a compiled core."""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from ctxrec._io import CorruptArtifactError
+from ctxrec.engine import Engine
+
+__all__ = ["Engine", "CorruptArtifactError", "__version__"]
