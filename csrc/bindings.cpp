@@ -31,7 +31,7 @@ const T* view(const py::handle& obj, const char* name, int ndim, const char* wan
         throw py::type_error(std::string(name) + " must be a numpy array of " + want + ", got " +
                              py::str(py::type::of(obj)).cast<std::string>());
     py::array a = py::reinterpret_borrow<py::array>(obj);
-    if (!a.dtype().is(py::dtype::of<T>()))
+    if (!a.dtype().equal(py::dtype::of<T>()))
         throw py::value_error(std::string(name) + " must have dtype " + want + ", got " + dtype_str(a) +
                               " (convert it once, e.g. np.ascontiguousarray(x, dtype=np." + want + "))");
     if (a.ndim() != ndim)

@@ -46,8 +46,7 @@ public:
             std::push_heap(h_.begin(), h_.end(), better);
         }
     }
-    // Would an entry with this score (and any id >= id) enter the heap?
-    inline bool full() const { return static_cast<int64_t>(h_.size()) == K_; }
+    inline bool full() const { return K_ > 0 && static_cast<int64_t>(h_.size()) == K_; }
     inline float worst() const { return h_.front().s; }
     std::vector<Entry>& entries() { return h_; }
     void write(int64_t* ids, float* scores) {
@@ -245,6 +244,7 @@ void topk_full(const ScoreSpec& sp, int64_t b, const Csr& exclude, const Csr& al
     const SortedLists excl = prepare(exclude, sp.n_items, "exclude");
     const SortedLists allw = prepare(allow, sp.n_items, "allow");
     const int64_t n = sp.n_items;
+    if (b == 0) return;
     constexpr int64_t G = 8;       // queries sharing one pass over an item block
     constexpr int64_t BLOCK = 256;  // items per block
     const int64_t n_groups = (b + G - 1) / G;
