@@ -1,0 +1,630 @@
+"""Context features: one declared spec for training rows and live requests.
+
+A :class:`ContextSpec` lists the context fields of a recommender:
+
+* :class:`TimeField` — a timestamp bucketed into parts (hour, daypart, weekday, weekend,
+  month, season) in a stated timezone;
+* :class:`CategoricalField` — values from a vocabulary learned by :meth:`ContextSpec.fit`;
+* :class:`NumericField` — a number bucketed by quantile edges learned at fit (or given);
+* :class:`TextField` — free text, handed to a text encoder (``encode(texts) -> float32
+  [n, d]``) only when one is given, so a purely categorical context costs no encoding.
+
+``spec.fit(training rows)`` then ``spec.transform(rows)`` where rows are a
+:class:`~ctxrec.data.Dataset`, a pandas DataFrame, a pyarrow Table, a list of dicts or
+one dict (a live request such as ``{"time": "2024-05-01T18:30", "device": "mobile",
+"query": "something light"}``). Every input shape goes through the same code, so a
+training row and the equivalent request give identical features.
+
+Every categorical output *slot* (one per categorical/numeric field, one per time part)
+has index 0 reserved for **unknown**: a missing value, or a value not seen in training.
+Invalid values (a timestamp that does not parse, a non-numeric string for a numeric
+field, a dict/list for a categorical field) raise :class:`ContextError` naming the field
+and the value.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Mapping, Protocol, Sequence, Union
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "ContextError",
+    "TimeField",
+    "CategoricalField",
+    "NumericField",
+    "TextField",
+    "ContextSpec",
+    "ContextFeatures",
+    "TextEncoder",
+    "TIME_PARTS",
+    "UNKNOWN",
+]
+
+UNKNOWN = "<unknown>"
+
+_WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+_MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august", "september",
+           "october", "november", "december")
+_DAYPART_OF_HOUR = (["night"] * 5 + ["morning"] * 7 + ["afternoon"] * 5 + ["evening"] * 5 + ["night"] * 2)
+_SEASON_OF_MONTH = ("winter", "winter", "spring", "spring", "spring", "summer", "summer", "summer",
+                    "autumn", "autumn", "autumn", "winter")
+
+#: The parts a TimeField can produce and their fixed vocabularies (index 0 = unknown is added).
+TIME_PARTS: dict[str, tuple[str, ...]] = {
+    "hour": tuple(str(h) for h in range(24)),
+    "daypart": ("night", "morning", "afternoon", "evening"),  # [22,5) [5,12) [12,17) [17,22)
+    "weekday": _WEEKDAYS,
+    "weekend": ("workday", "weekend"),
+    "month": _MONTHS,
+    "season": ("winter", "spring", "summer", "autumn"),  # meteorological, northern hemisphere
+}
+
+
+class ContextError(ValueError):
+    """An invalid context value or a malformed spec; the message names the field and value."""
+
+
+class TextEncoder(Protocol):
+    """What :meth:`ContextSpec.transform` needs from a text encoder."""
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:  # float32 [n, d]
+        ...
+
+
+# --------------------------------------------------------------------------------------
+# Field declarations
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TimeField:
+    """A timestamp, bucketed into ``parts`` in timezone ``tz``.
+
+    Accepted values: unix seconds (int/float, UTC instants), ISO-8601 strings, ``datetime``,
+    ``pandas.Timestamp``, ``numpy.datetime64``. Values with an offset/timezone are
+    converted to ``tz``; naive ones are read as wall-clock time in ``tz``. Missing
+    (None/NaN/"") → every part unknown.
+
+    Output slots are named ``"{name}.{part}"``.
+    """
+
+    name: str
+    column: str | None = None
+    parts: tuple[str, ...] = ("hour", "daypart", "weekday", "weekend", "month", "season")
+    tz: str = "UTC"
+    kind: str = field(default="time", init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "parts", tuple(self.parts))
+        for p in self.parts:
+            if p not in TIME_PARTS:
+                raise ContextError(f"field {self.name!r}: unknown time part {p!r} (choose from {list(TIME_PARTS)})")
+        try:
+            pd.Timestamp(0, unit="s", tz=self.tz)
+        except Exception as e:
+            raise ContextError(f"field {self.name!r}: unknown timezone {self.tz!r} ({e})") from None
+
+
+@dataclass(frozen=True)
+class CategoricalField:
+    """A categorical value; vocabulary learned at fit (values seen ``min_count`` times or more,
+    at most ``max_values`` of them, most frequent first). Values are compared as canonical
+    strings: ``3``, ``3.0`` and ``"3"`` are the same value; ``"unknown"`` is an ordinary value."""
+
+    name: str
+    column: str | None = None
+    min_count: int = 1
+    max_values: int | None = None
+    kind: str = field(default="categorical", init=False)
+
+
+@dataclass(frozen=True)
+class NumericField:
+    """A number, bucketed: ``bins`` quantile buckets learned at fit, or explicit ascending
+    ``edges`` (bucket ``b`` holds ``edges[b-1] <= x < edges[b]``; values below the first
+    edge go to the first bucket, at or above the last edge to the last)."""
+
+    name: str
+    column: str | None = None
+    bins: int = 10
+    edges: tuple[float, ...] | None = None
+    kind: str = field(default="numeric", init=False)
+
+    def __post_init__(self) -> None:
+        if self.edges is not None:
+            e = tuple(float(x) for x in self.edges)
+            if any(b <= a for a, b in zip(e, e[1:])) or not all(math.isfinite(x) for x in e):
+                raise ContextError(f"field {self.name!r}: edges must be finite and strictly increasing, got {e}")
+            object.__setattr__(self, "edges", e)
+        elif self.bins < 1:
+            raise ContextError(f"field {self.name!r}: bins must be >= 1, got {self.bins}")
+
+
+@dataclass(frozen=True)
+class TextField:
+    """Free text (a search query, an answer); "" when missing. Encoded only with an encoder."""
+
+    name: str
+    column: str | None = None
+    kind: str = field(default="text", init=False)
+
+
+Field = Union[TimeField, CategoricalField, NumericField, TextField]
+_KINDS = {"time": TimeField, "categorical": CategoricalField, "numeric": NumericField, "text": TextField}
+
+
+def _col(f: Field) -> str:
+    return f.column or f.name
+
+
+# --------------------------------------------------------------------------------------
+# Transformed features
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class ContextFeatures:
+    """The features of ``n`` rows.
+
+    Attributes:
+        slots: names of the categorical slots, in column order of ``indices``.
+        indices: int32 [n, n_slots], per-slot local index; 0 = unknown.
+        offsets: int64 [n_slots], start of each slot in the spec's global feature space
+            (``global_indices() = indices + offsets``, total size ``ContextSpec.n_features``).
+        texts: free-text field name -> list[str] of length n ("" when missing).
+        text_vectors: free-text field name -> float32 [n, d]; filled only when an encoder
+            was given (rows with empty text are zero vectors).
+    """
+
+    slots: list[str]
+    indices: np.ndarray
+    offsets: np.ndarray
+    texts: dict[str, list[str]]
+    text_vectors: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.indices.shape[0])
+
+    def global_indices(self) -> np.ndarray:
+        """int64 [n, n_slots]: indices shifted into one global feature space."""
+        return self.indices.astype(np.int64) + self.offsets[None, :]
+
+    def slot(self, name: str) -> np.ndarray:
+        """int32 [n]: the local indices of one slot."""
+        try:
+            return self.indices[:, self.slots.index(name)]
+        except ValueError:
+            raise KeyError(f"no context slot {name!r} (slots: {self.slots})") from None
+
+    def __getitem__(self, rows: Any) -> "ContextFeatures":
+        rows = np.atleast_1d(np.arange(len(self))[rows])
+        return ContextFeatures(self.slots, self.indices[rows], self.offsets,
+                               {k: [v[r] for r in rows] for k, v in self.texts.items()},
+                               {k: v[rows] for k, v in self.text_vectors.items()})
+
+
+# --------------------------------------------------------------------------------------
+# Value normalisation (shared by every input shape)
+# --------------------------------------------------------------------------------------
+
+
+def _is_missing(v: Any) -> bool:
+    if v is None or v is pd.NA or v is pd.NaT:
+        return True
+    if isinstance(v, (float, np.floating)) and math.isnan(v):
+        return True
+    if isinstance(v, str) and v == "":
+        return True
+    if isinstance(v, np.datetime64) and np.isnat(v):
+        return True
+    return False
+
+
+def _cat_str(name: str, v: Any) -> str | None:
+    """Canonical string of a categorical value (None when missing)."""
+    if _is_missing(v):
+        return None
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, str):
+        return v
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise ContextError(f"field {name!r}: invalid categorical value {v!r}")
+        return str(int(v)) if v.is_integer() else repr(v)
+    raise ContextError(f"field {name!r}: invalid categorical value {v!r} (type {type(v).__name__}); "
+                       "expected a string or a number")
+
+
+def _num(name: str, v: Any) -> float:
+    """A numeric value as float (NaN when missing)."""
+    if _is_missing(v):
+        return math.nan
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        raise ContextError(f"field {name!r}: invalid numeric value {v!r} (type {type(v).__name__})")
+    try:
+        x = float(v)
+    except ValueError:
+        raise ContextError(f"field {name!r}: invalid numeric value {v!r}") from None
+    if math.isinf(x):
+        raise ContextError(f"field {name!r}: invalid numeric value {v!r} (infinite)")
+    return x
+
+
+def _text(name: str, v: Any) -> str:
+    if _is_missing(v):
+        return ""
+    if isinstance(v, np.str_):
+        v = str(v)
+    if not isinstance(v, str):
+        raise ContextError(f"field {name!r}: free text must be a string, got {v!r} (type {type(v).__name__})")
+    return v
+
+
+def _time_utc_ns(f: TimeField, v: Any) -> int | None:
+    """A timestamp value as UTC nanoseconds (None when missing)."""
+    if _is_missing(v):
+        return None
+    if isinstance(v, np.generic) and not isinstance(v, np.datetime64):
+        v = v.item()
+    try:
+        if isinstance(v, bool):
+            raise TypeError("bool")
+        if isinstance(v, (int, float)):
+            if not math.isfinite(v):
+                raise ValueError("not finite")
+            ts = pd.Timestamp(int(round(v * 1e9)), unit="ns", tz="UTC")
+        elif isinstance(v, (str, _dt.datetime, _dt.date, pd.Timestamp, np.datetime64)):
+            ts = pd.Timestamp(v)
+            if ts is pd.NaT:
+                return None
+            ts = ts.tz_localize(f.tz) if ts.tzinfo is None else ts.tz_convert("UTC")
+        else:
+            raise TypeError(type(v).__name__)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise ContextError(f"field {f.name!r}: invalid timestamp {v!r} ({e})") from None
+    return int(ts.tz_convert("UTC").value)
+
+
+def _per_unique(values: np.ndarray, fn: Any) -> np.ndarray:
+    """Object array ``[fn(v) for v in values]``, calling ``fn`` once per distinct hashable value."""
+    n = len(values)
+    try:
+        codes, uniq = pd.factorize(values, use_na_sentinel=False)
+    except TypeError:  # unhashable values (dicts, lists): go one by one
+        out = np.empty(n, dtype=object)
+        out[:] = [fn(v) for v in values]
+        return out
+    mapped = np.empty(len(uniq), dtype=object)
+    mapped[:] = [fn(u) for u in uniq]
+    return mapped[codes] if n else np.empty(0, dtype=object)
+
+
+# --------------------------------------------------------------------------------------
+# The spec
+# --------------------------------------------------------------------------------------
+
+
+class ContextSpec:
+    """The declared context fields; fit on training rows, transform rows and requests.
+
+    Build with field objects, names, or both::
+
+        spec = ContextSpec(time=["timestamp"], categorical=["device", "weather"],
+                           numeric=[NumericField("temperature", bins=5)], text=["query"],
+                           tz="Europe/Paris")
+        spec.fit(train)                       # Dataset / DataFrame / list of dicts
+        feats = spec.transform(train)         # ContextFeatures
+        req = spec.transform({"timestamp": "2024-05-01T18:30", "device": "mobile",
+                              "query": "something light"}, encoder=enc)
+
+    Attributes (after fit):
+        slots: list of categorical slot names (time parts expand to ``"{name}.{part}"``).
+        vocabularies: slot -> tuple of value strings; value ``j`` has local index ``j + 1``
+            (0 = unknown).
+        cardinalities: slot -> number of local indices including unknown.
+        offsets: int64 [n_slots], start of each slot in the global feature space.
+        n_features: total size of the global feature space.
+        text_fields: names of free-text fields.
+    """
+
+    def __init__(self, fields: Sequence[Field] = (), *, time: Sequence[str | TimeField] = (),
+                 categorical: Sequence[str | CategoricalField] = (), numeric: Sequence[str | NumericField] = (),
+                 text: Sequence[str | TextField] = (), tz: str = "UTC") -> None:
+        fl: list[Field] = list(fields)
+        fl += [TimeField(x, tz=tz) if isinstance(x, str) else x for x in time]
+        fl += [CategoricalField(x) if isinstance(x, str) else x for x in categorical]
+        fl += [NumericField(x) if isinstance(x, str) else x for x in numeric]
+        fl += [TextField(x) if isinstance(x, str) else x for x in text]
+        names = [f.name for f in fl]
+        for f in fl:
+            if not isinstance(f, (TimeField, CategoricalField, NumericField, TextField)):
+                raise ContextError(f"not a context field declaration: {f!r}")
+            if names.count(f.name) > 1:
+                raise ContextError(f"field {f.name!r} is declared twice")
+        self.fields: list[Field] = fl
+        self._vocab: dict[str, tuple[str, ...]] = {}
+        self._edges: dict[str, tuple[float, ...]] = {}
+        self._fitted = False
+        for f in fl:  # parts of time fields and explicit numeric edges are fixed up front
+            if isinstance(f, TimeField):
+                for p in f.parts:
+                    self._vocab[f"{f.name}.{p}"] = TIME_PARTS[p]
+            if isinstance(f, NumericField) and f.edges is not None:
+                self._edges[f.name] = f.edges
+                self._vocab[f.name] = _bucket_names(f.edges)
+
+    # ---- description ------------------------------------------------------------------
+    @property
+    def slots(self) -> list[str]:
+        out: list[str] = []
+        for f in self.fields:
+            if isinstance(f, TimeField):
+                out += [f"{f.name}.{p}" for p in f.parts]
+            elif not isinstance(f, TextField):
+                out.append(f.name)
+        return out
+
+    @property
+    def text_fields(self) -> list[str]:
+        return [f.name for f in self.fields if isinstance(f, TextField)]
+
+    @property
+    def columns(self) -> list[str]:
+        """The input columns / request keys the spec reads."""
+        return [_col(f) for f in self.fields]
+
+    @property
+    def vocabularies(self) -> dict[str, tuple[str, ...]]:
+        self._check_fitted()
+        return {s: self._vocab[s] for s in self.slots}
+
+    @property
+    def cardinalities(self) -> dict[str, int]:
+        self._check_fitted()
+        return {s: len(self._vocab[s]) + 1 for s in self.slots}
+
+    @property
+    def offsets(self) -> np.ndarray:
+        card = list(self.cardinalities.values())
+        return np.concatenate([[0], np.cumsum(card)[:-1]]).astype(np.int64) if card else np.zeros(0, np.int64)
+
+    @property
+    def n_features(self) -> int:
+        return int(sum(self.cardinalities.values()))
+
+    @property
+    def is_fitted(self) -> bool:
+        return self._fitted or all(s in self._vocab for s in self.slots)
+
+    def _check_fitted(self) -> None:
+        if not self.is_fitted:
+            missing = [s for s in self.slots if s not in self._vocab]
+            raise ContextError(f"ContextSpec is not fitted (no vocabulary for {missing}); call fit(rows) first")
+
+    def __repr__(self) -> str:
+        return f"ContextSpec({[f'{f.kind}:{f.name}' for f in self.fields]}, fitted={self.is_fitted})"
+
+    # ---- input shapes -------------------------------------------------------------------
+    def _columns_of(self, rows: Any, strict_columns: bool) -> tuple[int, dict[str, np.ndarray]]:
+        """Number of rows and, per declared field, an array of the raw values."""
+        from ctxrec.data import Dataset  # local: data imports nothing from here
+
+        if isinstance(rows, Dataset):
+            rows = rows.context_frame()
+        try:
+            import pyarrow as pa
+            if isinstance(rows, pa.Table):
+                rows = rows.to_pandas()
+        except ImportError:  # pragma: no cover
+            pass
+        if isinstance(rows, Mapping):
+            rows = [rows]
+        if isinstance(rows, pd.DataFrame):
+            n = len(rows)
+            out = {}
+            for f in self.fields:
+                c = _col(f)
+                if c in rows.columns:
+                    out[f.name] = rows[c].to_numpy()
+                elif strict_columns:
+                    raise ContextError(f"field {f.name!r}: column {c!r} not in the rows (columns: {list(rows.columns)})")
+                else:
+                    out[f.name] = np.full(n, None, dtype=object)
+            return n, out
+        if isinstance(rows, (list, tuple)):
+            for r, row in enumerate(rows):
+                if not isinstance(row, Mapping):
+                    raise ContextError(f"row {r}: expected a dict of context values, got {type(row).__name__}")
+            n = len(rows)
+            out = {}
+            for f in self.fields:
+                a = np.empty(n, dtype=object)
+                a[:] = [row.get(_col(f)) for row in rows]
+                out[f.name] = a
+            return n, out
+        raise ContextError(f"cannot read context rows from {type(rows).__name__}: give a Dataset, a DataFrame, "
+                           "a pyarrow Table, a list of dicts or one dict")
+
+    # ---- fit / transform ----------------------------------------------------------------
+    def fit(self, rows: Any) -> "ContextSpec":
+        """Learn categorical vocabularies and numeric quantile edges from training rows."""
+        n, cols = self._columns_of(rows, strict_columns=True)
+        for f in self.fields:
+            vals = cols[f.name]
+            if isinstance(f, CategoricalField):
+                s = pd.Series(_per_unique(vals, lambda v, _n=f.name: _cat_str(_n, v)), dtype=object).dropna()
+                counts = s.value_counts(sort=False)
+                counts = counts[counts >= f.min_count]
+                order = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+                if f.max_values is not None:
+                    order = order[:f.max_values]
+                self._vocab[f.name] = tuple(sorted(k for k, _ in order))
+            elif isinstance(f, NumericField) and f.edges is None:
+                x = np.asarray(_per_unique(vals, lambda v, _n=f.name: _num(_n, v)), dtype=np.float64)
+                x = x[~np.isnan(x)]
+                if len(x) == 0:
+                    raise ContextError(f"field {f.name!r}: no numeric values to learn bucket edges from")
+                qs = np.quantile(x, np.linspace(0, 1, f.bins + 1)[1:-1]) if f.bins > 1 else np.zeros(0)
+                edges = tuple(float(e) for e in np.unique(qs))
+                self._edges[f.name] = edges
+                self._vocab[f.name] = _bucket_names(edges)
+        self._fitted = True
+        return self
+
+    def fit_transform(self, rows: Any, encoder: TextEncoder | None = None) -> ContextFeatures:
+        return self.fit(rows).transform(rows, encoder=encoder)
+
+    def transform(self, rows: Any, encoder: TextEncoder | None = None, *,
+                  strict_columns: bool = False) -> ContextFeatures:
+        """Features of ``rows`` (Dataset, DataFrame, pyarrow Table, list of dicts, or one dict).
+
+        A column/key a field reads that is absent gives unknown for that field (with
+        ``strict_columns`` an absent DataFrame column raises instead). Keys the spec does not
+        declare are ignored. With an ``encoder`` the free-text fields are encoded
+        (``encoder.encode(non-empty texts)`` once per field); without one only ``texts`` is set.
+        """
+        self._check_fitted()
+        n, cols = self._columns_of(rows, strict_columns)
+        slots = self.slots
+        idx = np.zeros((n, len(slots)), dtype=np.int32)
+        texts: dict[str, list[str]] = {}
+        j = 0
+        for f in self.fields:
+            vals = cols[f.name]
+            if isinstance(f, TimeField):
+                parts = _time_parts(f, vals)
+                for p in f.parts:
+                    idx[:, j] = parts[p]
+                    j += 1
+            elif isinstance(f, CategoricalField):
+                strs = _per_unique(vals, lambda v, _n=f.name: _cat_str(_n, v))
+                look = pd.Index(self._vocab[f.name], dtype=object)
+                pos = look.get_indexer(pd.Index(strs, dtype=object)) if n else np.zeros(0, np.int64)
+                idx[:, j] = pos + 1  # -1 (unseen or missing) -> 0 = unknown
+                j += 1
+            elif isinstance(f, NumericField):
+                x = np.asarray(_per_unique(vals, lambda v, _n=f.name: _num(_n, v)), dtype=np.float64) if n \
+                    else np.zeros(0)
+                b = np.searchsorted(np.asarray(self._edges[f.name]), x, side="right") + 1
+                idx[:, j] = np.where(np.isnan(x), 0, b)
+                j += 1
+            else:
+                texts[f.name] = _per_unique(vals, lambda v, _n=f.name: _text(_n, v)).tolist()
+        feats = ContextFeatures(slots, idx, self.offsets, texts)
+        if encoder is not None:
+            for name, t in texts.items():
+                feats.text_vectors[name] = encode_texts(t, encoder)
+        return feats
+
+    # ---- persistence --------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable description (declarations + learned vocabularies/edges)."""
+        self._check_fitted()
+        return {
+            "format": "ctxrec.context_spec", "version": 1,
+            "fields": [{**{k: v for k, v in asdict(f).items()}, "kind": f.kind} for f in self.fields],
+            "vocabularies": {k: list(v) for k, v in self._vocab.items()},
+            "edges": {k: list(v) for k, v in self._edges.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ContextSpec":
+        if d.get("format") != "ctxrec.context_spec" or d.get("version") != 1:
+            raise ContextError(f"not a version-1 ctxrec context spec: format={d.get('format')!r} "
+                               f"version={d.get('version')!r}")
+        fields: list[Field] = []
+        for fd in d["fields"]:
+            fd = dict(fd)
+            kind = fd.pop("kind")
+            if kind not in _KINDS:
+                raise ContextError(f"field {fd.get('name')!r}: unknown kind {kind!r}")
+            for k in ("parts", "edges"):
+                if fd.get(k) is not None:
+                    fd[k] = tuple(fd[k])
+            fields.append(_KINDS[kind](**fd))
+        spec = cls(fields)
+        spec._vocab.update({k: tuple(v) for k, v in d["vocabularies"].items()})
+        spec._edges.update({k: tuple(float(x) for x in v) for k, v in d["edges"].items()})
+        spec._fitted = True
+        return spec
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, s: str) -> "ContextSpec":
+        return cls.from_dict(json.loads(s))
+
+
+def _bucket_names(edges: Sequence[float]) -> tuple[str, ...]:
+    e = list(edges)
+    if not e:
+        return ("all",)
+    names = [f"<{e[0]:g}"] + [f"[{a:g},{b:g})" for a, b in zip(e, e[1:])] + [f">={e[-1]:g}"]
+    return tuple(names)
+
+
+def _time_parts(f: TimeField, vals: np.ndarray) -> dict[str, np.ndarray]:
+    """Local part indices (0 = unknown) of each value, per part."""
+    n = len(vals)
+    if n and vals.dtype.kind in "iu":
+        ns = vals.astype(np.int64) * 1_000_000_000
+        ok = np.ones(n, dtype=bool)
+    elif n and vals.dtype.kind == "M":
+        ser = pd.Series(vals)
+        ser = ser.dt.tz_localize(f.tz) if ser.dt.tz is None else ser
+        ok = ser.notna().to_numpy()
+        ns = np.where(ok, ser.dt.tz_convert("UTC").array.asi8 if len(ser) else 0, 0)
+    else:
+        conv = _per_unique(vals, lambda v: _time_utc_ns(f, v))
+        ok = np.fromiter((c is not None for c in conv), dtype=bool, count=n)
+        ns = np.fromiter((0 if c is None else c for c in conv), dtype=np.int64, count=n)
+    local = pd.DatetimeIndex(pd.to_datetime(ns, unit="ns", utc=True)).tz_convert(f.tz)
+    hour = np.asarray(local.hour, dtype=np.int64)
+    wd = np.asarray(local.day_of_week, dtype=np.int64)
+    month = np.asarray(local.month, dtype=np.int64)
+    daypart_idx = np.array([TIME_PARTS["daypart"].index(d) for d in _DAYPART_OF_HOUR])
+    season_idx = np.array([TIME_PARTS["season"].index(s) for s in _SEASON_OF_MONTH])
+    out = {
+        "hour": hour + 1,
+        "daypart": daypart_idx[hour] + 1,
+        "weekday": wd + 1,
+        "weekend": (wd >= 5).astype(np.int64) + 1,
+        "month": month,  # 1..12 == index of january..december + 1
+        "season": season_idx[month - 1] + 1,
+    }
+    return {p: np.where(ok, v, 0).astype(np.int32) for p, v in out.items()}
+
+
+def encode_texts(texts: Sequence[str], encoder: TextEncoder) -> np.ndarray:
+    """float32 [n, d]: ``encoder.encode`` of the non-empty texts, zero rows for empty ones.
+
+    Distinct texts are encoded once each.
+    """
+    uniq, inv = np.unique(np.asarray(list(texts), dtype=object).astype(str), return_inverse=True) if len(texts) \
+        else (np.zeros(0, dtype=str), np.zeros(0, dtype=np.int64))
+    nonempty = [u for u in uniq if u]
+    if nonempty:
+        vecs = np.asarray(encoder.encode(list(nonempty)), dtype=np.float32)
+        if vecs.ndim != 2 or vecs.shape[0] != len(nonempty):
+            raise ContextError(f"encoder.encode returned shape {vecs.shape} for {len(nonempty)} texts; "
+                               "expected float32 [n, d]")
+        d = vecs.shape[1]
+    else:
+        d = int(getattr(encoder, "dim", 0) or np.asarray(encoder.encode(["."]), dtype=np.float32).shape[1])
+        vecs = np.zeros((0, d), dtype=np.float32)
+    table = np.zeros((len(uniq), d), dtype=np.float32)
+    table[[i for i, u in enumerate(uniq) if u]] = vecs
+    return table[inv.reshape(-1)] if len(texts) else np.zeros((0, d), dtype=np.float32)
