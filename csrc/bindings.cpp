@@ -44,9 +44,11 @@ const T* view(const py::handle& obj, const char* name, int ndim, const char* wan
 
 int64_t dim(const py::handle& obj, int axis) { return py::reinterpret_borrow<py::array>(obj).shape(axis); }
 
-void expect(bool ok, const std::string& msg) {
-    if (!ok) throw py::value_error(msg);
-}
+// The message is only built when the check fails (this runs on every call).
+#define EXPECT(ok, msg)                               \
+    do {                                              \
+        if (!(ok)) throw py::value_error(msg);        \
+    } while (0)
 
 void check_finite(const float* p, int64_t rows, int64_t cols, const char* name) {
     for (int64_t i = 0; i < rows * cols; ++i)
@@ -65,17 +67,17 @@ Csr csr_arg(const py::object& indptr, const py::object& indices, int64_t b, cons
     Csr c;
     const std::string ip = std::string(name) + "_indptr", ix = std::string(name) + "_indices";
     if (indptr.is_none() && indices.is_none()) return c;
-    expect(!indptr.is_none() && !indices.is_none(), ip + " and " + ix + " must be given together");
+    EXPECT(!indptr.is_none() && !indices.is_none(), ip + " and " + ix + " must be given together");
     c.indptr = view<int64_t>(indptr, ip.c_str(), 1, "int64");
     c.indices = view<int64_t>(indices, ix.c_str(), 1, "int64");
     const int64_t rows = dim(indptr, 0) - 1;
-    expect(rows == b || rows == 1, ip + " must have length b + 1 = " + std::to_string(b + 1) +
+    EXPECT(rows == b || rows == 1, ip + " must have length b + 1 = " + std::to_string(b + 1) +
                                        " (one list per query) or 2 (one list for all), got " +
                                        std::to_string(rows + 1));
-    expect(c.indptr[0] == 0, ip + "[0] must be 0, got " + std::to_string(c.indptr[0]));
+    EXPECT(c.indptr[0] == 0, ip + "[0] must be 0, got " + std::to_string(c.indptr[0]));
     for (int64_t r = 0; r < rows; ++r)
-        expect(c.indptr[r] <= c.indptr[r + 1], ip + " must be non-decreasing (row " + std::to_string(r) + ")");
-    expect(c.indptr[rows] == dim(indices, 0), ip + "[-1] = " + std::to_string(c.indptr[rows]) +
+        EXPECT(c.indptr[r] <= c.indptr[r + 1], ip + " must be non-decreasing (row " + std::to_string(r) + ")");
+    EXPECT(c.indptr[rows] == dim(indices, 0), ip + "[-1] = " + std::to_string(c.indptr[rows]) +
                                                   " must equal len(" + ix + ") = " + std::to_string(dim(indices, 0)));
     c.rows = rows;
     return c;
@@ -93,32 +95,32 @@ Inputs parse(const py::object& queries, const py::object& item_vecs, const py::o
     sp.n_items = dim(item_vecs, 0);
     sp.k = dim(item_vecs, 1);
     in.b = dim(queries, 0);
-    expect(dim(queries, 1) == sp.k, "queries has " + std::to_string(dim(queries, 1)) +
+    EXPECT(dim(queries, 1) == sp.k, "queries has " + std::to_string(dim(queries, 1)) +
                                         " columns but item_vecs has " + std::to_string(sp.k));
     check_finite(sp.queries, in.b, sp.k, "queries");
     if (!item_bias.is_none()) {
         sp.bias = view<float>(item_bias, "item_bias", 1, "float32");
-        expect(dim(item_bias, 0) == sp.n_items, "item_bias has length " + std::to_string(dim(item_bias, 0)) +
+        EXPECT(dim(item_bias, 0) == sp.n_items, "item_bias has length " + std::to_string(dim(item_bias, 0)) +
                                                     ", expected n_items = " + std::to_string(sp.n_items));
     }
     auto extra = [&](const py::object& qs, const py::object& table, const char* qname, const char* tname,
                      const float*& qp, const float*& tp, int64_t& width) {
         if (qs.is_none() && table.is_none()) return;
-        expect(!qs.is_none() && !table.is_none(), std::string(qname) + " and " + tname + " must be given together");
+        EXPECT(!qs.is_none() && !table.is_none(), std::string(qname) + " and " + tname + " must be given together");
         tp = view<float>(table, tname, 2, "float32");
         qp = view<float>(qs, qname, 2, "float32");
         width = dim(table, 1);
-        expect(dim(table, 0) == sp.n_items, std::string(tname) + " has " + std::to_string(dim(table, 0)) +
+        EXPECT(dim(table, 0) == sp.n_items, std::string(tname) + " has " + std::to_string(dim(table, 0)) +
                                                 " rows, expected n_items = " + std::to_string(sp.n_items));
-        expect(dim(qs, 0) == in.b && dim(qs, 1) == width,
+        EXPECT(dim(qs, 0) == in.b && dim(qs, 1) == width,
                std::string(qname) + " must have shape (" + std::to_string(in.b) + ", " + std::to_string(width) +
                    "), got " + shape_str(py::reinterpret_borrow<py::array>(qs)));
         check_finite(qp, in.b, width, qname);
     };
     extra(text_queries, item_text, "text_queries", "item_text", sp.text_q, sp.item_text, sp.d);
     extra(tri_queries, item_tri, "tri_queries", "item_tri", sp.tri_q, sp.item_tri, sp.t);
-    expect(std::isfinite(text_weight), "text_weight must be finite, got " + std::to_string(text_weight));
-    expect(std::isfinite(tri_weight), "tri_weight must be finite, got " + std::to_string(tri_weight));
+    EXPECT(std::isfinite(text_weight), "text_weight must be finite, got " + std::to_string(text_weight));
+    EXPECT(std::isfinite(tri_weight), "tri_weight must be finite, got " + std::to_string(tri_weight));
     sp.w_text = text_weight;
     sp.w_tri = tri_weight;
     in.exclude = csr_arg(exclude_indptr, exclude_indices, in.b, "exclude");
@@ -128,7 +130,7 @@ Inputs parse(const py::object& queries, const py::object& item_vecs, const py::o
 
 template <class Run>
 py::tuple run_topk(const Inputs& in, int64_t k, int num_threads, Run&& run) {
-    expect(k >= 0, "k must be >= 0, got " + std::to_string(k));
+    EXPECT(k >= 0, "k must be >= 0, got " + std::to_string(k));
     const int nt = ctxrec::resolve_threads(num_threads);  // validates before any work
     py::array_t<int64_t> ids({in.b, k});
     py::array_t<float> scores({in.b, k});
@@ -171,7 +173,7 @@ PYBIND11_MODULE(_core, m) {
             Inputs in = parse(queries, item_vecs, item_bias, text_queries, item_text, text_weight, tri_queries,
                               item_tri, tri_weight, exclude_indptr, exclude_indices, allow_indptr, allow_indices);
             const int64_t* cand = view<int64_t>(candidates, "candidates", 2, "int64");
-            expect(dim(candidates, 0) == in.b, "candidates has " + std::to_string(dim(candidates, 0)) +
+            EXPECT(dim(candidates, 0) == in.b, "candidates has " + std::to_string(dim(candidates, 0)) +
                                                    " rows but queries has " + std::to_string(in.b));
             const int64_t c = dim(candidates, 1);
             return run_topk(in, k, num_threads, [&](TopKOut out, int nt) {

@@ -1,0 +1,61 @@
+"""Benchmark harness: runs benchmark modules and writes JSON + Markdown to benchmarks/results/.
+
+    python benchmarks/run.py [--quick] [--only engine ...] [-- extra args for the module]
+
+Each module ``benchmarks/bench_<name>.py`` exposes ``main(argv) -> dict`` (prints as it
+goes) and ``markdown(result) -> str``. Results are written to
+``benchmarks/results/<name>[_quick].{json,md}`` together with the machine they ran on.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+BENCHES = ["engine"]
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import numpy
+    import ctxrec
+    return {"date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "cpu": cpu,
+            "cores": os.cpu_count(), "python": platform.python_version(), "numpy": numpy.__version__,
+            "ctxrec": ctxrec.__version__}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="ctxrec benchmark harness")
+    ap.add_argument("--quick", action="store_true", help="small sizes, finishes in about a minute per benchmark")
+    ap.add_argument("--only", nargs="*", default=BENCHES, choices=BENCHES)
+    args, extra = ap.parse_known_args()
+    sys.path.insert(0, str(HERE))
+    RESULTS.mkdir(exist_ok=True)
+    for name in args.only:
+        mod = importlib.import_module(f"bench_{name}")
+        argv = (["--quick"] if args.quick else []) + [a for a in extra if a != "--"]
+        result = {"machine": machine(), "argv": argv, **mod.main(argv)}
+        stem = RESULTS / f"{name}{'_quick' if args.quick else ''}"
+        stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
+        md = f"# {name} benchmark\n\n{result['machine']['cpu']}, {result['machine']['cores']} cores, " \
+             f"{result['machine']['date_utc']}, `python benchmarks/run.py {' '.join(sys.argv[1:])}`\n\n"
+        stem.with_suffix(".md").write_text(md + mod.markdown(result) + "\n")
+        print(f"wrote {stem}.json and {stem}.md")
+
+
+if __name__ == "__main__":
+    main()
