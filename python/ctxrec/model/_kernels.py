@@ -1,0 +1,687 @@
+"""numba kernels for ContextFM: mini-batch training, scoring and export.
+
+Layout of the parameters (see ``fm.py`` for how the Python side builds it):
+
+* ``V`` f32 [n_rows, k] and ``w`` f32 [n_rows]: one embedding row and one linear weight per
+  sparse feature. Rows are grouped as items | item attributes | context values | user
+  attributes | users, so that a folded-in user is simply appended at the end.
+* ``P`` f32 [n_text_rows, k] and ``a`` f32 [n_text_rows]: the stacked learned projections of the
+  three dense text fields (item text, user text, request text); field ``f`` owns rows
+  ``toff[f]:toff[f+1]``. A text field with embedding ``e`` behaves as one FM feature with
+  vector ``P_f^T e`` and linear weight ``a_f . e``.
+* ``w0`` f32 [1]: global bias.
+
+The score of one (user, context, request text, item) instance is the full second-order FM
+``w0 + sum_a x_a w_a + 1/2 (||sum_a x_a v_a||^2 - sum_a x_a^2 ||v_a||^2)`` over the user-side
+features (user id, user attributes, user text, context values, request text) and the
+item-side features (item id, item attributes, item text). Split into the two sides it is
+``<U, I> + (w0 + lin_U + intra_U) + (lin_I + intra_I)``: the serving export.
+
+Determinism: every random draw is a counter-based hash of (seed, epoch, example, draw), and
+every reduction runs in a fixed order (rows are owned by thread ``row % T`` but each row is
+accumulated in batch order), so a given seed gives bit-identical parameters for any thread
+count.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+LOSS_BPR = 0
+LOSS_SOFTMAX = 1
+LOSS_MSE = 2
+LOSS_LOGLOSS = 3
+
+OPT_ADAM = 0
+OPT_ADAGRAD = 1
+
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_GOLD = np.uint64(0x9E3779B97F4A7C15)
+
+
+@njit(cache=True, inline="always")
+def _mix(x):
+    x = x ^ (x >> np.uint64(30))
+    x = x * _M1
+    x = x ^ (x >> np.uint64(27))
+    x = x * _M2
+    return x ^ (x >> np.uint64(31))
+
+
+@njit(cache=True)
+def _uniform(seed, a, b, c):
+    """Counter-based uniform in [0, 1) from four integers (splitmix64 chain)."""
+    h = _mix(np.uint64(seed) * _GOLD + np.uint64(a))
+    h = _mix(h + np.uint64(b) * _GOLD)
+    h = _mix(h + np.uint64(c))
+    return (h >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+
+
+@njit(cache=True)
+def _contains(sorted_arr, lo, hi, x):
+    """Binary search for x in sorted_arr[lo:hi]."""
+    while lo < hi:
+        mid = (lo + hi) // 2
+        v = sorted_arr[mid]
+        if v == x:
+            return True
+        if v < x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return False
+
+
+@njit(cache=True)
+def _sigmoid(x):
+    if x >= 0:
+        z = math.exp(-x)
+        return 1.0 / (1.0 + z)
+    z = math.exp(x)
+    return z / (1.0 + z)
+
+
+@njit(cache=True)
+def _softplus(x):
+    # log(1 + exp(x)), stable
+    if x > 0:
+        return x + math.log1p(math.exp(-x))
+    return math.log1p(math.exp(x))
+
+
+# ----------------------------------------------------------------------------------------
+# side sums
+# ----------------------------------------------------------------------------------------
+@njit(cache=True)
+def _item_side(i, V, w, P, a, item_off, ia_ptr, ia_idx, ia_val, itext, t0, out, tout):
+    """Sum of item-side vectors into out[k]; item text vector into tout[k] (zeros if none).
+
+    Returns (linear part, intra part) of the item side as float64.
+    """
+    k = V.shape[1]
+    lin = 0.0
+    sq = 0.0
+    r = item_off + i
+    for f in range(k):
+        out[f] = V[r, f]
+        tout[f] = 0.0
+        sq += V[r, f] * V[r, f]
+    lin += w[r]
+    for p in range(ia_ptr[i], ia_ptr[i + 1]):
+        r = ia_idx[p]
+        x = ia_val[p]
+        lin += x * w[r]
+        for f in range(k):
+            out[f] += x * V[r, f]
+            sq += x * x * V[r, f] * V[r, f]
+    di = itext.shape[1]
+    if di > 0:
+        for q in range(di):
+            e = itext[i, q]
+            if e != 0.0:
+                lin += e * a[t0 + q]
+                for f in range(k):
+                    tout[f] += e * P[t0 + q, f]
+        for f in range(k):
+            out[f] += tout[f]
+            sq += tout[f] * tout[f]
+    tot = 0.0
+    for f in range(k):
+        tot += out[f] * out[f]
+    return lin, 0.5 * (tot - sq)
+
+
+@njit(cache=True)
+def _user_side(e, u, ctx, ctx_off, V, w, P, a, user_off, ua_ptr, ua_idx, ua_val,
+               utext, t1, qtext, t2, out, tu, tq):
+    """Sum of user-side vectors (user, user attrs, user text, context, request text).
+
+    Writes the user-text vector into tu[k] and the request-text vector into tq[k].
+    Returns (linear part, intra part) as float64.
+    """
+    k = V.shape[1]
+    lin = 0.0
+    sq = 0.0
+    for f in range(k):
+        out[f] = 0.0
+        tu[f] = 0.0
+        tq[f] = 0.0
+    if u >= 0:
+        r = user_off + u
+        lin += w[r]
+        for f in range(k):
+            out[f] = V[r, f]
+            sq += V[r, f] * V[r, f]
+        for p in range(ua_ptr[u], ua_ptr[u + 1]):
+            r = ua_idx[p]
+            x = ua_val[p]
+            lin += x * w[r]
+            for f in range(k):
+                out[f] += x * V[r, f]
+                sq += x * x * V[r, f] * V[r, f]
+        du = utext.shape[1]
+        if du > 0:
+            for q in range(du):
+                ev = utext[u, q]
+                if ev != 0.0:
+                    lin += ev * a[t1 + q]
+                    for f in range(k):
+                        tu[f] += ev * P[t1 + q, f]
+            for f in range(k):
+                out[f] += tu[f]
+                sq += tu[f] * tu[f]
+    nc = ctx.shape[1]
+    for c in range(nc):
+        v = ctx[e, c]
+        if v >= 0:
+            r = ctx_off[c] + v
+            lin += w[r]
+            for f in range(k):
+                out[f] += V[r, f]
+                sq += V[r, f] * V[r, f]
+    dq = qtext.shape[1]
+    if dq > 0:
+        for q in range(dq):
+            ev = qtext[e, q]
+            if ev != 0.0:
+                lin += ev * a[t2 + q]
+                for f in range(k):
+                    tq[f] += ev * P[t2 + q, f]
+        for f in range(k):
+            out[f] += tq[f]
+            sq += tq[f] * tq[f]
+    tot = 0.0
+    for f in range(k):
+        tot += out[f] * out[f]
+    return lin, 0.5 * (tot - sq)
+
+
+# ----------------------------------------------------------------------------------------
+# training
+# ----------------------------------------------------------------------------------------
+@njit(cache=True)
+def _opt_row(X, M, S, r, g, l2, lr, opt, b1, b2, eps, c1, c2):
+    """One optimizer step on row r of X (2-D) with gradient g[k] (+ L2)."""
+    k = X.shape[1]
+    for f in range(k):
+        gf = g[f] + l2 * X[r, f]
+        if opt == 0:
+            m = b1 * M[r, f] + (1.0 - b1) * gf
+            s = b2 * S[r, f] + (1.0 - b2) * gf * gf
+            M[r, f] = m
+            S[r, f] = s
+            X[r, f] -= lr * (m / c1) / (math.sqrt(s / c2) + eps)
+        else:
+            s = S[r, f] + gf * gf
+            S[r, f] = s
+            X[r, f] -= lr * gf / (math.sqrt(s) + eps)
+
+
+@njit(cache=True)
+def _opt_scalar(x, M, S, r, g, l2, lr, opt, b1, b2, eps, c1, c2):
+    gf = g + l2 * x[r]
+    if opt == 0:
+        m = b1 * M[r] + (1.0 - b1) * gf
+        s = b2 * S[r] + (1.0 - b2) * gf * gf
+        M[r] = m
+        S[r] = s
+        x[r] -= lr * (m / c1) / (math.sqrt(s / c2) + eps)
+    else:
+        s = S[r] + gf * gf
+        S[r] = s
+        x[r] -= lr * gf / (math.sqrt(s) + eps)
+
+
+@njit(parallel=True, cache=True)
+def train_epoch(
+    order, users, items, ctx, labels, qtext,
+    ctx_off, item_off, user_off, ia_ptr, ia_idx, ia_val, ua_ptr, ua_idx, ua_val,
+    itext, utext, toff,
+    pos_ptr, pos_idx, neg_items, neg_cdf, neg_logq,
+    V, w, P, a, w0,
+    mV, sV, mw, sw, mP, sP, ma, sa, m0, s0,
+    loss, n_neg, batch_size, lr, l2_v, l2_w, l2_p, opt, b1, b2, eps,
+    step0, seed, epoch, row_lo, row_hi, train_dense, n_threads, out_loss,
+):
+    """Run one epoch of mini-batch training over ``order`` (example indices, shuffled).
+
+    Instances per example: j = 0 is the observed item, j = 1..n_neg sampled negatives
+    (negatives are drawn from ``neg_items`` by ``neg_cdf`` (cumulative, empty = uniform),
+    rejecting the user's positives ``pos_idx[pos_ptr[u]:pos_ptr[u+1]]`` up to 8 tries).
+    Only rows ``row_lo <= r < row_hi`` of V/w are updated; P/a/w0 only if ``train_dense``.
+    ``n_threads`` only sets how reductions are partitioned (results do not depend on it).
+    Returns the optimizer step count after the epoch; the summed loss goes to out_loss[0].
+    """
+    n = order.shape[0]
+    k = V.shape[1]
+    J = 1 + n_neg
+    T = max(1, n_threads)
+    n_rows = V.shape[0]
+    n_items = ia_ptr.shape[0] - 1
+    n_trow = P.shape[0]
+    B = batch_size
+    S = B * J
+    inst = np.empty((B, J), dtype=np.int64)
+    yinst = np.zeros((B, J), dtype=np.float64)
+    slot_of = np.full(n_items, -1, dtype=np.int64)
+    inst_slot = np.empty((B, J), dtype=np.int64)
+    slot_item = np.empty(S, dtype=np.int64)
+    Islot = np.zeros((S, k), dtype=np.float32)
+    tIslot = np.zeros((S, k), dtype=np.float32)
+    ibslot = np.zeros(S, dtype=np.float64)
+    Ue = np.zeros((B, k), dtype=np.float32)
+    tue = np.zeros((B, k), dtype=np.float32)
+    tqe = np.zeros((B, k), dtype=np.float32)
+    ube = np.zeros(B, dtype=np.float64)
+    g = np.zeros((B, J), dtype=np.float64)
+    Gu = np.zeros((B, k), dtype=np.float32)
+    gsum = np.zeros(B, dtype=np.float64)
+    lossb = np.zeros(B, dtype=np.float64)
+    GI = np.zeros((S, k), dtype=np.float32)
+    gs = np.zeros(S, dtype=np.float64)
+    GV = np.zeros((n_rows, k), dtype=np.float32)
+    gw = np.zeros(n_rows, dtype=np.float64)
+    mark = np.full(n_rows, -1, dtype=np.int64)
+    touched = np.empty(n_rows, dtype=np.int64)
+    GP = np.zeros((n_trow, k), dtype=np.float32)
+    ga = np.zeros(n_trow, dtype=np.float64)
+    di = itext.shape[1]
+    du = utext.shape[1]
+    dq = qtext.shape[1]
+    t0 = toff[0]
+    t1 = toff[1]
+    t2 = toff[2]
+    n_neg_items = neg_items.shape[0]
+    use_cdf = neg_cdf.shape[0] > 0
+    step = step0
+    total_loss = 0.0
+    n_batches = (n + B - 1) // B
+    for bi in range(n_batches):
+        lo = bi * B
+        hi = min(n, lo + B)
+        nb = hi - lo
+        # ---- A: instances and negatives (parallel, hash RNG) -----------------------
+        for bb in prange(nb):
+            ex = order[lo + bb]
+            u = users[ex]
+            inst[bb, 0] = items[ex]
+            yinst[bb, 0] = labels[ex]
+            for j in range(1, J):
+                cand = 0
+                for tr in range(8):
+                    rnd = _uniform(seed, epoch, ex, j * 8 + tr)
+                    if use_cdf:
+                        pos = np.searchsorted(neg_cdf, rnd * neg_cdf[n_neg_items - 1], side="right")
+                        if pos >= n_neg_items:
+                            pos = n_neg_items - 1
+                    else:
+                        pos = int(rnd * n_neg_items)
+                        if pos >= n_neg_items:
+                            pos = n_neg_items - 1
+                    cand = neg_items[pos]
+                    if u < 0 or not _contains(pos_idx, pos_ptr[u], pos_ptr[u + 1], cand):
+                        break
+                inst[bb, j] = cand
+                yinst[bb, j] = 0.0
+        # ---- slots: unique items in first-appearance order (serial, cheap) ----------
+        ns = 0
+        for bb in range(nb):
+            for j in range(J):
+                it = inst[bb, j]
+                s_ = slot_of[it]
+                if s_ < 0:
+                    s_ = ns
+                    slot_of[it] = s_
+                    slot_item[s_] = it
+                    ns += 1
+                inst_slot[bb, j] = s_
+        # ---- B: item sides ------------------------------------------------------
+        for s_ in prange(ns):
+            lin, intra = _item_side(slot_item[s_], V, w, P, a, item_off, ia_ptr, ia_idx, ia_val,
+                                    itext, t0, Islot[s_], tIslot[s_])
+            ibslot[s_] = lin + intra
+            gs[s_] = 0.0
+            for f in range(k):
+                GI[s_, f] = 0.0
+        # ---- C: user sides, scores, loss gradients ----------------------------------
+        for bb in prange(nb):
+            ex = order[lo + bb]
+            u = users[ex]
+            lin, intra = _user_side(ex, u, ctx, ctx_off, V, w, P, a, user_off, ua_ptr, ua_idx,
+                                    ua_val, utext, t1, qtext, t2, Ue[bb], tue[bb], tqe[bb])
+            ube[bb] = lin + intra
+            base = w0[0] + ube[bb]
+            # scores
+            sc = np.empty(J, dtype=np.float64)
+            for j in range(J):
+                s_ = inst_slot[bb, j]
+                d = 0.0
+                for f in range(k):
+                    d += Ue[bb, f] * Islot[s_, f]
+                sc[j] = base + ibslot[s_] + d
+            lb = 0.0
+            if loss == 0:  # BPR: mean over negatives of -log sigma(s_pos - s_neg)
+                g[bb, 0] = 0.0
+                for j in range(1, J):
+                    dlt = sc[0] - sc[j]
+                    lb += _softplus(-dlt) / n_neg
+                    gj = _sigmoid(-dlt) / n_neg
+                    g[bb, j] = gj
+                    g[bb, 0] -= gj
+            elif loss == 1:  # sampled softmax with logQ correction
+                mx = -1e300
+                lnn = math.log(n_neg)
+                for j in range(J):
+                    if j > 0:
+                        sc[j] -= neg_logq[inst[bb, j]] + lnn
+                    if sc[j] > mx:
+                        mx = sc[j]
+                z = 0.0
+                for j in range(J):
+                    z += math.exp(sc[j] - mx)
+                lb = -(sc[0] - mx - math.log(z))
+                for j in range(J):
+                    p = math.exp(sc[j] - mx) / z
+                    g[bb, j] = p - (1.0 if j == 0 else 0.0)
+            elif loss == 2:  # MSE (1/2 squared error)
+                r_ = sc[0] - yinst[bb, 0]
+                lb = 0.5 * r_ * r_
+                g[bb, 0] = r_
+                for j in range(1, J):
+                    g[bb, j] = 0.0
+            else:  # logloss, y in {0, 1}
+                for j in range(J):
+                    y = yinst[bb, j]
+                    lb += _softplus(sc[j]) - y * sc[j]
+                    g[bb, j] = _sigmoid(sc[j]) - y
+            lossb[bb] = lb
+            gsm = 0.0
+            for f in range(k):
+                Gu[bb, f] = 0.0
+            for j in range(J):
+                gj = g[bb, j]
+                gsm += gj
+                s_ = inst_slot[bb, j]
+                for f in range(k):
+                    Gu[bb, f] += gj * (Ue[bb, f] + Islot[s_, f])
+            gsum[bb] = gsm
+        for bb in range(nb):
+            total_loss += lossb[bb]
+        # ---- D: per-slot item gradients (slot owned by thread s % T, batch order) -----
+        for t in prange(T):
+            for bb in range(nb):
+                for j in range(J):
+                    s_ = inst_slot[bb, j]
+                    if s_ % T != t:
+                        continue
+                    gj = g[bb, j]
+                    gs[s_] += gj
+                    for f in range(k):
+                        GI[s_, f] += gj * (Ue[bb, f] + Islot[s_, f])
+        # ---- E: sparse row gradients (row owned by thread r % T, batch order) ------
+        stamp = step
+        for t in prange(T):
+            for bb in range(nb):
+                ex = order[lo + bb]
+                u = users[ex]
+                gsm = gsum[bb]
+                if u >= 0:
+                    r = user_off + u
+                    if r % T == t and r >= row_lo and r < row_hi:
+                        mark[r] = stamp
+                        gw[r] += gsm
+                        for f in range(k):
+                            GV[r, f] += Gu[bb, f] - V[r, f] * gsm
+                    for p in range(ua_ptr[u], ua_ptr[u + 1]):
+                        r = ua_idx[p]
+                        if r % T != t or r < row_lo or r >= row_hi:
+                            continue
+                        x = ua_val[p]
+                        mark[r] = stamp
+                        gw[r] += x * gsm
+                        for f in range(k):
+                            GV[r, f] += x * Gu[bb, f] - x * x * V[r, f] * gsm
+                for c in range(ctx.shape[1]):
+                    v = ctx[ex, c]
+                    if v < 0:
+                        continue
+                    r = ctx_off[c] + v
+                    if r % T != t or r < row_lo or r >= row_hi:
+                        continue
+                    mark[r] = stamp
+                    gw[r] += gsm
+                    for f in range(k):
+                        GV[r, f] += Gu[bb, f] - V[r, f] * gsm
+            for s_ in range(ns):
+                it = slot_item[s_]
+                gss = gs[s_]
+                r = item_off + it
+                if r % T == t and r >= row_lo and r < row_hi:
+                    mark[r] = stamp
+                    gw[r] += gss
+                    for f in range(k):
+                        GV[r, f] += GI[s_, f] - V[r, f] * gss
+                for p in range(ia_ptr[it], ia_ptr[it + 1]):
+                    r = ia_idx[p]
+                    if r % T != t or r < row_lo or r >= row_hi:
+                        continue
+                    x = ia_val[p]
+                    mark[r] = stamp
+                    gw[r] += x * gss
+                    for f in range(k):
+                        GV[r, f] += x * GI[s_, f] - x * x * V[r, f] * gss
+        # ---- F: dense text projections (row q of P owned by its own iteration) -------
+        if train_dense and n_trow > 0:
+            for q in prange(n_trow):
+                gq = 0.0
+                if q >= t0 and q < t0 + di:
+                    qq = q - t0
+                    for s_ in range(ns):
+                        ev = itext[slot_item[s_], qq]
+                        if ev == 0.0:
+                            continue
+                        gss = gs[s_]
+                        gq += ev * gss
+                        for f in range(k):
+                            GP[q, f] += ev * (GI[s_, f] - tIslot[s_, f] * gss)
+                elif q >= t1 and q < t1 + du:
+                    qq = q - t1
+                    for bb in range(nb):
+                        u = users[order[lo + bb]]
+                        if u < 0:
+                            continue
+                        ev = utext[u, qq]
+                        if ev == 0.0:
+                            continue
+                        gsm = gsum[bb]
+                        gq += ev * gsm
+                        for f in range(k):
+                            GP[q, f] += ev * (Gu[bb, f] - tue[bb, f] * gsm)
+                elif q >= t2 and q < t2 + dq:
+                    qq = q - t2
+                    for bb in range(nb):
+                        ev = qtext[order[lo + bb], qq]
+                        if ev == 0.0:
+                            continue
+                        gsm = gsum[bb]
+                        gq += ev * gsm
+                        for f in range(k):
+                            GP[q, f] += ev * (Gu[bb, f] - tqe[bb, f] * gsm)
+                ga[q] = gq
+        # ---- G: optimizer step -----------------------------------------------------
+        step += 1
+        c1 = 1.0 - b1 ** step
+        c2 = 1.0 - b2 ** step
+        nt = 0
+        for bb in range(nb):
+            ex = order[lo + bb]
+            u = users[ex]
+            if u >= 0:
+                r = user_off + u
+                if mark[r] == stamp:
+                    mark[r] = -2 - stamp
+                    touched[nt] = r
+                    nt += 1
+                for p in range(ua_ptr[u], ua_ptr[u + 1]):
+                    r = ua_idx[p]
+                    if mark[r] == stamp:
+                        mark[r] = -2 - stamp
+                        touched[nt] = r
+                        nt += 1
+            for c in range(ctx.shape[1]):
+                v = ctx[ex, c]
+                if v >= 0:
+                    r = ctx_off[c] + v
+                    if mark[r] == stamp:
+                        mark[r] = -2 - stamp
+                        touched[nt] = r
+                        nt += 1
+        for s_ in range(ns):
+            it = slot_item[s_]
+            r = item_off + it
+            if mark[r] == stamp:
+                mark[r] = -2 - stamp
+                touched[nt] = r
+                nt += 1
+            for p in range(ia_ptr[it], ia_ptr[it + 1]):
+                r = ia_idx[p]
+                if mark[r] == stamp:
+                    mark[r] = -2 - stamp
+                    touched[nt] = r
+                    nt += 1
+        for ti in prange(nt):
+            r = touched[ti]
+            _opt_row(V, mV, sV, r, GV[r], l2_v, lr, opt, b1, b2, eps, c1, c2)
+            _opt_scalar(w, mw, sw, r, gw[r], l2_w, lr, opt, b1, b2, eps, c1, c2)
+            for f in range(k):
+                GV[r, f] = 0.0
+            gw[r] = 0.0
+            mark[r] = -1
+        if train_dense:
+            for q in prange(n_trow):
+                _opt_row(P, mP, sP, q, GP[q], l2_p, lr, opt, b1, b2, eps, c1, c2)
+                _opt_scalar(a, ma, sa, q, ga[q], l2_p, lr, opt, b1, b2, eps, c1, c2)
+                for f in range(k):
+                    GP[q, f] = 0.0
+                ga[q] = 0.0
+            g0 = 0.0
+            for bb in range(nb):
+                g0 += gsum[bb]
+            _opt_scalar(w0, m0, s0, 0, g0, 0.0, lr, opt, b1, b2, eps, c1, c2)
+        for s_ in range(ns):
+            slot_of[slot_item[s_]] = -1
+    out_loss[0] = total_loss
+    return step
+
+
+# ----------------------------------------------------------------------------------------
+# scoring and export
+# ----------------------------------------------------------------------------------------
+@njit(parallel=True, cache=True)
+def predict_full(users, items, ctx, qtext,
+                 ctx_off, item_off, user_off, ia_ptr, ia_idx, ia_val, ua_ptr, ua_idx, ua_val,
+                 itext, utext, toff, V, w, P, a, w0, out):
+    """Full FM score per instance, computed directly over the union of all features.
+
+    Independent of the two-sided decomposition used for training and export (it sums all
+    feature vectors of the instance into one vector and subtracts the squared norms), so it
+    can check the export. ``users[e] < 0`` means "no user" (cold request).
+    """
+    n = users.shape[0]
+    k = V.shape[1]
+    for e in prange(n):
+        tot = np.zeros(k, dtype=np.float64)
+        sq = 0.0
+        lin = np.float64(w0[0])
+        i = items[e]
+        u = users[e]
+        # item id, item attributes
+        r = item_off + i
+        lin += w[r]
+        for f in range(k):
+            tot[f] += V[r, f]
+            sq += np.float64(V[r, f]) * V[r, f]
+        for p in range(ia_ptr[i], ia_ptr[i + 1]):
+            r = ia_idx[p]
+            x = np.float64(ia_val[p])
+            lin += x * w[r]
+            for f in range(k):
+                tot[f] += x * V[r, f]
+                sq += x * x * V[r, f] * V[r, f]
+        if u >= 0:
+            r = user_off + u
+            lin += w[r]
+            for f in range(k):
+                tot[f] += V[r, f]
+                sq += np.float64(V[r, f]) * V[r, f]
+            for p in range(ua_ptr[u], ua_ptr[u + 1]):
+                r = ua_idx[p]
+                x = np.float64(ua_val[p])
+                lin += x * w[r]
+                for f in range(k):
+                    tot[f] += x * V[r, f]
+                    sq += x * x * V[r, f] * V[r, f]
+        for c in range(ctx.shape[1]):
+            v = ctx[e, c]
+            if v >= 0:
+                r = ctx_off[c] + v
+                lin += w[r]
+                for f in range(k):
+                    tot[f] += V[r, f]
+                    sq += np.float64(V[r, f]) * V[r, f]
+        # dense text fields: item (row i of itext), user (row u), request (row e of qtext)
+        for fld in range(3):
+            lo = toff[fld]
+            d = toff[fld + 1] - lo
+            if d == 0:
+                continue
+            if fld == 1 and u < 0:
+                continue
+            tv = np.zeros(k, dtype=np.float64)
+            for q in range(d):
+                if fld == 0:
+                    ev = np.float64(itext[i, q])
+                elif fld == 1:
+                    ev = np.float64(utext[u, q])
+                else:
+                    ev = np.float64(qtext[e, q])
+                if ev != 0.0:
+                    lin += ev * a[lo + q]
+                    for f in range(k):
+                        tv[f] += ev * P[lo + q, f]
+            for f in range(k):
+                tot[f] += tv[f]
+                sq += tv[f] * tv[f]
+        pair = 0.0
+        for f in range(k):
+            pair += tot[f] * tot[f]
+        out[e] = lin + 0.5 * (pair - sq)
+
+
+@njit(parallel=True, cache=True)
+def item_table(V, w, P, a, item_off, ia_ptr, ia_idx, ia_val, itext, t0, vecs, bias):
+    """Item table for serving: vecs[i] = item-side vector sum, bias[i] = lin_I + intra_I."""
+    n = vecs.shape[0]
+    k = V.shape[1]
+    for i in prange(n):
+        tmp = np.empty(k, dtype=np.float32)
+        lin, intra = _item_side(i, V, w, P, a, item_off, ia_ptr, ia_idx, ia_val, itext, t0,
+                                vecs[i], tmp)
+        bias[i] = lin + intra
+
+
+@njit(parallel=True, cache=True)
+def query_table(users, ctx, qtext, ctx_off, V, w, P, a, user_off, ua_ptr, ua_idx, ua_val,
+                utext, t1, t2, w0, queries, const):
+    """Query vectors for serving: queries[e] = user-side vector sum; const[e] = w0 + lin_U + intra_U."""
+    n = queries.shape[0]
+    k = V.shape[1]
+    for e in prange(n):
+        tu = np.empty(k, dtype=np.float32)
+        tq = np.empty(k, dtype=np.float32)
+        lin, intra = _user_side(e, users[e], ctx, ctx_off, V, w, P, a, user_off, ua_ptr, ua_idx,
+                                ua_val, utext, t1, qtext, t2, queries[e], tu, tq)
+        const[e] = w0[0] + lin + intra

@@ -1,0 +1,856 @@
+"""ContextFM: a context-aware, text-aware factorization machine trained with numba kernels.
+
+Inputs are plain arrays (see :class:`Interactions` and :class:`SideInfo`); the adapter
+:func:`ctxrec.model.from_dataset` builds them from a :class:`ctxrec.data.Dataset`.
+
+Model. Every instance (user ``u``, context values ``c_1..c_C``, request text ``q``, item
+``i``) is the set of features
+
+* user side: user id, user attributes (CSR, weighted), user text ``P_u^T e_u``, one value
+  per categorical context field, request text ``P_q^T e_q``;
+* item side: item id, item attributes (CSR, weighted), item text ``P_i^T e_i``;
+
+and its score is the second-order FM ``w0 + sum_a x_a w_a + sum_{a<b} x_a x_b <v_a, v_b>``.
+Dense text embeddings enter through learned projections ``P`` (and linear weights), so an
+item that has only a description still gets a vector (item cold start), and a request's
+words move the ranking.
+
+Serving. For a fixed (user, context, request text) the score is
+``query . item_vec + item_bias + const`` with ``query`` the user-side vector sum,
+``item_vec`` the item-side vector sum, ``item_bias`` the item-side linear + intra-item
+pairwise terms and ``const`` (item-independent) the rest: :meth:`ContextFM.export` and
+:meth:`ContextFM.build_queries` give exactly these, for :class:`ctxrec.engine.Engine`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numba
+import numpy as np
+
+from ctxrec._io import CorruptArtifactError, atomic_dir, read_manifest
+from ctxrec.model import _kernels as K
+from ctxrec.model._metrics import auc_score, logloss_score, ranking_metrics
+
+__all__ = ["ContextFM", "Interactions", "SideInfo", "ServingTables", "QueryBatch"]
+
+FORMAT = "ctxrec.ContextFM"
+FORMAT_VERSION = 1
+
+_LOSSES = {"bpr": K.LOSS_BPR, "softmax": K.LOSS_SOFTMAX, "mse": K.LOSS_MSE, "logloss": K.LOSS_LOGLOSS}
+_OPTS = {"adam": K.OPT_ADAM, "adagrad": K.OPT_ADAGRAD}
+_EMPTY_F32_2D = np.zeros((0, 0), dtype=np.float32)
+
+
+# ----------------------------------------------------------------------------------------
+# inputs
+# ----------------------------------------------------------------------------------------
+def _as_csr(m: Any, n_rows: int, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(indptr int64, indices int64, data float32, n_cols) from a scipy CSR matrix, a
+    ``(indptr, indices, data, n_cols)`` tuple, a dense 2-D array, or None (no columns)."""
+    if m is None:
+        return np.zeros(n_rows + 1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), 0
+    if hasattr(m, "indptr") and hasattr(m, "indices"):
+        m = m.tocsr() if hasattr(m, "tocsr") else m
+        indptr, indices, data, n_cols = m.indptr, m.indices, m.data, m.shape[1]
+    elif isinstance(m, tuple) and len(m) == 4:
+        indptr, indices, data, n_cols = m
+        if data is None:
+            data = np.ones(len(indices), np.float32)
+    else:
+        d = np.asarray(m)
+        if d.ndim != 2:
+            raise ValueError(f"{name}: expected CSR or a 2-D array, got shape {d.shape}")
+        rows, cols = np.nonzero(d)
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=d.shape[0]))])
+        indices, data, n_cols = cols, d[rows, cols], d.shape[1]
+    indptr = np.ascontiguousarray(indptr, dtype=np.int64)
+    indices = np.ascontiguousarray(indices, dtype=np.int64)
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    if len(indptr) != n_rows + 1:
+        raise ValueError(f"{name}: {len(indptr) - 1} rows, expected {n_rows}")
+    if len(indices) and (indices.min() < 0 or indices.max() >= n_cols):
+        raise ValueError(f"{name}: column index out of range [0, {n_cols})")
+    if not np.all(np.isfinite(data)):
+        raise ValueError(f"{name}: non-finite values")
+    return indptr, indices, data, int(n_cols)
+
+
+def _dense(x: Any, n_rows: int | None, name: str) -> np.ndarray:
+    if x is None:
+        return _EMPTY_F32_2D if n_rows is None else np.zeros((n_rows, 0), np.float32)
+    a = np.ascontiguousarray(x, dtype=np.float32)
+    if a.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D float array, got shape {a.shape}")
+    if n_rows is not None and a.shape[0] != n_rows:
+        raise ValueError(f"{name}: {a.shape[0]} rows, expected {n_rows}")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name}: non-finite values")
+    return a
+
+
+@dataclass
+class SideInfo:
+    """The catalog: sizes, context field cardinalities and side features.
+
+    n_users, n_items: number of dense user / item indices.
+    context_cardinalities: number of values of each categorical context field (an unknown
+        bucket, if any, is one of them); context index -1 means "field absent".
+    item_attrs: CSR [n_items, n_item_attrs] (scipy CSR, ``(indptr, indices, data, n_cols)``
+        or dense), weights as given (see ``ContextFM.normalize_attrs``).
+    user_attrs: CSR [n_users, n_user_attrs], same conventions.
+    item_text: float32 [n_items, d_item] text embeddings (rows of zeros = no text).
+    user_text: float32 [n_users, d_user].
+    context_text_dim: width d_q of the per-request text embedding (0 = none).
+    """
+
+    n_users: int
+    n_items: int
+    context_cardinalities: Sequence[int] = ()
+    item_attrs: Any = None
+    user_attrs: Any = None
+    item_text: np.ndarray | None = None
+    user_text: np.ndarray | None = None
+    context_text_dim: int = 0
+
+
+@dataclass
+class Interactions:
+    """Training or scoring rows as plain arrays.
+
+    user: int [n] dense user index (-1 = anonymous request, only for scoring).
+    item: int [n] dense item index.
+    context: int [n, C] per-field context value index, -1 = absent (None = no context).
+    context_text: float32 [n, d_q] request text embedding per row (None = none).
+    label: float [n] rating (MSE) or 0/1 label (logloss); ignored by BPR / softmax.
+    """
+
+    user: np.ndarray
+    item: np.ndarray
+    context: np.ndarray | None = None
+    context_text: np.ndarray | None = None
+    label: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    def subset(self, rows: np.ndarray) -> "Interactions":
+        """Rows ``rows`` of every array."""
+        pick = (lambda a: None if a is None else np.asarray(a)[rows])
+        return Interactions(np.asarray(self.user)[rows], np.asarray(self.item)[rows],
+                            pick(self.context), pick(self.context_text), pick(self.label))
+
+
+@dataclass
+class ServingTables:
+    """Item side of the serving form (for ``Engine.fit``).
+
+    item_vecs: float32 [n_items, k]; item_bias: float32 [n_items];
+    score(q, i) = queries[q] . item_vecs[i] + item_bias[i] + const[q].
+    """
+
+    item_vecs: np.ndarray
+    item_bias: np.ndarray
+    item_text: np.ndarray | None = None
+    item_tri: np.ndarray | None = None
+
+
+@dataclass
+class QueryBatch:
+    """Query side of the serving form: queries float32 [b, k], const float32 [b]
+    (item-independent; add it to get model.predict exactly)."""
+
+    queries: np.ndarray
+    const: np.ndarray
+    text_queries: np.ndarray | None = None
+    tri_queries: np.ndarray | None = None
+
+
+# ----------------------------------------------------------------------------------------
+# the model
+# ----------------------------------------------------------------------------------------
+class ContextFM:
+    """Context-aware, text-aware factorization machine.
+
+    Parameters
+    ----------
+    n_factors : int
+        Embedding width k (default 64).
+    loss : {"bpr", "softmax", "mse", "logloss"}
+        BPR and sampled softmax (with logQ correction) for implicit feedback, MSE for
+        ratings, logloss for 0/1 labels (with ``n_negatives > 0`` extra sampled negatives
+        per row are added with label 0).
+    n_negatives : int
+        Sampled negatives per training row (BPR averages over them). Default 1 for BPR, 0 for
+        MSE/logloss; softmax needs more (e.g. 64).
+    negative_sampling : {"uniform", "popularity"}
+        Draw negatives uniformly over the training items or proportionally to
+        ``count ** popularity_alpha``. A user's own training positives are rejected.
+    popularity_alpha : float
+    optimizer : {"adam", "adagrad"}
+        Adam is "lazy": moments of sparse rows are updated when the row is in a batch.
+    learning_rate : float
+    batch_size : int
+        Rows per mini-batch; gradients of a batch are summed, then applied at once.
+    epochs : int
+        Maximum number of epochs.
+    l2 : float
+        L2 on embedding rows (applied to the rows in each batch).
+    l2_bias : float
+        L2 on linear weights.
+    l2_text : float
+        L2 on the text projections (dense, every step).
+    init_std : float
+        Std of the normal initialisation of embedding rows. Rows of users / items that have
+        no training row start (and stay) at zero, so cold ids do not add noise.
+    text_init_std : float or None
+        Std of projection entries (default ``init_std / sqrt(d)``, d the text width).
+    normalize_attrs : bool
+        Scale each item's / user's attribute weights to unit L2 norm.
+    early_stopping_rounds : int or None
+        Stop when the validation metric has not improved for this many evaluations and
+        restore the best parameters (needs ``validation`` in ``fit``).
+    eval_every : int
+        Evaluate on the validation set every this many epochs.
+    eval_metric : str or None
+        "ndcg@K", "recall@K", "precision@K", "map@K" (full ranking, training items
+        excluded), "auc", "logloss" or "rmse". Default: ndcg@10 for bpr/softmax,
+        auc for logloss, rmse for mse.
+    random_state : int
+        Seed. Training is bit-for-bit deterministic for a seed, whatever ``num_threads``.
+    num_threads : int or None
+        numba threads (None = numba's default).
+    verbose : bool
+        Print one line per epoch (loss, examples/s, validation metric).
+    """
+
+    def __init__(
+        self,
+        n_factors: int = 64,
+        loss: str = "bpr",
+        n_negatives: int | None = None,
+        negative_sampling: str = "uniform",
+        popularity_alpha: float = 0.75,
+        optimizer: str = "adam",
+        learning_rate: float = 0.005,
+        batch_size: int = 256,
+        epochs: int = 30,
+        l2: float = 1e-4,
+        l2_bias: float = 1e-5,
+        l2_text: float = 1e-5,
+        init_std: float = 0.05,
+        text_init_std: float | None = None,
+        normalize_attrs: bool = True,
+        early_stopping_rounds: int | None = None,
+        eval_every: int = 1,
+        eval_metric: str | None = None,
+        random_state: int = 0,
+        num_threads: int | None = None,
+        verbose: bool = False,
+    ) -> None:
+        self.n_factors = n_factors
+        self.loss = loss
+        self.n_negatives = n_negatives
+        self.negative_sampling = negative_sampling
+        self.popularity_alpha = popularity_alpha
+        self.optimizer = optimizer
+        self.learning_rate = learning_rate
+        self.batch_size = batch_size
+        self.epochs = epochs
+        self.l2 = l2
+        self.l2_bias = l2_bias
+        self.l2_text = l2_text
+        self.init_std = init_std
+        self.text_init_std = text_init_std
+        self.normalize_attrs = normalize_attrs
+        self.early_stopping_rounds = early_stopping_rounds
+        self.eval_every = eval_every
+        self.eval_metric = eval_metric
+        self.random_state = random_state
+        self.num_threads = num_threads
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ parameters --
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Constructor parameters (scikit-learn convention)."""
+        return {k: getattr(self, k) for k in _PARAM_NAMES}
+
+    def set_params(self, **params: Any) -> "ContextFM":
+        for k, v in params.items():
+            if k not in _PARAM_NAMES:
+                raise ValueError(f"ContextFM has no parameter {k!r}")
+            setattr(self, k, v)
+        return self
+
+    def __repr__(self) -> str:
+        diff = {k: v for k, v in self.get_params().items() if v != _DEFAULTS[k]}
+        return "ContextFM(" + ", ".join(f"{k}={v!r}" for k, v in diff.items()) + ")"
+
+    def _check_params(self) -> None:
+        if self.loss not in _LOSSES:
+            raise ValueError(f"loss={self.loss!r}: expected one of {sorted(_LOSSES)}")
+        if self.optimizer not in _OPTS:
+            raise ValueError(f"optimizer={self.optimizer!r}: expected one of {sorted(_OPTS)}")
+        if self.negative_sampling not in ("uniform", "popularity"):
+            raise ValueError(f"negative_sampling={self.negative_sampling!r}: expected 'uniform' or 'popularity'")
+        if int(self.n_factors) < 1:
+            raise ValueError(f"n_factors={self.n_factors!r}: must be >= 1")
+        if int(self.batch_size) < 1:
+            raise ValueError(f"batch_size={self.batch_size!r}: must be >= 1")
+        if not (self.learning_rate > 0):
+            raise ValueError(f"learning_rate={self.learning_rate!r}: must be > 0")
+        for name in ("l2", "l2_bias", "l2_text"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)!r}: must be >= 0")
+        nn = self._n_neg()
+        if self.loss in ("bpr", "softmax") and nn < 1:
+            raise ValueError(f"n_negatives={self.n_negatives!r}: loss={self.loss!r} needs >= 1")
+        if self.loss == "mse" and nn != 0:
+            raise ValueError(f"n_negatives={self.n_negatives!r}: loss='mse' takes no sampled negatives")
+
+    def _n_neg(self) -> int:
+        if self.n_negatives is None:
+            return {"bpr": 1, "softmax": 64}.get(self.loss, 0)
+        return int(self.n_negatives)
+
+    def _metric_name(self) -> str:
+        if self.eval_metric is not None:
+            return str(self.eval_metric).lower()
+        return {"bpr": "ndcg@10", "softmax": "ndcg@10", "logloss": "auc", "mse": "rmse"}[self.loss]
+
+    # --------------------------------------------------------------------- layout --
+    def _setup(self, side: SideInfo) -> None:
+        nU, nI = int(side.n_users), int(side.n_items)
+        if nU < 1 or nI < 1:
+            raise ValueError(f"SideInfo: n_users={nU}, n_items={nI}: both must be >= 1")
+        cards = [int(c) for c in side.context_cardinalities]
+        for f, c in enumerate(cards):
+            if c < 1:
+                raise ValueError(f"SideInfo.context_cardinalities[{f}]={c}: must be >= 1")
+        ia_ptr, ia_idx, ia_val, n_ia = _as_csr(side.item_attrs, nI, "SideInfo.item_attrs")
+        ua_ptr, ua_idx, ua_val, n_ua = _as_csr(side.user_attrs, nU, "SideInfo.user_attrs")
+        if self.normalize_attrs:
+            ia_val = _row_normalize(ia_ptr, ia_val)
+            ua_val = _row_normalize(ua_ptr, ua_val)
+        # rows: items | item attrs | context fields | user attrs | users
+        self.item_off_ = 0
+        self.iattr_off_ = nI
+        off = nI + n_ia
+        ctx_off = []
+        for c in cards:
+            ctx_off.append(off)
+            off += c
+        self.uattr_off_ = off
+        off += n_ua
+        self.user_off_ = off
+        self.n_rows_ = off + nU
+        self.ctx_off_ = np.asarray(ctx_off, dtype=np.int64)
+        self.context_cardinalities_ = tuple(cards)
+        self.n_users_, self.n_items_ = nU, nI
+        self.n_item_attrs_, self.n_user_attrs_ = n_ia, n_ua
+        self.ia_ptr_, self.ia_idx_, self.ia_val_ = ia_ptr, ia_idx + self.iattr_off_, ia_val
+        self.ua_ptr_, self.ua_idx_, self.ua_val_ = ua_ptr, ua_idx + self.uattr_off_, ua_val
+        self.item_text_ = _dense(side.item_text, nI, "SideInfo.item_text")
+        self.user_text_ = _dense(side.user_text, nU, "SideInfo.user_text")
+        dq = int(side.context_text_dim)
+        di, du = self.item_text_.shape[1], self.user_text_.shape[1]
+        self.toff_ = np.asarray([0, di, di + du, di + du + dq], dtype=np.int64)
+
+    def _init_params(self, seen_rows: np.ndarray) -> None:
+        k = int(self.n_factors)
+        rng = np.random.default_rng(self.random_state)
+        V = rng.normal(0.0, self.init_std, size=(self.n_rows_, k)).astype(np.float32)
+        V[~seen_rows] = 0.0
+        self.V_ = V
+        self.w_ = np.zeros(self.n_rows_, np.float32)
+        P = np.zeros((int(self.toff_[-1]), k), np.float32)
+        for f in range(3):
+            lo, hi = self.toff_[f], self.toff_[f + 1]
+            if hi > lo:
+                std = self.text_init_std if self.text_init_std is not None else self.init_std / math.sqrt(hi - lo)
+                P[lo:hi] = rng.normal(0.0, std, size=(hi - lo, k))
+        self.P_ = P
+        self.a_ = np.zeros(int(self.toff_[-1]), np.float32)
+        self.w0_ = np.zeros(1, np.float32)
+        self._reset_opt_state()
+
+    def _reset_opt_state(self) -> None:
+        self._opt = dict(
+            mV=np.zeros_like(self.V_), sV=np.zeros_like(self.V_),
+            mw=np.zeros_like(self.w_), sw=np.zeros_like(self.w_),
+            mP=np.zeros_like(self.P_), sP=np.zeros_like(self.P_),
+            ma=np.zeros_like(self.a_), sa=np.zeros_like(self.a_),
+            m0=np.zeros(1, np.float32), s0=np.zeros(1, np.float32),
+        )
+        self.step_ = 0
+
+    def _check_rows(self, X: Interactions, name: str, *, allow_anon: bool) -> dict[str, np.ndarray]:
+        n = len(X.user)
+        users = np.ascontiguousarray(X.user, dtype=np.int64)
+        items = np.ascontiguousarray(X.item, dtype=np.int64)
+        if items.shape != (n,):
+            raise ValueError(f"{name}.item: shape {items.shape}, expected ({n},)")
+        lo = -1 if allow_anon else 0
+        if n and (users.min() < lo or users.max() >= self.n_users_):
+            bad = users[(users < lo) | (users >= self.n_users_)][0]
+            raise ValueError(f"{name}.user: index {bad} out of range [{lo}, {self.n_users_})")
+        if n and (items.min() < 0 or items.max() >= self.n_items_):
+            bad = items[(items < 0) | (items >= self.n_items_)][0]
+            raise ValueError(f"{name}.item: index {bad} out of range [0, {self.n_items_})")
+        C = len(self.context_cardinalities_)
+        if X.context is None:
+            ctx = np.full((n, C), -1, np.int64)
+        else:
+            ctx = np.ascontiguousarray(X.context, dtype=np.int64)
+            if ctx.ndim == 1:
+                ctx = ctx.reshape(n, -1) if C else ctx.reshape(n, 0)
+            if ctx.shape != (n, C):
+                raise ValueError(f"{name}.context: shape {ctx.shape}, expected ({n}, {C})")
+            for f, c in enumerate(self.context_cardinalities_):
+                col = ctx[:, f]
+                bad = (col < -1) | (col >= c)
+                if bad.any():
+                    raise ValueError(f"{name}.context[:, {f}]: value {col[bad][0]} out of range [-1, {c})")
+        dq = int(self.toff_[3] - self.toff_[2])
+        if X.context_text is None:
+            qt = np.zeros((n, dq), np.float32)
+        else:
+            qt = _dense(X.context_text, n, f"{name}.context_text")
+            if qt.shape[1] != dq:
+                raise ValueError(f"{name}.context_text: width {qt.shape[1]}, expected {dq}")
+        if X.label is None:
+            lab = np.ones(n, np.float64)
+        else:
+            lab = np.ascontiguousarray(X.label, dtype=np.float64)
+            if lab.shape != (n,):
+                raise ValueError(f"{name}.label: shape {lab.shape}, expected ({n},)")
+            if not np.all(np.isfinite(lab)):
+                raise ValueError(f"{name}.label: non-finite values")
+            if self.loss == "logloss" and not np.all((lab == 0) | (lab == 1)):
+                raise ValueError(f"{name}.label: logloss needs labels in {{0, 1}}, got {np.unique(lab)[:5]}")
+        return dict(users=users, items=items, ctx=ctx, qtext=qt, labels=lab)
+
+    # ------------------------------------------------------------------------ fit --
+    def fit(self, X: Interactions, side: SideInfo, *, validation: Interactions | None = None,
+            callback: Callable[[int, dict[str, float]], None] | None = None) -> "ContextFM":
+        """Train on ``X`` over the catalog ``side``; returns self.
+
+        For bpr/softmax every row of ``X`` is a positive (rows with label 0, if labels are
+        given, are dropped); for mse ``X.label`` is the rating; for logloss the 0/1 label.
+        ``validation`` (same form) drives early stopping and the recorded metric curve.
+        ``callback(epoch, record)`` is called after every epoch.
+
+        Learned attributes: ``V_`` f32 [n_rows, k], ``w_`` f32 [n_rows], ``P_`` / ``a_`` text
+        projections, ``w0_``, ``history_`` (per-epoch loss, examples/s, metric),
+        ``best_epoch_``, ``fit_time_s_``.
+        """
+        self._check_params()
+        self._setup(side)
+        rows = self._check_rows(X, "X", allow_anon=False)
+        if self.loss in ("bpr", "softmax") and X.label is not None:
+            keep = rows["labels"] > 0
+            rows = {k_: v[keep] for k_, v in rows.items()}
+        if self.loss in ("mse", "logloss") and X.label is None:
+            raise ValueError(f"X.label: loss={self.loss!r} needs labels")
+        n = len(rows["users"])
+        if n == 0:
+            raise ValueError("X: no training rows")
+        self._train_rows = rows
+        # positives per user (for negative rejection and ranking evaluation)
+        pos_mask = rows["labels"] > 0 if self.loss == "logloss" else np.ones(n, bool)
+        self.pos_ptr_, self.pos_idx_ = _user_item_csr(rows["users"][pos_mask], rows["items"][pos_mask], self.n_users_)
+        # negative sampling distribution over items seen in training
+        counts = np.bincount(rows["items"], minlength=self.n_items_)
+        self.item_counts_ = counts.astype(np.int64)
+        neg_items = np.flatnonzero(counts > 0).astype(np.int64)
+        self._neg = _neg_tables(neg_items, counts, self.negative_sampling, self.popularity_alpha, self.n_items_)
+        # rows that occur in training get random init, the others stay 0
+        seen = np.zeros(self.n_rows_, bool)
+        seen[self.item_off_ + np.unique(rows["items"])] = True
+        seen[self.user_off_ + np.unique(rows["users"])] = True
+        seen[self.iattr_off_:self.user_off_] = True
+        self._init_params(seen)
+        val = None
+        if validation is not None:
+            val = self._check_rows(validation, "validation", allow_anon=False)
+        metric = self._metric_name()
+        higher_better = metric not in ("logloss", "rmse")
+        best, best_epoch, since_best, best_params = -np.inf, -1, 0, None
+        self.history_ = []
+        nthreads = self.num_threads
+        t_fit = time.perf_counter()
+        with _threads(nthreads):
+            for epoch in range(int(self.epochs)):
+                t0 = time.perf_counter()
+                order = np.random.default_rng([self.random_state, epoch]).permutation(n).astype(np.int64)
+                tot = self._run_epoch(rows, order, epoch, 0, self.n_rows_, True, self.step_)
+                dt = time.perf_counter() - t0
+                rec: dict[str, float] = {"epoch": epoch, "loss": tot / n, "seconds": dt,
+                                         "examples_per_s": n / max(dt, 1e-9)}
+                if val is not None and (epoch + 1) % max(1, int(self.eval_every)) == 0:
+                    m = self._evaluate_rows(val, metric)
+                    rec[metric] = m
+                    score = m if higher_better else -m
+                    if score > best:
+                        best, best_epoch, since_best = score, epoch, 0
+                        if self.early_stopping_rounds is not None:
+                            best_params = self._snapshot()
+                    else:
+                        since_best += 1
+                self.history_.append(rec)
+                if self.verbose:
+                    extra = f" {metric}={rec[metric]:.5f}" if metric in rec else ""
+                    print(f"[ContextFM] epoch {epoch + 1}/{self.epochs} loss={rec['loss']:.5f} "
+                          f"{rec['examples_per_s']:,.0f} ex/s{extra}", flush=True)
+                if callback is not None:
+                    callback(epoch, rec)
+                if (self.early_stopping_rounds is not None and val is not None
+                        and since_best >= int(self.early_stopping_rounds)):
+                    break
+        if best_params is not None:
+            self._restore(best_params)
+        self.best_epoch_ = best_epoch if best_epoch >= 0 else len(self.history_) - 1
+        self.fit_time_s_ = time.perf_counter() - t_fit
+        del self._train_rows
+        return self
+
+    def _run_epoch(self, rows: dict[str, np.ndarray], order: np.ndarray, epoch: int, row_lo: int,
+                   row_hi: int, train_dense: bool, step0: int, *, pos: tuple | None = None,
+                   seed: int | None = None) -> float:
+        o = self._opt
+        neg_items, neg_cdf, neg_logq = self._neg
+        pos_ptr, pos_idx = pos if pos is not None else (self.pos_ptr_, self.pos_idx_)
+        out = np.zeros(1, np.float64)
+        b1, b2 = 0.9, 0.999
+        eps = 1e-8 if self.optimizer == "adam" else 1e-6
+        step = K.train_epoch(
+            order, rows["users"], rows["items"], rows["ctx"], rows["labels"], rows["qtext"],
+            self.ctx_off_, self.item_off_, self.user_off_, self.ia_ptr_, self.ia_idx_, self.ia_val_,
+            self.ua_ptr_, self.ua_idx_, self.ua_val_, self.item_text_, self.user_text_, self.toff_,
+            pos_ptr, pos_idx, neg_items, neg_cdf, neg_logq,
+            self.V_, self.w_, self.P_, self.a_, self.w0_,
+            o["mV"], o["sV"], o["mw"], o["sw"], o["mP"], o["sP"], o["ma"], o["sa"], o["m0"], o["s0"],
+            _LOSSES[self.loss], self._n_neg(), int(min(self.batch_size, len(order))),
+            float(self.learning_rate), float(self.l2), float(self.l2_bias), float(self.l2_text),
+            _OPTS[self.optimizer], b1, b2, eps, int(step0),
+            int(self.random_state if seed is None else seed), int(epoch), int(row_lo), int(row_hi),
+            bool(train_dense), int(numba.get_num_threads()), out)
+        if row_lo == 0 and row_hi == self.n_rows_ and train_dense:
+            self.step_ = int(step)
+        return float(out[0])
+
+    def _snapshot(self) -> dict[str, np.ndarray]:
+        return {k_: getattr(self, k_).copy() for k_ in ("V_", "w_", "P_", "a_", "w0_")}
+
+    def _restore(self, snap: dict[str, np.ndarray]) -> None:
+        for k_, v in snap.items():
+            setattr(self, k_, v)
+
+    # --------------------------------------------------------------- evaluation --
+    def _evaluate_rows(self, val: dict[str, np.ndarray], metric: str) -> float:
+        if "@" in metric:
+            name, kk = metric.split("@")
+            res = self._rank_eval(val, int(kk))
+            if name not in res:
+                raise ValueError(f"eval_metric={metric!r}: unknown ranking metric {name!r}")
+            return res[name]
+        s = self._predict_rows(val)
+        y = val["labels"]
+        if metric == "auc":
+            return auc_score(y, s)
+        if metric == "logloss":
+            return logloss_score(y, 1.0 / (1.0 + np.exp(-s)))
+        if metric == "rmse":
+            return float(np.sqrt(np.mean((s - y) ** 2)))
+        raise ValueError(f"eval_metric={metric!r}: expected ndcg@K/recall@K/precision@K/map@K/auc/logloss/rmse")
+
+    def _rank_eval(self, val: dict[str, np.ndarray], k: int) -> dict[str, float]:
+        """Full-ranking metrics: one query per distinct (user, context row); training
+        positives of the user are excluded from the ranking."""
+        users, ctx, qt = val["users"], val["ctx"], val["qtext"]
+        keycols = [users[:, None], ctx]
+        if qt.shape[1]:
+            keycols.append(np.ascontiguousarray(qt).view(np.int32))
+        key = np.concatenate(keycols, axis=1) if len(keycols) > 1 else users[:, None]
+        _, first, inv = np.unique(key, axis=0, return_index=True, return_inverse=True)
+        inv = inv.ravel()
+        qb = self._queries(users[first], ctx[first], qt[first])
+        ids = self._topk(qb, users[first], k)
+        rel_ptr, rel_idx = _user_item_csr(inv, val["items"], len(first))
+        return ranking_metrics(ids, rel_ptr, rel_idx, k)
+
+    def _topk(self, qb: QueryBatch, users: np.ndarray, k: int, exclude_seen: bool = True) -> np.ndarray:
+        from ctxrec import _core
+        tab = self.export()
+        kw: dict[str, Any] = {}
+        if exclude_seen:
+            ptr = np.zeros(len(users) + 1, np.int64)
+            lens = np.where(users >= 0, self.pos_ptr_[np.maximum(users, 0) + 1] - self.pos_ptr_[np.maximum(users, 0)], 0)
+            ptr[1:] = np.cumsum(lens)
+            idx = np.concatenate([self.pos_idx_[self.pos_ptr_[u]:self.pos_ptr_[u + 1]] for u in users if u >= 0]
+                                 or [np.zeros(0, np.int64)]).astype(np.int64)
+            kw = dict(exclude_indptr=ptr, exclude_indices=np.ascontiguousarray(idx))
+        ids, _ = _core.topk_full(qb.queries, tab.item_vecs, tab.item_bias, int(k),
+                                 num_threads=int(self.num_threads or 0), **kw)
+        return ids
+
+    # ------------------------------------------------------------------- scoring --
+    def _predict_rows(self, r: dict[str, np.ndarray]) -> np.ndarray:
+        out = np.zeros(len(r["users"]), np.float64)
+        K.predict_full(r["users"], r["items"], r["ctx"], r["qtext"], self.ctx_off_, self.item_off_,
+                       self.user_off_, self.ia_ptr_, self.ia_idx_, self.ia_val_, self.ua_ptr_,
+                       self.ua_idx_, self.ua_val_, self.item_text_, self.user_text_, self.toff_,
+                       self.V_, self.w_, self.P_, self.a_, self.w0_, out)
+        return out
+
+    def predict(self, X: Interactions) -> np.ndarray:
+        """Model score (float64 [n]) per row: the rating for mse, the logit for logloss."""
+        self._check_fitted()
+        return self._predict_rows(self._check_rows(X, "X", allow_anon=True))
+
+    def predict_proba(self, X: Interactions) -> np.ndarray:
+        """sigmoid(predict(X)), float64 [n] (meaningful for loss='logloss')."""
+        s = self.predict(X)
+        return 1.0 / (1.0 + np.exp(-s))
+
+    def recommend(self, users: np.ndarray, k: int = 10, *, context: np.ndarray | None = None,
+                  context_text: np.ndarray | None = None, exclude_seen: bool = True) -> np.ndarray:
+        """Top-k item indices (int64 [b, k], -1 padded) for each (user, context) by exact
+        full-catalog scoring in ``ctxrec._core``; training positives excluded by default."""
+        self._check_fitted()
+        users = np.ascontiguousarray(users, dtype=np.int64)
+        qb = self.build_queries(users, context=context, context_text=context_text)
+        return self._topk(qb, users, k, exclude_seen)
+
+    # ------------------------------------------------------------------- export --
+    def export(self) -> ServingTables:
+        """Item table for serving: item_vecs f32 [n_items, k], item_bias f32 [n_items]."""
+        self._check_fitted()
+        k = self.V_.shape[1]
+        vecs = np.zeros((self.n_items_, k), np.float32)
+        bias = np.zeros(self.n_items_, np.float32)
+        K.item_table(self.V_, self.w_, self.P_, self.a_, self.item_off_, self.ia_ptr_, self.ia_idx_,
+                     self.ia_val_, self.item_text_, int(self.toff_[0]), vecs, bias)
+        return ServingTables(vecs, bias)
+
+    def _queries(self, users: np.ndarray, ctx: np.ndarray, qt: np.ndarray) -> QueryBatch:
+        b = len(users)
+        k = self.V_.shape[1]
+        q = np.zeros((b, k), np.float32)
+        c = np.zeros(b, np.float64)
+        K.query_table(users, ctx, qt, self.ctx_off_, self.V_, self.w_, self.P_, self.a_, self.user_off_,
+                      self.ua_ptr_, self.ua_idx_, self.ua_val_, self.user_text_, int(self.toff_[1]),
+                      int(self.toff_[2]), self.w0_, q, c)
+        return QueryBatch(q, c.astype(np.float32))
+
+    def build_queries(self, users: np.ndarray, *, context: np.ndarray | None = None,
+                      context_text: np.ndarray | None = None) -> QueryBatch:
+        """Query vectors for (user, context, request text) rows (user -1 = anonymous).
+
+        ``queries[q] . item_vecs[i] + item_bias[i] + const[q]`` equals ``predict`` of that
+        (user, context, text, item) row up to float32 rounding.
+        """
+        self._check_fitted()
+        users = np.atleast_1d(np.asarray(users, dtype=np.int64))
+        X = Interactions(users, np.zeros(len(users), np.int64), context, context_text)
+        r = self._check_rows(X, "query", allow_anon=True)
+        return self._queries(r["users"], r["ctx"], r["qtext"])
+
+    # ------------------------------------------------------------------- fold-in --
+    def fold_in(self, items: np.ndarray, *, user: int | None = None, context: np.ndarray | None = None,
+                context_text: np.ndarray | None = None, label: np.ndarray | None = None,
+                user_text: np.ndarray | None = None, user_attrs: Sequence[int] | None = None,
+                epochs: int = 50) -> int:
+        """Learn (or update) one user's vector from a handful of interactions, items fixed.
+
+        Only the user's id row (and linear weight) is trained, with the model's loss and
+        optimizer settings, for ``epochs`` passes; items, attributes, context and text
+        projections are untouched. ``user=None`` appends a new user (optionally with
+        ``user_text`` f32 [d_user] and ``user_attrs`` attribute indices) and returns its
+        index; otherwise the given user is updated in place and returned. Deterministic.
+        """
+        self._check_fitted()
+        items = np.atleast_1d(np.asarray(items, dtype=np.int64))
+        if user is None:
+            user = self._append_user(user_text, user_attrs)
+        elif not (0 <= int(user) < self.n_users_):
+            raise ValueError(f"user={user}: out of range [0, {self.n_users_})")
+        user = int(user)
+        n = len(items)
+        if n == 0:
+            return user
+        X = Interactions(np.full(n, user, np.int64), items, context, context_text, label)
+        rows = self._check_rows(X, "fold_in", allow_anon=False)
+        if self.loss in ("mse", "logloss") and label is None:
+            raise ValueError(f"label: loss={self.loss!r} needs labels for fold_in")
+        # merge this user's positives into the exclusion CSR
+        new = np.unique(items if self.loss != "logloss" else items[rows["labels"] > 0])
+        self._set_user_positives(user, new)
+        r = self.user_off_ + user
+        with _threads(self.num_threads):
+            for ep in range(int(epochs)):
+                order = np.random.default_rng([self.random_state, user, ep]).permutation(n).astype(np.int64)
+                self._run_epoch(rows, order, ep, r, r + 1, False, 0, seed=self.random_state + 7919 * (user + 1))
+        return user
+
+    def _append_user(self, user_text: np.ndarray | None, user_attrs: Sequence[int] | None) -> int:
+        k = self.V_.shape[1]
+        self.V_ = np.vstack([self.V_, np.zeros((1, k), np.float32)])
+        self.w_ = np.append(self.w_, np.float32(0))
+        for name in ("mV", "sV"):
+            self._opt[name] = np.vstack([self._opt[name], np.zeros((1, k), np.float32)])
+        for name in ("mw", "sw"):
+            self._opt[name] = np.append(self._opt[name], np.float32(0))
+        attrs = np.asarray(user_attrs if user_attrs is not None else [], dtype=np.int64)
+        if len(attrs) and (attrs.min() < 0 or attrs.max() >= self.n_user_attrs_):
+            raise ValueError(f"user_attrs: index out of range [0, {self.n_user_attrs_})")
+        vals = np.ones(len(attrs), np.float32)
+        if self.normalize_attrs and len(attrs):
+            vals /= np.sqrt(len(attrs))
+        self.ua_ptr_ = np.append(self.ua_ptr_, self.ua_ptr_[-1] + len(attrs))
+        self.ua_idx_ = np.concatenate([self.ua_idx_, attrs + self.uattr_off_])
+        self.ua_val_ = np.concatenate([self.ua_val_, vals])
+        du = self.user_text_.shape[1]
+        row = np.zeros((1, du), np.float32)
+        if user_text is not None:
+            t = np.asarray(user_text, np.float32).reshape(-1)
+            if t.shape[0] != du:
+                raise ValueError(f"user_text: width {t.shape[0]}, expected {du}")
+            row[0] = t
+        self.user_text_ = np.ascontiguousarray(np.vstack([self.user_text_, row]))
+        self.pos_ptr_ = np.append(self.pos_ptr_, self.pos_ptr_[-1])
+        self.n_users_ += 1
+        self.n_rows_ += 1
+        return self.n_users_ - 1
+
+    def _set_user_positives(self, u: int, new: np.ndarray) -> None:
+        lo, hi = self.pos_ptr_[u], self.pos_ptr_[u + 1]
+        merged = np.union1d(self.pos_idx_[lo:hi], new).astype(np.int64)
+        self.pos_idx_ = np.concatenate([self.pos_idx_[:lo], merged, self.pos_idx_[hi:]])
+        self.pos_ptr_ = self.pos_ptr_.copy()
+        self.pos_ptr_[u + 1:] += len(merged) - (hi - lo)
+
+    # ---------------------------------------------------------------- save / load --
+    _ARRAYS = ("V_", "w_", "P_", "a_", "w0_", "ctx_off_", "toff_", "ia_ptr_", "ia_idx_", "ia_val_",
+               "ua_ptr_", "ua_idx_", "ua_val_", "item_text_", "user_text_", "pos_ptr_", "pos_idx_",
+               "item_counts_")
+    _SCALARS = ("item_off_", "iattr_off_", "uattr_off_", "user_off_", "n_rows_", "n_users_", "n_items_",
+                "n_item_attrs_", "n_user_attrs_", "step_", "best_epoch_", "fit_time_s_")
+
+    def save(self, path: str | Path) -> Path:
+        """Write the fitted model to the directory ``path`` (atomic; manifest with checksums)."""
+        self._check_fitted()
+        meta = {
+            "params": self.get_params(),
+            "scalars": {k_: (float(getattr(self, k_)) if isinstance(getattr(self, k_), float)
+                             else int(getattr(self, k_))) for k_ in self._SCALARS},
+            "context_cardinalities": list(self.context_cardinalities_),
+            "history": self.history_,
+        }
+        with atomic_dir(path, FORMAT, FORMAT_VERSION, meta) as d:
+            for k_ in self._ARRAYS:
+                np.save(d / f"{k_.rstrip('_')}.npy", np.ascontiguousarray(getattr(self, k_)), allow_pickle=False)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ContextFM":
+        """Read a directory written by :meth:`save`; raises CorruptArtifactError on a wrong
+        format/version or a missing/altered file."""
+        man = read_manifest(path, FORMAT, FORMAT_VERSION)
+        meta = man["meta"]
+        m = cls(**meta["params"])
+        for k_ in cls._ARRAYS:
+            p = Path(path) / f"{k_.rstrip('_')}.npy"
+            if not p.is_file():
+                raise CorruptArtifactError(f"{p}: missing array file")
+            try:
+                setattr(m, k_, np.load(p, allow_pickle=False))
+            except ValueError as e:
+                raise CorruptArtifactError(f"{p}: unreadable ({e})") from None
+        for k_, v in meta["scalars"].items():
+            setattr(m, k_, v)
+        m.context_cardinalities_ = tuple(meta["context_cardinalities"])
+        m.history_ = meta["history"]
+        m._reset_opt_state()
+        m.step_ = meta["scalars"]["step_"]
+        if m.V_.shape != (m.n_rows_, m.n_factors):
+            raise CorruptArtifactError(f"{path}: V has shape {m.V_.shape}, expected ({m.n_rows_}, {m.n_factors})")
+        m._neg = _neg_tables(np.flatnonzero(m.item_counts_ > 0).astype(np.int64), m.item_counts_,
+                             m.negative_sampling, m.popularity_alpha, m.n_items_)
+        return m
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "V_"):
+            raise RuntimeError("ContextFM is not fitted: call fit() first")
+
+
+_DEFAULTS = {k: v.default for k, v in __import__("inspect").signature(ContextFM.__init__).parameters.items()
+             if k != "self"}
+_PARAM_NAMES = tuple(_DEFAULTS)
+
+
+# ----------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------
+def _row_normalize(indptr: np.ndarray, data: np.ndarray) -> np.ndarray:
+    out = data.astype(np.float32).copy()
+    for r in range(len(indptr) - 1):
+        lo, hi = indptr[r], indptr[r + 1]
+        if hi > lo:
+            nrm = float(np.sqrt(np.sum(out[lo:hi].astype(np.float64) ** 2)))
+            if nrm > 0:
+                out[lo:hi] /= nrm
+    return out
+
+
+def _user_item_csr(users: np.ndarray, items: np.ndarray, n_users: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted, de-duplicated item lists per user as CSR (int64)."""
+    users = np.asarray(users, np.int64)
+    items = np.asarray(items, np.int64)
+    if len(users):
+        key = np.unique(users * (int(items.max()) + 1) + items)
+        m = int(items.max()) + 1
+        u, i = key // m, key % m
+    else:
+        u = i = np.zeros(0, np.int64)
+    ptr = np.zeros(n_users + 1, np.int64)
+    ptr[1:] = np.cumsum(np.bincount(u, minlength=n_users))
+    return ptr, i.astype(np.int64)
+
+
+def _neg_tables(neg_items: np.ndarray, counts: np.ndarray, how: str, alpha: float,
+                n_items: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(candidate items, cumulative weights or empty for uniform, log q per item)."""
+    if len(neg_items) == 0:
+        neg_items = np.arange(n_items, dtype=np.int64)
+    logq = np.zeros(n_items, np.float64)
+    if how == "popularity":
+        wts = counts[neg_items].astype(np.float64) ** float(alpha)
+        wts = np.maximum(wts, 1e-12)
+        cdf = np.cumsum(wts)
+        logq[neg_items] = np.log(wts / cdf[-1])
+        return neg_items, cdf, logq
+    logq[neg_items] = -np.log(len(neg_items))
+    return neg_items, np.zeros(0, np.float64), logq
+
+
+class _threads:
+    """Context manager setting numba's thread count (None = leave as is)."""
+
+    def __init__(self, n: int | None) -> None:
+        self.n = n
+
+    def __enter__(self) -> None:
+        import numba
+        self.old = numba.get_num_threads()
+        if self.n:
+            numba.set_num_threads(min(int(self.n), numba.config.NUMBA_NUM_THREADS))
+
+    def __exit__(self, *exc: Any) -> None:
+        import numba
+        numba.set_num_threads(self.old)
