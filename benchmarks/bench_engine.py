@@ -27,34 +27,13 @@ import hnswlib
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from ctxrec import Engine, _core
+from ctxrec import Engine, _core, synthetic
 
 DIM, TEXT_DIM, TEXT_W, K = 64, 32, 0.2, 10
 
 
 def make_catalog(n: int, kind: str, seed: int = 0) -> dict[str, np.ndarray]:
-    """Item table (vecs [n, 64], bias [n], text [n, 32]) and 1,000 queries of one distribution."""
-    rng = np.random.default_rng(seed)
-    nq = 1000
-
-    def unit(x: np.ndarray) -> np.ndarray:
-        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-    if kind == "normal":
-        V = rng.standard_normal((n, DIM), dtype=np.float32)
-        Q = rng.standard_normal((nq, DIM), dtype=np.float32)
-    elif kind == "clustered":  # like learned embeddings: many tight-ish clusters of varied size
-        n_clusters = max(16, n // 1000)
-        centers = rng.standard_normal((n_clusters, DIM), dtype=np.float32)
-        weights = rng.dirichlet(np.full(n_clusters, 0.5))
-        V = centers[rng.choice(n_clusters, n, p=weights)] + 0.35 * rng.standard_normal((n, DIM), dtype=np.float32)
-        Q = centers[rng.choice(n_clusters, nq, p=weights)] + 0.35 * rng.standard_normal((nq, DIM), dtype=np.float32)
-    else:
-        raise ValueError(f"kind must be 'normal' or 'clustered', got {kind!r}")
-    bias = (0.5 * rng.standard_normal(n)).astype(np.float32)
-    T = unit(rng.standard_normal((n, TEXT_DIM), dtype=np.float32))
-    TQ = unit(rng.standard_normal((nq, TEXT_DIM), dtype=np.float32))
-    return dict(V=np.ascontiguousarray(V), bias=bias, T=T, Q=np.ascontiguousarray(Q), TQ=TQ)
+    return synthetic.make_catalog(n, kind, DIM, TEXT_DIM, seed=seed)
 
 
 def numpy_rescore(cat: dict[str, np.ndarray], q: np.ndarray, tq: np.ndarray, cand: np.ndarray) -> np.ndarray:
@@ -192,9 +171,9 @@ def crossover(sizes: list[int], threads: int, n_queries: int = 300) -> list[dict
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="100k clustered + random only (under a minute)")
+    ap.add_argument("--quick", action="store_true", help="100k clustered only (about a minute)")
     ap.add_argument("--sizes", type=int, nargs="*", default=None)
-    ap.add_argument("--kinds", nargs="*", default=["clustered", "normal"])
+    ap.add_argument("--kinds", nargs="*", default=None, help="clustered and/or normal (quick: clustered)")
     ap.add_argument("--M", type=int, default=16)
     ap.add_argument("--ef", type=int, default=64)
     ap.add_argument("--ef-construction", type=int, default=100)
@@ -212,9 +191,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.crossover:
             return result
     sizes = args.sizes or ([100_000] if args.quick else [100_000, 1_000_000])
+    kinds = args.kinds or (["clustered"] if args.quick else ["clustered", "normal"])
     result["catalogs"] = []
     for n in sizes:
-        for kind in args.kinds:
+        for kind in kinds:
             r = bench_catalog(n, kind, args.M, args.ef, args.candidates, args.ef_construction, threads,
                               with_faiss=not args.no_faiss)
             result["catalogs"].append(r)

@@ -9,14 +9,12 @@ import numpy as np
 import pytest
 
 from ctxrec import CorruptArtifactError, Engine, _core
+from ctxrec.synthetic import make_catalog
 
 
-def clustered(n, d, n_clusters=50, seed=0):
-    rng = np.random.default_rng(seed)
-    centers = rng.standard_normal((n_clusters, d)).astype(np.float32)
-    X = centers[rng.integers(0, n_clusters, n)] + 0.3 * rng.standard_normal((n, d)).astype(np.float32)
-    bias = (0.5 * rng.standard_normal(n)).astype(np.float32)
-    return X.astype(np.float32), bias
+def clustered(n, d, seed=0):
+    cat = make_catalog(n, "clustered", dim=d, text_dim=1, n_queries=1, seed=seed)
+    return cat["V"], cat["bias"]
 
 
 def exact_top(eng, Q, k, text=None, w=1.0):
