@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     threads = _core.resolve_threads(args.threads)
     result: dict[str, Any] = {"threads": threads}
     if args.crossover or not args.quick:
-        result["crossover"] = crossover([2_000, 5_000, 10_000, 20_000, 50_000], threads)
+        result["crossover"] = crossover([1_000, 2_000, 3_000, 5_000, 10_000, 50_000], threads)
         for r in result["crossover"]:
             print(f"crossover n={r['n']:>7}: exact {r['exact_p50_ms']:.3f} ms, hnsw {r['hnsw_p50_ms']:.3f} ms")
         if args.crossover:
