@@ -197,17 +197,22 @@ def test_feature_row_selection():
 
 @needs_data
 def test_dataset_context_frappe_and_movielens():
-    from ctxrec.data import load_frappe_nfm, load_movielens_100k
+    from ctxrec.data import load_frappe, load_movielens_100k
 
-    nfm = load_frappe_nfm(DATA_DIR)
-    spec = ContextSpec(categorical=list(nfm.train.context_columns)).fit(nfm.train)
-    tr = spec.transform(nfm.train)
+    fr = load_frappe(DATA_DIR)
+    train, test = fr.subset(np.arange(0, len(fr), 2)), fr.subset(np.arange(1, len(fr), 2))
+    spec = ContextSpec(categorical=list(fr.context_columns)).fit(train)
+    tr = spec.transform(train)
     assert (tr.indices > 0).all()  # every training value is in the vocabulary
-    assert spec.cardinalities["weather"] == 9 + 1 and spec.cardinalities["homework"] == 3 + 1
-    te = spec.transform(nfm.test)
-    # rows and their request dicts agree on real data
-    reqs = nfm.test.context.iloc[:50].to_dict("records")
-    np.testing.assert_array_equal(spec.transform(reqs).indices, te.indices[:50])
+    full = ContextSpec(categorical=list(fr.context_columns)).fit(fr).cardinalities
+    assert (full["weather"], full["homework"], full["country"], full["city"]) == (9 + 1, 3 + 1, 80 + 1, 233 + 1)
+    te = spec.transform(test)
+    # rows and their request dicts agree on real data, and unseen values are unknown
+    reqs = test.context.iloc[:200].to_dict("records")
+    np.testing.assert_array_equal(spec.transform(reqs).indices, te.indices[:200])
+    city = te.slot("city")
+    unseen = ~np.isin(test.context["city"].astype(str), spec.vocabularies["city"])
+    np.testing.assert_array_equal(city == 0, unseen)
     ml = load_movielens_100k(DATA_DIR)
     tspec = ContextSpec(time=["timestamp"], tz="America/Chicago").fit(ml)
     f = tspec.transform(ml)

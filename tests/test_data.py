@@ -19,7 +19,9 @@ from ctxrec.data import (
     load_frappe,
     load_frappe_nfm,
     load_movielens_100k,
+    stack_attrs,
 )
+from ctxrec.data import _sample_unseen
 
 DATA_DIR = os.environ.get("CTXREC_DATA_DIR")
 needs_data = pytest.mark.skipif(
@@ -155,6 +157,24 @@ def test_errors_name_the_column_and_value():
         Dataset.from_frames("absent.csv")
 
 
+def test_stack_attrs_as_one_sparse_matrix():
+    ds = _toy()
+    tags = ds.item_attrs["tags"]
+    ip, ix, data, n_cols, names = stack_attrs({"tags": tags, "tags2": tags}, normalize=True)
+    assert n_cols == 6 and names[:3] == ["tags=x", "tags=y", "tags=z"]
+    assert ip.tolist() == [0, 4, 6, 6, 6, 8]
+    assert ix[:4].tolist() == [0, 1, 3, 4] and data[:4].tolist() == [0.5] * 4
+    dense = np.zeros((5, 6))
+    for r in range(5):
+        dense[r, ix[ip[r]:ip[r + 1]]] = data[ip[r]:ip[r + 1]]
+    np.testing.assert_array_equal(dense[:, :3] > 0, tags.multi_hot() > 0)
+    np.testing.assert_allclose(dense[:, :3].sum(axis=1), [1, 1, 0, 0, 1])  # normalized within the attribute
+    np.testing.assert_array_equal(dense[:, 3:], dense[:, :3])
+    ip2, ix2, d2, n2, _ = ds.user_attr_matrix()
+    assert n2 == 3 and ix2.tolist() == [1, 0, 1, 2] and (d2 == 1).all()
+    assert tags.shape == (5, 3) and tags.as_csr()[3] == 3
+
+
 def test_categorical_validates_csr():
     with pytest.raises(DataError, match="'g'"):
         Categorical("g", ("a",), np.array([0, 2]), np.array([0, 1]))
@@ -233,11 +253,12 @@ def test_frappe_nfm_splits(nfm):
     neg = val.label == 0
     key = raw.users.astype(np.int64) * raw.n_items + raw.items
     assert not np.isin(val.users[neg].astype(np.int64) * raw.n_items + val.items[neg], key).any()
-    # seeded: same seed, same negatives
-    again = load_frappe_nfm(DATA_DIR, seed=0)
-    np.testing.assert_array_equal(again.train.items, train.items)
-    other = load_frappe_nfm(DATA_DIR, seed=1)
-    assert not np.array_equal(other.train.items, train.items)
+    # seeded: same seed, same negatives; another seed, others
+    users = u3[:, 0].astype(np.int64)
+    again = _sample_unseen(np.random.default_rng(0), users, 2, indptr, used, raw.n_items)
+    other = _sample_unseen(np.random.default_rng(1), users, 2, indptr, used, raw.n_items)
+    np.testing.assert_array_equal(again, i3[:, 1:])
+    assert (other != i3[:, 1:]).mean() > 0.9
 
 
 # ---------------------------------------------------------------------------- files

@@ -107,8 +107,9 @@ def test_ranking_metrics_hand_example():
     assert m["map@3"] == pytest.approx(((1 + 2 / 3) / 2 + 0) / 2)
     assert m["map@4"] == pytest.approx(((1 + 2 / 3) / 2 + (1 / 4) / 1) / 2)
     assert m["coverage@1"] == pytest.approx(2 / 10) and m["coverage@4"] == pytest.approx(8 / 10)
-    old = ranking_metrics_from_topk(topk, rel_ptr, rel, [1], n_candidates=10, map_denominator="n_rel")
-    assert old["map@1"] == pytest.approx((1 / 2 + 0) / 2)
+    # Microsoft Recommenders' MAP divides by the number of relevant items
+    assert m["map_nrel@1"] == pytest.approx((1 / 2 + 0) / 2)
+    assert m["map_nrel@4"] == pytest.approx(((1 + 2 / 3) / 2 + (1 / 4) / 1) / 2)
 
 
 def test_ndcg_matches_sklearn():

@@ -37,6 +37,7 @@ from ctxrec._io import sha256_file
 __all__ = [
     "Categorical",
     "Dataset",
+    "stack_attrs",
     "DataError",
     "MissingDataError",
     "ChecksumError",
@@ -114,6 +115,20 @@ class Categorical:
     def __len__(self) -> int:
         return self.n_rows
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(n_rows, n_values), as the equivalent sparse 0/1 matrix."""
+        return (self.n_rows, self.n_values)
+
+    @property
+    def data(self) -> np.ndarray:
+        """float32 [nnz] of ones: the CSR values of the equivalent 0/1 matrix."""
+        return np.ones(len(self.indices), dtype=np.float32)
+
+    def as_csr(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """(indptr int64 [n_rows + 1], indices int64 [nnz], data float32 [nnz], n_cols)."""
+        return self.indptr, self.indices.astype(np.int64), self.data, self.n_values
+
     def row(self, r: int) -> np.ndarray:
         """Value indices (int32) of row ``r``."""
         return self.indices[self.indptr[r]:self.indptr[r + 1]]
@@ -182,6 +197,45 @@ class Categorical:
 def _py(v: Any) -> Any:
     """A numpy scalar as the Python scalar (for readable error messages)."""
     return v.item() if isinstance(v, np.generic) else v
+
+
+def stack_attrs(attrs: Mapping[str, Categorical], names: Sequence[str] | None = None, *,
+                normalize: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, list[str]]:
+    """Several categorical attributes side by side as one sparse matrix.
+
+    Columns are the attributes' values one after another (in ``names`` order, default all);
+    column names are ``"attr=value"``. With ``normalize`` each row's weights within an
+    attribute sum to 1 (a movie with 3 genres gets 1/3 per genre).
+
+    Returns (indptr int64 [n_rows + 1], indices int64 [nnz], data float32 [nnz], n_cols,
+    column_names).
+    """
+    names = list(attrs) if names is None else list(names)
+    for nm in names:
+        if nm not in attrs:
+            raise KeyError(f"no attribute {nm!r} (have {list(attrs)})")
+    if not names:
+        raise ValueError("stack_attrs needs at least one attribute")
+    n_rows = attrs[names[0]].n_rows
+    rows, cols, vals, colnames = [], [], [], []
+    off = 0
+    for nm in names:
+        a = attrs[nm]
+        if a.n_rows != n_rows:
+            raise DataError(f"attribute {nm!r} has {a.n_rows} rows, expected {n_rows}")
+        lens = np.diff(a.indptr)
+        r = np.repeat(np.arange(n_rows, dtype=np.int64), lens)
+        w = (1.0 / lens[r]).astype(np.float32) if normalize else np.ones(len(r), np.float32)
+        rows.append(r)
+        cols.append(a.indices.astype(np.int64) + off)
+        vals.append(w)
+        colnames += [f"{nm}={v}" for v in a.vocab]
+        off += a.n_values
+    r, c, v = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
+    order = np.lexsort((c, r))
+    indptr = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(np.bincount(r, minlength=n_rows), out=indptr[1:])
+    return indptr, c[order], v[order], off, colnames
 
 
 def _scalar_str(v: Any) -> str:
@@ -450,6 +504,16 @@ class Dataset:
         return self.item_ids[idx]
 
     # ---- derived views -----------------------------------------------------------------
+    def item_attr_matrix(self, names: Sequence[str] | None = None, *, normalize: bool = False
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, list[str]]:
+        """Item attributes as one CSR matrix [n_items, n_cols]; see :func:`stack_attrs`."""
+        return stack_attrs(self.item_attrs, names, normalize=normalize)
+
+    def user_attr_matrix(self, names: Sequence[str] | None = None, *, normalize: bool = False
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, list[str]]:
+        """User attributes as one CSR matrix [n_users, n_cols]; see :func:`stack_attrs`."""
+        return stack_attrs(self.user_attrs, names, normalize=normalize)
+
     def user_items(self, *, positive_only: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """CSR (indptr int64 [n_users + 1], indices int64 [nnz]) of each user's distinct items.
 

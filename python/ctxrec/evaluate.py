@@ -352,8 +352,7 @@ def evaluate_pointwise(y_true: Any, y_score: Any, *, users: Any = None, kind: st
 # Ranking
 # --------------------------------------------------------------------------------------
 
-RANKING_METRICS = ("hr", "precision", "recall", "ndcg", "map", "mrr", "auc", "coverage")
-_AT_K = ("hr", "precision", "recall", "ndcg", "map", "coverage")
+RANKING_METRICS = ("hr", "precision", "recall", "ndcg", "map", "map_nrel", "mrr", "auc", "coverage")
 
 
 @dataclass
@@ -479,8 +478,8 @@ class RankingResult:
 
 
 def ranking_metrics_from_topk(topk: np.ndarray, rel_indptr: np.ndarray, rel_items: np.ndarray, ks: Sequence[int],
-                              *, n_candidates: int, metrics: Sequence[str] = RANKING_METRICS,
-                              map_denominator: str = "min") -> dict[str, float]:
+                              *, n_candidates: int, metrics: Sequence[str] = RANKING_METRICS
+                              ) -> dict[str, float]:
     """HR/Precision/Recall/NDCG/MAP/coverage at each K from ranked lists.
 
     Args:
@@ -489,11 +488,11 @@ def ranking_metrics_from_topk(topk: np.ndarray, rel_indptr: np.ndarray, rel_item
             relevance, no duplicates). Queries must have at least one relevant item.
         ks: cut-offs, each <= K_max.
         n_candidates: catalog size for coverage.
-        map_denominator: AP@K divides by ``min(n_rel, K)`` (``"min"``, the usual) or by
-            ``n_rel`` (``"n_rel"``, the older Microsoft Recommenders ``map_at_k``).
     Definitions (averaged over queries): HR@K = 1[any hit in top K]; Precision@K =
     hits/K; Recall@K = hits/n_rel; NDCG@K = Σ hit_r/log2(r+1) / Σ_{r≤min(n_rel,K)} 1/log2(r+1)
-    (r 1-based); AP@K = Σ_r hit_r·Precision@r / denominator; coverage@K = distinct items in
+    (r 1-based); MAP@K: AP@K = Σ_{r≤K} hit_r·Precision@r / min(n_rel, K); MAP_nrel@K: the same sum
+    / n_rel — Microsoft Recommenders' ``map`` / ``map_at_k`` of its top-K lists, the MAP column
+    its benchmark tables publish; coverage@K = distinct items in
     any top K / n_candidates.
     """
     m, kmax = topk.shape
@@ -525,10 +524,12 @@ def ranking_metrics_from_topk(topk: np.ndarray, rel_indptr: np.ndarray, rel_item
             dcg = hits[:, :k] @ disc[:k]
             ideal = np.cumsum(disc[:k])[np.minimum(n_rel, k) - 1]
             out[f"ndcg@{k}"] = float(np.mean(dcg / ideal))
-        if "map" in metrics:
-            prec_at = cum[:, :k] / ranks[:k]
-            denom = np.minimum(n_rel, k) if map_denominator == "min" else n_rel
-            out[f"map@{k}"] = float(np.mean((hits[:, :k] * prec_at).sum(axis=1) / denom))
+        if "map" in metrics or "map_nrel" in metrics:
+            ap_sum = (hits[:, :k] * (cum[:, :k] / ranks[:k])).sum(axis=1)
+            if "map" in metrics:
+                out[f"map@{k}"] = float(np.mean(ap_sum / np.minimum(n_rel, k)))
+            if "map_nrel" in metrics:
+                out[f"map_nrel@{k}"] = float(np.mean(ap_sum / n_rel))
         if "coverage" in metrics:
             ids = topk[:, :k]
             out[f"coverage@{k}"] = float(len(np.unique(ids[ids >= 0])) / max(n_candidates, 1))
@@ -546,7 +547,6 @@ def evaluate_ranking(
     candidates: np.ndarray | None = None,
     exclude_train: bool = True,
     relevance_threshold: float | None = None,
-    map_denominator: str = "min",
     backend: str = "auto",
     batch_size: int = 1024,
     num_threads: int = 0,
@@ -663,15 +663,14 @@ def evaluate_ranking(
                 topk[a:b] = topk_numpy(scores, kmax)[0]
         if want_ranks:
             _full_ranks(scores, rel_ptr[a:b + 1] - rel_ptr[a], rel_items[rel_ptr[a]:rel_ptr[b]], first_rank, auc_q, a)
-    res = ranking_metrics_from_topk(topk, rel_ptr, rel_items, ks, n_candidates=n_cand, metrics=metrics,
-                                    map_denominator=map_denominator)
+    res = ranking_metrics_from_topk(topk, rel_ptr, rel_items, ks, n_candidates=n_cand, metrics=metrics)
     if "mrr" in metrics:
         res["mrr"] = float(np.mean(1.0 / first_rank))
     if "auc" in metrics:
         res["auc"] = float(np.mean(auc_q))
     info = {"n_queries": m, "group": group, "n_relevant": int(len(rel_items)),
             "n_relevant_dropped": n_dropped, "n_candidates": n_cand, "exclude_train": exclude_train,
-            "backend": "core" if core is not None else "numpy", "ks": ks, "map_denominator": map_denominator}
+            "backend": "core" if core is not None else "numpy", "ks": ks}
     rep = EvaluationReport(name=name, split=split, metrics=res, info=info, ks=ks)
     rep.result = RankingResult(res, q_users, topk, first_rank, info)
     return rep
