@@ -140,10 +140,14 @@ def _factor_model(ds, d=4, seed=0, bias=True):
                    item_bias=rng.normal(size=ds.n_items) if bias else None)
 
 
-def test_full_ranking_against_brute_force():
+@pytest.mark.parametrize("ties", [False, True])
+def test_full_ranking_against_brute_force(ties):
     ds = _synthetic()
     sp = random_split(ds, test_frac=0.3, seed=1)
     model = _factor_model(ds)
+    if ties:  # integer scores in 0..3: most items tie; ties go to the smaller item index
+        model = Factors(np.zeros((ds.n_items, 1)), np.zeros((ds.n_users, 1)),
+                        np.random.default_rng(2).integers(0, 4, ds.n_items))
     rep = evaluate_ranking(model, sp.train, sp.test, ks=(5, 10), backend="numpy")
     # brute force, one user at a time, straight from the definitions
     S = model.user_vecs @ model.item_vecs.T + model.item_bias

@@ -701,25 +701,32 @@ def _eligible_scores(model: Any, qv: np.ndarray | None, users: np.ndarray, rows:
 
 def _full_ranks(scores: np.ndarray, rel_ptr: np.ndarray, rel_items: np.ndarray, first_rank: np.ndarray,
                 auc_q: np.ndarray | None, offset: int) -> None:
-    """Fill first_rank / auc_q for a block of queries from their full eligible score rows."""
-    idx = np.arange(scores.shape[1])
+    """Fill first_rank / auc_q for a block of queries from their full eligible score rows.
+
+    Rank (1-based, among eligible items) of a relevant item with score s at index j =
+    1 + #(score > s) + #(score == s and index < j) — the order of the top-K lists.
+    """
     for r in range(scores.shape[0]):
         row = scores[r]
         rel = rel_items[rel_ptr[r]:rel_ptr[r + 1]]
         s_rel = row[rel]
-        # rank among eligible items: strictly higher, or equal with a smaller index, come first
-        higher = (row[None, :] > s_rel[:, None]) | ((row[None, :] == s_rel[:, None]) & (idx[None, :] < rel[:, None]))
-        ranks = higher.sum(axis=1) + 1
+        srt = np.sort(row)
+        n = len(row)
+        above = n - np.searchsorted(srt, s_rel, side="right")
+        n_eq = np.searchsorted(srt, s_rel, side="right") - np.searchsorted(srt, s_rel, side="left")
+        ties_before = np.zeros(len(rel), dtype=np.int64)
+        for t in np.flatnonzero(n_eq > 1):
+            ties_before[t] = np.count_nonzero(row[:rel[t]] == s_rel[t])
+        ranks = above + ties_before + 1
         first_rank[offset + r] = ranks.min()
         if auc_q is not None:
-            n_elig = int(np.isfinite(row).sum())
+            n_elig = n - int(np.searchsorted(srt, -np.inf, side="right"))
             n_rel = len(rel)
             n_neg = n_elig - n_rel
             if n_neg <= 0:
                 auc_q[offset + r] = 1.0
                 continue
-            rel_sorted_ranks = np.sort(ranks)
-            neg_above = rel_sorted_ranks - 1 - np.arange(n_rel)  # non-relevant items ranked above each
+            neg_above = np.sort(ranks) - 1 - np.arange(n_rel)  # non-relevant items ranked above each
             auc_q[offset + r] = 1.0 - neg_above.sum() / (n_rel * n_neg)
 
 
