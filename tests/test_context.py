@@ -85,6 +85,16 @@ def test_all_timestamp_forms_agree():
     assert (frame == rows[0]).all() and (dtcol == rows[0]).all()
 
 
+def test_daylight_saving_wall_clock_times():
+    spec = ContextSpec([TimeField("t", parts=("hour",), tz="America/New_York")])
+    # 01:30 happens twice on 2024-11-03 and never on 2024-03-10 (shifted forward to 03:00)
+    for path in (lambda rows: spec.transform(rows), lambda rows: spec.transform(rows * 40)):
+        got = path([{"t": "2024-11-03T01:30"}, {"t": "2024-03-10T02:30"}]).indices[:2, 0]
+        assert got.tolist() == [1 + 1, 3 + 1]
+    frame = pd.DataFrame({"t": pd.to_datetime(["2024-11-03T01:30", "2024-03-10T02:30"])})
+    assert spec.transform(frame).indices[:, 0].tolist() == [2, 4]
+
+
 def test_training_rows_and_requests_give_identical_features():
     spec = _spec()
     df = _frame()
@@ -213,9 +223,15 @@ def test_dataset_context_frappe_and_movielens():
     city = te.slot("city")
     unseen = ~np.isin(test.context["city"].astype(str), spec.vocabularies["city"])
     np.testing.assert_array_equal(city == 0, unseen)
+    singles = np.stack([spec.transform(r).indices[0] for r in test.context.iloc[:300].to_dict("records")])
+    np.testing.assert_array_equal(singles, te.indices[:300])  # the per-request path equals the columnar one
     ml = load_movielens_100k(DATA_DIR)
-    tspec = ContextSpec(time=["timestamp"], tz="America/Chicago").fit(ml)
-    f = tspec.transform(ml)
-    assert (f.indices > 0).all() and f.indices.shape == (100_000, 6)
-    req = {"timestamp": pd.Timestamp(int(ml.timestamp[7]), unit="s", tz="UTC").isoformat()}
-    np.testing.assert_array_equal(tspec.transform(req).indices[0], f.indices[7])
+    rows = np.random.default_rng(0).choice(len(ml), 1500, replace=False)
+    for tz in ("America/Chicago", "UTC", "Asia/Kolkata"):
+        tspec = ContextSpec(time=["timestamp"], tz=tz).fit(ml)
+        f = tspec.transform(ml)
+        assert (f.indices > 0).all() and f.indices.shape == (100_000, 6)
+        iso = [{"timestamp": pd.Timestamp(int(ml.timestamp[r]), unit="s", tz="UTC").isoformat()} for r in rows]
+        one_by_one = np.stack([tspec.transform(q).indices[0] for q in iso])
+        np.testing.assert_array_equal(one_by_one, f.indices[rows])
+        np.testing.assert_array_equal(tspec.transform(iso).indices, f.indices[rows])  # long list: columnar path

@@ -89,6 +89,12 @@ def test_from_frames_maps_ids_both_ways():
     assert ds.timestamp[0] == pd.Timestamp("2024-01-01T10:00:00Z").value // 10**9
     assert ds.timestamp[1] == pd.Timestamp("2024-01-02", tz="UTC").value // 10**9
     assert ds.context_columns == ["device"]
+    for col in (pd.to_datetime(_toy_frames()[0]["t"], utc=True, format="mixed"),  # datetime64 (any unit)
+                pd.to_datetime(_toy_frames()[0]["t"], utc=True, format="mixed").dt.tz_localize(None).astype(
+                    "datetime64[s]"),
+                ds.timestamp.astype(np.float64)):  # unix seconds as floats
+        again = Dataset.from_frames(_toy_frames()[0].assign(t=col), user_col="u", item_col="i", timestamp_col="t")
+        np.testing.assert_array_equal(again.timestamp, ds.timestamp)
     assert ds.item_text == ["A", "B", "C", "D", "E"]
     tags = ds.item_attrs["tags"]
     assert tags.vocab == ("x", "y", "z")

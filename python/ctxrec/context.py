@@ -24,8 +24,10 @@ and the value.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import math
+import zoneinfo
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping, Protocol, Sequence, Union
 
@@ -46,6 +48,7 @@ __all__ = [
 ]
 
 UNKNOWN = "<unknown>"
+_SMALL = 32  # up to this many request dicts go through the pure-Python path
 
 _WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 _MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august", "september",
@@ -289,7 +292,8 @@ def _time_utc_ns(f: TimeField, v: Any) -> int | None:
             ts = pd.Timestamp(v)
             if ts is pd.NaT:
                 return None
-            ts = ts.tz_localize(f.tz) if ts.tzinfo is None else ts.tz_convert("UTC")
+            ts = ts.tz_localize(f.tz, ambiguous=True, nonexistent="shift_forward") if ts.tzinfo is None \
+                else ts.tz_convert("UTC")
         else:
             raise TypeError(type(v).__name__)
     except (ValueError, TypeError, OverflowError) as e:
@@ -357,6 +361,7 @@ class ContextSpec:
         self._vocab: dict[str, tuple[str, ...]] = {}
         self._edges: dict[str, tuple[float, ...]] = {}
         self._fitted = False
+        self._cache: Any = None
         for f in fl:  # parts of time fields and explicit numeric edges are fixed up front
             if isinstance(f, TimeField):
                 for p in f.parts:
@@ -364,6 +369,16 @@ class ContextSpec:
             if isinstance(f, NumericField) and f.edges is not None:
                 self._edges[f.name] = f.edges
                 self._vocab[f.name] = _bucket_names(f.edges)
+
+    def _prepared(self) -> tuple[list[str], np.ndarray, dict[str, dict[str, int]], dict[str, np.ndarray]]:
+        """(slots, offsets, value -> local index per categorical slot, edges per numeric field), cached."""
+        if self._cache is None:
+            self._check_fitted()
+            luts = {f.name: {v: j + 1 for j, v in enumerate(self._vocab[f.name])}
+                    for f in self.fields if isinstance(f, CategoricalField)}
+            edges = {k: np.asarray(v, dtype=np.float64) for k, v in self._edges.items()}
+            self._cache = (self.slots, self.offsets, luts, edges)
+        return self._cache
 
     # ---- description ------------------------------------------------------------------
     @property
@@ -481,6 +496,7 @@ class ContextSpec:
                 self._edges[f.name] = edges
                 self._vocab[f.name] = _bucket_names(edges)
         self._fitted = True
+        self._cache = None
         return self
 
     def fit_transform(self, rows: Any, encoder: TextEncoder | None = None) -> ContextFeatures:
@@ -495,9 +511,53 @@ class ContextSpec:
         declare are ignored. With an ``encoder`` the free-text fields are encoded
         (``encoder.encode(non-empty texts)`` once per field); without one only ``texts`` is set.
         """
-        self._check_fitted()
+        slots, offsets, luts, edges = self._prepared()
+        if isinstance(rows, Mapping):
+            rows = [rows]
+        if isinstance(rows, (list, tuple)) and len(rows) <= _SMALL:
+            feats = self._transform_small(rows, slots, offsets, luts, edges)
+        else:
+            feats = self._transform_columns(rows, strict_columns, slots, offsets, edges)
+        if encoder is not None:
+            for name, t in feats.texts.items():
+                feats.text_vectors[name] = encode_texts(t, encoder)
+        return feats
+
+    def _transform_small(self, rows: Sequence[Any], slots: list[str], offsets: np.ndarray,
+                         luts: dict[str, dict[str, int]], edges: dict[str, np.ndarray]) -> ContextFeatures:
+        """Pure-Python path for a few request dicts (no pandas per call): same results."""
+        for r, row in enumerate(rows):
+            if not isinstance(row, Mapping):
+                raise ContextError(f"row {r}: expected a dict of context values, got {type(row).__name__}")
+        idx = np.zeros((len(rows), len(slots)), dtype=np.int32)
+        texts: dict[str, list[str]] = {}
+        for r, row in enumerate(rows):
+            j = 0
+            for f in self.fields:
+                v = row.get(_col(f))
+                if isinstance(f, TimeField):
+                    parts = _time_parts_one(f, v)
+                    idx[r, j:j + len(parts)] = parts
+                    j += len(parts)
+                elif isinstance(f, CategoricalField):
+                    c = _cat_str(f.name, v)
+                    idx[r, j] = 0 if c is None else luts[f.name].get(c, 0)
+                    j += 1
+                elif isinstance(f, NumericField):
+                    x = _num(f.name, v)
+                    idx[r, j] = 0 if math.isnan(x) else int(np.searchsorted(edges[f.name], x, side="right")) + 1
+                    j += 1
+                else:
+                    texts.setdefault(f.name, []).append(_text(f.name, v))
+        for f in self.fields:
+            if isinstance(f, TextField):
+                texts.setdefault(f.name, [])
+        return ContextFeatures(slots, idx, offsets, texts)
+
+    def _transform_columns(self, rows: Any, strict_columns: bool, slots: list[str], offsets: np.ndarray,
+                           edges: dict[str, np.ndarray]) -> ContextFeatures:
+        """Vectorised path (DataFrames, Datasets, Arrow tables, long lists of dicts)."""
         n, cols = self._columns_of(rows, strict_columns)
-        slots = self.slots
         idx = np.zeros((n, len(slots)), dtype=np.int32)
         texts: dict[str, list[str]] = {}
         j = 0
@@ -517,16 +577,12 @@ class ContextSpec:
             elif isinstance(f, NumericField):
                 x = np.asarray(_per_unique(vals, lambda v, _n=f.name: _num(_n, v)), dtype=np.float64) if n \
                     else np.zeros(0)
-                b = np.searchsorted(np.asarray(self._edges[f.name]), x, side="right") + 1
+                b = np.searchsorted(edges[f.name], x, side="right") + 1
                 idx[:, j] = np.where(np.isnan(x), 0, b)
                 j += 1
             else:
                 texts[f.name] = _per_unique(vals, lambda v, _n=f.name: _text(_n, v)).tolist()
-        feats = ContextFeatures(slots, idx, self.offsets, texts)
-        if encoder is not None:
-            for name, t in texts.items():
-                feats.text_vectors[name] = encode_texts(t, encoder)
-        return feats
+        return ContextFeatures(slots, idx, offsets, texts)
 
     # ---- persistence --------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -558,6 +614,7 @@ class ContextSpec:
         spec._vocab.update({k: tuple(v) for k, v in d["vocabularies"].items()})
         spec._edges.update({k: tuple(float(x) for x in v) for k, v in d["edges"].items()})
         spec._fitted = True
+        spec._cache = None
         return spec
 
     def to_json(self) -> str:
@@ -584,9 +641,10 @@ def _time_parts(f: TimeField, vals: np.ndarray) -> dict[str, np.ndarray]:
         ok = np.ones(n, dtype=bool)
     elif n and vals.dtype.kind == "M":
         ser = pd.Series(vals)
-        ser = ser.dt.tz_localize(f.tz) if ser.dt.tz is None else ser
+        ser = ser.dt.tz_localize(f.tz, ambiguous=np.ones(n, dtype=bool), nonexistent="shift_forward") \
+            if ser.dt.tz is None else ser
         ok = ser.notna().to_numpy()
-        ns = np.where(ok, ser.dt.tz_convert("UTC").array.asi8 if len(ser) else 0, 0)
+        ns = np.where(ok, ser.dt.tz_convert("UTC").dt.as_unit("ns").array.asi8 if len(ser) else 0, 0)
     else:
         conv = _per_unique(vals, lambda v: _time_utc_ns(f, v))
         ok = np.fromiter((c is not None for c in conv), dtype=bool, count=n)
@@ -606,6 +664,27 @@ def _time_parts(f: TimeField, vals: np.ndarray) -> dict[str, np.ndarray]:
         "season": season_idx[month - 1] + 1,
     }
     return {p: np.where(ok, v, 0).astype(np.int32) for p, v in out.items()}
+
+
+_DAYPART_IDX = [TIME_PARTS["daypart"].index(d) + 1 for d in _DAYPART_OF_HOUR]
+_SEASON_IDX = [TIME_PARTS["season"].index(x) + 1 for x in _SEASON_OF_MONTH]
+
+
+@functools.lru_cache(maxsize=64)
+def _zone(tz: str) -> Any:
+    return zoneinfo.ZoneInfo(tz) if tz.upper() != "UTC" else _dt.timezone.utc
+
+
+def _time_parts_one(f: TimeField, v: Any) -> list[int]:
+    """Local part indices (0 = unknown) of one value, in ``f.parts`` order (matches _time_parts)."""
+    ns = _time_utc_ns(f, v)
+    if ns is None:
+        return [0] * len(f.parts)
+    local = _dt.datetime.fromtimestamp(ns // 1_000_000_000, tz=_zone(f.tz))
+    wd = local.weekday()
+    vals = {"hour": local.hour + 1, "daypart": _DAYPART_IDX[local.hour], "weekday": wd + 1,
+            "weekend": 2 if wd >= 5 else 1, "month": local.month, "season": _SEASON_IDX[local.month - 1]}
+    return [vals[p] for p in f.parts]
 
 
 def encode_texts(texts: Sequence[str], encoder: TextEncoder) -> np.ndarray:
