@@ -295,3 +295,27 @@ def test_missing_and_altered_files_are_named(tmp_path, monkeypatch):
         load_frappe()
     with pytest.raises(MissingDataError, match="frappe"):
         load_frappe(tmp_path)
+
+
+@needs_data
+def test_download_verifies_the_archive(tmp_path):
+    import zipfile
+
+    from ctxrec.data import download_movielens_100k
+
+    src = Path(DATA_DIR) / "ml-100k"
+    good, bad = tmp_path / "ml-100k.zip", tmp_path / "bad.zip"
+    with zipfile.ZipFile(good, "w") as z:
+        for f in ("u.data", "u.item", "u.user", "u.genre", "u.info"):
+            z.write(src / f, f"ml-100k/{f}")
+    with zipfile.ZipFile(bad, "w") as z:
+        for f in ("u.data", "u.item", "u.genre"):
+            z.write(src / f, f"ml-100k/{f}")
+        z.writestr("ml-100k/u.user", (src / "u.user").read_bytes().replace(b"technician", b"technicia0"))
+    root = tmp_path / "data"
+    with pytest.raises(ChecksumError, match=r"u\.user"):
+        download_movielens_100k(root, url=good.as_uri().replace("ml-100k.zip", "bad.zip"))
+    assert not (root / "ml-100k").exists()  # nothing half-written is left behind
+    assert download_movielens_100k(root, url=good.as_uri()) == root / "ml-100k"
+    ds = load_movielens_100k(root, overviews=False)
+    assert (len(ds), ds.n_users, ds.n_items) == (100_000, 943, 1_682)

@@ -230,7 +230,7 @@ def test_exclusion_candidates_and_row_queries():
 def test_splits_partition_and_protocols():
     ds = _synthetic()
     for sp in (leave_last_out(ds, n_validation=1), temporal_split(ds, test_frac=0.25, validation_frac=0.1),
-               stratified_split(ds, ratio=0.75), random_split(ds, test_frac=0.2, validation_frac=0.1),
+               stratified_split(ds, ratio=0.75, validation_frac=0.1), random_split(ds, test_frac=0.2, validation_frac=0.1),
                item_cold_start(ds, frac=0.2)):
         parts = [sp.train_rows, sp.test_rows] + ([sp.validation_rows] if sp.validation_rows is not None else [])
         allrows = np.concatenate(parts)
@@ -247,10 +247,15 @@ def test_splits_partition_and_protocols():
     # global temporal: every train row is no later than every test row
     sp = temporal_split(ds, test_frac=0.25)
     assert sp.train.timestamp.max() <= sp.test.timestamp.min() and len(sp.test) == round(0.25 * len(ds))
-    # stratified: each user gets round(0.75 n) training rows
+    # stratified: each user gets round(0.75 n) training rows; validation comes out of them only
     sp = stratified_split(ds, ratio=0.75)
     tr = np.bincount(sp.train.users, minlength=ds.n_users)
     assert all(tr[u] == round(0.75 * counts[u]) for u in range(ds.n_users))
+    spv = stratified_split(ds, ratio=0.75, validation_frac=0.2)
+    np.testing.assert_array_equal(spv.test_rows, sp.test_rows)
+    np.testing.assert_array_equal(np.sort(np.r_[spv.train_rows, spv.validation_rows]), sp.train_rows)
+    va = np.bincount(spv.validation.users, minlength=ds.n_users)
+    assert all(va[u] == round(0.2 * tr[u]) for u in range(ds.n_users))
     # cold start: held-out items never in train, all their rows in test
     sp = item_cold_start(ds, frac=0.2, seed=0)
     assert not np.isin(sp.train.items, sp.candidate_items).any()

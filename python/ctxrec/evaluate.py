@@ -155,7 +155,7 @@ def _check_frac(*fracs: float) -> None:
         raise ValueError(f"fractions sum to {sum(fracs)} >= 1")
 
 
-def stratified_split(ds: Dataset, *, ratio: float = 0.75, seed: int = 42) -> Split:
+def stratified_split(ds: Dataset, *, ratio: float = 0.75, seed: int = 42, validation_frac: float = 0.0) -> Split:
     """Per-user stratified random split — the Microsoft Recommenders ``python_stratified_split``.
 
     For each user (in ascending raw-id order, rows in dataset order) the user's rows are
@@ -163,6 +163,10 @@ def stratified_split(ds: Dataset, *, ratio: float = 0.75, seed: int = 42) -> Spl
     random_state=seed)`` does) and the first ``round(ratio * n_u)`` (Python rounding) go to
     train, the rest to test. Given the same row order (``u.data``'s for ml-100k) this
     reproduces that library's split.
+
+    ``validation_frac > 0`` then moves that fraction of each user's *training* rows
+    (``round(validation_frac * n_train_u)``, chosen with ``default_rng(seed + 1)``) to a
+    validation set, for early stopping; the test set is unchanged.
     """
     if not 0 < ratio < 1:
         raise ValueError(f"ratio must be in (0, 1), got {ratio}")
@@ -184,9 +188,20 @@ def stratified_split(ds: Dataset, *, ratio: float = 0.75, seed: int = 42) -> Spl
         cut = round(ratio * n)
         train_parts.append(rows[perm[:cut]])
         test_parts.append(rows[perm[cut:]])
+    valid_parts = []
+    if validation_frac > 0:
+        _check_frac(validation_frac)
+        rng = np.random.default_rng(seed + 1)
+        for j, rows in enumerate(train_parts):
+            n_val = round(validation_frac * len(rows))
+            pick = rng.permutation(len(rows))
+            valid_parts.append(rows[pick[:n_val]])
+            train_parts[j] = rows[pick[n_val:]]
     train = np.concatenate(train_parts) if train_parts else np.zeros(0, np.int64)
     test = np.concatenate(test_parts) if test_parts else np.zeros(0, np.int64)
-    return _make_split(ds, "stratified", train, test, ratio=ratio, seed=seed)
+    valid = np.concatenate(valid_parts) if valid_parts else None
+    return _make_split(ds, "stratified", train, test, valid, ratio=ratio, seed=seed,
+                       validation_frac=validation_frac)
 
 
 def random_split(ds: Dataset, *, test_frac: float = 0.2, validation_frac: float = 0.0, seed: int = 0) -> Split:
