@@ -131,6 +131,7 @@ def test_vocabulary_unknown_and_numeric_buckets():
     assert f.slot("time.hour").tolist() == [0] * 5
     g = f.global_indices()
     assert g.shape == (5, len(spec.slots)) and g.max() < spec.n_features
+    assert f.n_features == spec.n_features and f.cardinalities.tolist() == list(spec.cardinalities.values())
     assert (g >= spec.offsets).all()
     assert spec.offsets.tolist() == list(np.cumsum([0] + list(spec.cardinalities.values()))[:-1])
 

@@ -182,6 +182,7 @@ class ContextFeatures:
         texts: free-text field name -> list[str] of length n ("" when missing).
         text_vectors: free-text field name -> float32 [n, d]; filled only when an encoder
             was given (rows with empty text are zero vectors).
+        cardinalities: int64 [n_slots], number of local indices per slot (unknown included).
     """
 
     slots: list[str]
@@ -189,9 +190,17 @@ class ContextFeatures:
     offsets: np.ndarray
     texts: dict[str, list[str]]
     text_vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    cardinalities: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.indices.shape[0])
+
+    @property
+    def n_features(self) -> int:
+        """Size of the global feature space (sum of the slot cardinalities)."""
+        if self.cardinalities is None or len(self.cardinalities) == 0:
+            return 0
+        return int(self.offsets[-1] + self.cardinalities[-1])
 
     def global_indices(self) -> np.ndarray:
         """int64 [n, n_slots]: indices shifted into one global feature space."""
@@ -208,7 +217,7 @@ class ContextFeatures:
         rows = np.atleast_1d(np.arange(len(self))[rows])
         return ContextFeatures(self.slots, self.indices[rows], self.offsets,
                                {k: [v[r] for r in rows] for k, v in self.texts.items()},
-                               {k: v[rows] for k, v in self.text_vectors.items()})
+                               {k: v[rows] for k, v in self.text_vectors.items()}, self.cardinalities)
 
 
 # --------------------------------------------------------------------------------------
@@ -378,6 +387,7 @@ class ContextSpec:
                     for f in self.fields if isinstance(f, CategoricalField)}
             edges = {k: np.asarray(v, dtype=np.float64) for k, v in self._edges.items()}
             self._cache = (self.slots, self.offsets, luts, edges)
+            self._cards = np.array(list(self.cardinalities.values()), dtype=np.int64)
         return self._cache
 
     # ---- description ------------------------------------------------------------------
@@ -552,7 +562,7 @@ class ContextSpec:
         for f in self.fields:
             if isinstance(f, TextField):
                 texts.setdefault(f.name, [])
-        return ContextFeatures(slots, idx, offsets, texts)
+        return ContextFeatures(slots, idx, offsets, texts, cardinalities=self._cards)
 
     def _transform_columns(self, rows: Any, strict_columns: bool, slots: list[str], offsets: np.ndarray,
                            edges: dict[str, np.ndarray]) -> ContextFeatures:
@@ -582,7 +592,7 @@ class ContextSpec:
                 j += 1
             else:
                 texts[f.name] = _per_unique(vals, lambda v, _n=f.name: _text(_n, v)).tolist()
-        return ContextFeatures(slots, idx, offsets, texts)
+        return ContextFeatures(slots, idx, offsets, texts, cardinalities=self._cards)
 
     # ---- persistence --------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
