@@ -222,6 +222,15 @@ def test_exclusion_candidates_and_row_queries():
         evaluate_ranking(model, sp.train, sp.test, metrics=["ndgc"])
     with pytest.raises(ValueError, match="non-finite"):
         evaluate_ranking(lambda u, r: np.full((len(u), ds.n_items), np.nan), sp.train, sp.test)
+    bad = Factors(model.item_vecs, model.user_vecs.copy(), model.item_bias)
+    bad.user_vecs[sp.test.users[0], 0] = np.nan
+    with pytest.raises(ValueError, match="non-finite|NaN"):
+        evaluate_ranking(bad, sp.train, sp.test, backend="numpy")
+    # relevant lists given in any order
+    topk = np.array([[3, 5, 7, 1]])
+    a = ranking_metrics_from_topk(topk, np.array([0, 2]), np.array([7, 3]), [4], n_candidates=10)
+    b = ranking_metrics_from_topk(topk, np.array([0, 2]), np.array([3, 7]), [4], n_candidates=10)
+    assert a == b and a["hr@4"] == 1.0
 
 
 # ---------------------------------------------------------------------------- splits

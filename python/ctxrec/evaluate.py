@@ -475,7 +475,7 @@ def _csr_contains(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray, ite
     if len(indices) == 0:
         return np.zeros(len(items), dtype=bool)
     row_of = np.repeat(np.arange(len(indptr) - 1, dtype=np.int64), np.diff(indptr))
-    keys = row_of * n_items + indices
+    keys = np.sort(row_of * n_items + indices)  # rows may list their items in any order
     q = rows.astype(np.int64) * n_items + items
     pos = np.searchsorted(keys, q).clip(max=len(keys) - 1)
     return keys[pos] == q
@@ -699,6 +699,10 @@ def _eligible_scores(model: Any, qv: np.ndarray | None, users: np.ndarray, rows:
         s = qv @ model.item_vecs.T
         if model.item_bias is not None:
             s += model.item_bias[None, :]
+        if not np.isfinite(s).all():
+            r, c = np.argwhere(~np.isfinite(s))[0]
+            raise ValueError(f"the factors give a non-finite score for user {int(users[r])}, item {int(c)} "
+                             "(NaN or inf in user/item vectors or biases)")
     else:
         s = np.array(model(users, rows), dtype=np.float32)
         if s.shape != (len(users), n_items):
