@@ -136,11 +136,12 @@ def _item_side(i, V, w, P, a, item_off, ia_ptr, ia_idx, ia_val, itext, t0, out, 
 
 @njit(cache=True)
 def _user_side(e, u, ctx, ctx_off, V, w, P, a, user_off, ua_ptr, ua_idx, ua_val,
-               utext, t1, qtext, t2, out, tu, tq):
+               utext, t1, qtext, t2, out, tu, tq, skip):
     """Sum of user-side vectors (user, user attrs, user text, context, request text).
 
     Writes the user-text vector into tu[k] and the request-text vector into tq[k].
-    Returns (linear part, intra part) as float64.
+    The user-attribute row ``skip`` (the target item's history feature in training, -1 for
+    none) is left out. Returns (linear part, intra part) as float64.
     """
     k = V.shape[1]
     lin = 0.0
@@ -157,6 +158,8 @@ def _user_side(e, u, ctx, ctx_off, V, w, P, a, user_off, ua_ptr, ua_idx, ua_val,
             sq += V[r, f] * V[r, f]
         for p in range(ua_ptr[u], ua_ptr[u + 1]):
             r = ua_idx[p]
+            if r == skip:
+                continue
             x = ua_val[p]
             lin += x * w[r]
             for f in range(k):
@@ -244,7 +247,7 @@ def train_epoch(
     V, w, P, a, w0,
     mV, sV, mw, sw, mP, sP, ma, sa, m0, s0,
     loss, n_neg, batch_size, lr, l2_v, l2_w, l2_p, opt, b1, b2, eps,
-    step0, seed, epoch, row_lo, row_hi, train_dense, n_threads, out_loss,
+    step0, seed, epoch, row_lo, row_hi, train_dense, n_threads, hist_off, out_loss,
 ):
     """Run one epoch of mini-batch training over ``order`` (example indices, shuffled).
 
@@ -252,6 +255,8 @@ def train_epoch(
     (negatives are drawn from ``neg_items`` by ``neg_cdf`` (cumulative, empty = uniform),
     rejecting the user's positives ``pos_idx[pos_ptr[u]:pos_ptr[u+1]]`` up to 8 tries).
     Only rows ``row_lo <= r < row_hi`` of V/w are updated; P/a/w0 only if ``train_dense``.
+    ``hist_off`` >= 0: user-attribute rows ``hist_off + item`` are the user's history items
+    and the example's own item is left out of its user side (no target leakage).
     ``n_threads`` only sets how reductions are partitioned (results do not depend on it).
     Returns the optimizer step count after the epoch; the summed loss goes to out_loss[0].
     """
@@ -350,8 +355,9 @@ def train_epoch(
         for bb in prange(nb):
             ex = order[lo + bb]
             u = users[ex]
+            skip = hist_off + items[ex] if hist_off >= 0 else -1
             lin, intra = _user_side(ex, u, ctx, ctx_off, V, w, P, a, user_off, ua_ptr, ua_idx,
-                                    ua_val, utext, t1, qtext, t2, Ue[bb], tue[bb], tqe[bb])
+                                    ua_val, utext, t1, qtext, t2, Ue[bb], tue[bb], tqe[bb], skip)
             ube[bb] = lin + intra
             base = w0[0] + ube[bb]
             # scores
@@ -435,9 +441,10 @@ def train_epoch(
                         gw[r] += gsm
                         for f in range(k):
                             GV[r, f] += Gu[bb, f] - V[r, f] * gsm
+                    skip = hist_off + items[ex] if hist_off >= 0 else -1
                     for p in range(ua_ptr[u], ua_ptr[u + 1]):
                         r = ua_idx[p]
-                        if r % T != t or r < row_lo or r >= row_hi:
+                        if r % T != t or r < row_lo or r >= row_hi or r == skip:
                             continue
                         x = ua_val[p]
                         mark[r] = stamp
@@ -683,5 +690,5 @@ def query_table(users, ctx, qtext, ctx_off, V, w, P, a, user_off, ua_ptr, ua_idx
         tu = np.empty(k, dtype=np.float32)
         tq = np.empty(k, dtype=np.float32)
         lin, intra = _user_side(e, users[e], ctx, ctx_off, V, w, P, a, user_off, ua_ptr, ua_idx,
-                                ua_val, utext, t1, qtext, t2, queries[e], tu, tq)
+                                ua_val, utext, t1, qtext, t2, queries[e], tu, tq, -1)
         const[e] = w0[0] + lin + intra

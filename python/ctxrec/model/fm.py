@@ -212,6 +212,12 @@ class ContextFM:
         Std of projection entries (default ``init_std / sqrt(d)``, d the text width).
     normalize_attrs : bool
         Scale each item's / user's attribute weights to unit L2 norm.
+    user_history : bool
+        Add each user's training items as user-side features with their own vectors
+        (FISM / SVD++ style, weight ``1 / |history| ** history_alpha``). In training the
+        example's own item is left out of its user's history (no target leakage). New users
+        (fold-in) get their history from the folded-in items.
+    history_alpha : float
     early_stopping_rounds : int or None
         Stop when the validation metric has not improved for this many evaluations and
         restore the best parameters (needs ``validation`` in ``fit``).
@@ -246,6 +252,8 @@ class ContextFM:
         init_std: float = 0.05,
         text_init_std: float | None = None,
         normalize_attrs: bool = True,
+        user_history: bool = False,
+        history_alpha: float = 0.5,
         early_stopping_rounds: int | None = None,
         eval_every: int = 1,
         eval_metric: str | None = None,
@@ -268,6 +276,8 @@ class ContextFM:
         self.init_std = init_std
         self.text_init_std = text_init_std
         self.normalize_attrs = normalize_attrs
+        self.user_history = user_history
+        self.history_alpha = history_alpha
         self.early_stopping_rounds = early_stopping_rounds
         self.eval_every = eval_every
         self.eval_metric = eval_metric
@@ -347,6 +357,9 @@ class ContextFM:
             off += c
         self.uattr_off_ = off
         off += n_ua
+        self.hist_off_ = off if self.user_history else -1
+        if self.user_history:
+            off += nI
         self.user_off_ = off
         self.n_rows_ = off + nU
         self.ctx_off_ = np.asarray(ctx_off, dtype=np.int64)
@@ -354,7 +367,8 @@ class ContextFM:
         self.n_users_, self.n_items_ = nU, nI
         self.n_item_attrs_, self.n_user_attrs_ = n_ia, n_ua
         self.ia_ptr_, self.ia_idx_, self.ia_val_ = ia_ptr, ia_idx + self.iattr_off_, ia_val
-        self.ua_ptr_, self.ua_idx_, self.ua_val_ = ua_ptr, ua_idx + self.uattr_off_, ua_val
+        self.ua_base_ = (ua_ptr, ua_idx + self.uattr_off_, ua_val)
+        self.ua_ptr_, self.ua_idx_, self.ua_val_ = self.ua_base_
         self.item_text_ = _dense(side.item_text, nI, "SideInfo.item_text")
         self.user_text_ = _dense(side.user_text, nU, "SideInfo.user_text")
         dq = int(side.context_text_dim)
@@ -464,6 +478,7 @@ class ContextFM:
         # positives per user (for negative rejection and ranking evaluation)
         pos_mask = rows["labels"] > 0 if self.loss == "logloss" else np.ones(n, bool)
         self.pos_ptr_, self.pos_idx_ = _user_item_csr(rows["users"][pos_mask], rows["items"][pos_mask], self.n_users_)
+        self._rebuild_user_attrs()
         # negative sampling distribution over items seen in training
         counts = np.bincount(rows["items"], minlength=self.n_items_)
         self.item_counts_ = counts.astype(np.int64)
@@ -539,10 +554,34 @@ class ContextFM:
             float(self.learning_rate), float(self.l2), float(self.l2_bias), float(self.l2_text),
             _OPTS[self.optimizer], b1, b2, eps, int(step0),
             int(self.random_state if seed is None else seed), int(epoch), int(row_lo), int(row_hi),
-            bool(train_dense), int(numba.get_num_threads()), out)
+            bool(train_dense), int(numba.get_num_threads()), int(self.hist_off_), out)
         if row_lo == 0 and row_hi == self.n_rows_ and train_dense:
             self.step_ = int(step)
         return float(out[0])
+
+    def _rebuild_user_attrs(self) -> None:
+        """User-side attribute CSR = base attributes (+ history items when user_history)."""
+        bp, bi, bv = self.ua_base_
+        if not self.user_history:
+            self.ua_ptr_, self.ua_idx_, self.ua_val_ = bp, bi, bv
+            return
+        hp, hi_ = self.pos_ptr_, self.pos_idx_
+        n = len(hp) - 1
+        hl = np.diff(hp)
+        hv = np.repeat(np.where(hl > 0, 1.0 / np.maximum(hl, 1) ** float(self.history_alpha), 0.0), hl)
+        bl = np.diff(bp)
+        ptr = np.zeros(n + 1, np.int64)
+        ptr[1:] = np.cumsum(bl + hl)
+        idx = np.empty(ptr[-1], np.int64)
+        val = np.empty(ptr[-1], np.float32)
+        # positions: base block first, then history block, per user
+        row = np.repeat(np.arange(n), bl)
+        pos_b = ptr[row] + (np.arange(len(bi)) - bp[row])
+        idx[pos_b], val[pos_b] = bi, bv
+        row = np.repeat(np.arange(n), hl)
+        pos_h = ptr[row] + bl[row] + (np.arange(len(hi_)) - hp[row])
+        idx[pos_h], val[pos_h] = hi_ + self.hist_off_, hv
+        self.ua_ptr_, self.ua_idx_, self.ua_val_ = ptr, idx, val
 
     def _snapshot(self) -> dict[str, np.ndarray]:
         return {k_: getattr(self, k_).copy() for k_ in ("V_", "w_", "P_", "a_", "w0_")}
@@ -638,6 +677,16 @@ class ContextFM:
                      self.ia_val_, self.item_text_, int(self.toff_[0]), vecs, bias)
         return ServingTables(vecs, bias)
 
+    def to_engine(self, item_ids: Any = None, **engine_params: Any) -> Any:
+        """A :class:`ctxrec.engine.Engine` fitted on :meth:`export`'s item table.
+
+        Query it with ``build_queries(...).queries``; its scores are the model's minus the
+        item-independent ``const`` of each query.
+        """
+        from ctxrec.engine import Engine
+        tab = self.export()
+        return Engine(**engine_params).fit(tab.item_vecs, tab.item_bias, item_ids)
+
     def _queries(self, users: np.ndarray, ctx: np.ndarray, qt: np.ndarray) -> QueryBatch:
         b = len(users)
         k = self.V_.shape[1]
@@ -712,9 +761,9 @@ class ContextFM:
         vals = np.ones(len(attrs), np.float32)
         if self.normalize_attrs and len(attrs):
             vals /= np.sqrt(len(attrs))
-        self.ua_ptr_ = np.append(self.ua_ptr_, self.ua_ptr_[-1] + len(attrs))
-        self.ua_idx_ = np.concatenate([self.ua_idx_, attrs + self.uattr_off_])
-        self.ua_val_ = np.concatenate([self.ua_val_, vals])
+        bp, bi, bv = self.ua_base_
+        self.ua_base_ = (np.append(bp, bp[-1] + len(attrs)), np.concatenate([bi, attrs + self.uattr_off_]),
+                         np.concatenate([bv, vals]).astype(np.float32))
         du = self.user_text_.shape[1]
         row = np.zeros((1, du), np.float32)
         if user_text is not None:
@@ -726,6 +775,7 @@ class ContextFM:
         self.pos_ptr_ = np.append(self.pos_ptr_, self.pos_ptr_[-1])
         self.n_users_ += 1
         self.n_rows_ += 1
+        self._rebuild_user_attrs()
         return self.n_users_ - 1
 
     def _set_user_positives(self, u: int, new: np.ndarray) -> None:
@@ -734,12 +784,13 @@ class ContextFM:
         self.pos_idx_ = np.concatenate([self.pos_idx_[:lo], merged, self.pos_idx_[hi:]])
         self.pos_ptr_ = self.pos_ptr_.copy()
         self.pos_ptr_[u + 1:] += len(merged) - (hi - lo)
+        self._rebuild_user_attrs()
 
     # ---------------------------------------------------------------- save / load --
     _ARRAYS = ("V_", "w_", "P_", "a_", "w0_", "ctx_off_", "toff_", "ia_ptr_", "ia_idx_", "ia_val_",
                "ua_ptr_", "ua_idx_", "ua_val_", "item_text_", "user_text_", "pos_ptr_", "pos_idx_",
-               "item_counts_")
-    _SCALARS = ("item_off_", "iattr_off_", "uattr_off_", "user_off_", "n_rows_", "n_users_", "n_items_",
+               "item_counts_", "uab_ptr_", "uab_idx_", "uab_val_")
+    _SCALARS = ("item_off_", "iattr_off_", "uattr_off_", "hist_off_", "user_off_", "n_rows_", "n_users_", "n_items_",
                 "n_item_attrs_", "n_user_attrs_", "step_", "best_epoch_", "fit_time_s_")
 
     def save(self, path: str | Path) -> Path:
@@ -752,6 +803,7 @@ class ContextFM:
             "context_cardinalities": list(self.context_cardinalities_),
             "history": self.history_,
         }
+        self.uab_ptr_, self.uab_idx_, self.uab_val_ = self.ua_base_
         with atomic_dir(path, FORMAT, FORMAT_VERSION, meta) as d:
             for k_ in self._ARRAYS:
                 np.save(d / f"{k_.rstrip('_')}.npy", np.ascontiguousarray(getattr(self, k_)), allow_pickle=False)
@@ -775,6 +827,7 @@ class ContextFM:
         for k_, v in meta["scalars"].items():
             setattr(m, k_, v)
         m.context_cardinalities_ = tuple(meta["context_cardinalities"])
+        m.ua_base_ = (m.uab_ptr_, m.uab_idx_, m.uab_val_)
         m.history_ = meta["history"]
         m._reset_opt_state()
         m.step_ = meta["scalars"]["step_"]

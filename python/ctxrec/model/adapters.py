@@ -1,0 +1,96 @@
+"""Thin adapters from ctxrec's Dataset / ContextSpec to ContextFM's plain-array inputs."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from ctxrec.model.fm import Interactions, SideInfo
+
+__all__ = ["from_dataset", "attrs_csr", "context_cardinalities"]
+
+
+def attrs_csr(attrs: dict[str, Any], names: Sequence[str], n_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Stack the named :class:`ctxrec.data.Categorical` attributes into one CSR
+    ``(indptr, indices, data, n_cols)`` over rows; column blocks in the order of ``names``."""
+    indptr = np.zeros(n_rows + 1, np.int64)
+    per_row: list[list[int]] = [[] for _ in range(n_rows)]
+    off = 0
+    for name in names:
+        if name not in attrs:
+            raise KeyError(f"attribute {name!r} not in the dataset (have {sorted(attrs)})")
+        a = attrs[name]
+        if a.n_rows != n_rows:
+            raise ValueError(f"attribute {name!r}: {a.n_rows} rows, expected {n_rows}")
+        for r in range(n_rows):
+            per_row[r].extend(int(x) + off for x in a.indices[a.indptr[r]:a.indptr[r + 1]])
+        off += len(a.vocab)
+    indptr[1:] = np.cumsum([len(p) for p in per_row])
+    indices = np.asarray([x for p in per_row for x in p], np.int64)
+    return indptr, indices, np.ones(len(indices), np.float32), off
+
+
+def from_dataset(ds: Any, *, attrs: Sequence[str] = (), user_attrs: Sequence[str] = (),
+                 context: Any = None, spec: Any = None, item_text: np.ndarray | None = None,
+                 user_text: np.ndarray | None = None, context_text: np.ndarray | None = None,
+                 label: str = "auto") -> tuple[Interactions, SideInfo]:
+    """(Interactions, SideInfo) for a :class:`ctxrec.data.Dataset`.
+
+    attrs / user_attrs: names of ``ds.item_attrs`` / ``ds.user_attrs`` to use as features.
+    context: a :class:`ctxrec.context.ContextFeatures` for the rows of ``ds`` (from
+        ``ContextSpec.transform(ds)``), or None. Slot index 0 (unknown) is a real value.
+    spec: the fitted ContextSpec, for the slot cardinalities (without it the last slot's
+        cardinality is taken from the largest index seen).
+    item_text / user_text: float32 [n_items, d] / [n_users, d] embeddings (e.g. from
+        ``TextEncoder.encode(ds.item_text)``); rows of zeros for "no text".
+    context_text: float32 [n, d_q] request text embeddings per row.
+    label: "auto" (``ds.label`` if present, else ``ds.rating``, else None), "label",
+        "rating" or "none".
+    """
+    n = len(ds.users)
+    ctx = None
+    cards: tuple[int, ...] = ()
+    if context is not None:
+        if len(context) != n:
+            raise ValueError(f"context: {len(context)} rows, expected {n} (one per interaction)")
+        ctx = np.asarray(context.indices, np.int64)
+        cards = context_cardinalities(spec) if spec is not None else _cards_of(context)
+        if len(cards) != ctx.shape[1]:
+            raise ValueError(f"context: {ctx.shape[1]} slots, spec has {len(cards)}")
+    if label == "auto":
+        y = ds.label if ds.label is not None else ds.rating
+    elif label == "label":
+        y = ds.label
+    elif label == "rating":
+        y = ds.rating
+    elif label == "none":
+        y = None
+    else:
+        raise ValueError(f"label={label!r}: expected 'auto', 'label', 'rating' or 'none'")
+    X = Interactions(ds.users.astype(np.int64), ds.items.astype(np.int64), ctx, context_text,
+                     None if y is None else np.asarray(y, np.float64))
+    side = SideInfo(
+        ds.n_users, ds.n_items, cards,
+        item_attrs=attrs_csr(ds.item_attrs, attrs, ds.n_items) if attrs else None,
+        user_attrs=attrs_csr(ds.user_attrs, user_attrs, ds.n_users) if user_attrs else None,
+        item_text=item_text, user_text=user_text,
+        context_text_dim=0 if context_text is None else int(np.asarray(context_text).shape[1]),
+    )
+    return X, side
+
+
+def _cards_of(context: Any) -> tuple[int, ...]:
+    """Cardinality per slot from the offsets of ContextFeatures (last slot: max seen + 1,
+    unless a ``cardinalities`` mapping is attached)."""
+    off = np.asarray(context.offsets, np.int64)
+    cards = list(np.diff(off))
+    if hasattr(context, "n_features"):
+        cards.append(int(context.n_features) - int(off[-1]))
+    else:
+        cards.append(int(np.asarray(context.indices)[:, -1].max()) + 1 if len(context) else 1)
+    return tuple(int(c) for c in cards)
+
+
+def context_cardinalities(spec: Any) -> tuple[int, ...]:
+    """Slot cardinalities (unknown included) of a fitted :class:`ctxrec.context.ContextSpec`."""
+    return tuple(int(c) for c in spec.cardinalities.values())

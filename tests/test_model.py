@@ -1,0 +1,322 @@
+"""ContextFM: exact export, determinism, learning on planted structure, cold start, fold-in,
+save/load, errors; a short real-data smoke test on MovieLens 100K when the data is there."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ctxrec import CorruptArtifactError
+from ctxrec.model import ContextFM, Interactions, SideInfo
+from ctxrec.model._metrics import auc_score, ranking_metrics
+from ctxrec.model.fm import _user_item_csr
+
+
+# ---------------------------------------------------------------------------------------
+# synthetic data
+# ---------------------------------------------------------------------------------------
+def _random_problem(seed: int = 0, n: int = 600):
+    """Every field present, random values: for exactness checks."""
+    rng = np.random.default_rng(seed)
+    nU, nI = 30, 25
+    side = SideInfo(
+        nU, nI, (3, 4),
+        item_attrs=(rng.random((nI, 5)) < 0.4).astype(np.float32),
+        user_attrs=(rng.random((nU, 3)) < 0.5).astype(np.float32),
+        item_text=rng.normal(size=(nI, 12)).astype(np.float32),
+        user_text=rng.normal(size=(nU, 6)).astype(np.float32),
+        context_text_dim=5,
+    )
+    ctx = np.stack([rng.integers(-1, 3, n), rng.integers(0, 4, n)], 1)
+    X = Interactions(rng.integers(0, nU, n), rng.integers(0, nI, n), ctx,
+                     rng.normal(size=(n, 5)).astype(np.float32), (rng.random(n) < 0.5).astype(float))
+    return X, side
+
+
+def _planted(seed: int = 0, nU: int = 120, nI: int = 80, n_groups: int = 4, per_user: int = 12,
+             text_dim: int = 16):
+    """Users and items in groups; users interact with items of their own group. Item text =
+    a noisy group centroid, so text alone reveals the group (for cold start)."""
+    rng = np.random.default_rng(seed)
+    ug = rng.integers(0, n_groups, nU)
+    ig = np.arange(nI) % n_groups
+    centroids = rng.normal(size=(n_groups, text_dim))
+    text = centroids[ig] + 0.3 * rng.normal(size=(nI, text_dim))
+    text = (text / np.linalg.norm(text, axis=1, keepdims=True)).astype(np.float32)
+    users, items = [], []
+    for u in range(nU):
+        pool = np.flatnonzero(ig == ug[u])
+        pick = rng.choice(pool, size=min(per_user, len(pool)), replace=False)
+        users += [u] * len(pick)
+        items += list(pick)
+    return np.array(users), np.array(items), ug, ig, text
+
+
+# ---------------------------------------------------------------------------------------
+# export exactness
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("loss", ["logloss", "bpr"])
+def test_export_equals_predict(loss):
+    X, side = _random_problem()
+    m = ContextFM(n_factors=8, loss=loss, epochs=2, batch_size=64, n_negatives=2, init_std=0.3,
+                  random_state=3).fit(X, side)
+    p = m.predict(X)
+    qb = m.build_queries(X.user, context=X.context, context_text=X.context_text)
+    tab = m.export()
+    assert tab.item_vecs.shape == (25, 8) and tab.item_vecs.dtype == np.float32
+    assert tab.item_bias.shape == (25,) and tab.item_bias.dtype == np.float32
+    s = (np.einsum("ij,ij->i", qb.queries.astype(np.float64), tab.item_vecs[X.item].astype(np.float64))
+         + tab.item_bias[X.item] + qb.const)
+    scale = max(1.0, float(np.abs(p).max()))
+    assert np.abs(p - s).max() < 1e-5 * scale
+    # the pairwise part is not trivial (the check would be vacuous with zero vectors)
+    assert np.abs(np.einsum("ij,ij->i", qb.queries, tab.item_vecs[X.item])).max() > 1e-2
+
+
+def test_export_anonymous_user_and_random_items():
+    X, side = _random_problem(1)
+    m = ContextFM(n_factors=6, loss="logloss", epochs=1, batch_size=50, init_std=0.3).fit(X, side)
+    rng = np.random.default_rng(5)
+    b = 40
+    users = rng.integers(-1, 30, b)
+    items = rng.integers(0, 25, b)
+    ctx = np.stack([rng.integers(-1, 3, b), rng.integers(-1, 4, b)], 1)
+    qt = rng.normal(size=(b, 5)).astype(np.float32)
+    p = m.predict(Interactions(users, items, ctx, qt))
+    qb = m.build_queries(users, context=ctx, context_text=qt)
+    tab = m.export()
+    s = np.einsum("ij,ij->i", qb.queries, tab.item_vecs[items]) + tab.item_bias[items] + qb.const
+    assert np.allclose(p, s, atol=1e-4)
+
+
+def test_engine_serves_model_exactly():
+    from ctxrec.engine import Engine
+    X, side = _random_problem(2)
+    m = ContextFM(n_factors=8, loss="bpr", epochs=2, batch_size=64, init_std=0.3).fit(X, side)
+    eng = m.to_engine()
+    users = np.arange(10)
+    ctx = np.tile([[1, 2]], (10, 1))
+    qb = m.build_queries(users, context=ctx)
+    ids, scores = eng.recommend_batch(qb.queries, k=5)
+    # brute force over all items with model.predict
+    for r, u in enumerate(users):
+        full = m.predict(Interactions(np.full(25, u), np.arange(25), np.tile([[1, 2]], (25, 1)),
+                                      np.zeros((25, 5), np.float32)))
+        top = np.argsort(-full, kind="stable")[:5]
+        assert list(ids[r]) == list(top)
+        assert np.allclose(scores[r] + qb.const[r], full[top], atol=1e-4)
+    assert isinstance(eng, Engine)
+
+
+# ---------------------------------------------------------------------------------------
+# determinism
+# ---------------------------------------------------------------------------------------
+def test_deterministic_for_seed_and_thread_count():
+    X, side = _random_problem(3, n=900)
+    kw = dict(n_factors=8, loss="bpr", epochs=2, batch_size=64, n_negatives=3)
+    a = ContextFM(random_state=11, num_threads=1, **kw).fit(X, side)
+    b = ContextFM(random_state=11, num_threads=2, **kw).fit(X, side)
+    c = ContextFM(random_state=12, num_threads=1, **kw).fit(X, side)
+    for name in ("V_", "w_", "P_", "a_", "w0_"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    assert not np.array_equal(a.V_, c.V_)
+
+
+# ---------------------------------------------------------------------------------------
+# learning
+# ---------------------------------------------------------------------------------------
+def _heldout_auc(m, ug, ig, n_users):
+    """AUC of own-group vs other-group items over users."""
+    users = np.repeat(np.arange(n_users), len(ig))
+    items = np.tile(np.arange(len(ig)), n_users)
+    s = m.predict(Interactions(users, items))
+    y = (ug[users] == ig[items]).astype(float)
+    return auc_score(y, s)
+
+
+@pytest.mark.parametrize("loss,opt", [("bpr", "adam"), ("softmax", "adam"), ("bpr", "adagrad"),
+                                      ("logloss", "adam")])
+def test_learns_planted_groups(loss, opt):
+    users, items, ug, ig, _ = _planted()
+    X = Interactions(users, items)
+    lr = 0.05 if opt == "adagrad" else 0.01
+    m = ContextFM(n_factors=8, loss=loss, optimizer=opt, epochs=15, batch_size=64, learning_rate=lr,
+                  n_negatives=(8 if loss == "softmax" else 2), l2=1e-4)
+    if loss == "logloss":
+        X = Interactions(users, items, label=np.ones(len(users)))
+    m.fit(X, SideInfo(120, 80))
+    assert m.history_[-1]["loss"] < m.history_[0]["loss"]
+    assert _heldout_auc(m, ug, ig, 120) > 0.9
+    assert all(h["examples_per_s"] > 0 for h in m.history_)
+
+
+def test_mse_fits_low_rank_ratings():
+    rng = np.random.default_rng(0)
+    nU, nI, k = 60, 50, 3
+    U, Vt = rng.normal(size=(nU, k)), rng.normal(size=(nI, k))
+    R = 3.0 + U @ Vt.T
+    obs = rng.random((nU, nI)) < 0.5
+    uu, ii = np.nonzero(obs)
+    X = Interactions(uu, ii, label=R[uu, ii])
+    tu, ti = np.nonzero(~obs)
+    m = ContextFM(n_factors=6, loss="mse", epochs=60, batch_size=64, learning_rate=0.02, l2=1e-3,
+                  init_std=0.1).fit(X, SideInfo(nU, nI))
+    rmse = np.sqrt(np.mean((m.predict(Interactions(tu, ti)) - R[tu, ti]) ** 2))
+    base = np.sqrt(np.mean((R[uu, ii].mean() - R[tu, ti]) ** 2))
+    assert rmse < 0.5 * base
+
+
+def test_context_moves_the_score():
+    """Items 0..9 are used in context 0, items 10..19 in context 1: the context field must
+    decide the ranking (nothing else distinguishes the two halves for a user)."""
+    rng = np.random.default_rng(1)
+    n = 4000
+    users = rng.integers(0, 40, n)
+    c = rng.integers(0, 2, n)
+    items = rng.integers(0, 10, n) + 10 * c
+    m = ContextFM(n_factors=8, loss="bpr", epochs=10, batch_size=128, learning_rate=0.01,
+                  n_negatives=2).fit(Interactions(users, items, c[:, None]), SideInfo(40, 20, (2,)))
+    top0 = m.recommend(np.arange(40), 5, context=np.zeros((40, 1), np.int64), exclude_seen=False)
+    top1 = m.recommend(np.arange(40), 5, context=np.ones((40, 1), np.int64), exclude_seen=False)
+    assert (top0 < 10).mean() > 0.9 and (top1 >= 10).mean() > 0.9
+
+
+def test_text_gives_cold_items_a_vector():
+    users, items, ug, ig, text = _planted(seed=2, nI=100)
+    cold = np.arange(100) % 10 == 0  # 10 items never seen in training
+    keep = ~cold[items]
+    m = ContextFM(n_factors=8, loss="bpr", epochs=20, batch_size=64, learning_rate=0.01, n_negatives=2)
+    m.fit(Interactions(users[keep], items[keep]), SideInfo(120, 100, item_text=text))
+    cold_items = np.flatnonzero(cold)
+    assert np.all(m.V_[m.item_off_ + cold_items] == 0)  # id rows of unseen items stay zero
+    uu = np.repeat(np.arange(120), len(cold_items))
+    it = np.tile(cold_items, 120)
+    s = m.predict(Interactions(uu, it))
+    assert auc_score((ug[uu] == ig[it]).astype(float), s) > 0.85
+    # without text the cold items are indistinguishable
+    m0 = ContextFM(n_factors=8, loss="bpr", epochs=5, batch_size=64, n_negatives=2)
+    m0.fit(Interactions(users[keep], items[keep]), SideInfo(120, 100))
+    s0 = m0.predict(Interactions(uu, it))
+    assert np.ptp(s0.reshape(120, -1), axis=1).max() < 1e-9
+
+
+def test_fold_in_new_user():
+    users, items, ug, ig, _ = _planted(seed=3)
+    m = ContextFM(n_factors=8, loss="bpr", epochs=15, batch_size=64, learning_rate=0.01, n_negatives=2)
+    m.fit(Interactions(users, items), SideInfo(120, 80))
+    V_items = m.V_[:80].copy()
+    group = 2
+    few = np.flatnonzero(ig == group)[:5]
+    u = m.fold_in(few, epochs=60)
+    assert u == 120 and m.n_users_ == 121
+    assert np.array_equal(m.V_[:80], V_items)  # items untouched
+    rec = m.recommend(np.array([u]), 5)[0]
+    assert not set(rec) & set(few)  # the folded-in items are excluded as seen
+    assert np.mean(ig[rec] == group) >= 0.8
+    # updating an existing user in place keeps the number of users
+    assert m.fold_in(few[:2], user=0, epochs=5) == 0 and m.n_users_ == 121
+
+
+# ---------------------------------------------------------------------------------------
+# early stopping, save / load, errors
+# ---------------------------------------------------------------------------------------
+def test_early_stopping_restores_best():
+    users, items, ug, ig, _ = _planted(seed=4)
+    rng = np.random.default_rng(0)
+    val = rng.random(len(users)) < 0.2
+    m = ContextFM(n_factors=8, epochs=40, batch_size=64, learning_rate=0.05, l2=0.0,
+                  early_stopping_rounds=2, eval_metric="ndcg@5")
+    m.fit(Interactions(users[~val], items[~val]), SideInfo(120, 80),
+          validation=Interactions(users[val], items[val]))
+    curve = [h["ndcg@5"] for h in m.history_]
+    assert len(curve) <= 40
+    assert m.best_epoch_ == int(np.argmax(curve))
+    if len(curve) < 40:  # stopped early: the last rounds did not improve
+        assert max(curve[-2:]) <= max(curve)
+
+
+def test_save_load_roundtrip_and_corruption(tmp_path: Path):
+    X, side = _random_problem(4)
+    m = ContextFM(n_factors=4, loss="logloss", epochs=2, batch_size=64).fit(X, side)
+    d = m.save(tmp_path / "fm")
+    m2 = ContextFM.load(d)
+    assert np.array_equal(m.predict(X), m2.predict(X))
+    assert m2.get_params() == m.get_params()
+    # fold-in works on a loaded model
+    m2.fold_in(np.array([1, 2]), label=np.array([1.0, 0.0]), epochs=2)
+    # corrupt a file
+    arr = d / "V.npy"
+    b = bytearray(arr.read_bytes())
+    b[-1] ^= 0xFF
+    arr.write_bytes(bytes(b))
+    with pytest.raises(CorruptArtifactError, match="V.npy"):
+        ContextFM.load(d)
+    # wrong version
+    m.save(tmp_path / "fm2")
+    man = json.loads((tmp_path / "fm2" / "manifest.json").read_text())
+    man["version"] = 999
+    (tmp_path / "fm2" / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(CorruptArtifactError, match="version"):
+        ContextFM.load(tmp_path / "fm2")
+
+
+def test_errors_name_the_field():
+    X, side = _random_problem(5)
+    with pytest.raises(ValueError, match="loss='hinge'"):
+        ContextFM(loss="hinge").fit(X, side)
+    bad = Interactions(X.user, X.item, np.full((len(X), 2), 7), X.context_text, X.label)
+    with pytest.raises(ValueError, match=r"context\[:, 0\]: value 7"):
+        ContextFM(loss="logloss").fit(bad, side)
+    with pytest.raises(ValueError, match=r"X.item: index 99"):
+        ContextFM(loss="logloss").fit(Interactions(X.user, np.full(len(X), 99), X.context,
+                                                   X.context_text, X.label), side)
+    with pytest.raises(ValueError, match="X.label"):
+        ContextFM(loss="mse").fit(Interactions(X.user, X.item, X.context, X.context_text), side)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        ContextFM().predict(X)
+    m = ContextFM(n_factors=4, loss="logloss", epochs=1).fit(X, side)
+    with pytest.raises(ValueError, match="context_text: width 3"):
+        m.build_queries([0], context=[[0, 0]], context_text=np.zeros((1, 3), np.float32))
+
+
+def test_ranking_metrics_by_hand():
+    ids = np.array([[3, 1, 2], [5, 6, 7]])
+    ptr, idx = _user_item_csr(np.array([0, 0, 1]), np.array([1, 9, 8]), 2)
+    r = ranking_metrics(ids, ptr, idx, 3)
+    # user 0: hit at rank 2 of 2 relevant; user 1: no hit
+    assert r["precision"] == pytest.approx((1 / 3) / 2)
+    assert r["recall"] == pytest.approx(0.5 / 2)
+    assert r["ndcg"] == pytest.approx((1 / np.log2(3)) / (1 + 1 / np.log2(3)) / 2)
+    assert r["map"] == pytest.approx((0.5 / 2) / 2)
+
+
+# ---------------------------------------------------------------------------------------
+# real data smoke test
+# ---------------------------------------------------------------------------------------
+def _data_dir() -> Path | None:
+    d = os.environ.get("CTXREC_DATA_DIR") or str(Path(__file__).resolve().parents[1].parent / "shared" / "data")
+    return Path(d) if (Path(d) / "ml-100k" / "u.data").is_file() else None
+
+
+@pytest.mark.skipif(_data_dir() is None, reason="MovieLens 100K not available (CTXREC_DATA_DIR)")
+def test_movielens_smoke_beats_popularity():
+    from ctxrec.model.adapters import from_dataset
+    from ctxrec.data import load_movielens_100k
+    ds = load_movielens_100k(_data_dir(), verify=False)
+    rng = np.random.default_rng(0)
+    test = rng.random(len(ds.users)) < 0.2
+    X, side = from_dataset(ds.subset(np.flatnonzero(~test)), attrs=("genres",))
+    m = ContextFM(n_factors=32, epochs=4, batch_size=512, learning_rate=0.005, l2=1e-3,
+                  n_negatives=4, num_threads=1).fit(X, side)
+    u, i = ds.users[test].astype(np.int64), ds.items[test].astype(np.int64)
+    ptr, idx = _user_item_csr(u, i, ds.n_users)
+    ndcg = ranking_metrics(m.recommend(np.arange(ds.n_users), 10), ptr, idx, 10)["ndcg"]
+    pop = np.argsort(-np.bincount(X.item, minlength=ds.n_items), kind="stable")
+    seen_ptr, seen_idx = m.pos_ptr_, m.pos_idx_
+    pop_ids = np.array([[j for j in pop if j not in set(seen_idx[seen_ptr[v]:seen_ptr[v + 1]])][:10]
+                        for v in range(ds.n_users)])
+    ndcg_pop = ranking_metrics(pop_ids, ptr, idx, 10)["ndcg"]
+    assert ndcg > ndcg_pop + 0.02, (ndcg, ndcg_pop)
