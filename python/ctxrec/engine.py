@@ -195,6 +195,15 @@ class Engine:
             warnings.warn(f"{name}: {len(unknown)} unknown item id(s) ignored, e.g. {unknown[:3]}", stacklevel=3)
         return np.unique(np.asarray(idx, dtype=np.int64))
 
+    def item_index(self, item_id: Any) -> int:
+        """Dense index (row of the item table) of an original item id; KeyError when unknown."""
+        self._fitted()
+        key = str(item_id) if self.item_ids_.dtype.kind == "U" else item_id
+        i = self._lookup.get(key)
+        if i is None:
+            raise KeyError(f"unknown item id {item_id!r}")
+        return int(i)
+
     def _raw(self, idx: np.ndarray) -> np.ndarray:
         out = self.item_ids_[np.maximum(idx, 0)]
         if (idx < 0).any():

@@ -1,0 +1,423 @@
+"""Recommender: the context spec, the text encoder, the ContextFM model and the serving
+engine as one object with a small scikit-learn-like API.
+
+    rec = Recommender(ContextSpec(time=["timestamp"], text=["query"])).fit(dataset)
+    rec.recommend(196, context={"timestamp": "2024-05-01T22:30", "query": "a funny animated movie"}, k=10)
+    rec.feedback(196, 1234, context={...})          # online update of that user's vector
+    rec.save("model/"); rec = Recommender.load("model/")
+
+Scores. For a (user, context, request text) the model's score of item ``i`` is
+``query · item_vecs[i] + item_bias[i] + const`` (ContextFM's serving form); the engine
+retrieves by it with HNSW (or exactly, for small catalogs) and its C++ kernel adds the
+text-match term ``text_match_weight · cos(request text, item text)``, so a free-text
+request moves the ranking even when the model never saw request text in training.
+"""
+from __future__ import annotations
+
+import copy
+import shutil
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ctxrec._io import atomic_dir, read_manifest
+from ctxrec.context import ContextSpec, encode_texts
+from ctxrec.data import Dataset
+from ctxrec.engine import Engine
+from ctxrec.model import ContextFM, Interactions, SideInfo
+from ctxrec.model.adapters import from_dataset
+
+__all__ = ["Recommender", "Recommendation"]
+
+FORMAT = "ctxrec.recommender"
+VERSION = 1
+
+
+@dataclass
+class Recommendation:
+    """The answer to one request: original item ids and scores, best first.
+
+    cold_start is True when the user was unknown: the ranking then comes from the
+    context, the request text and item popularity only.
+    """
+
+    user: Any
+    item_ids: list[Any]
+    scores: list[float]
+    cold_start: bool
+    context: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"user": _jsonable(self.user), "cold_start": self.cold_start,
+                "items": [{"item_id": _jsonable(i), "score": float(s)} for i, s in zip(self.item_ids, self.scores)]}
+
+
+def _jsonable(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.ascontiguousarray(np.where(norm > 0, x / np.maximum(norm, 1e-12), 0), dtype=np.float32)
+
+
+class Recommender:
+    """Context-aware, text-aware recommender (spec + encoder + ContextFM + Engine).
+
+    Parameters
+    ----------
+    context : ContextSpec or None
+        Which request/interaction fields are context (time, categorical, numeric, free text).
+    model : ContextFM or None
+        Hyper-parameters of the model (cloned at fit; default ``ContextFM()``).
+    encoder : "default", a path, an object with ``encode(texts) -> float32 [n, d]``, or None
+        The text encoder. "default" loads ctxrec's exported all-MiniLM-L6-v2; None disables
+        text (item, user and request text are then ignored).
+    item_text, user_text : bool
+        Feed item / user texts (encoded) to the model.
+    text_match_weight : float or "auto"
+        Weight of the request-text ↔ item-text cosine added at rescoring; "auto" scales it so
+        that its spread over items equals the spread of the model's scores.
+    engine_params : dict or None
+        Keyword arguments of :class:`ctxrec.engine.Engine`.
+    fold_in_history : int
+        How many of a user's latest items ``feedback`` refits the user's vector on.
+
+    Learned attributes: ``context_`` (fitted spec), ``model_``, ``engine_``, ``item_ids_``,
+    ``user_ids_``, ``text_match_weight_``, ``items_`` (item table), ``item_text_``.
+    """
+
+    def __init__(self, context: ContextSpec | None = None, *, model: ContextFM | None = None,
+                 encoder: Any = "default", item_text: bool = True, user_text: bool = True,
+                 text_match_weight: float | str = "auto", engine_params: Mapping[str, Any] | None = None,
+                 fold_in_history: int = 50) -> None:
+        self.context = context
+        self.model = model
+        self.encoder = encoder
+        self.item_text = item_text
+        self.user_text = user_text
+        self.text_match_weight = text_match_weight
+        self.engine_params = engine_params
+        self.fold_in_history = fold_in_history
+
+    # ------------------------------------------------------------------ helpers
+    def _load_encoder(self) -> Any:
+        if self.encoder is None:
+            return None
+        if hasattr(self.encoder, "encode"):
+            return self.encoder
+        from ctxrec.encoder import TextEncoder
+        return TextEncoder.load() if self.encoder == "default" else TextEncoder.load(self.encoder)
+
+    def _request_text(self, feats: Any) -> np.ndarray | None:
+        """Mean of the request's free-text field vectors, float32 [n, d], or None."""
+        vecs = list(feats.text_vectors.values())
+        if not vecs:
+            return None
+        return np.ascontiguousarray(np.mean(vecs, axis=0), dtype=np.float32)
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, dataset: Dataset, *, validation: Dataset | None = None) -> "Recommender":
+        """Fit the context spec, encode texts, train the model and build the engine; returns self.
+
+        dataset: interactions + item table/text (+ user table/text) — see ctxrec.data.Dataset.
+        validation: optional held-out interactions for the model's early stopping.
+        """
+        if not isinstance(dataset, Dataset):
+            raise TypeError(f"dataset must be a ctxrec.data.Dataset, got {type(dataset).__name__}")
+        if len(dataset) == 0:
+            raise ValueError("dataset has no interactions")
+        spec = copy.deepcopy(self.context) if self.context is not None else ContextSpec()
+
+        def context_rows(ds: Dataset) -> pd.DataFrame:
+            # Free-text fields are often request-only (absent from logged interactions).
+            rows = ds.context_frame()
+            for name in spec.text_fields:
+                if name not in rows.columns:
+                    rows[name] = ""
+            return rows
+
+        spec.fit(context_rows(dataset))
+        enc = self._load_encoder()
+        self._encoder = enc
+        model = ContextFM(**self.model.get_params()) if self.model is not None else ContextFM()
+        train_text = enc is not None and any(any(t) for t in spec.transform(context_rows(dataset)).texts.values())
+
+        item_emb = encode_texts(dataset.item_text, enc) if enc is not None and self.item_text else None
+        user_emb = encode_texts(dataset.user_text, enc) \
+            if enc is not None and self.user_text and dataset.user_text is not None else None
+        label = {"mse": "rating", "logloss": "label"}.get(model.loss, "none")
+
+        def interactions(ds: Dataset) -> tuple[Interactions, SideInfo]:
+            feats = spec.transform(context_rows(ds), encoder=enc if train_text else None)
+            return from_dataset(ds, attrs=list(ds.item_attrs), user_attrs=list(ds.user_attrs),
+                                context=feats if spec.slots else None, spec=spec, item_text=item_emb,
+                                user_text=user_emb, context_text=self._request_text(feats) if train_text else None,
+                                label=label)
+
+        X, side = interactions(dataset)
+        model.fit(X, side, validation=None if validation is None else interactions(validation)[0])
+
+        self.context_ = spec
+        self.model_ = model
+        self.item_ids_ = dataset.item_ids
+        self.user_ids_ = dataset.user_ids
+        self.items_ = dataset.item_table.assign(text=dataset.item_text)
+        self.item_text_ = None if item_emb is None else _unit_rows(item_emb)
+        indptr, indices = dataset.user_items()
+        self._seen = [indices[indptr[u]:indptr[u + 1]].tolist() for u in range(dataset.n_users)]
+        self._build_serving()
+        return self
+
+    def _build_serving(self) -> None:
+        """Engine over the model's item table; users index; text-match weight."""
+        tables = self.model_.export()
+        w = self.text_match_weight
+        if w == "auto":
+            w = self._auto_text_weight(tables) if self.item_text_ is not None else 0.0
+        elif not isinstance(w, (int, float)) or not np.isfinite(w):
+            raise ValueError(f"text_match_weight must be a finite number or 'auto', got {w!r}")
+        self.text_match_weight_ = float(w)
+        self.engine_ = Engine(**dict(self.engine_params or {})).fit(
+            tables.item_vecs, tables.item_bias, item_ids=self.item_ids_,
+            item_text=self.item_text_ if self.text_match_weight_ else None, text_weight=self.text_match_weight_)
+        self._index_users()
+
+    def _index_users(self) -> None:
+        self._user_pos = {u: i for i, u in enumerate(self.user_ids_.tolist())}
+        self._lock = threading.RLock()
+
+    def _auto_text_weight(self, tables: Any) -> float:
+        rng = np.random.default_rng(0)
+        n_users = len(self.user_ids_)
+        users = rng.choice(n_users, size=min(64, n_users), replace=False)
+        qb = self.model_.build_queries(users)
+        model_sd = float(np.std(qb.queries @ tables.item_vecs.T + tables.item_bias, axis=1).mean())
+        has = np.flatnonzero(np.abs(self.item_text_).sum(axis=1) > 0)
+        if len(has) < 2:
+            return 0.0
+        probe = self.item_text_[rng.choice(has, size=min(64, len(has)), replace=False)]
+        text_sd = float(np.std(probe @ self.item_text_[has].T, axis=1).mean())
+        return model_sd / text_sd if text_sd > 0 else 0.0
+
+    def _model_text_dim(self) -> int:
+        """Width of the request-text input the model was trained with (0 = none)."""
+        return int(self.model_.toff_[3] - self.model_.toff_[2])
+
+    def _fitted(self) -> None:
+        if not hasattr(self, "engine_"):
+            raise RuntimeError("Recommender is not fitted: call fit(dataset) or Recommender.load(path) first")
+
+    # ------------------------------------------------------------------ serve
+    def _user(self, user: Any) -> int:
+        """Dense index of a raw user id, -1 when unknown (cold start)."""
+        u = self._user_pos.get(user)
+        if u is None and isinstance(user, str) and user.lstrip("-").isdigit():
+            u = self._user_pos.get(int(user))  # ids arrive as strings over HTTP/CLI
+        if u is None and not isinstance(user, str):
+            u = self._user_pos.get(str(user))
+        return -1 if u is None else int(u)
+
+    def _item(self, item: Any) -> int:
+        try:
+            return self.engine_.item_index(item)
+        except KeyError:
+            if isinstance(item, str) and item.lstrip("-").isdigit():
+                return self.engine_.item_index(int(item))  # ids arrive as strings over HTTP/CLI
+            raise
+
+    def _features(self, context: Mapping[str, Any] | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+        if context is not None and not isinstance(context, Mapping):
+            raise ValueError(f"context must be a dict of field -> value, got {type(context).__name__}")
+        feats = self.context_.transform(dict(context or {}), encoder=getattr(self, "_encoder", None))
+        ctx = feats.indices if self.context_.slots else None
+        return ctx, self._request_text(feats)
+
+    def _query(self, u: int, context: Mapping[str, Any] | None) -> tuple[np.ndarray, float, np.ndarray | None]:
+        ctx, text = self._features(context)
+        model_text = text if self._model_text_dim() else None
+        with self._lock:
+            qb = self.model_.build_queries(np.array([u]), context=ctx, context_text=model_text)
+        tq = None
+        if text is not None and self.text_match_weight_ and np.any(text):
+            tq = _unit_rows(text)[0]
+        return qb.queries[0], float(qb.const[0]), tq
+
+    def recommend(self, user: Any, context: Mapping[str, Any] | None = None, k: int = 10, *,
+                  exclude_seen: bool = True, exclude: Iterable[Any] | None = None,
+                  allow: Iterable[Any] | None = None) -> Recommendation:
+        """Top-k items for ``user`` in ``context`` (a dict of context fields incl. free text).
+
+        Unknown users get the cold-start path (context + request text + popularity), marked
+        ``cold_start=True``. exclude_seen leaves out the user's known items; exclude/allow
+        are original item ids (unknown ones are ignored with a warning).
+        """
+        self._fitted()
+        u = self._user(user)
+        q, const, tq = self._query(u, context)
+        excl = list(exclude or [])
+        if exclude_seen and u >= 0:
+            with self._lock:
+                seen = list(self._seen[u])
+            excl += self.item_ids_[seen].tolist()
+        ids, scores = self.engine_.recommend(q, k, exclude=excl or None, allow=allow, text_query=tq)
+        return Recommendation(user, ids.tolist(), (scores + const).tolist(), u < 0, dict(context or {}))
+
+    def recommend_batch(self, users: Sequence[Any], contexts: Sequence[Mapping[str, Any] | None] | None = None,
+                        k: int = 10, *, exclude_seen: bool = True) -> list[Recommendation]:
+        """recommend() for many (user, context) pairs."""
+        if contexts is not None and len(contexts) != len(users):
+            raise ValueError(f"contexts has {len(contexts)} entries but users has {len(users)}")
+        return [self.recommend(u, None if contexts is None else contexts[j], k, exclude_seen=exclude_seen)
+                for j, u in enumerate(users)]
+
+    def explain(self, user: Any, item: Any, context: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Why ``item`` scores what it does for ``user`` in ``context``.
+
+        Contributions by successive removal, summing to the total score: ``text_match``
+        (request text ↔ item text, at rescoring), ``request_text`` (the model's own use of the
+        request text), ``context`` (the context fields), ``user_affinity`` (who the user is:
+        history, attributes) and ``popularity`` (what is left for an anonymous request with
+        no context: item bias and global terms).
+        """
+        self._fitted()
+        i = self._item(item)
+        u = self._user(user)
+        ctx, text = self._features(context)
+        vec = np.asarray(self.engine_.item_vecs_[i], np.float64)
+        bias = float(self.engine_.item_bias_[i])
+        uses_text = bool(self._model_text_dim()) and text is not None
+
+        def score(user_idx: int, c: np.ndarray | None, t: np.ndarray | None) -> float:
+            with self._lock:
+                qb = self.model_.build_queries(np.array([user_idx]), context=c, context_text=t)
+            return float(qb.queries[0] @ vec + bias + qb.const[0])
+
+        absent = None if ctx is None else np.full_like(ctx, -1)
+        full = score(u, ctx, text if uses_text else None)
+        no_text = score(u, ctx, None) if uses_text else full
+        no_ctx = score(u, absent, None)
+        anon = score(-1, absent, None)
+        match = 0.0
+        if text is not None and self.text_match_weight_ and self.item_text_ is not None:
+            match = self.text_match_weight_ * float(_unit_rows(text)[0] @ self.item_text_[i])
+        parts = {"text_match": match, "request_text": full - no_text, "context": no_text - no_ctx,
+                 "user_affinity": no_ctx - anon, "popularity": anon}
+        return {"user": _jsonable(user), "item_id": _jsonable(self.item_ids_[i]), "cold_start": u < 0,
+                "score": full + match, "contributions": parts}
+
+    def feedback(self, user: Any, item: Any, context: Mapping[str, Any] | None = None,
+                 label: float = 1.0) -> dict[str, Any]:
+        """Record that ``user`` interacted with ``item``; refits that user's vector (items fixed).
+
+        A new user is added. The next ``recommend`` for the user reflects the update. Raises
+        KeyError for an unknown item.
+        """
+        self._fitted()
+        i = self._item(item)
+        if not np.isfinite(label):
+            raise ValueError(f"label must be finite, got {label!r}")
+        ctx, text = self._features(context)
+        with self._lock:
+            u = self._user(user)
+            new = u < 0
+            history = [] if new else list(self._seen[u])
+            if float(label) > 0:
+                history = [x for x in history if x != i] + [i]
+            items = np.array(history[-int(self.fold_in_history):] or [i], np.int64)
+            labels = np.ones(len(items), np.float32)
+            if self.model_.loss in ("mse", "logloss"):
+                labels[-1] = float(label)
+            u2 = self.model_.fold_in(items, user=None if new else u, label=labels)
+            if new:
+                ids = self.user_ids_
+                if not (isinstance(user, (int, np.integer)) and ids.dtype.kind in "iu"):
+                    ids = ids.astype(object)  # a new id of another type than the trained ones
+                self.user_ids_ = np.append(ids, np.array([user], dtype=ids.dtype))
+                self._user_pos[user] = u2
+                self._seen.append([])
+            if float(label) > 0 and i not in self._seen[u2]:
+                self._seen[u2].append(i)
+        return {"user": _jsonable(user), "item_id": _jsonable(self.item_ids_[i]), "new_user": new,
+                "known_items": len(self._seen[u2])}
+
+    def item_info(self, item: Any) -> dict[str, Any]:
+        """The stored attributes and text of an item (KeyError when unknown)."""
+        self._fitted()
+        row = self.items_.iloc[self._item(item)].to_dict()
+        return {k: _jsonable(v) if not isinstance(v, float) or np.isfinite(v) else None for k, v in row.items()}
+
+    def summary(self) -> dict[str, Any]:
+        self._fitted()
+        return {"n_items": int(len(self.item_ids_)), "n_users": int(len(self.user_ids_)),
+                "context_fields": self.context_.columns, "text_match_weight": self.text_match_weight_,
+                "engine": repr(self.engine_),
+                "encoder_provider": getattr(getattr(self, "_encoder", None), "provider", None)}
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> None:
+        """Everything needed to serve, in one versioned directory (atomic, checksummed)."""
+        self._fitted()
+        params = {"item_text": self.item_text, "user_text": self.user_text,
+                  "text_match_weight": self.text_match_weight, "engine_params": dict(self.engine_params or {}),
+                  "fold_in_history": self.fold_in_history}
+        meta = {"params": params, "text_match_weight_": self.text_match_weight_,
+                "has_encoder": getattr(self, "_encoder", None) is not None}
+        with atomic_dir(path, FORMAT, VERSION, meta) as d:
+            (d / "context.json").write_text(self.context_.to_json())
+            self.model_.save(d / "model")
+            self.engine_.save(d / "engine")
+            items = self.items_.copy()
+            items["item_id"] = items["item_id"].astype(str) if items["item_id"].dtype == object else items["item_id"]
+            items.to_parquet(d / "items.parquet")
+            np.save(d / "item_ids.npy", np.asarray(self.item_ids_).astype(str)
+                    if self.item_ids_.dtype == object else self.item_ids_, allow_pickle=False)
+            np.save(d / "user_ids.npy", np.asarray(self.user_ids_).astype(str)
+                    if self.user_ids_.dtype == object else self.user_ids_, allow_pickle=False)
+            lens = np.array([len(s) for s in self._seen], np.int64)
+            np.save(d / "seen_indptr.npy", np.concatenate([[0], np.cumsum(lens)]).astype(np.int64))
+            np.save(d / "seen_indices.npy", np.concatenate([np.asarray(s, np.int64) for s in self._seen])
+                    if self._seen else np.zeros(0, np.int64))
+            if self.item_text_ is not None:
+                np.save(d / "item_text.npy", self.item_text_)
+            enc = getattr(self, "_encoder", None)
+            if enc is not None:
+                src = getattr(enc, "path", None)
+                if src is None:
+                    raise ValueError("the encoder has no .path to copy into the saved model")
+                shutil.copytree(src, d / "encoder")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Recommender":
+        """Load a directory written by ``save`` (no PyTorch needed); verifies every checksum."""
+        path = Path(path)
+        man = read_manifest(path, FORMAT, VERSION)
+        meta = man["meta"]
+        rec = cls(ContextSpec.from_json((path / "context.json").read_text()), **meta["params"])
+        rec.context_ = rec.context
+        rec.model_ = ContextFM.load(path / "model")
+        rec.items_ = pd.read_parquet(path / "items.parquet")
+        rec.item_ids_ = np.load(path / "item_ids.npy", allow_pickle=False)
+        rec.user_ids_ = np.load(path / "user_ids.npy", allow_pickle=False)
+        ip, ix = np.load(path / "seen_indptr.npy"), np.load(path / "seen_indices.npy")
+        rec._seen = [ix[ip[u]:ip[u + 1]].tolist() for u in range(len(ip) - 1)]
+        rec.item_text_ = np.load(path / "item_text.npy") if (path / "item_text.npy").is_file() else None
+        if meta["has_encoder"]:
+            from ctxrec.encoder import TextEncoder
+            rec.encoder = str(path / "encoder")
+            rec._encoder = TextEncoder.load(path / "encoder")
+        else:
+            rec.encoder = None
+        rec.text_match_weight_ = float(meta["text_match_weight_"])
+        rec.engine_ = Engine.load(path / "engine", verify=False)  # verified above with the whole directory
+        rec._index_users()
+        return rec
+
+    def __repr__(self) -> str:
+        state = f"n_users={len(self.user_ids_)}, n_items={len(self.item_ids_)}" if hasattr(self, "engine_") \
+            else "unfitted"
+        return f"Recommender({self.context!r}, {state})"

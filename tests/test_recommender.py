@@ -1,0 +1,117 @@
+"""Recommender end to end on a generated dataset with a planted context effect."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from ctxrec import CorruptArtifactError
+from ctxrec.context import ContextSpec
+from ctxrec.model import ContextFM
+from ctxrec.recommender import Recommender
+from _synthetic_data import HashingEncoder, planted_dataset
+
+MORNING = {"timestamp": "2024-04-01T08:15:00Z"}
+NIGHT = {"timestamp": "2024-04-01T22:30:00Z"}
+
+
+def is_morning(item_ids):
+    return np.array([int(str(i)[1:]) < 100 for i in item_ids])
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return planted_dataset()
+
+
+@pytest.fixture(scope="module")
+def rec(dataset):
+    spec = ContextSpec(time=["timestamp"], categorical=["device"], text=["query"])
+    return Recommender(spec, model=ContextFM(n_factors=16, epochs=8, random_state=1),
+                       encoder=HashingEncoder()).fit(dataset)
+
+
+def test_context_changes_the_ranking(rec):
+    # user u2 is 50/50 morning/night: the time of the request decides
+    morning = rec.recommend("u2", MORNING, k=10)
+    night = rec.recommend("u2", NIGHT, k=10)
+    assert is_morning(morning.item_ids).mean() >= 0.8
+    assert is_morning(night.item_ids).mean() <= 0.2
+    assert not morning.cold_start and len(morning.item_ids) == 10
+    assert morning.scores == sorted(morning.scores, reverse=True)
+
+
+def test_free_text_request_moves_the_ranking(rec):
+    coffee = rec.recommend("u2", {"query": "coffee breakfast sunrise"}, k=10)
+    jazz = rec.recommend("u2", {"query": "jazz midnight cocktail"}, k=10)
+    assert is_morning(coffee.item_ids).mean() > is_morning(jazz.item_ids).mean()
+    assert rec.text_match_weight_ > 0
+
+
+def test_seen_items_excluded_and_filters(rec, dataset):
+    u = dataset.user_index("u0")
+    seen = set(dataset.item_ids[dataset.items[dataset.users == u]])
+    r = rec.recommend("u0", MORNING, k=20)
+    assert not seen & set(r.item_ids)
+    r2 = rec.recommend("u0", MORNING, k=20, exclude_seen=False)
+    assert seen & set(r2.item_ids)
+    r3 = rec.recommend("u0", MORNING, k=5, allow=["i150", "i3", "i4"], exclude=["i3"])
+    assert set(r3.item_ids) <= {"i150", "i4"}
+    with pytest.warns(UserWarning, match="unknown item id"):
+        rec.recommend("u0", MORNING, k=5, exclude=["no-such-item"])
+
+
+def test_unknown_user_is_cold_start(rec):
+    r = rec.recommend("someone-new", NIGHT, k=10)
+    assert r.cold_start and len(r.item_ids) == 10
+    assert is_morning(r.item_ids).mean() <= 0.3  # context still applies
+
+
+def test_invalid_context_names_the_field(rec):
+    with pytest.raises(ValueError, match="timestamp"):
+        rec.recommend("u1", {"timestamp": "not a time"})
+    with pytest.raises(ValueError, match="context must be a dict"):
+        rec.recommend("u1", ["timestamp"])
+
+
+def test_explain_contributions_sum_to_score(rec):
+    r = rec.recommend("u0", {**MORNING, "query": "coffee"}, k=3)
+    ex = rec.explain("u0", r.item_ids[0], {**MORNING, "query": "coffee"})
+    assert ex["score"] == pytest.approx(r.scores[0], abs=1e-3)
+    assert sum(ex["contributions"].values()) == pytest.approx(ex["score"], abs=1e-6)
+    assert set(ex["contributions"]) == {"text_match", "request_text", "context", "user_affinity", "popularity"}
+    with pytest.raises(KeyError, match="unknown item id"):
+        rec.explain("u0", "nope")
+
+
+def test_feedback_updates_user_online(dataset):
+    spec = ContextSpec(time=["timestamp"])
+    rec = Recommender(spec, model=ContextFM(n_factors=16, epochs=5), encoder=None).fit(dataset)
+    before = rec.recommend("newbie", {}, k=10)
+    assert before.cold_start
+    for item in ["i120", "i121", "i122", "i130"]:  # night items
+        rec.feedback("newbie", item)
+    after = rec.recommend("newbie", {}, k=10)
+    assert not after.cold_start
+    assert not {"i120", "i121", "i122", "i130"} & set(after.item_ids)  # seen now
+    assert is_morning(after.item_ids).mean() < is_morning(before.item_ids).mean() or \
+        is_morning(after.item_ids).mean() <= 0.2
+    with pytest.raises(KeyError, match="unknown item id"):
+        rec.feedback("newbie", "no-such-item")
+
+
+def test_save_load_roundtrip(tmp_path, dataset):
+    spec = ContextSpec(time=["timestamp"], categorical=["device"])
+    rec = Recommender(spec, model=ContextFM(n_factors=8, epochs=3), encoder=None).fit(dataset)
+    rec.save(tmp_path / "rec")
+    loaded = Recommender.load(tmp_path / "rec")
+    for user, ctx in [("u0", MORNING), ("u5", NIGHT), ("new", {"device": "tv"})]:
+        a, b = rec.recommend(user, ctx, k=10), loaded.recommend(user, ctx, k=10)
+        assert a.item_ids == b.item_ids
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
+    assert loaded.item_info("i3")["title"] == rec.item_info("i3")["title"]
+    victim = tmp_path / "rec" / "model" / "V.npy"
+    victim.write_bytes(victim.read_bytes()[:-8])
+    with pytest.raises(CorruptArtifactError):
+        Recommender.load(tmp_path / "rec")
