@@ -115,3 +115,14 @@ def test_save_load_roundtrip(tmp_path, dataset):
     victim.write_bytes(victim.read_bytes()[:-8])
     with pytest.raises(CorruptArtifactError):
         Recommender.load(tmp_path / "rec")
+
+
+def test_evaluate_with_context_beats_without(dataset):
+    from ctxrec.evaluate import leave_last_out
+    split = leave_last_out(dataset)
+    spec = ContextSpec(time=["timestamp"], categorical=["device"])
+    rec = Recommender(spec, model=ContextFM(n_factors=16, epochs=8, random_state=1), encoder=None).fit(split.train)
+    with_ctx = rec.evaluate(split.train, split.test, ks=(10,), group="row")
+    no_ctx = Recommender(ContextSpec(), model=ContextFM(n_factors=16, epochs=8, random_state=1),
+                         encoder=None).fit(split.train).evaluate(split.train, split.test, ks=(10,), group="row")
+    assert with_ctx.metrics["hr@10"] > no_ctx.metrics["hr@10"]

@@ -28,6 +28,7 @@ from ctxrec._io import atomic_dir, read_manifest
 from ctxrec.context import ContextSpec, encode_texts
 from ctxrec.data import Dataset
 from ctxrec.engine import Engine
+from ctxrec.evaluate import EvaluationReport, Factors, evaluate_ranking
 from ctxrec.model import ContextFM, Interactions, SideInfo
 from ctxrec.model.adapters import from_dataset
 
@@ -58,6 +59,16 @@ class Recommendation:
 
 def _jsonable(v: Any) -> Any:
     return v.item() if isinstance(v, np.generic) else v
+
+
+def _context_rows(spec: ContextSpec, ds: Dataset) -> pd.DataFrame:
+    """The context columns of ``ds`` for ``spec``; free-text fields are often request-only
+    (absent from logged interactions) and become empty strings."""
+    rows = ds.context_frame()
+    for name in spec.text_fields:
+        if name not in rows.columns:
+            rows[name] = ""
+    return rows
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -132,14 +143,7 @@ class Recommender:
         if len(dataset) == 0:
             raise ValueError("dataset has no interactions")
         spec = copy.deepcopy(self.context) if self.context is not None else ContextSpec()
-
-        def context_rows(ds: Dataset) -> pd.DataFrame:
-            # Free-text fields are often request-only (absent from logged interactions).
-            rows = ds.context_frame()
-            for name in spec.text_fields:
-                if name not in rows.columns:
-                    rows[name] = ""
-            return rows
+        context_rows = lambda ds: _context_rows(spec, ds)  # noqa: E731
 
         spec.fit(context_rows(dataset))
         enc = self._load_encoder()
@@ -274,6 +278,31 @@ class Recommender:
             raise ValueError(f"contexts has {len(contexts)} entries but users has {len(users)}")
         return [self.recommend(u, None if contexts is None else contexts[j], k, exclude_seen=exclude_seen)
                 for j, u in enumerate(users)]
+
+    def evaluate(self, train: Dataset, test: Dataset, *, ks: Sequence[int] = (1, 5, 10, 20), group: str = "row",
+                 name: str = "ctxrec", split: str = "", num_threads: int = 0) -> EvaluationReport:
+        """Full-ranking metrics on ``test`` (every item scored exactly; ``train`` items excluded).
+
+        group="row": each test row is one query with its own context (e.g. leave-last-out);
+        group="user": one query per user with no context, relevant = all their test items.
+        ``test``/``train`` must share this recommender's catalog (same item ids in the same order).
+        """
+        self._fitted()
+        if len(test.item_ids) != len(self.item_ids_) or not np.array_equal(test.item_ids, self.item_ids_):
+            raise ValueError("test: its item catalog differs from the one the recommender was fitted on")
+        feats = self.context_.transform(_context_rows(self.context_, test)) if group == "row" else None
+
+        def query_fn(users: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+            ctx = None
+            if self.context_.slots:
+                ctx = feats.indices[rows] if rows is not None and feats is not None \
+                    else np.full((len(users), len(self.context_.slots)), -1)
+            with self._lock:
+                return self.model_.build_queries(users, context=ctx).queries
+
+        model = Factors(self.engine_.item_vecs_, item_bias=self.engine_.item_bias_, query_fn=query_fn)
+        return evaluate_ranking(model, train, test, ks=ks, group=group, name=name, split=split,
+                                num_threads=num_threads)
 
     def explain(self, user: Any, item: Any, context: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Why ``item`` scores what it does for ``user`` in ``context``.
