@@ -23,7 +23,6 @@ import argparse
 import time
 from typing import Any, Callable
 
-import hnswlib
 import numpy as np
 from threadpoolctl import threadpool_limits
 

@@ -1,7 +1,6 @@
 """Recommender end to end on a generated dataset with a planted context effect."""
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import pytest

@@ -1,0 +1,236 @@
+"""The ``ctxrec`` command line: export, train, evaluate, recommend, serve, bench.
+
+Bad input exits non-zero with a one-line error on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+DATASETS = ("movielens-100k", "frappe", "csv")
+
+
+# ---------------------------------------------------------------------------- config
+def read_config(path: str | None) -> dict[str, Any]:
+    """A JSON training config: {"context": {...ContextSpec kwargs}, "model": {...ContextFM params},
+    "recommender": {...Recommender kwargs}, "engine": {...Engine params}}."""
+    if path is None:
+        return {}
+    p = Path(path)
+    try:
+        cfg = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"--config: no such file {path!r}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--config: {path} is not valid JSON ({e})") from None
+    unknown = set(cfg) - {"context", "model", "recommender", "engine"}
+    if unknown:
+        raise ValueError(f"--config: unknown section(s) {sorted(unknown)}; expected context, model, recommender, engine")
+    return cfg
+
+
+def default_context(dataset: str) -> dict[str, Any]:
+    """The context a dataset naturally has (overridable by the config's "context")."""
+    if dataset == "movielens-100k":
+        return {"time": ["timestamp"], "text": ["query"]}
+    if dataset == "frappe":
+        return {"categorical": ["daytime", "weekday", "isweekend", "homework", "cost", "weather", "country",
+                                "city"]}
+    return {}
+
+
+def load_dataset(kind: str, data: str | None) -> Any:
+    from ctxrec import data as D
+    if kind == "movielens-100k":
+        return D.load_movielens_100k(data)
+    if kind == "frappe":
+        return D.load_frappe(data)
+    if kind == "csv":
+        if data is None:
+            raise ValueError("--data: the csv dataset needs a directory holding interactions.csv (and items.csv)")
+        d = Path(data)
+        inter = d / "interactions.csv"
+        if not inter.is_file():
+            raise ValueError(f"--data: {inter} not found (columns: user_id, item_id, optional timestamp, rating, ...)")
+        import pandas as pd
+        cols = list(pd.read_csv(inter, nrows=0).columns)
+        items = d / "items.csv"
+        item_cols = list(pd.read_csv(items, nrows=0).columns) if items.is_file() else []
+        return D.Dataset.from_frames(
+            inter, rating_col="rating" if "rating" in cols else None, label_col="label" if "label" in cols else None,
+            timestamp_col="timestamp" if "timestamp" in cols else None,
+            context_cols=[c for c in cols if c not in ("user_id", "item_id", "rating", "label", "timestamp")],
+            items=items if items.is_file() else None,
+            item_text_cols=[c for c in item_cols if c in ("title", "text", "description")], name=d.name)
+    raise ValueError(f"--dataset: {kind!r} is not one of {', '.join(DATASETS)}")
+
+
+def build_recommender(dataset: str, cfg: dict[str, Any], encoder: str | None) -> Any:
+    from ctxrec.context import ContextSpec
+    from ctxrec.model import ContextFM
+    from ctxrec.recommender import Recommender
+    ctx = cfg.get("context", default_context(dataset))
+    try:
+        spec = ContextSpec(**ctx)
+        model = ContextFM(**{"verbose": True, **cfg.get("model", {})})
+    except TypeError as e:
+        raise ValueError(f"--config: {e}") from None
+    kw = dict(cfg.get("recommender", {}))
+    return Recommender(spec, model=model, encoder=encoder, engine_params=cfg.get("engine"), **kw)
+
+
+# ---------------------------------------------------------------------------- commands
+def cmd_train(a: argparse.Namespace) -> None:
+    cfg = read_config(a.config)
+    ds = load_dataset(a.dataset, a.data)
+    print(f"[train] {ds}")
+    rec = build_recommender(a.dataset, cfg, None if a.no_text else a.encoder)
+    t0 = time.perf_counter()
+    rec.fit(ds)
+    fit_s = time.perf_counter() - t0
+    rec.save(a.out)
+    report = write_training_report(rec, Path(a.out).with_name(Path(a.out).name + "-report"), fit_s)
+    print(f"[train] model written to {a.out} ({fit_s:.1f} s); report: {report}")
+
+
+def write_training_report(rec: Any, directory: Path, fit_s: float) -> Path:
+    """Markdown + PNG of the training curve."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    directory.mkdir(parents=True, exist_ok=True)
+    hist = rec.model_.history_
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([h["epoch"] + 1 for h in hist], [h["loss"] for h in hist], marker="o")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"training loss ({rec.model_.loss})")
+    ax.set_title("ContextFM training curve")
+    fig.tight_layout()
+    fig.savefig(directory / "training_curve.png", dpi=120)
+    plt.close(fig)
+    lines = ["# ctxrec training report", "", f"- fit time: {fit_s:.1f} s", f"- {rec.summary()}", "",
+             "| epoch | loss | examples/s |", "|---:|---:|---:|"]
+    lines += [f"| {h['epoch'] + 1} | {h['loss']:.5f} | {h['examples_per_s']:,.0f} |" for h in hist]
+    lines += ["", "![training curve](training_curve.png)", ""]
+    (directory / "report.md").write_text("\n".join(lines))
+    return directory / "report.md"
+
+
+def cmd_evaluate(a: argparse.Namespace) -> None:
+    from ctxrec import evaluate as E
+    cfg = read_config(a.config)
+    ds = load_dataset(a.dataset, a.data)
+    splits = {"leave-last-out": lambda: E.leave_last_out(ds), "stratified": lambda: E.stratified_split(ds),
+              "temporal": lambda: E.temporal_split(ds), "random": lambda: E.random_split(ds)}
+    split = splits[a.split]()
+    rec = build_recommender(a.dataset, cfg, None if a.no_text else a.encoder).fit(split.train)
+    report = rec.evaluate(split.train, split.test, ks=(1, 5, 10, 20), group="row" if a.split == "leave-last-out"
+                          else "user", split=a.split)
+    out = E.save_reports([report], a.out)
+    print(report.to_markdown())
+    print(f"[evaluate] report written to {out}")
+
+
+def cmd_recommend(a: argparse.Namespace) -> None:
+    from ctxrec.recommender import Recommender
+    try:
+        context = json.loads(a.context) if a.context else {}
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--context: not valid JSON ({e})") from None
+    if not isinstance(context, dict):
+        raise ValueError(f"--context: expected a JSON object, got {a.context!r}")
+    if a.query:
+        context["query"] = a.query
+    rec = Recommender.load(a.model)
+    t0 = time.perf_counter()
+    res = rec.recommend(a.user, context, k=a.k)
+    ms = (time.perf_counter() - t0) * 1e3
+    if a.json:
+        print(json.dumps(res.to_dict()))
+        return
+    print(f"user {a.user!r}{' (cold start)' if res.cold_start else ''}, context {context}: {ms:.2f} ms")
+    titles = rec.items_.set_index("item_id")
+    col = "title" if "title" in titles.columns else "text"
+    for rank, (i, s) in enumerate(zip(res.item_ids, res.scores), 1):
+        print(f"{rank:>3}. {i!s:<10} {s:8.3f}  {str(titles.loc[i, col])[:70]}")
+
+
+def cmd_serve(a: argparse.Namespace) -> None:
+    from ctxrec.service import serve
+    serve(a.model, host=a.host, port=a.port)
+
+
+def cmd_export(argv: Sequence[str]) -> None:
+    from ctxrec.encoder.export import main
+    sys.exit(main(list(argv)))
+
+
+def cmd_bench(argv: Sequence[str]) -> None:
+    harness = Path(__file__).resolve().parents[2] / "benchmarks" / "run.py"
+    if not harness.is_file():
+        raise ValueError("the benchmark harness lives in the source tree (benchmarks/run.py); run it from a checkout")
+    sys.exit(subprocess.call([sys.executable, str(harness), *argv]))
+
+
+# ---------------------------------------------------------------------------- main
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ctxrec", description="Context-aware recommendations with an LLM text encoder.")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    sub.add_parser("export", help="export the text encoder to ONNX (see `ctxrec export --help`)", add_help=False)
+    sub.add_parser("bench", help="run the benchmark harness (see `ctxrec bench --help`)", add_help=False)
+
+    def data_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--dataset", required=True, choices=DATASETS)
+        sp.add_argument("--data", help="data directory (default: $CTXREC_DATA_DIR)")
+        sp.add_argument("--config", help="JSON config: context / model / recommender / engine sections")
+        sp.add_argument("--encoder", default="default", help="encoder directory (default: ctxrec's export)")
+        sp.add_argument("--no-text", action="store_true", help="train without any text (no encoder)")
+
+    t = sub.add_parser("train", help="train a recommender and write a model directory + report")
+    data_args(t)
+    t.add_argument("--out", required=True, help="model directory to write")
+    t.set_defaults(fn=cmd_train)
+    e = sub.add_parser("evaluate", help="split, train and evaluate with full-ranking metrics")
+    data_args(e)
+    e.add_argument("--split", default="leave-last-out", choices=["leave-last-out", "stratified", "temporal", "random"])
+    e.add_argument("--out", default="evaluation", help="report directory (JSON + Markdown + PNG)")
+    e.set_defaults(fn=cmd_evaluate)
+    r = sub.add_parser("recommend", help="top-k for one user and context")
+    r.add_argument("--model", required=True, help="model directory written by `ctxrec train`")
+    r.add_argument("--user", required=True)
+    r.add_argument("--context", help='context as JSON, e.g. \'{"timestamp": "1998-03-01T22:00"}\'')
+    r.add_argument("--query", help="free-text request")
+    r.add_argument("-k", type=int, default=10)
+    r.add_argument("--json", action="store_true", help="print the result as JSON")
+    r.set_defaults(fn=cmd_recommend)
+    s = sub.add_parser("serve", help="HTTP service (FastAPI + uvicorn; needs the serve extra)")
+    s.add_argument("--model", required=True)
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.set_defaults(fn=cmd_serve)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "export":
+        return cmd_export(argv[1:])
+    if argv and argv[0] == "bench":
+        return cmd_bench(argv[1:])
+    args = parser().parse_args(argv)
+    from ctxrec._io import CorruptArtifactError
+    try:
+        args.fn(args)
+    except (ValueError, KeyError, FileNotFoundError, CorruptArtifactError, ImportError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"ctxrec: error: {msg}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

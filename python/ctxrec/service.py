@@ -1,0 +1,250 @@
+"""HTTP service (``ctxrec serve``): a FastAPI app around a saved Recommender directory.
+
+Endpoints: ``POST /recommend``, ``POST /recommend/batch``, ``POST /feedback``,
+``GET /items/{item_id}``, ``GET /healthz``, ``GET /metrics`` (Prometheus text),
+``POST /admin/reload`` (bearer token from ``CTXREC_ADMIN_TOKEN``), OpenAPI docs at
+``/docs``. Bad requests get a 4xx with a JSON body naming the field; oversized bodies
+get 413; an error inside a request never takes the process down. A reload loads the new
+model directory completely before swapping one reference, so requests in flight finish
+on the old model and none is dropped. ``SIGHUP`` reloads the same directory.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Union
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["create_app", "serve"]
+
+Id = Union[int, str]
+Scalar = Union[str, int, float, bool, None]
+
+
+class RecommendRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user: Id = Field(description="original user id; unknown users get the cold-start path")
+    context: dict[str, Scalar] = Field(default_factory=dict,
+                                       description='context fields, e.g. {"time": "2024-05-01T21:30", "query": "..."}')
+    k: int = Field(10, ge=1, le=1000, description="number of items to return")
+    exclude_seen: bool = Field(True, description="leave out items the user interacted with")
+    exclude: list[Id] = Field(default_factory=list, max_length=100_000, description="item ids never to return")
+    allow: list[Id] | None = Field(None, max_length=100_000, description="if given, only these items may be returned")
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    requests: list[RecommendRequest] = Field(min_length=1, max_length=1000)
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user: Id
+    item: Id
+    context: dict[str, Scalar] = Field(default_factory=dict)
+    label: float = Field(1.0, description="1 = positive (click, watch, buy), 0 = negative; a rating for MSE models")
+
+
+class ReloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str | None = Field(None, description="model directory to load (default: the one being served)")
+
+
+def _error(status: int, message: str, field: str | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"error": message}
+    if field is not None:
+        body["field"] = field
+    return JSONResponse(status_code=status, content=body)
+
+
+class _State:
+    """The served model: one reference, swapped atomically on reload."""
+
+    def __init__(self, path: str | os.PathLike, loader: Callable[[str], Any]) -> None:
+        self.loader = loader
+        self.path = str(path)
+        self.model = loader(self.path)
+        self.loaded_at = time.time()
+        self.lock = threading.Lock()  # serializes reloads, never held by requests
+
+    def reload(self, path: str | None = None) -> dict[str, Any]:
+        with self.lock:
+            new_path = path or self.path
+            model = self.loader(new_path)  # fully loaded (and verified) before anything changes
+            self.model, self.path, self.loaded_at = model, new_path, time.time()
+        return {"path": self.path, "loaded_at": self.loaded_at}
+
+
+def create_app(model_dir: str | os.PathLike, *, loader: Callable[[str], Any] | None = None,
+               admin_token: str | None = None, max_body_bytes: int = 1 << 20) -> FastAPI:
+    """Build the ASGI app serving the Recommender saved in ``model_dir``.
+
+    loader: how to load a model directory (default ``Recommender.load``). admin_token:
+    bearer token for ``/admin/reload`` (default: env ``CTXREC_ADMIN_TOKEN``; unset = the
+    endpoint answers 403). max_body_bytes: larger request bodies get 413.
+    """
+    if loader is None:
+        from ctxrec.recommender import Recommender
+        loader = Recommender.load
+    token = admin_token if admin_token is not None else os.environ.get("CTXREC_ADMIN_TOKEN")
+    state = _State(model_dir, loader)
+    registry = CollectorRegistry()
+    requests = Counter("ctxrec_requests", "HTTP requests", ["endpoint", "status"], registry=registry)
+    latency = Histogram("ctxrec_request_seconds", "request latency (s) from arrival to response", ["endpoint"],
+                        registry=registry,
+                        buckets=(.0002, .0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
+    reloads = Counter("ctxrec_reloads", "model reloads", ["result"], registry=registry)
+    Gauge("ctxrec_model_loaded_timestamp_seconds", "when the served model was loaded",
+          registry=registry).set_function(lambda: state.loaded_at)
+
+    app = FastAPI(title="ctxrec", version=_version(),
+                  description="Context-aware recommendations: HNSW retrieval + compiled rescoring.")
+    app.state.ctxrec = state
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            length = int(request.headers.get("content-length", "0"))
+        except ValueError:
+            length = -1
+        if length < 0:
+            response = _error(400, "invalid Content-Length header", "content-length")
+        elif length > max_body_bytes:
+            response = _error(413, f"request body of {length} bytes exceeds the limit of {max_body_bytes}", "body")
+        else:
+            try:
+                response = await call_next(request)
+            except Exception as e:  # never let one request take the process down
+                response = _error(500, f"internal error: {type(e).__name__}: {e}")
+        route = request.scope.get("route")  # set by the router; label by route, not by raw path
+        endpoint = getattr(route, "path", "unmatched")
+        requests.labels(endpoint, str(response.status_code)).inc()
+        latency.labels(endpoint).observe(time.perf_counter() - t0)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errs = exc.errors()
+        first = errs[0] if errs else {}
+        field = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
+        msg = first.get("msg", "invalid request")
+        detail = [{"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"), "message": e.get("msg"),
+                   "input": _jsonable(e.get("input"))} for e in errs]
+        return JSONResponse(status_code=422, content={"error": f"{field}: {msg}" if field else msg,
+                                                      "field": field, "detail": detail})
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail))
+
+    def bad_input(e: Exception) -> JSONResponse:
+        field = getattr(e, "field", None)
+        return _error(422, str(e), field)
+
+    async def run(fn: Callable[[], Any]) -> Any:
+        # Heavy work runs off the event loop (the engine releases the GIL).
+        return await asyncio.get_running_loop().run_in_executor(None, fn)
+
+    @app.post("/recommend", summary="top-k items for one user and context")
+    async def recommend(req: RecommendRequest) -> Any:
+        model = state.model
+        try:
+            rec = await run(lambda: model.recommend(req.user, context=req.context, k=req.k,
+                                                    exclude_seen=req.exclude_seen, exclude=req.exclude,
+                                                    allow=req.allow))
+        except (ValueError, KeyError) as e:
+            return bad_input(e)
+        return rec.to_dict()
+
+    @app.post("/recommend/batch", summary="top-k items for many requests")
+    async def recommend_batch(req: BatchRequest) -> Any:
+        model = state.model
+
+        def work() -> list[dict[str, Any]]:
+            return [model.recommend(r.user, context=r.context, k=r.k, exclude_seen=r.exclude_seen,
+                                    exclude=r.exclude, allow=r.allow).to_dict() for r in req.requests]
+        try:
+            return {"results": await run(work)}
+        except (ValueError, KeyError) as e:
+            return bad_input(e)
+
+    @app.post("/feedback", summary="record an interaction; the user's next recommendations reflect it")
+    async def feedback(req: FeedbackRequest) -> Any:
+        model = state.model
+        try:
+            return await run(lambda: model.feedback(req.user, req.item, context=req.context, label=req.label))
+        except KeyError as e:
+            return _error(404, str(e.args[0]) if e.args else str(e), "item")
+        except ValueError as e:
+            return bad_input(e)
+
+    @app.get("/items/{item_id}", summary="an item's stored attributes and text")
+    async def item(item_id: str) -> Any:
+        try:
+            return state.model.item_info(item_id)
+        except KeyError:
+            return _error(404, f"unknown item id {item_id!r}", "item_id")
+
+    @app.get("/healthz", summary="liveness and what is being served")
+    async def healthz() -> Any:
+        return {"status": "ok", "model_dir": state.path, "loaded_at": state.loaded_at, **state.model.summary()}
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+    async def metrics() -> Any:
+        return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/admin/reload", summary="load a model directory and swap it in atomically")
+    async def reload(request: Request, body: ReloadRequest | None = None) -> Any:
+        if not token:
+            return _error(403, "reload is disabled: set CTXREC_ADMIN_TOKEN to enable it")
+        auth = request.headers.get("authorization", "")
+        if not hmac.compare_digest(auth.encode(), f"Bearer {token}".encode()):
+            return _error(401, "missing or wrong bearer token", "authorization")
+        try:
+            info = await run(lambda: state.reload(body.path if body else None))
+        except Exception as e:  # the old model keeps serving
+            reloads.labels("error").inc()
+            return _error(422, f"reload failed, still serving {state.path}: {type(e).__name__}: {e}", "path")
+        reloads.labels("ok").inc()
+        return {"status": "reloaded", **info}
+
+    def on_sighup(*_: Any) -> None:
+        try:
+            state.reload()
+            reloads.labels("ok").inc()
+        except Exception:
+            reloads.labels("error").inc()
+
+    if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, lambda *a: threading.Thread(target=on_sighup, daemon=True).start())
+    return app
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    text = repr(v)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def _version() -> str:
+    from ctxrec import __version__
+    return __version__
+
+
+def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
+    """Run the service with uvicorn (blocking)."""
+    import uvicorn
+    app = create_app(model_dir)
+    uvicorn.run(app, host=host, port=port, workers=workers, log_level="info")

@@ -1,0 +1,150 @@
+"""The HTTP service, run for real (uvicorn) on a loopback port."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+httpx = pytest.importorskip("httpx", reason="the serve extra (fastapi, uvicorn, httpx) is not installed")
+pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn, httpx) is not installed")
+
+from ctxrec.context import ContextSpec  # noqa: E402
+from ctxrec.model import ContextFM  # noqa: E402
+from ctxrec.recommender import Recommender  # noqa: E402
+from _synthetic_data import planted_dataset  # noqa: E402
+
+TOKEN = "test-token-123"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("svc")
+    ds = planted_dataset(n_users=60, n_items=120, per_user=20)
+    spec = ContextSpec(time=["timestamp"], categorical=["device"])
+    Recommender(spec, model=ContextFM(n_factors=8, epochs=3), encoder=None).fit(ds).save(d / "a")
+    Recommender(spec, model=ContextFM(n_factors=8, epochs=3, random_state=7), encoder=None).fit(ds).save(d / "b")
+    return d / "a", d / "b"
+
+
+@pytest.fixture(scope="module")
+def server(model_dirs):
+    port = free_port()
+    env = {**os.environ, "CTXREC_ADMIN_TOKEN": TOKEN}
+    proc = subprocess.Popen([sys.executable, "-m", "ctxrec.cli", "serve", "--model", str(model_dirs[0]),
+                             "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+        if proc.poll() is not None:
+            raise RuntimeError(proc.stdout.read().decode())
+    else:
+        proc.kill()
+        raise RuntimeError("server did not start in 60 s")
+    yield base, proc
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_recommend_and_batch(server):
+    base, _ = server
+    r = httpx.post(f"{base}/recommend", json={"user": "u1", "context": {"timestamp": "2024-04-01T08:00:00Z"},
+                                               "k": 5})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["items"]) == 5 and body["cold_start"] is False
+    assert all(set(x) == {"item_id", "score"} for x in body["items"])
+    r = httpx.post(f"{base}/recommend/batch", json={"requests": [{"user": "u1", "k": 3}, {"user": "nobody", "k": 2}]})
+    assert r.status_code == 200
+    res = r.json()["results"]
+    assert [len(x["items"]) for x in res] == [3, 2] and res[1]["cold_start"] is True
+
+
+@pytest.mark.parametrize("payload, field", [
+    ({"user": "u1", "k": 0}, "k"),
+    ({"user": "u1", "k": "ten"}, "k"),
+    ({"k": 3}, "user"),
+    ({"user": "u1", "bogus": 1}, "bogus"),
+    ({"user": "u1", "context": {"timestamp": "yesterday-ish"}}, "timestamp"),
+])
+def test_bad_requests_get_422_naming_the_field(server, payload, field):
+    base, proc = server
+    r = httpx.post(f"{base}/recommend", json=payload)
+    assert r.status_code == 422, r.text
+    body = r.json()
+    assert field in json.dumps(body)
+    assert proc.poll() is None  # still alive
+    assert httpx.get(f"{base}/healthz").status_code == 200
+
+
+def test_malformed_json_and_oversized_body(server):
+    base, _ = server
+    r = httpx.post(f"{base}/recommend", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "error" in r.json()
+    r = httpx.post(f"{base}/recommend", content=b"x" * (2 << 20), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "exceeds the limit" in r.json()["error"]
+
+
+def test_items_feedback_metrics(server):
+    base, _ = server
+    r = httpx.get(f"{base}/items/i3")
+    assert r.status_code == 200 and r.json()["item_id"] == "i3"
+    r = httpx.get(f"{base}/items/nope")
+    assert r.status_code == 404 and r.json()["field"] == "item_id"
+    r = httpx.post(f"{base}/feedback", json={"user": "fresh-user", "item": "i100"})
+    assert r.status_code == 200 and r.json()["new_user"] is True
+    r = httpx.post(f"{base}/recommend", json={"user": "fresh-user", "k": 5})
+    assert r.json()["cold_start"] is False and "i100" not in [x["item_id"] for x in r.json()["items"]]
+    r = httpx.post(f"{base}/feedback", json={"user": "fresh-user", "item": "no-such"})
+    assert r.status_code == 404
+    text = httpx.get(f"{base}/metrics").text
+    assert 'ctxrec_requests_total{endpoint="/recommend",status="200"}' in text
+    assert "ctxrec_request_seconds_bucket" in text
+    assert httpx.get(f"{base}/openapi.json").json()["info"]["title"] == "ctxrec"
+
+
+def test_reload_needs_token_and_swaps_without_dropping_requests(server, model_dirs):
+    base, _ = server
+    assert httpx.post(f"{base}/admin/reload").status_code == 401
+    assert httpx.post(f"{base}/admin/reload", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        with httpx.Client() as c:
+            while not stop.is_set():
+                statuses.append(c.post(f"{base}/recommend", json={"user": "u2", "k": 5}).status_code)
+
+    threads = [threading.Thread(target=hammer) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        r = httpx.post(f"{base}/admin/reload", json={"path": str(model_dirs[1])}, headers=auth, timeout=60)
+        assert r.status_code == 200, r.text
+        assert httpx.get(f"{base}/healthz").json()["model_dir"] == str(model_dirs[1])
+        r = httpx.post(f"{base}/admin/reload", json={"path": "/no/such/dir"}, headers=auth, timeout=60)
+        assert r.status_code == 422 and "still serving" in r.json()["error"]
+        r = httpx.post(f"{base}/admin/reload", json={"path": str(model_dirs[0])}, headers=auth, timeout=60)
+        assert r.status_code == 200
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert statuses and set(statuses) == {200}, set(statuses)
