@@ -25,8 +25,19 @@ $(VENV)/.installed: pyproject.toml CMakeLists.txt $(wildcard csrc/*)
 
 install: $(VENV)/.installed
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed models
 	$(PY) -m pytest -q tests
+
+# The text encoder's ONNX artifacts (git-ignored): exported when missing or when the recipe
+# changed. Installs the `export` extra's packages (torch==2.13.0 CPU build from local disk).
+ENCODER_DIR := models/build/all-MiniLM-L6-v2
+.PHONY: models
+models: $(ENCODER_DIR)/manifest.json
+
+$(ENCODER_DIR)/manifest.json: $(VENV)/.installed models/recipe.json python/ctxrec/encoder/export.py python/ctxrec/encoder/refset.py
+	$(PIP) install $$($(PY) -m ctxrec.encoder.export --requirements)
+	$(PY) -m ctxrec.encoder.export --out $(ENCODER_DIR) --if-missing
+	touch $@
 
 demo: $(VENV)/.installed
 	$(PY) -m ctxrec.demo

@@ -1,0 +1,293 @@
+"""ctxrec's LLM text encoder: an exported, quantized transformer run by onnxruntime.
+
+``TextEncoder.load()`` opens an export made by :mod:`ctxrec.encoder.export` (``make
+models``), verifies its checksums, and picks the execution provider: CUDA with the fp16
+graph when onnxruntime-gpu and a GPU are present, else the CPU with the int8 graph.
+``encode(texts)`` returns L2-normalized float32 ``[n, d]`` rows in input order. Neither
+PyTorch nor transformers is needed at run time.
+
+Example::
+
+    enc = TextEncoder.load()                 # models/build/all-MiniLM-L6-v2, int8 on CPU
+    X = enc.encode(["a cozy mountain cabin", "spicy ramen recipe"])   # (2, 384) float32
+    q = enc.encode_query("something light after a long day")         # (384,) float32, LRU-cached
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from ctxrec._io import CorruptArtifactError, read_manifest, sha256_file
+from ctxrec.encoder._paths import FORMAT, FORMAT_VERSION, default_model_dir
+from ctxrec.encoder.cache import DiskCache, LRUCache, text_key
+
+__all__ = ["TextEncoder", "available_providers", "DiskCache", "LRUCache"]
+
+log = logging.getLogger(__name__)
+
+_PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+
+
+def available_providers() -> list[str]:
+    """onnxruntime's available execution providers, e.g. ``['CPUExecutionProvider']``."""
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+class TextEncoder:
+    """Sentence encoder over an ONNX export. Build it with :meth:`load`.
+
+    Attributes (read-only): ``provider`` — the execution provider onnxruntime actually
+    uses (e.g. ``"CPUExecutionProvider"``); ``variant`` — ``"int8"``, ``"fp32"`` or
+    ``"fp16"``; ``dim`` — embedding width (384 for all-MiniLM-L6-v2); ``max_length`` —
+    tokens per text after truncation (longer texts are truncated to this many tokens,
+    [CLS] and [SEP] included, as sentence-transformers does); ``model_sha256`` — the
+    checksum of the ONNX file, part of every cache key.
+    """
+
+    def __init__(self, session, tokenizer, *, path: Path, variant: str, model_sha256: str, dim: int,
+                 max_length: int, cache_dir: Path | None, lru_size: int) -> None:
+        self._sess = session
+        self._tok = tokenizer
+        self.path = path
+        self.variant = variant
+        self.model_sha256 = model_sha256
+        self.dim = dim
+        self.max_length = max_length
+        self._inputs = [i.name for i in session.get_inputs()]
+        for need in ("input_ids", "attention_mask"):
+            if need not in self._inputs:
+                raise CorruptArtifactError(f"{path}: ONNX graph has no input {need!r} (inputs: {self._inputs})")
+        self._lru = LRUCache(lru_size)
+        self._disk = DiskCache(Path(cache_dir) / model_sha256[:16], dim) if cache_dir is not None else None
+        self._run_lock = threading.Lock() if variant == "fp16" else None
+        self.last_truncated = 0
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None, *, provider: str = "auto", variant: str = "auto",
+             threads: int | None = None, cache_dir: str | os.PathLike | None = None, lru_size: int = 10_000,
+             verify: bool = True) -> "TextEncoder":
+        """Open an encoder export.
+
+        path: export directory (default ``$CTXREC_ENCODER_DIR`` or ``models/build/all-MiniLM-L6-v2``).
+        provider: ``"auto"`` (CUDA when onnxruntime-gpu and a GPU are present, else CPU),
+            ``"cpu"``, ``"cuda"`` or ``"tensorrt"``. An explicit provider that is not available
+            raises ``RuntimeError``; it is never silently replaced by another.
+        variant: ``"auto"`` (fp16 on CUDA/TensorRT, int8 on CPU), ``"int8"``, ``"fp32"`` or ``"fp16"``.
+        threads: onnxruntime intra-op threads (default: all cores).
+        cache_dir: directory for the persistent embedding cache (``None``: no disk cache).
+        lru_size: entries of the per-process cache for repeated texts (0 disables it).
+        verify: check the SHA-256 of the ONNX file and tokenizer against the manifest.
+        """
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        path = Path(path) if path is not None else default_model_dir()
+        if not (path / "manifest.json").is_file():
+            raise FileNotFoundError(
+                f"{path}: no encoder export here; build it with `make models` "
+                f"(or `python -m ctxrec.encoder.export --out {path}`)")
+        manifest = read_manifest(path, FORMAT, FORMAT_VERSION, verify=False)
+        meta = manifest["meta"]
+        avail = ort.get_available_providers()
+        if provider not in ("auto", *_PROVIDERS):
+            raise ValueError(f"provider = {provider!r}: expected 'auto', 'cpu', 'cuda' or 'tensorrt'")
+        if provider == "auto":
+            provider = "cuda" if "CUDAExecutionProvider" in avail and _gpu_present() else "cpu"
+        ep = _PROVIDERS[provider]
+        if ep not in avail:
+            raise RuntimeError(
+                f"provider = {provider!r} requested but onnxruntime has no {ep} (available: {avail}); "
+                "install ctxrec[gpu] (onnxruntime-gpu) on a machine with a GPU, or use provider='cpu'")
+        if variant == "auto":
+            variant = "int8" if provider == "cpu" else "fp16"
+        if variant not in meta.get("variants", {}):
+            raise ValueError(f"variant = {variant!r}: this export has {sorted(meta.get('variants', {}))}")
+        vfile = meta["variants"][variant]["file"]
+        files = [vfile, "tokenizer.json"]
+        if verify:
+            for rel in files:
+                info = manifest["files"].get(rel)
+                if info is None:
+                    raise CorruptArtifactError(f"{path / rel}: not listed in the manifest")
+                p = path / rel
+                if not p.is_file():
+                    raise CorruptArtifactError(f"{p}: file listed in the manifest is missing")
+                if p.stat().st_size != info["bytes"] or sha256_file(p) != info["sha256"]:
+                    raise CorruptArtifactError(f"{p}: SHA-256 does not match the manifest (altered or corrupt)")
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.intra_op_num_threads = int(threads) if threads else (os.cpu_count() or 1)
+        so.inter_op_num_threads = 1
+        so.enable_cpu_mem_arena = True
+        so.enable_mem_pattern = False  # shapes vary per batch
+        providers: list = [ep] if ep == "CPUExecutionProvider" else [ep, "CPUExecutionProvider"]
+        sess = ort.InferenceSession(str(path / vfile), so, providers=providers)
+        used = sess.get_providers()[0]
+        if used != ep:
+            raise RuntimeError(f"provider = {provider!r} requested but onnxruntime started {used} "
+                               f"(the {ep} failed to initialize; see onnxruntime's log)")
+        tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+        max_length = int(meta["max_length"])
+        tok.no_padding()
+        tok.enable_truncation(max_length)
+        return cls(sess, tok, path=path, variant=variant, model_sha256=manifest["files"][vfile]["sha256"],
+                   dim=int(meta["dim"]), max_length=max_length,
+                   cache_dir=Path(cache_dir) if cache_dir is not None else None, lru_size=lru_size)
+
+    @property
+    def provider(self) -> str:
+        """The execution provider in use, e.g. ``"CPUExecutionProvider"``."""
+        return self._sess.get_providers()[0]
+
+    def __repr__(self) -> str:
+        return (f"TextEncoder(path={str(self.path)!r}, variant={self.variant!r}, provider={self.provider!r}, "
+                f"dim={self.dim}, max_length={self.max_length})")
+
+    # ----------------------------------------------------------------- encoding
+    def _check(self, texts) -> list[str]:
+        if isinstance(texts, str):
+            raise TypeError("texts must be a sequence of str, not a single str (use encode_query for one text)")
+        out = list(texts)
+        for i, t in enumerate(out):
+            if t is None:
+                raise ValueError(f"texts[{i}] is None; pass '' for an empty text")
+            if not isinstance(t, str):
+                raise TypeError(f"texts[{i}] is {type(t).__name__}, expected str")
+        return out
+
+    def _run(self, texts: list[str], batch_size: int, progress) -> np.ndarray:
+        """Encode without caches: length-sorted batches, rows returned in input order."""
+        n = len(texts)
+        out = np.empty((n, self.dim), dtype=np.float32)
+        if n == 0:
+            return out
+        encs = self._tok.encode_batch(texts)
+        lens = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=n)
+        self.last_truncated = int(sum(1 for e in encs if e.overflowing))
+        if self.last_truncated:
+            log.info("%d of %d texts were longer than %d tokens and were truncated",
+                     self.last_truncated, n, self.max_length)
+        order = np.argsort(lens, kind="stable")
+        feeds_tt = "token_type_ids" in self._inputs
+        bar = None
+        if progress is None:
+            progress = n >= 5000
+        if progress:
+            try:
+                from tqdm.auto import tqdm
+                bar = tqdm(total=n, desc="encoding", unit="text")
+            except ImportError:  # pragma: no cover
+                bar = None
+        for s in range(0, n, batch_size):
+            idx = order[s:s + batch_size]
+            L = int(lens[idx].max())
+            ids = np.zeros((len(idx), L), dtype=np.int64)
+            mask = np.zeros((len(idx), L), dtype=np.int64)
+            for j, i in enumerate(idx):
+                e = encs[i].ids
+                ids[j, :len(e)] = e
+                mask[j, :len(e)] = 1
+            feed = {"input_ids": ids, "attention_mask": mask}
+            if feeds_tt:
+                feed["token_type_ids"] = np.zeros_like(ids)
+            h = self._sess.run(None, feed)[0]
+            if h.dtype != np.float32:
+                h = h.astype(np.float32)
+            m = mask[:, :, None].astype(np.float32)
+            v = (h * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
+            v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+            out[idx] = v
+            if bar is not None:
+                bar.update(len(idx))
+        if bar is not None:
+            bar.close()
+        return out
+
+    def encode(self, texts: Sequence[str] | Iterable[str], batch_size: int = 32, *, use_cache: bool = True,
+               progress: bool | None = None) -> np.ndarray:
+        """Embed ``texts`` -> float32 ``[n, dim]``, L2-normalized, rows in input order.
+
+        Texts are tokenized (WordPiece, lower-cased), truncated to ``max_length`` tokens,
+        sorted by length and run in batches of ``batch_size`` padded to the longest text
+        of each batch. ``''`` is encoded as the model encodes an empty input
+        ([CLS][SEP]); ``None`` or a non-string raises, naming its position.
+        ``use_cache``: look texts up in the process LRU and the disk cache (when the
+        encoder has a ``cache_dir``) and store newly encoded ones there. ``progress``:
+        show a tqdm bar (default: for 5,000 texts or more).
+        """
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size = {batch_size!r}: must be a positive int")
+        texts = self._check(texts)
+        if not use_cache or (self._disk is None and self._lru.maxsize == 0):
+            return self._run(texts, int(batch_size), progress)
+        n = len(texts)
+        out = np.empty((n, self.dim), dtype=np.float32)
+        todo: dict[str, list[int]] = {}
+        for i, t in enumerate(texts):
+            v = self._lru.get(t)
+            if v is not None:
+                out[i] = v
+            else:
+                todo.setdefault(t, []).append(i)
+        if todo and self._disk is not None:
+            uniq = list(todo)
+            keys = [text_key(self.model_sha256, t) for t in uniq]
+            found, rows = self._disk.get_many(keys)
+            for t, f, r in zip(uniq, found, rows):
+                if f:
+                    for i in todo.pop(t):
+                        out[i] = r
+        if todo:
+            uniq = list(todo)
+            emb = self._run(uniq, int(batch_size), progress)
+            for t, r in zip(uniq, emb):
+                for i in todo[t]:
+                    out[i] = r
+            if self._disk is not None:
+                self._disk.put_many([text_key(self.model_sha256, t) for t in uniq], emb)
+            if len(uniq) <= self._lru.maxsize:
+                for t, r in zip(uniq, emb):
+                    self._lru.put(t, r)
+        return out
+
+    def encode_query(self, text: str) -> np.ndarray:
+        """Embed one text -> float32 ``[dim]`` (a read-only array).
+
+        Repeated texts (common queries) are answered from the per-process LRU without
+        running the model.
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"text is {type(text).__name__}, expected str")
+        v = self._lru.get(text)
+        if v is not None:
+            return v
+        return self._lru.put(text, self._run([text], 1, False)[0])
+
+    def cache_info(self) -> dict[str, int]:
+        """LRU hits/misses/size and the number of disk-cached rows."""
+        return {"lru_hits": self._lru.hits, "lru_misses": self._lru.misses, "lru_size": len(self._lru),
+                "disk_rows": len(self._disk) if self._disk is not None else 0}
+
+    def tokens(self, texts: Sequence[str]) -> list[int]:
+        """Token counts after truncation ([CLS] and [SEP] included)."""
+        return [len(e.ids) for e in self._tok.encode_batch(self._check(texts))]
+
+
+def _gpu_present() -> bool:
+    """Best effort: a CUDA device node or nvidia-smi-visible GPU exists."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return any(Path(p).exists() for p in ("/dev/nvidia0", "/dev/nvidiactl", "/proc/driver/nvidia/version"))

