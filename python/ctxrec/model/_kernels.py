@@ -680,15 +680,30 @@ def item_table(V, w, P, a, item_off, ia_ptr, ia_idx, ia_val, itext, t0, vecs, bi
         bias[i] = lin + intra
 
 
+@njit(cache=True)
+def _query_row(e, users, ctx, qtext, ctx_off, V, w, P, a, user_off, ua_ptr, ua_idx, ua_val,
+               utext, t1, t2, w0, queries, const):
+    k = V.shape[1]
+    tu = np.empty(k, dtype=np.float32)
+    tq = np.empty(k, dtype=np.float32)
+    lin, intra = _user_side(e, users[e], ctx, ctx_off, V, w, P, a, user_off, ua_ptr, ua_idx,
+                            ua_val, utext, t1, qtext, t2, queries[e], tu, tq, -1)
+    const[e] = w0[0] + lin + intra
+
+
 @njit(parallel=True, cache=True)
 def query_table(users, ctx, qtext, ctx_off, V, w, P, a, user_off, ua_ptr, ua_idx, ua_val,
                 utext, t1, t2, w0, queries, const):
     """Query vectors for serving: queries[e] = user-side vector sum; const[e] = w0 + lin_U + intra_U."""
-    n = queries.shape[0]
-    k = V.shape[1]
-    for e in prange(n):
-        tu = np.empty(k, dtype=np.float32)
-        tq = np.empty(k, dtype=np.float32)
-        lin, intra = _user_side(e, users[e], ctx, ctx_off, V, w, P, a, user_off, ua_ptr, ua_idx,
-                                ua_val, utext, t1, qtext, t2, queries[e], tu, tq, -1)
-        const[e] = w0[0] + lin + intra
+    for e in prange(queries.shape[0]):
+        _query_row(e, users, ctx, qtext, ctx_off, V, w, P, a, user_off, ua_ptr, ua_idx, ua_val,
+                   utext, t1, t2, w0, queries, const)
+
+
+@njit(cache=True)
+def query_table_serial(users, ctx, qtext, ctx_off, V, w, P, a, user_off, ua_ptr, ua_idx, ua_val,
+                       utext, t1, t2, w0, queries, const):
+    """query_table on the calling thread: a single live request must not wake a thread pool."""
+    for e in range(queries.shape[0]):
+        _query_row(e, users, ctx, qtext, ctx_off, V, w, P, a, user_off, ua_ptr, ua_idx, ua_val,
+                   utext, t1, t2, w0, queries, const)

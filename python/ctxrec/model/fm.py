@@ -692,7 +692,8 @@ class ContextFM:
         k = self.V_.shape[1]
         q = np.zeros((b, k), np.float32)
         c = np.zeros(b, np.float64)
-        K.query_table(users, ctx, qt, self.ctx_off_, self.V_, self.w_, self.P_, self.a_, self.user_off_,
+        kernel = K.query_table if b >= 64 else K.query_table_serial  # live requests: no thread pool
+        kernel(users, ctx, qt, self.ctx_off_, self.V_, self.w_, self.P_, self.a_, self.user_off_,
                       self.ua_ptr_, self.ua_idx_, self.ua_val_, self.user_text_, int(self.toff_[1]),
                       int(self.toff_[2]), self.w0_, q, c)
         return QueryBatch(q, c.astype(np.float32))
