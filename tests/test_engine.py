@@ -191,3 +191,17 @@ def test_pickle_roundtrip(hnsw_engine):
     eng = pickle.loads(pickle.dumps(hnsw_engine))
     q = np.ones(16, np.float32)
     assert eng.recommend(q, 5)[0].tolist() == hnsw_engine.recommend(q, 5)[0].tolist()
+
+
+def test_exclude_index_rows():
+    X, b = clustered(300, 4)
+    eng = Engine().fit(X, b, [f"s{i}" for i in range(300)])
+    q = np.ones(4, np.float32)
+    top, _ = eng.recommend(q, 6)
+    rows = np.array([eng.item_index(t) for t in top[:3]], np.int64)
+    got, _ = eng.recommend(q, 6, exclude_index=rows, exclude=[top[3]])
+    assert not set(got) & set(top[:4]) and len(got) == 6
+    with pytest.raises(ValueError, match="exclude_indices holds 300"):
+        eng.recommend(q, 3, exclude_index=np.array([300]))
+    with pytest.raises(KeyError, match="unknown item id 'zzz'"):
+        eng.item_index("zzz")

@@ -263,13 +263,15 @@ class Engine:
 
     def recommend(self, query: Any, k: int = 10, *, exclude: Iterable[Any] | None = None,
                   allow: Iterable[Any] | None = None, text_query: Any = None, tri_query: Any = None,
-                  text_weight: float | None = None, tri_weight: float | None = None
-                  ) -> tuple[np.ndarray, np.ndarray]:
+                  text_weight: float | None = None, tri_weight: float | None = None,
+                  exclude_index: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k items for one query.
 
         query: float [dim]; text_query: float [d] (text-match term); tri_query: float [t]
         (three-way term); exclude / allow: original item ids (unknown ids are ignored with
-        a warning); text_weight / tri_weight override the fitted weights.
+        a warning); text_weight / tri_weight override the fitted weights; exclude_index:
+        int64 rows of the item table to exclude as well (e.g. a user history kept as
+        indices: no id lookups).
         Returns (ids [m] original ids, scores [m] float32), m = min(k, eligible items),
         sorted by score descending (ties: smaller item index first).
         """
@@ -279,6 +281,9 @@ class Engine:
         q = _query(query, "query", self.dim_, batch=False)
         kw = self._extras(text_query, tri_query, 1, False, text_weight, tri_weight)
         ex = self._dense(exclude, "exclude")
+        if exclude_index is not None:
+            rows = np.asarray(exclude_index, dtype=np.int64).reshape(-1)
+            ex = rows if ex is None else np.concatenate([ex, rows])
         al = self._dense(allow, "allow")
         excl = None if ex is None else (np.array([0, len(ex)], np.int64), ex)
         ids, scores = self._search(q, int(k), kw, excl, al, 0 if ex is None else len(ex), 1)

@@ -15,6 +15,8 @@ request moves the ranking even when the model never saw request text in training
 from __future__ import annotations
 
 import copy
+import json
+import os
 import shutil
 import threading
 from dataclasses import dataclass, field
@@ -69,6 +71,26 @@ def _context_rows(spec: ContextSpec, ds: Dataset) -> pd.DataFrame:
         if name not in rows.columns:
             rows[name] = ""
     return rows
+
+
+def _copy_encoder(enc: Any, dest: Path) -> None:
+    """Copy the encoder variant in use (ONNX file, tokenizer, manifest) into ``dest``.
+
+    Hard links when the file system allows (no extra space), copies otherwise.
+    """
+    src = getattr(enc, "path", None)
+    if src is None or not (Path(src) / "manifest.json").is_file():
+        raise ValueError(f"cannot save the encoder {enc!r}: it has no export directory (.path) to copy")
+    src = Path(src)
+    manifest = json.loads((src / "manifest.json").read_text())
+    names = {"manifest.json", "tokenizer.json", manifest["meta"]["variants"][enc.variant]["file"]}
+    names |= {n for n in ("config.json",) if (src / n).is_file()}
+    dest.mkdir(parents=True)
+    for name in sorted(names):
+        try:
+            os.link(src / name, dest / name)
+        except OSError:
+            shutil.copy2(src / name, dest / name)
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -263,12 +285,11 @@ class Recommender:
         self._fitted()
         u = self._user(user)
         q, const, tq = self._query(u, context)
-        excl = list(exclude or [])
+        seen = None
         if exclude_seen and u >= 0:
             with self._lock:
-                seen = list(self._seen[u])
-            excl += self.item_ids_[seen].tolist()
-        ids, scores = self.engine_.recommend(q, k, exclude=excl or None, allow=allow, text_query=tq)
+                seen = np.array(self._seen[u], np.int64)
+        ids, scores = self.engine_.recommend(q, k, exclude=exclude, allow=allow, text_query=tq, exclude_index=seen)
         return Recommendation(user, ids.tolist(), (scores + const).tolist(), u < 0, dict(context or {}))
 
     def recommend_batch(self, users: Sequence[Any], contexts: Sequence[Mapping[str, Any] | None] | None = None,
@@ -415,10 +436,8 @@ class Recommender:
                 np.save(d / "item_text.npy", self.item_text_)
             enc = getattr(self, "_encoder", None)
             if enc is not None:
-                src = getattr(enc, "path", None)
-                if src is None:
-                    raise ValueError("the encoder has no .path to copy into the saved model")
-                shutil.copytree(src, d / "encoder")
+                _copy_encoder(enc, d / "encoder")
+                meta["encoder_variant"] = enc.variant
 
     @classmethod
     def load(cls, path: str | Path) -> "Recommender":
@@ -438,7 +457,7 @@ class Recommender:
         if meta["has_encoder"]:
             from ctxrec.encoder import TextEncoder
             rec.encoder = str(path / "encoder")
-            rec._encoder = TextEncoder.load(path / "encoder")
+            rec._encoder = TextEncoder.load(path / "encoder", variant=meta["encoder_variant"])
         else:
             rec.encoder = None
         rec.text_match_weight_ = float(meta["text_match_weight_"])
