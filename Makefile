@@ -20,7 +20,12 @@ $(VENV)/.installed: pyproject.toml CMakeLists.txt $(wildcard csrc/*)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install "scikit-build-core>=0.10" "pybind11>=2.12" ninja cmake
-	$(PIP) install --no-build-isolation -e ".[dev,bench]"
+	$(PIP) install --no-build-isolation -e ".[dev,serve]"
+	touch $@
+
+# Benchmark peers (faiss, implicit, cornac, ...) only for the benchmark targets.
+$(VENV)/.bench: $(VENV)/.installed
+	$(PIP) install --no-build-isolation -e ".[dev,serve,bench]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -39,14 +44,19 @@ $(ENCODER_DIR)/manifest.json: $(VENV)/.installed models/recipe.json python/ctxre
 	$(PY) -m ctxrec.encoder.export --out $(ENCODER_DIR) --if-missing
 	touch $@
 
-demo: $(VENV)/.installed
+demo: $(VENV)/.installed models
 	$(PY) -m ctxrec.demo
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.bench models
 	$(PY) benchmarks/run.py
 
-bench-quick: $(VENV)/.installed
+bench-quick: $(VENV)/.bench models
 	$(PY) benchmarks/run.py --quick
+
+# ContextFM vs peers (MovieLens 100K, cold start, leave-last-out, Frappe) -> benchmarks/results/quality.*
+.PHONY: bench-quality
+bench-quality: $(VENV)/.bench models
+	$(PY) benchmarks/bench_quality.py $(ARGS)
 
 clean:
 	rm -rf build $(VENV) .pytest_cache
