@@ -18,8 +18,9 @@ each user's training items, unless stated):
 
 ContextFM's epoch count is chosen by early stopping on a validation part carved from the
 training data (never the test set); the model is then refitted on all training data for
-that many epochs (ranking tasks) or the early-stopped model is used directly (Frappe, whose
-official validation set is the stopping set). Hyper-parameters are the constants below
+that many epochs (ranking tasks; for ml-stratified the count found during development,
+``ML_EPOCHS``, unless ``--select-epochs``) or the early-stopped model is used directly
+(Frappe, whose official validation set is the stopping set). Hyper-parameters are the constants below
 (chosen on those validation parts).
 
 Item text embeddings: ``ctxrec.encoder.TextEncoder`` when its export exists, otherwise
@@ -62,6 +63,9 @@ THREADS = int(os.environ.get("CTXREC_BENCH_THREADS", "1"))
 # ContextFM settings per task (chosen on validation parts of the training data).
 ML_FM = dict(n_factors=128, loss="softmax", n_negatives=64, learning_rate=0.001, l2=3e-2, batch_size=256,
              user_history=True)
+# epochs for ML_FM: best epoch of early stopping on an inner validation split (15 % of each
+# user's training rows); `--select-epochs` redoes that selection inside the run (slower).
+ML_EPOCHS = 8
 COLD_FM = dict(n_factors=64, loss="softmax", n_negatives=64, learning_rate=0.002, l2=3e-2, batch_size=256)
 TEMPORAL_FM = dict(n_factors=64, loss="softmax", n_negatives=64, learning_rate=0.002, l2=3e-2, batch_size=256,
                    user_history=True)
@@ -132,6 +136,15 @@ def fit_fm_two_stage(params: dict[str, Any], X: Interactions, side: SideInfo, X_
             "examples_per_s": float(np.median([h["examples_per_s"] for h in m.history_])),
             "fit_s": t2 - t1, "epoch_s": (t2 - t1) / n_ep, "selection_s": t1 - t0}
     return m, info
+
+
+def fit_fm_fixed(params: dict[str, Any], X: Interactions, side: SideInfo, epochs: int) -> tuple[ContextFM, dict[str, Any]]:
+    t1 = time.perf_counter()
+    m = ContextFM(**params, epochs=epochs, num_threads=THREADS).fit(X, side)
+    t2 = time.perf_counter()
+    return m, {"epochs": epochs, "loss_curve": [h["loss"] for h in m.history_],
+               "examples_per_s": float(np.median([h["examples_per_s"] for h in m.history_])),
+               "fit_s": t2 - t1, "epoch_s": (t2 - t1) / epochs}
 
 
 def with_rows(X: Interactions, rows: np.ndarray) -> Interactions:
@@ -268,12 +281,16 @@ def task_ml_stratified(rows: list[dict[str, Any]], ds: Any, text: np.ndarray, ar
     train_full = ds.subset(full_rows)
     genres = attrs_csr(ds.item_attrs, ["genres"], ds.n_items)
     ep, pat = (3, 1) if args.quick else (40, 3)
+    fixed = 2 if args.quick else (ML_EPOCHS if not args.select_epochs else None)
     variants = {"ctxrec ContextFM": dict(side=side)}
     if not args.quick:
         variants["ctxrec ContextFM + genres + text"] = dict(side=SideInfo(ds.n_users, ds.n_items, item_attrs=genres,
                                                                           item_text=text))
     for name, v in variants.items():
-        m, info = fit_fm_two_stage(ML_FM, X, v["side"], X_in, X_val, ep, pat, "ndcg@10")
+        if fixed is None:
+            m, info = fit_fm_two_stage(ML_FM, X, v["side"], X_in, X_val, ep, pat, "ndcg@10")
+        else:
+            m, info = fit_fm_fixed(ML_FM, X, v["side"], fixed)
         rep = evaluate_ranking(fm_factors(m, ds.n_users), train_full, sp.test, ks=(10,), name=name,
                                num_threads=THREADS)
         rows.append({"task": task, "model": name, **pick(rep, RANK_KEYS), "fit_s": round(info["fit_s"], 2),
@@ -346,13 +363,14 @@ def _cold_probe(probe: ContextFM, X_in: Interactions, X_val: Interactions, side:
     users = np.unique(X_val.user)
     rel_ptr, rel_idx = _user_item_csr(np.searchsorted(users, X_val.user), X_val.item, len(users))
 
-    def cb(epoch: int, rec: dict[str, float]) -> None:
+    def cb(epoch: int, rec: dict[str, float]) -> bool:
         from ctxrec import _core
         tab = probe.export()
         q = probe.build_queries(users).queries
         ids, _ = _core.topk_full(q, tab.item_vecs, tab.item_bias, 10, allow_indptr=np.array([0, len(allow)], np.int64),
                                  allow_indices=allow)
         scores.append(ranking_metrics(ids, rel_ptr, rel_idx, 10)["recall"])
+        return len(scores) - 1 - int(np.argmax(scores)) >= 3  # stop after 3 epochs without improvement
 
     probe.fit(X_in, side, callback=cb)
     best = int(np.argmax(scores)) + 1
@@ -367,7 +385,7 @@ def task_ml_temporal(rows: list[dict[str, Any]], ds: Any, text: np.ndarray, args
     feats = spec.transform(ds)
     full_rows = np.sort(np.concatenate([sp.train_rows, sp.validation_rows]))
     genres = attrs_csr(ds.item_attrs, ["genres"], ds.n_items)
-    ep, pat = (2, 1) if args.quick else (40, 3)
+    ep, pat = (2, 1) if args.quick else (30, 2)
     keys = ["hr@10", "ndcg@10"]
     train_full = ds.subset(full_rows)
     for use_ctx in (False, True):
@@ -405,16 +423,16 @@ def task_frappe(rows: list[dict[str, Any]], args: Any) -> None:
     spec = ContextSpec(categorical=cols).fit(tr)
     ftr, fva, fte = spec.transform(tr), spec.transform(va), spec.transform(te)
     text, source = text_embeddings(list(tr.item_text), "frappe")
-    ep = 2 if args.quick else 60
-    for use_ctx in (True, False):
-        for use_text in (False, True):
+    ep = 2 if args.quick else 40
+    for use_ctx, use_text in ((True, False), (True, True), (False, False)):
+        if True:
             name = "ctxrec ContextFM" + (" + context" if use_ctx else "") + (" + text" if use_text else "")
             Xtr, side = from_dataset(tr, context=ftr if use_ctx else None, spec=spec if use_ctx else None,
                                      item_text=text if use_text else None, label="label")
             Xva, _ = from_dataset(va, context=fva if use_ctx else None, spec=spec if use_ctx else None, label="label")
             Xte, _ = from_dataset(te, context=fte if use_ctx else None, spec=spec if use_ctx else None, label="label")
             t0 = time.perf_counter()
-            m = ContextFM(**FRAPPE_FM, epochs=ep, early_stopping_rounds=3, eval_metric="auc",
+            m = ContextFM(**FRAPPE_FM, epochs=ep, early_stopping_rounds=2, eval_metric="auc",
                           num_threads=THREADS).fit(Xtr, side, validation=Xva)
             fit_s = time.perf_counter() - t0
             p = m.predict_proba(Xte)
@@ -490,6 +508,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tasks", default="ml-stratified,ml-cold,ml-temporal,frappe")
     ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--select-epochs", action="store_true",
+                    help="ml-stratified: choose the epoch count by early stopping on a validation split in this run")
     ap.add_argument("--quick", action="store_true", help="few epochs: smoke run, numbers not comparable")
     args = ap.parse_args(argv)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]

@@ -320,3 +320,32 @@ def test_movielens_smoke_beats_popularity():
                         for v in range(ds.n_users)])
     ndcg_pop = ranking_metrics(pop_ids, ptr, idx, 10)["ndcg"]
     assert ndcg > ndcg_pop + 0.02, (ndcg, ndcg_pop)
+
+
+def test_from_dataset_adapter_with_context_spec():
+    import pandas as pd
+
+    from ctxrec.context import ContextSpec
+    from ctxrec.data import Dataset
+    from ctxrec.model.adapters import from_dataset
+    inter = pd.DataFrame({"user_id": ["a", "b", "a", "c"], "item_id": [10, 11, 12, 10],
+                          "device": ["mobile", "tv", "mobile", "web"], "rating": [5, 3, 4, 1]})
+    items = pd.DataFrame({"item_id": [10, 11, 12], "genres": ["x|y", "y", ""]})
+    ds = Dataset.from_frames(inter, rating_col="rating", context_cols=["device"], items=items,
+                             item_attr_cols={"genres": "|"})
+    spec = ContextSpec(categorical=["device"]).fit(ds)
+    feats = spec.transform(ds)
+    X, side = from_dataset(ds, attrs=("genres",), context=feats, spec=spec)
+    assert side.n_users == 3 and side.n_items == 3
+    assert side.context_cardinalities == (4,)  # unknown + 3 devices
+    assert X.context.shape == (4, 1) and X.context.min() >= 1
+    assert X.label.tolist() == [5, 3, 4, 1]
+    indptr, indices, data, n_cols = side.item_attrs
+    assert n_cols == 2 and list(np.diff(indptr)) == [2, 1, 0]
+    m = ContextFM(n_factors=4, loss="mse", epochs=2, batch_size=2).fit(X, side)
+    # a live request goes through the same spec: unseen device -> unknown bucket (0)
+    req = spec.transform({"device": "fridge"})
+    qb = m.build_queries([0], context=np.asarray(req.indices, np.int64))
+    assert qb.queries.shape == (1, 4)
+    with pytest.raises(ValueError, match="label='bogus'"):
+        from_dataset(ds, label="bogus")

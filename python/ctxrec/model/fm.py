@@ -451,13 +451,13 @@ class ContextFM:
 
     # ------------------------------------------------------------------------ fit --
     def fit(self, X: Interactions, side: SideInfo, *, validation: Interactions | None = None,
-            callback: Callable[[int, dict[str, float]], None] | None = None) -> "ContextFM":
+            callback: Callable[[int, dict[str, float]], bool | None] | None = None) -> "ContextFM":
         """Train on ``X`` over the catalog ``side``; returns self.
 
         For bpr/softmax every row of ``X`` is a positive (rows with label 0, if labels are
         given, are dropped); for mse ``X.label`` is the rating; for logloss the 0/1 label.
         ``validation`` (same form) drives early stopping and the recorded metric curve.
-        ``callback(epoch, record)`` is called after every epoch.
+        ``callback(epoch, record)`` is called after every epoch; returning True stops training.
 
         Learned attributes: ``V_`` f32 [n_rows, k], ``w_`` f32 [n_rows], ``P_`` / ``a_`` text
         projections, ``w0_``, ``history_`` (per-epoch loss, examples/s, metric),
@@ -522,8 +522,8 @@ class ContextFM:
                     extra = f" {metric}={rec[metric]:.5f}" if metric in rec else ""
                     print(f"[ContextFM] epoch {epoch + 1}/{self.epochs} loss={rec['loss']:.5f} "
                           f"{rec['examples_per_s']:,.0f} ex/s{extra}", flush=True)
-                if callback is not None:
-                    callback(epoch, rec)
+                if callback is not None and callback(epoch, rec) is True:
+                    break
                 if (self.early_stopping_rounds is not None and val is not None
                         and since_best >= int(self.early_stopping_rounds)):
                     break
