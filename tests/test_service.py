@@ -148,3 +148,35 @@ def test_reload_needs_token_and_swaps_without_dropping_requests(server, model_di
         for t in threads:
             t.join()
     assert statuses and set(statuses) == {200}, set(statuses)
+
+
+def test_interactive_session(server):
+    base, _ = server
+    r = httpx.post(f"{base}/session", json={"user": "u0", "context": {"timestamp": "2024-04-01T08:00:00Z"}, "k": 5})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    sid, q = body["session_id"], body["question"]
+    assert len(body["items"]) == 5 and body["done"] is False and q["id"] == "attr:kind"
+    labels = [o["label"] for o in q["options"]]
+    assert set(labels) == {"morning", "night"}
+    r = httpx.post(f"{base}/session/{sid}/answer", json={"answer": labels.index("night")})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert all(int(x["item_id"][1:]) >= 60 for x in body["items"])  # night items only now
+    assert body["asked"] == ["attr:kind"] and body["turns"][0]["choice"] == "night" and body["done"] is True
+    r = httpx.post(f"{base}/session/{sid}/explain", json={"item": body["items"][0]["item_id"]})
+    assert r.status_code == 200 and r.json()["answers"][0]["fits"] is True and r.json()["reasons"]
+    assert httpx.post(f"{base}/session/{sid}/explain", json={"item": "nope"}).status_code == 404
+    # free text with no question pending; this model has no encoder, the request still succeeds
+    assert httpx.post(f"{base}/session/{sid}/answer", json={"answer": "something calm"}).status_code == 200
+    assert httpx.post(f"{base}/session/{sid}/answer", json={"answer": 1, "question": "attr:kind"}).status_code == 422
+    assert httpx.post(f"{base}/session/{sid}/answer", json={"answer": 1, "question": "nope"}).status_code == 404
+    assert httpx.delete(f"{base}/session/{sid}").json() == {"status": "ended"}
+    r = httpx.post(f"{base}/session/{sid}/answer", json={"answer": 0})
+    assert r.status_code == 404 and "unknown or expired" in r.json()["error"]
+    r = httpx.post(f"{base}/session", json={"user": "u0", "context": {"timestamp": "whenever"}})
+    assert r.status_code == 422 and "timestamp" in r.json()["error"]
+    r = httpx.post(f"{base}/session", json={"user": "u0", "bogus": 1})
+    assert r.status_code == 422
+    r = httpx.post(f"{base}/session", json={"context": {"timestamp": "2024-04-01T22:00:00Z"}})  # anonymous
+    assert r.status_code == 200 and r.json()["cold_start"] is True

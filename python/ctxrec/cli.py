@@ -136,8 +136,8 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     print(f"[evaluate] report written to {out}")
 
 
-def cmd_recommend(a: argparse.Namespace) -> None:
-    from ctxrec.recommender import Recommender
+def context_arg(a: argparse.Namespace) -> dict[str, Any]:
+    """The request context of --context (JSON object) and --query (free text)."""
     try:
         context = json.loads(a.context) if a.context else {}
     except json.JSONDecodeError as e:
@@ -146,6 +146,12 @@ def cmd_recommend(a: argparse.Namespace) -> None:
         raise ValueError(f"--context: expected a JSON object, got {a.context!r}")
     if a.query:
         context["query"] = a.query
+    return context
+
+
+def cmd_recommend(a: argparse.Namespace) -> None:
+    from ctxrec.recommender import Recommender
+    context = context_arg(a)
     rec = Recommender.load(a.model)
     t0 = time.perf_counter()
     res = rec.recommend(a.user, context, k=a.k)
@@ -158,6 +164,63 @@ def cmd_recommend(a: argparse.Namespace) -> None:
     col = "title" if "title" in titles.columns else "text"
     for rank, (i, s) in enumerate(zip(res.item_ids, res.scores), 1):
         print(f"{rank:>3}. {i!s:<10} {s:8.3f}  {str(titles.loc[i, col])[:70]}")
+
+
+def cmd_chat(a: argparse.Namespace) -> None:
+    """Interactive prompt: the session asks, you answer (option number, free text, enter = skip),
+    `why N` explains the N-th item, `quit` (or end of input) leaves."""
+    from ctxrec.recommender import Recommender
+    from ctxrec.session import Session
+    context = context_arg(a)
+    rec = Recommender.load(a.model)
+    s = Session(rec, a.user, context, k=a.k, max_questions=a.max_questions)
+    titles = rec.items_.set_index("item_id")
+    col = "title" if "title" in titles.columns else "text"
+
+    def show() -> list[Any]:
+        r = s.recommend()
+        print(f"\ntop {len(r.item_ids)} for user {a.user!r}{' (cold start)' if r.cold_start else ''} "
+              f"(confidence {s.top_mass():.2f}):")
+        for rank, i in enumerate(r.item_ids, 1):
+            print(f"{rank:>3}. {str(titles.loc[i, col])[:70]}  [{i}]")
+        return r.item_ids
+
+    items = show()
+    while True:
+        q = s.next_question()
+        if q is not None:
+            print(f"\n? {q.prompt}")
+            for j, (o, d) in enumerate(zip(q.options, q.details), 1):
+                print(f"  {j}. {o}" + (f"  ({d})" if d and q.kind == "cluster" else ""))
+            print("  (a number, your own words, enter to skip, `why N`, `quit`)")
+        else:
+            print("\n(no more questions: say anything to refine, `why N`, `quit`)")
+        try:
+            line = input("> ").strip()
+        except EOFError:
+            break
+        if line.lower() in ("q", "quit", "exit"):
+            break
+        if line.lower().startswith("why"):
+            try:
+                n = int(line.split()[1])
+                ex = s.explain(items[n - 1])
+            except (IndexError, ValueError):
+                print(f"  usage: why N (1..{len(items)})")
+                continue
+            print(f"  #{n} {str(titles.loc[items[n - 1], col])[:60]}: " + "; ".join(ex["reasons"]))
+            print("  contributions: " + ", ".join(f"{k} {v:+.3f}" for k, v in ex["contributions"].items()))
+            continue
+        if q is None and not line:
+            continue
+        answer: Any = None if not line else int(line) - 1 if q is not None and line.isdigit() \
+            and 1 <= int(line) <= q.n_options else line
+        try:
+            s.answer(answer)
+        except ValueError as e:
+            print(f"  {e}")
+            continue
+        items = show()
 
 
 def cmd_serve(a: argparse.Namespace) -> None:
@@ -208,6 +271,14 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("-k", type=int, default=10)
     r.add_argument("--json", action="store_true", help="print the result as JSON")
     r.set_defaults(fn=cmd_recommend)
+    c = sub.add_parser("chat", help="interactive recommendation: clarifying questions, free-text answers")
+    c.add_argument("--model", required=True, help="model directory written by `ctxrec train`")
+    c.add_argument("--user", required=True)
+    c.add_argument("--context", help="context as JSON")
+    c.add_argument("--query", help="opening free-text request")
+    c.add_argument("-k", type=int, default=10)
+    c.add_argument("--max-questions", type=int, default=None)
+    c.set_defaults(fn=cmd_chat)
     s = sub.add_parser("serve", help="HTTP service (FastAPI + uvicorn; needs the serve extra)")
     s.add_argument("--model", required=True)
     s.add_argument("--host", default="127.0.0.1")

@@ -3,7 +3,11 @@
 Endpoints: ``POST /recommend``, ``POST /recommend/batch``, ``POST /feedback``,
 ``GET /items/{item_id}``, ``GET /healthz``, ``GET /metrics`` (Prometheus text),
 ``POST /admin/reload`` (bearer token from ``CTXREC_ADMIN_TOKEN``), OpenAPI docs at
-``/docs``. Bad requests get a 4xx with a JSON body naming the field; oversized bodies
+``/docs``. Interactive sessions (``ctxrec.session``): ``POST /session`` starts one (top-K +
+the first clarifying question), ``POST /session/{id}/answer`` answers (option index, label,
+free text or null to skip), ``POST /session/{id}/explain``, ``DELETE /session/{id}``; sessions
+live in a bounded store (``max_sessions``, least recently used dropped first) and expire
+after ``session_ttl_s`` unused; a session keeps the model it started on across reloads. Bad requests get a 4xx with a JSON body naming the field; oversized bodies
 get 413; an error inside a request never takes the process down. A reload loads the new
 model directory completely before swapping one reference, so requests in flight finish
 on the old model and none is dropped. ``SIGHUP`` reloads the same directory.
@@ -55,6 +59,27 @@ class FeedbackRequest(BaseModel):
     label: float = Field(1.0, description="1 = positive (click, watch, buy), 0 = negative; a rating for MSE models")
 
 
+class SessionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user: Id | None = Field(None, description="original user id; unknown or null = cold start")
+    context: dict[str, Scalar] = Field(default_factory=dict,
+                                       description='context fields; a free-text field (e.g. "query") opens the talk')
+    k: int = Field(10, ge=1, le=1000)
+    exclude_seen: bool = True
+    max_questions: int | None = Field(None, ge=0, le=100, description="ask at most this many questions")
+
+
+class AnswerRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    answer: int | str | None = Field(description="option index, option label, free text, or null to skip")
+    question: str | None = Field(None, description="question id (default: the pending question)")
+
+
+class ExplainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    item: Id
+
+
 class ReloadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     path: str | None = Field(None, description="model directory to load (default: the one being served)")
@@ -86,12 +111,14 @@ class _State:
 
 
 def create_app(model_dir: str | os.PathLike, *, loader: Callable[[str], Any] | None = None,
-               admin_token: str | None = None, max_body_bytes: int = 1 << 20) -> FastAPI:
+               admin_token: str | None = None, max_body_bytes: int = 1 << 20, max_sessions: int = 10_000,
+               session_ttl_s: float = 1800.0) -> FastAPI:
     """Build the ASGI app serving the Recommender saved in ``model_dir``.
 
     loader: how to load a model directory (default ``Recommender.load``). admin_token:
     bearer token for ``/admin/reload`` (default: env ``CTXREC_ADMIN_TOKEN``; unset = the
-    endpoint answers 403). max_body_bytes: larger request bodies get 413.
+    endpoint answers 403). max_body_bytes: larger request bodies get 413. max_sessions /
+    session_ttl_s: bounds of the interactive-session store.
     """
     if loader is None:
         from ctxrec.recommender import Recommender
@@ -195,6 +222,63 @@ def create_app(model_dir: str | os.PathLike, *, loader: Callable[[str], Any] | N
             return state.model.item_info(item_id)
         except KeyError:
             return _error(404, f"unknown item id {item_id!r}", "item_id")
+
+    from ctxrec.session import QuestionBank, Session, SessionStore
+    sessions = SessionStore(max_sessions=max_sessions, ttl_s=session_ttl_s)
+    app.state.sessions = sessions
+
+    def session_state(sess: Any) -> dict[str, Any]:
+        sess.next_question()
+        return {**sess.state(), "done": sess.pending is None}
+
+    @app.post("/session", summary="start an interactive session: top-k and the first clarifying question")
+    async def session_start(req: SessionRequest) -> Any:
+        model = state.model
+
+        def work() -> dict[str, Any]:
+            sess = Session(model, req.user, req.context, bank=QuestionBank.for_recommender(model), k=req.k,
+                           exclude_seen=req.exclude_seen, max_questions=req.max_questions)
+            sessions.add(sess)
+            return session_state(sess)
+        try:
+            return await run(work)
+        except (ValueError, KeyError) as e:
+            return bad_input(e)
+
+    def get_session(sid: str) -> Any:
+        try:
+            return sessions.get(sid)
+        except KeyError as e:
+            raise HTTPException(404, e.args[0]) from None
+
+    @app.post("/session/{session_id}/answer", summary="answer the pending question (or say something)")
+    async def session_answer(session_id: str, req: AnswerRequest) -> Any:
+        sess = get_session(session_id)
+
+        def work() -> dict[str, Any]:
+            with sess._lock:
+                sess.answer(req.answer, question=req.question)
+                return session_state(sess)
+        try:
+            return await run(work)
+        except KeyError as e:
+            return _error(404, f"unknown question {e.args[0]!r}" if e.args else str(e), "question")
+        except ValueError as e:
+            return bad_input(e)
+
+    @app.post("/session/{session_id}/explain", summary="why an item is recommended now in this session")
+    async def session_explain(session_id: str, req: ExplainRequest) -> Any:
+        sess = get_session(session_id)
+        try:
+            return await run(lambda: sess.explain(req.item))
+        except KeyError:
+            return _error(404, f"unknown item id {req.item!r}", "item")
+
+    @app.delete("/session/{session_id}", summary="end a session")
+    async def session_end(session_id: str) -> Any:
+        if not sessions.remove(session_id):
+            return _error(404, f"unknown or expired session {session_id!r}", "session_id")
+        return {"status": "ended"}
 
     @app.get("/healthz", summary="liveness and what is being served")
     async def healthz() -> Any:
