@@ -56,14 +56,41 @@ def recall(found: list[np.ndarray] | np.ndarray, truth: np.ndarray) -> float:
 
 def time_singles(fn: Callable[[int], Any], n: int) -> tuple[np.ndarray, list[Any]]:
     """Per-call wall time in ms of fn(i) for i < n, after 20 warm-up calls."""
+    ts, out = time_interleaved({"f": fn}, n)
+    return ts["f"], out["f"]
+
+
+def time_interleaved(fns: dict[str, Callable[[int], Any]], n: int) -> tuple[dict[str, np.ndarray], dict[str, list]]:
+    """Per-call wall time (ms) of each fn(i), i < n, the methods taking turns so that load
+    changes on a shared machine hit all of them alike.
+
+    At step s method j answers query (s + j * n // m) % n: every method sees every query
+    once, but never right after another method has warmed the caches for that query.
+    Results are returned in query order.
+    """
+    m = len(fns)
     for i in range(min(20, n)):
-        fn(i)
-    out, ts = [], np.empty(n)
-    for i in range(n):
-        t0 = time.perf_counter_ns()
-        out.append(fn(i))
-        ts[i] = (time.perf_counter_ns() - t0) / 1e6
+        for fn in fns.values():
+            fn(i)
+    ts = {k: np.empty(n) for k in fns}
+    out: dict[str, list] = {k: [None] * n for k in fns}
+    for step in range(n):
+        for j, (name, fn) in enumerate(fns.items()):
+            i = (step + j * n // m) % n
+            t0 = time.perf_counter_ns()
+            out[name][i] = fn(i)
+            ts[name][i] = (time.perf_counter_ns() - t0) / 1e6
     return ts, out
+
+
+def time_batch(fn: Callable[[], Any], repeats: int = 3) -> float:
+    """Median seconds of fn() over repeats."""
+    t = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        t.append(time.perf_counter() - t0)
+    return float(np.median(t))
 
 
 def row(name: str, ts: np.ndarray | None, rec: float, qps: float | None, build_s: float | None,
@@ -78,7 +105,6 @@ def bench_catalog(n: int, kind: str, M: int, ef: int, n_candidates: int, ef_cons
     cat = make_catalog(n, kind)
     Q, TQ = cat["Q"], cat["TQ"]
     nq = len(Q)
-    rows = []
 
     # Exact ground truth of the full model (the core's exact path; spot-checked against numpy).
     truth = _core.topk_full(Q, cat["V"], cat["bias"], K, text_queries=TQ, item_text=cat["T"], text_weight=TEXT_W,
@@ -87,44 +113,15 @@ def bench_catalog(n: int, kind: str, M: int, ef: int, n_candidates: int, ef_cons
         s = cat["V"] @ Q[i] + cat["bias"] + TEXT_W * (cat["T"] @ TQ[i])
         assert set(np.argsort(-s)[:K]) == set(truth[i]), "exact core disagrees with numpy"
 
-    # ctxrec engine
+    # Build: the engine (its hnswlib index is also the raw-hnswlib peer: same M / ef) and faiss.
     t0 = time.perf_counter()
     eng = Engine(M=M, ef_construction=ef_construction, ef=ef, n_candidates=n_candidates, exact_threshold=0,
                  num_threads=threads).fit(cat["V"], cat["bias"], item_text=cat["T"], text_weight=TEXT_W)
     build = time.perf_counter() - t0
-    ts, res = time_singles(lambda i: eng.recommend(Q[i], K, text_query=TQ[i])[0], nq)
-    t0 = time.perf_counter()
-    ids, _ = eng.recommend_batch(Q, K, text_queries=TQ, num_threads=threads)
-    qps = nq / (time.perf_counter() - t0)
-    rows.append(row("ctxrec Engine (HNSW + C++ rescoring)", ts, recall(res, truth), qps, build, nq))
-    assert recall(ids, truth) == rows[-1]["recall_at_10"] or abs(recall(ids, truth) - rows[-1]["recall_at_10"]) < 0.01
-
-    # Raw hnswlib on the same index (same M / ef / candidate count).
     index = eng.index_
     c = max(n_candidates, K)
     aug = np.hstack([Q, np.ones((nq, 1), np.float32)])
-    index.set_num_threads(1)
-    ts, _ = time_singles(lambda i: index.knn_query(aug[i], k=K, num_threads=1), nq)
-    rows.append(row(f"raw hnswlib knn_query(k={K}), no rescoring", ts,
-                    recall(index.knn_query(aug, k=K, num_threads=threads)[0], truth), None, build, nq))
-    ts, res = time_singles(lambda i: numpy_rescore(cat, Q[i], TQ[i], index.knn_query(aug[i], k=c)[0][0]
-                                                   .astype(np.int64)), nq)
-    t0 = time.perf_counter()
-    lab = index.knn_query(aug, k=c, num_threads=threads)[0].astype(np.int64)
-    numpy_rescore_batch(cat, Q, TQ, lab)
-    qps_raw = nq / (time.perf_counter() - t0)
-    rows.append(row(f"raw hnswlib knn_query(k={c}) + numpy rescoring", ts, recall(res, truth), qps_raw, build, nq))
-
-    # numpy brute force (exact), BLAS on one thread for single queries.
-    with threadpool_limits(1):
-        ts, res = time_singles(lambda i: numpy_rescore(cat, Q[i], TQ[i], np.arange(n)), n_brute)
-    t0 = time.perf_counter()
-    for lo in range(0, nq, 100):  # all cores, blocked to bound memory
-        s = Q[lo:lo + 100] @ cat["V"].T + cat["bias"] + TEXT_W * (TQ[lo:lo + 100] @ cat["T"].T)
-        np.argpartition(-s, K, axis=1)[:, :K]
-    rows.append(row("numpy brute force (exact)", ts, recall(res, truth[:n_brute]), nq / (time.perf_counter() - t0),
-                    None, n_brute))
-
+    fx = None
     if with_faiss:
         import faiss
         faiss.omp_set_num_threads(threads)
@@ -135,18 +132,57 @@ def bench_catalog(n: int, kind: str, M: int, ef: int, n_candidates: int, ef_cons
         fbuild = time.perf_counter() - t0
         fx.hnsw.efSearch = max(ef, c)
         faiss.omp_set_num_threads(1)
-        ts, res = time_singles(lambda i: numpy_rescore(cat, Q[i], TQ[i], fx.search(aug[i:i + 1], c)[1][0]), nq)
-        faiss.omp_set_num_threads(threads)
-        t0 = time.perf_counter()
-        numpy_rescore_batch(cat, Q, TQ, fx.search(aug, c)[1])
-        rows.append(row(f"faiss IndexHNSWFlat(k={c}) + numpy rescoring", ts, recall(res, truth),
-                        nq / (time.perf_counter() - t0), fbuild, nq))
 
-    eng_row, raw10, raw_rescore, brute = rows[0], rows[1], rows[2], rows[3]
+    # Single queries on one thread, methods interleaved query by query.
+    index.set_num_threads(1)
+    names = {"engine": "ctxrec Engine (HNSW + C++ rescoring)",
+             "raw10": f"raw hnswlib knn_query(k={K}), no rescoring",
+             "raw": f"raw hnswlib knn_query(k={c}) + numpy rescoring",
+             "faiss": f"faiss IndexHNSWFlat(k={c}) + numpy rescoring"}
+    fns: dict[str, Callable[[int], Any]] = {
+        "engine": lambda i: eng.recommend(Q[i], K, text_query=TQ[i])[0],
+        "raw10": lambda i: index.knn_query(aug[i], k=K, num_threads=1)[0][0],
+        "raw": lambda i: numpy_rescore(cat, Q[i], TQ[i], index.knn_query(aug[i], k=c, num_threads=1)[0][0]
+                                       .astype(np.int64)),
+    }
+    if fx is not None:
+        fns["faiss"] = lambda i: numpy_rescore(cat, Q[i], TQ[i], fx.search(aug[i:i + 1], c)[1][0])
+    ts, res = time_interleaved(fns, nq)
+    with threadpool_limits(1):  # numpy brute force (exact), BLAS on one thread
+        bts, bres = time_singles(lambda i: numpy_rescore(cat, Q[i], TQ[i], np.arange(n)), n_brute)
+
+    # One batch of all queries on all cores (median of 3).
+    if fx is not None:
+        faiss.omp_set_num_threads(threads)
+
+    def brute_batch() -> None:
+        for lo in range(0, nq, 100):  # blocked to bound memory
+            s = Q[lo:lo + 100] @ cat["V"].T + cat["bias"] + TEXT_W * (TQ[lo:lo + 100] @ cat["T"].T)
+            np.argpartition(-s, K, axis=1)[:, :K]
+
+    batch = {
+        "engine": time_batch(lambda: eng.recommend_batch(Q, K, text_queries=TQ, num_threads=threads)),
+        "raw": time_batch(lambda: numpy_rescore_batch(
+            cat, Q, TQ, index.knn_query(aug, k=c, num_threads=threads)[0].astype(np.int64))),
+        "brute": time_batch(brute_batch, 1),
+    }
+    if fx is not None:
+        batch["faiss"] = time_batch(lambda: numpy_rescore_batch(cat, Q, TQ, fx.search(aug, c)[1]))
+    ids, _ = eng.recommend_batch(Q, K, text_queries=TQ, num_threads=threads)
+    assert abs(recall(ids, truth) - recall(res["engine"], truth)) < 0.01, "batch and single answers differ"
+
+    rows = [row(names["engine"], ts["engine"], recall(res["engine"], truth), nq / batch["engine"], build, nq),
+            row(names["raw10"], ts["raw10"], recall(res["raw10"], truth), None, build, nq),
+            row(names["raw"], ts["raw"], recall(res["raw"], truth), nq / batch["raw"], build, nq),
+            row("numpy brute force (exact)", bts, recall(bres, truth[:n_brute]), nq / batch["brute"], None, n_brute)]
+    if fx is not None:
+        rows.append(row(names["faiss"], ts["faiss"], recall(res["faiss"], truth), nq / batch["faiss"], fbuild, nq))
+    ratio = ts["engine"] / ts["raw10"]  # per query, same moment
     ratios = {
-        "engine_p50_over_raw_knn_p50": eng_row["p50_ms"] / raw10["p50_ms"],
-        "brute_p50_over_engine_p50": brute["p50_ms"] / eng_row["p50_ms"],
-        "engine_batch_qps_over_raw_hnswlib_plus_numpy": eng_row["batch_qps"] / raw_rescore["batch_qps"],
+        "engine_p50_over_raw_knn_p50": rows[0]["p50_ms"] / rows[1]["p50_ms"],
+        "median_per_query_engine_over_raw_knn": float(np.median(ratio)),
+        "brute_p50_over_engine_p50": rows[3]["p50_ms"] / rows[0]["p50_ms"],
+        "engine_batch_qps_over_raw_hnswlib_plus_numpy": batch["raw"] / batch["engine"],
     }
     return {"n": n, "kind": kind, "dim": DIM, "text_dim": TEXT_DIM, "text_weight": TEXT_W, "M": M, "ef": ef,
             "n_candidates": n_candidates, "ef_construction": ef_construction, "threads": threads,

@@ -48,14 +48,22 @@ def _table(x: Any, name: str, rows: int | None = None) -> np.ndarray:
 
 
 def _query(x: Any, name: str, dim: int, batch: bool) -> np.ndarray:
+    """Finite float32 queries [b, dim], C-contiguous (a single query [dim] becomes [1, dim])."""
     a = np.asarray(x, dtype=np.float32)
-    want = 2 if batch else 1
-    if a.ndim != want or a.shape[-1] != dim:
+    if a.ndim != (2 if batch else 1) or a.shape[-1] != dim:
         shape = "[b, %d]" % dim if batch else "[%d]" % dim
         raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
-    if not np.isfinite(a).all():
+    if not np.isfinite(a.sum()):
         raise ValueError(f"{name} holds NaN or inf")
     return np.ascontiguousarray(a.reshape(-1, dim))
+
+
+def _augmented(q: np.ndarray) -> np.ndarray:
+    """[q, 1] per row: the HNSW query whose inner product with [item_vec, item_bias] is the score."""
+    aug = np.empty((q.shape[0], q.shape[1] + 1), np.float32)
+    aug[:, :-1] = q
+    aug[:, -1] = 1.0
+    return aug
 
 
 class Engine:
@@ -215,6 +223,8 @@ class Engine:
     def _extras(self, text_q: Any, tri_q: Any, b: int, batch: bool, text_weight: float | None,
                 tri_weight: float | None) -> dict[str, Any]:
         kw: dict[str, Any] = {}
+        if text_q is None and tri_q is None:
+            return kw
         if text_q is not None:
             if self.item_text_ is None:
                 raise ValueError("text_query given but the engine has no item_text table")
@@ -251,11 +261,8 @@ class Engine:
         if self.exact_ or c >= n // 4:
             # Small catalog, or so many candidates needed that a full exact pass is cheaper.
             return _core.topk_full(q, self.item_vecs_, self.item_bias_, k, num_threads=threads, **kw)
-        aug = np.empty((q.shape[0], self.dim_ + 1), np.float32)
-        aug[:, :-1] = q
-        aug[:, -1] = 1.0
         try:
-            labels, _ = self.index_.knn_query(aug, k=c, num_threads=threads)
+            labels, _ = self.index_.knn_query(_augmented(q), k=c, num_threads=threads)
         except RuntimeError:  # the graph could not produce c results (tiny or degenerate index)
             return _core.topk_full(q, self.item_vecs_, self.item_bias_, k, num_threads=threads, **kw)
         return _core.rescore(q, self.item_vecs_, self.item_bias_, labels.view(np.int64), k,
@@ -287,7 +294,7 @@ class Engine:
         al = self._dense(allow, "allow")
         excl = None if ex is None else (np.array([0, len(ex)], np.int64), ex)
         ids, scores = self._search(q, int(k), kw, excl, al, 0 if ex is None else len(ex), 1)
-        m = int((ids[0] >= 0).sum())
+        m = int(np.count_nonzero(ids[0] >= 0))
         return self.item_ids_[ids[0, :m]], scores[0, :m]
 
     def recommend_batch(self, queries: Any, k: int = 10, *, exclude: Sequence[Iterable[Any] | None] | None = None,
