@@ -91,6 +91,12 @@ _QUERY_PATTERNS = [
     "{job} jobs near me", "remote {job} position", "something light after a long day",
     "{adj} {dish}", "gift ideas for {use}", "movie like a {genre}",
 ]
+# Used only once the patterns above run out of new combinations (~1,800 of them), so the
+# first queries of any seed are the same as before these were added.
+_MORE_QUERY_PATTERNS = [
+    "{adj} {product} for {use}", "{adj} {genre} {setting}", "{dish} for {occasion} with {adj} flavour",
+    "{adj} {app} for {use}", "{adj} {place} for {use}",
+]
 
 
 def _pick(rng: random.Random, seq):
@@ -138,8 +144,8 @@ def _description(rng: random.Random) -> str:
     return " ".join(s[:keep])
 
 
-def _query(rng: random.Random) -> str:
-    pat = _pick(rng, _QUERY_PATTERNS)
+def _query(rng: random.Random, patterns=_QUERY_PATTERNS) -> str:
+    pat = _pick(rng, patterns)
     return pat.format(adj=_pick(rng, _ADJ), product=_pick(rng, _PRODUCTS)[0], use=_pick(rng, _USES),
                       dish=_pick(rng, _DISHES)[0], occasion=_pick(rng, _OCCASIONS), genre=_pick(rng, _GENRES),
                       setting=_pick(rng, _SETTINGS), hero=_pick(rng, _HEROES), place=_pick(rng, _PLACES)[0],
@@ -152,15 +158,29 @@ def reference_texts(n_corpus: int = 2000, n_queries: int = 200, seed: int = 2026
     rng = random.Random(seed)
     corpus: list[str] = []
     seen: set[str] = set()
+    misses = 0
     while len(corpus) < n_corpus:
         t = _description(rng)
         if t not in seen:
             seen.add(t)
             corpus.append(t)
+            misses = 0
+        else:
+            misses += 1
+            if misses >= 20000:
+                raise ValueError(f"n_corpus = {n_corpus}: the templates ran out of distinct texts at {len(corpus)}")
     queries: list[str] = []
+    patterns, misses = _QUERY_PATTERNS, 0
     while len(queries) < n_queries:
-        q = _query(rng)
+        q = _query(rng, patterns)
         if q not in seen:
             seen.add(q)
             queries.append(q)
+            misses = 0
+            continue
+        misses += 1
+        if misses == 2000 and patterns is _QUERY_PATTERNS:
+            patterns, misses = _QUERY_PATTERNS + _MORE_QUERY_PATTERNS, 0
+        elif misses >= 20000:
+            raise ValueError(f"n_queries = {n_queries}: the templates ran out of distinct queries at {len(queries)}")
     return corpus, queries
