@@ -20,12 +20,12 @@ $(VENV)/.installed: pyproject.toml CMakeLists.txt $(wildcard csrc/*)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install "scikit-build-core>=0.10" "pybind11>=2.12" ninja cmake
-	$(PIP) install --no-build-isolation -e ".[dev,serve]"
+	$(PIP) install --no-build-isolation -e ".[dev,serve,distributed]"
 	touch $@
 
 # Benchmark peers (faiss, implicit, cornac, ...) only for the benchmark targets.
 $(VENV)/.bench: $(VENV)/.installed
-	$(PIP) install --no-build-isolation -e ".[dev,serve,bench]"
+	$(PIP) install --no-build-isolation -e ".[dev,serve,distributed,bench]"
 	touch $@
 
 install: $(VENV)/.installed

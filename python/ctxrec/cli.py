@@ -1,4 +1,4 @@
-"""The ``ctxrec`` command line: export, train, evaluate, recommend, serve, bench.
+"""The ``ctxrec`` command line: export, train, evaluate, recommend, serve, bench, encode-catalog, recommend-all.
 
 Bad input exits non-zero with a one-line error on stderr.
 """
@@ -240,6 +240,30 @@ def cmd_bench(argv: Sequence[str]) -> None:
     sys.exit(subprocess.call([sys.executable, str(harness), *argv]))
 
 
+def _cluster_kw(a: argparse.Namespace) -> dict[str, Any]:
+    return {"scheduler": a.scheduler, "n_workers": a.workers, "partition_rows": a.partition_rows,
+            "overwrite": a.overwrite, "progress": not a.no_progress}
+
+
+def cmd_encode_catalog(a: argparse.Namespace) -> None:
+    from ctxrec.distributed import encode_catalog
+    res = encode_catalog(a.items, a.out, text_col=a.text_col, id_col=a.id_col or None, encoder=a.encoder,
+                         batch_size=a.batch_size, cache_dir=a.cache_dir, threads=a.threads, **_cluster_kw(a))
+    s = res.summary()
+    print(f"[encode-catalog] {s['rows']:,} texts in {s['partitions']} partitions on {s['workers']} worker(s): "
+          f"{s['seconds']:.1f} s ({s['rows_per_s']:,.0f} texts/s; {s['cache_hits']:,} from the cache) -> {a.out}")
+
+
+def cmd_recommend_all(a: argparse.Namespace) -> None:
+    from ctxrec.distributed import recommend_all
+    context = context_arg(a)
+    res = recommend_all(a.model, a.out, users=a.users, user_col=a.user_col, context=context, k=a.k,
+                        exclude_seen=not a.include_seen, threads=a.threads, ship=a.ship, **_cluster_kw(a))
+    s = res.summary()
+    print(f"[recommend-all] top-{a.k} for {s['rows']:,} requests in {s['partitions']} partitions on "
+          f"{s['workers']} worker(s): {s['seconds']:.1f} s ({s['rows_per_s']:,.0f} users/s) -> {a.out}")
+
+
 # ---------------------------------------------------------------------------- main
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ctxrec", description="Context-aware recommendations with an LLM text encoder.")
@@ -284,6 +308,39 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.set_defaults(fn=cmd_serve)
+
+    def cluster_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--scheduler", help="address of a running Dask scheduler, e.g. tcp://host:8786 "
+                                            "(default: start a LocalCluster on this machine)")
+        sp.add_argument("--workers", type=int, help="LocalCluster worker processes (default: one per core)")
+        sp.add_argument("--partition-rows", type=int, help="rows per partition for CSV/in-memory input")
+        sp.add_argument("--threads", type=int, default=1, help="threads per task (default 1)")
+        sp.add_argument("--overwrite", action="store_true", help="replace the output directory's parts")
+        sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    ec = sub.add_parser("encode-catalog", help="encode item texts on Dask (needs the distributed extra)")
+    ec.add_argument("--items", required=True, help="Parquet dataset or CSV of items")
+    ec.add_argument("--out", required=True, help="Parquet dataset directory to write (id + embedding)")
+    ec.add_argument("--text-col", default="text")
+    ec.add_argument("--id-col", default="item_id", help="id column ('' for none)")
+    ec.add_argument("--encoder", help="encoder export directory (default: ctxrec's)")
+    ec.add_argument("--cache-dir", help="persistent embedding cache directory")
+    ec.add_argument("--batch-size", type=int, default=32)
+    cluster_args(ec)
+    ec.set_defaults(fn=cmd_encode_catalog)
+    ra = sub.add_parser("recommend-all", help="top-k for every user on Dask, to Parquet (distributed extra)")
+    ra.add_argument("--model", required=True, help="model directory written by `ctxrec train`")
+    ra.add_argument("--out", required=True, help="Parquet dataset directory to write")
+    ra.add_argument("--users", help="Parquet/CSV of requests: user column + context columns (default: all users)")
+    ra.add_argument("--user-col", default="user_id")
+    ra.add_argument("--context", help="context for every request as JSON")
+    ra.add_argument("--query", help="free-text request for every user")
+    ra.add_argument("-k", type=int, default=10)
+    ra.add_argument("--include-seen", action="store_true", help="do not exclude the users' known items")
+    ra.add_argument("--ship", default="auto", choices=["auto", "path", "bytes"],
+                    help="how the model reaches the workers (default: path if they all see it)")
+    cluster_args(ra)
+    ra.set_defaults(fn=cmd_recommend_all)
     return p
 
 
