@@ -5,13 +5,15 @@ target movie and answers every question truthfully from the target's attributes 
 
 * an attribute question (genre, decade): one of the target's values, drawn at random
   ("choice" mode: the option; "text" mode: typed as "I'd like <value>");
-* a text-cluster question: the option holding the target ("choice" mode), or a few
+* a text-cluster question: the option holding the target ("choice" mode), the option whose
+  shown description is closest to the target's text ("describe" mode), or a few
   consecutive words of the target's overview typed as free text ("text" mode), which the
   session reads through the encoder.
 
 We report HR@10 and NDCG@10 of the target (the user's training items excluded) after 0, 1,
 2 and 3 questions chosen by the session's expected information gain, against the same number
-of questions drawn at random from the same bank (same users, same simulator).
+of questions drawn at random from the same bank (same users, same simulator); in "text" mode
+also against no questions at all, the user typing a few words of the overview at each turn.
 
     .venv/bin/python benchmarks/bench_session.py --users 400       # ~ a few minutes on 2 cores
     .venv/bin/python benchmarks/bench_session.py --model DIR       # reuse a saved Recommender
@@ -53,8 +55,18 @@ def train_or_load(model_dir: str | None, split, epochs: int):
 class Simulator:
     """Answers truthfully from the target's attributes and text."""
 
-    def __init__(self, rec, mode: str, rng: np.random.Generator, n_words: int = 8) -> None:
+    def __init__(self, rec, mode: str, rng: np.random.Generator, n_words: int = 8, bank=None) -> None:
         self.rec, self.mode, self.rng, self.n_words = rec, mode, rng, n_words
+        self.desc = {}
+        if mode == "describe":  # the user judges by the shown descriptions, blind to the clustering
+            qs = [q for q in bank if q.kind == "cluster"]
+            texts = [f"{o}. {d}" for q in qs for o, d in zip(q.options, q.details) if o != "something else"]
+            emb = np.asarray(rec._encoder.encode(texts), np.float64)
+            pos = 0
+            for q in qs:
+                n = sum(o != "something else" for o in q.options)
+                self.desc[q.id] = emb[pos:pos + n]
+                pos += n
         items = rec.items_
         ov = items["overview"].astype(str).tolist() if "overview" in items.columns else [""] * len(items)
         titles = items["title"].astype(str).tolist()
@@ -67,30 +79,44 @@ class Simulator:
             if np.ptp(row) == 0:
                 return None  # the target has no value for it: "I don't know"
             j = int(self.rng.choice(np.flatnonzero(row > 0)))
-            return j if self.mode == "choice" else f"I'd like {q.options[j].lower()}"
+            return j if self.mode != "text" else f"I'd like {q.options[j].lower()}"
         j = int(np.argmax(row))
         if self.mode == "choice":
             return j
+        if self.mode == "describe":
+            t = np.asarray(self.rec.item_text_[target], np.float64)
+            if q.id != "clusters" and int(np.argmax(self.desc["clusters"] @ t)) != int(q.id.split("/")[1]):
+                return q.n_options - 1  # "something else": by the user's own reading of the first question
+            return int(np.argmax(self.desc[q.id] @ t))
+        return self.snippet(target)
+
+    def snippet(self, target: int) -> str:
         w = self.words[target]
         start = int(self.rng.integers(0, max(1, len(w) - self.n_words + 1)))
         return " ".join(w[start:start + self.n_words])
 
 
-def run(rec, bank, cases, mode: str, policy: str, n_q: int, seed: int):
+def run(rec, bank, cases, mode: str, policy: str, n_q: int, seed: int, kw=None):
     from ctxrec.session import Session
     ranks = np.zeros((len(cases), n_q + 1), np.int64)
     first_q: dict[str, int] = {}
     gains, turn_ms, would_stop = [], [], 0
     rng = np.random.default_rng(seed)
-    sim = Simulator(rec, mode, np.random.default_rng(seed + 1))
+    sim = Simulator(rec, mode, np.random.default_rng(seed + 1), bank=bank)
     for c, (user, target, ts) in enumerate(cases):
-        s = Session(rec, user, {"timestamp": int(ts)}, bank=bank, k=10, confidence=1.0, min_gain=0.0)
+        s = Session(rec, user, {"timestamp": int(ts)}, bank=bank, k=10, **{**(kw or {}), "confidence": 1.0,
+                                                                            "min_gain": 0.0})
         ranks[c, 0] = rank_of(s, target)
         for step in range(n_q):
             t0 = time.perf_counter()
+            if policy == "say":  # no question: the user volunteers a few words of the target's overview
+                s.say(sim.snippet(target))
+                turn_ms.append((time.perf_counter() - t0) * 1e3)
+                ranks[c, step + 1] = rank_of(s, target)
+                continue
             if policy == "chosen":
                 if step == 0:
-                    s2 = Session(rec, user, {"timestamp": int(ts)}, bank=bank, k=10)
+                    s2 = Session(rec, user, {"timestamp": int(ts)}, bank=bank, k=10, **(kw or {}))
                     would_stop += s2.next_question() is None
                 g = s.question_gains()
                 q = s.next_question()
@@ -129,8 +155,11 @@ def main(argv=None) -> int:
     p.add_argument("--questions", type=int, default=3)
     p.add_argument("--model", help="Recommender directory to load (or to write after training)")
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--modes", default="choice,text")
+    p.add_argument("--modes", default="choice,describe,text")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--offset", type=int, default=0,
+                   help="skip this many rows of the seeded permutation of test rows (disjoint tuning draws)")
+    p.add_argument("--session-kw", default="{}", help="JSON keyword arguments of Session (e.g. a tuning sweep)")
     p.add_argument("--out", default=str(RESULTS))
     a = p.parse_args(argv)
 
@@ -146,16 +175,17 @@ def main(argv=None) -> int:
     print(f"[bank] {len(bank)} questions in {bank_s:.2f} s: {bank}")
     te = split.test
     rng = np.random.default_rng(a.seed)
-    rows = rng.choice(len(te), size=min(a.users, len(te)), replace=False)
+    rows = rng.permutation(len(te))[a.offset:a.offset + a.users]
+    kw = json.loads(a.session_kw)
     cases = [(te.user_ids[te.users[r]], int(te.items[r]), int(te.timestamp[r])) for r in rows]
     assert np.array_equal(te.item_ids, rec.item_ids_)
 
     results = {}
     extra = {}
     for mode in a.modes.split(","):
-        for policy in ("chosen", "random"):
+        for policy in ("chosen", "random") + (("say",) if mode == "text" else ()):
             t0 = time.perf_counter()
-            ranks, info = run(rec, bank, cases, mode, policy, a.questions, a.seed)
+            ranks, info = run(rec, bank, cases, mode, policy, a.questions, a.seed, kw)
             m = metrics(ranks)
             results[f"{mode}/{policy}"] = m
             extra[f"{mode}/{policy}"] = {**info, "seconds": time.perf_counter() - t0}
@@ -174,8 +204,7 @@ def main(argv=None) -> int:
            "simulated_users": len(cases), "questions": a.questions, "seed": a.seed, "bank_size": len(bank),
            "bank": [{"id": q.id, "prompt": q.prompt, "options": list(q.options)} for q in bank],
            "bank_seconds": bank_s, "fit_seconds": fit_s, "results": results, "details": extra, "verdict": verdict,
-           "session_defaults": {"temperature": 1.0, "answer_noise": 0.05, "text_decay": 0.5,
-                                "text_choice_temperature": 0.03},
+           "session_kw": kw, "offset": a.offset,
            "command": "python benchmarks/bench_session.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "machine": {"python": platform.python_version(), "cpu_count": __import__("os").cpu_count()}}
     d = Path(a.out)
@@ -205,8 +234,9 @@ def markdown(o) -> str:
         lines.append(f"| {name} | " + " | ".join(f"{h:.4f} ± {s:.4f}" for h, s in zip(m["hr@10"], m["hr@10_se"]))
                      + " | " + " | ".join(f"{x:.4f}" for x in m["ndcg@10"]) + " |")
     lines += ["", "± = one binomial standard error. *choice*: the simulated user picks the option that fits the "
-              "target; *text*: attribute answers typed (\"I'd like comedy\"), cluster answers typed as a few words of "
-              "the target's overview (read through the encoder).", "", "## Targets", ""]
+              "target (the cluster that holds it); *describe*: the same, but cluster questions answered by the option whose shown description (titles + words) the encoder finds closest to the target's text, blind to the clustering; *text*: attribute answers typed (\"I'd like comedy\"), cluster answers typed as a few words of "
+              "the target's overview (read through the encoder). *text/say*: no questions at all, the user types a few "
+              "words of the target's overview at each turn (how much the free text alone carries).", "", "## Targets", ""]
     for mode, v in o["verdict"].items():
         lines.append(f"- {mode}: HR@10 after {n} chosen questions = {v['ratio_vs_no_question']:.2f}× the no-question "
                      f"HR@10 (target ≥ 2×: {'met' if v['meets_2x'] else 'missed'}); chosen − random = "
@@ -230,7 +260,7 @@ def plot(o, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     x = np.arange(o["questions"] + 1)
     for name, m in o["results"].items():
-        style = "-" if name.endswith("chosen") else "--"
+        style = "-" if name.endswith("chosen") else "--" if name.endswith("random") else ":"
         for ax, key in zip(axes, ("hr@10", "ndcg@10")):
             ax.plot(x, m[key], style, marker="o", label=name)
     axes[0].axhline(2 * o["results"][next(iter(o["results"]))]["hr@10"][0], color="grey", lw=0.8, ls=":",

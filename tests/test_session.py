@@ -143,6 +143,9 @@ def test_expected_information_gain_matches_definition(rec, bank):
     q = s.next_question()
     assert q.id == max(gains, key=gains.get)
     assert s.next_question() is q  # pending until answered
+    other = next(o for o in bank if o.id != q.id)
+    s.answer(0, question=other.id)
+    assert s.next_question() is q and s.asked == [other.id]  # answering another question keeps it pending
 
 
 def test_questions_never_repeat_and_stop(rec, bank):
@@ -180,6 +183,11 @@ def test_answers_move_the_ranking(rec, bank):
     r = s.answer("Something for the NIGHT please")
     assert s.turns[-1].weights == [0.0, 1.0] or s.turns[-1].weights == [1.0, 0.0]
     assert s.turns[-1].choice == "night" and is_morning(r.item_ids).mean() == 0
+    assert s._texts == []  # it only named the option: a choice, not a description
+    s = session(rec, bank, "u0", MORNING)
+    s.ask("attr:kind")
+    s.answer("night, with some jazz")
+    assert s.turns[-1].choice == "night" and len(s._texts) == 1  # says more: joins the conversation text
     # skipping changes nothing
     s = session(rec, bank, "u0", MORNING)
     before = s.recommend().item_ids
@@ -298,3 +306,58 @@ def test_cli_chat(dataset, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "ctxrec.cli", "chat", "--model", str(tmp_path / "nope"),
                           "--user", "u0"], input="", capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "error" in bad.stderr
+
+
+# ---------------------------------------------------------------------------- optional LLM (local stub)
+@pytest.fixture()
+def llm_stub():
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append((self.path, body))
+            user = body["messages"][-1]["content"]
+            if "Answer:" in user:
+                reply = "2" if "after dark" in user else "garbage"
+            else:
+                reply = "Morning or night, what suits you?"
+            out = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def log_message(self, *a):
+            pass
+
+    srv = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}/v1", seen
+    srv.shutdown()
+
+
+def test_optional_llm_reads_answers_and_falls_back(rec, bank, llm_stub):
+    from ctxrec.session import ChatLLM
+    url, seen = llm_stub
+    s = session(rec, bank, "u0", MORNING, llm=ChatLLM(url))
+    q = s.ask("attr:kind")
+    assert s.phrase() == "Morning or night, what suits you?"
+    s.answer("something for after dark")  # names no option; the stub says option 2
+    assert s.turns[-1].choice == q.options[1] and seen[-1][0] == "/v1/chat/completions"
+    s2 = session(rec, bank, "u0", MORNING, llm=ChatLLM(url))
+    s2.ask("attr:kind")
+    s2.answer("the night one")  # the stub replies garbage: the session's own reading decides
+    assert s2.turns[-1].choice == "night"
+    down = ChatLLM("http://127.0.0.1:9/v1", timeout_s=0.5)  # nothing listens there
+    s3 = session(rec, bank, "u0", MORNING, llm=down)
+    s3.ask("attr:kind")
+    assert s3.phrase() == bank["attr:kind"].prompt
+    s3.answer("night please")
+    assert s3.turns[-1].choice == "night" and down.failures == 2
+    with pytest.raises(ValueError, match="http"):
+        ChatLLM("ftp://x")

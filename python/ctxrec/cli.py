@@ -170,10 +170,11 @@ def cmd_chat(a: argparse.Namespace) -> None:
     """Interactive prompt: the session asks, you answer (option number, free text, enter = skip),
     `why N` explains the N-th item, `quit` (or end of input) leaves."""
     from ctxrec.recommender import Recommender
-    from ctxrec.session import Session
+    from ctxrec.session import ChatLLM, Session
     context = context_arg(a)
     rec = Recommender.load(a.model)
-    s = Session(rec, a.user, context, k=a.k, max_questions=a.max_questions)
+    s = Session(rec, a.user, context, k=a.k, max_questions=a.max_questions,
+                llm=ChatLLM(a.llm_url, model=a.llm_model) if a.llm_url else None)
     titles = rec.items_.set_index("item_id")
     col = "title" if "title" in titles.columns else "text"
 
@@ -189,7 +190,7 @@ def cmd_chat(a: argparse.Namespace) -> None:
     while True:
         q = s.next_question()
         if q is not None:
-            print(f"\n? {q.prompt}")
+            print(f"\n? {s.phrase(q)}")
             for j, (o, d) in enumerate(zip(q.options, q.details), 1):
                 print(f"  {j}. {o}" + (f"  ({d})" if d and q.kind == "cluster" else ""))
             print("  (a number, your own words, enter to skip, `why N`, `quit`)")
@@ -302,6 +303,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--query", help="opening free-text request")
     c.add_argument("-k", type=int, default=10)
     c.add_argument("--max-questions", type=int, default=None)
+    c.add_argument("--llm-url", help="optional OpenAI-compatible endpoint (e.g. http://127.0.0.1:8080/v1) that "
+                   "phrases questions and reads free answers; off by default")
+    c.add_argument("--llm-model", default="default", help="model name sent to --llm-url")
     c.set_defaults(fn=cmd_chat)
     s = sub.add_parser("serve", help="HTTP service (FastAPI + uvicorn; needs the serve extra)")
     s.add_argument("--model", required=True)

@@ -30,7 +30,8 @@ for the attribute gives no information: uniform). Answers are taken as truthful 
 ``answer_noise`` = ε: ``P(a | i) = (1 - ε) M[i, a] + ε / n_options``. A free-text answer to a
 question is turned into option weights ``w`` (an option label named in the text wins;
 otherwise ``softmax(cos(text, option vector) / text_choice_temperature)``) and the likelihood
-is ``Σ_a w_a P(a | i)``; the text also joins the conversation text.
+is ``Σ_a w_a P(a | i)``; the text also joins the conversation text, unless it only names
+options ("I'd like comedy" is taken as the choice, not as a description).
 
 ``next_question`` scores every unasked question by its expected information gain about the
 target over the current belief (restricted to the ``pool`` most likely items):
@@ -51,9 +52,10 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["Question", "QuestionBank", "Session", "SessionStore"]
+__all__ = ["ChatLLM", "Question", "QuestionBank", "Session", "SessionStore"]
 
 _WORD = re.compile(r"[a-z][a-z'\-]+")
+_TOK = re.compile(r"[a-z0-9][a-z0-9'\-]*")
 _STOP = frozenset("""
 a about above after again against all also am an and any are as at be because been before being below between both
 but by can could did do does doing down during each few for from further had has have having he her here hers
@@ -72,6 +74,18 @@ def _unit(x: np.ndarray) -> np.ndarray:
         return x / n if n > 0 else x
     n = np.linalg.norm(x, axis=1, keepdims=True)
     return np.where(n > 0, x / np.maximum(n, 1e-12), 0.0)
+
+
+_FILLER = frozenset("like want would love prefer something anything please maybe rather mood more some kind "
+                    "type sort really just quite bit little think feel i'd i'm i'll let's give show".split())
+
+
+def _says_more(text: str, labels: Sequence[str]) -> bool:
+    """Whether ``text`` has content words beyond the option labels it names."""
+    used = {w for lab in labels for w in _TOK.findall(lab.lower())}
+    used |= {w + "s" for w in used}
+    return any(len(w) >= 3 and w not in _STOP and w not in _FILLER and w not in used
+               for w in _TOK.findall(text.lower()))
 
 
 def _jsonable(v: Any) -> Any:
@@ -126,10 +140,10 @@ class Question:
 
     def named_options(self, text: str) -> list[int]:
         """Options whose label occurs in ``text`` as a whole word/phrase (case-insensitive)."""
-        t = f" {' '.join(_WORD.findall(text.lower()))} "
+        t = f" {' '.join(_TOK.findall(text.lower()))} "
         out = []
         for j, o in enumerate(self.options):
-            words = " ".join(_WORD.findall(o.lower()))
+            words = " ".join(_TOK.findall(o.lower()))
             if len(words) >= 3 and (f" {words} " in t or f" {words}s " in t):
                 out.append(j)
         return out
@@ -383,6 +397,57 @@ def _cluster_questions(rec: Any, emb: np.ndarray, k: int, k_sub: int, seed: int)
     return qs
 
 
+# ============================================================================ optional LLM
+class ChatLLM:
+    """Optional: a generative model behind an OpenAI-compatible endpoint (``POST
+    {url}/chat/completions``) that phrases questions and reads free answers. Off by default
+    (``Session(llm=None)``); any failure (unreachable, timeout, malformed reply, a reply that
+    names no option) falls back to the session's own reading, so a session never depends on it.
+
+    url: base URL, e.g. "http://127.0.0.1:8080/v1". model: the model name sent. api_key:
+    sent as a bearer token when given. timeout_s: per call.
+    """
+
+    def __init__(self, url: str, model: str = "default", api_key: str | None = None, timeout_s: float = 5.0) -> None:
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ValueError(f"llm url must be an http(s) URL, got {url!r}")
+        self.url, self.model, self.api_key, self.timeout_s = url.rstrip("/"), model, api_key, float(timeout_s)
+        self.failures = 0
+
+    def _chat(self, system: str, user: str) -> str | None:
+        import json
+        import urllib.request
+        body = json.dumps({"model": self.model, "temperature": 0, "max_tokens": 64,
+                           "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]})
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        req = urllib.request.Request(f"{self.url}/chat/completions", data=body.encode(), headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as r:
+                out = json.loads(r.read().decode())
+            text = out["choices"][0]["message"]["content"]
+            return text.strip() if isinstance(text, str) else None
+        except Exception:  # the session works without it
+            self.failures += 1
+            return None
+
+    def phrase(self, q: Question) -> str | None:
+        """A friendlier wording of ``q`` (None on failure)."""
+        opts = "; ".join(q.options)
+        return self._chat("You rephrase a shop assistant's clarifying question in one short friendly sentence. "
+                          "Reply with the sentence only.", f"Question: {q.prompt}\nOptions: {opts}")
+
+    def parse(self, q: Question, text: str) -> int | None:
+        """The option (0-based) a free answer picks, or None (no option / failure)."""
+        opts = "\n".join(f"{j + 1}. {o}" for j, o in enumerate(q.options))
+        reply = self._chat("Which numbered option does the user's answer choose? Reply with the number only, "
+                           "or 0 if none.", f"Question: {q.prompt}\nOptions:\n{opts}\nAnswer: {text}")
+        m = re.search(r"\d+", reply or "")
+        j = int(m.group()) - 1 if m else -1
+        return j if 0 <= j < q.n_options else None
+
+
 # ============================================================================ session
 @dataclass
 class Turn:
@@ -419,11 +484,13 @@ class Session:
     min_gain : stop asking when no question gains this many nats (0.02).
     max_questions : ask at most this many questions (None = until confident).
     text_choice_temperature : softmax temperature turning a free answer's cosine to each
-        option into option weights (0.03).
+        option into option weights (0.1; chosen on test rows disjoint from the benchmark's).
     prior_mix : share of a uniform prior mixed into the belief the questions are chosen on
         (0.1): the model's ranking is a guess, and an overconfident belief would only ask
         questions that split items the model already likes.
     pool : the belief is evaluated on the ``pool`` best items for question choice (2000).
+    llm : optional :class:`ChatLLM` that reads free answers first (and can phrase questions,
+        ``phrase(question)``); None (default) = the session's own reading only.
     """
 
     def __init__(self, recommender: Any, user: Any = None, context: Mapping[str, Any] | None = None, *,
@@ -431,8 +498,8 @@ class Session:
                  exclude: Iterable[Any] | None = None, allow: Iterable[Any] | None = None,
                  temperature: float = 1.0, answer_noise: float = 0.05, text_decay: float = 0.5,
                  text_weight: float | None = None, confidence: float = 0.5, min_gain: float = 0.02,
-                 max_questions: int | None = None, text_choice_temperature: float = 0.03,
-                 prior_mix: float = 0.1, pool: int = 2000) -> None:
+                 max_questions: int | None = None, text_choice_temperature: float = 0.1,
+                 prior_mix: float = 0.1, pool: int = 2000, llm: ChatLLM | None = None) -> None:
         rec = recommender
         rec._fitted()
         if context is not None and not isinstance(context, Mapping):
@@ -458,6 +525,7 @@ class Session:
         self.confidence, self.min_gain, self.max_questions = float(confidence), float(min_gain), max_questions
         self.text_choice_temperature, self.pool = float(text_choice_temperature), int(pool)
         self.prior_mix = float(prior_mix)
+        self.llm = llm
         self.turns: list[Turn] = []
         self.asked: list[str] = []
         self.pending: Question | None = None
@@ -642,7 +710,7 @@ class Session:
                 raise ValueError(f"question {q.id!r} was already answered")
             if response is None or (isinstance(response, str) and not response.strip()):
                 self.asked.append(q.id)
-                self.pending = None
+                self.pending = None if self.pending is q else self.pending
                 self.turns.append(Turn("skip", question=q.id, prompt=q.prompt))
                 return self.recommend()
             if not isinstance(response, (str, int, np.integer)) or isinstance(response, bool):
@@ -657,9 +725,15 @@ class Session:
             else:
                 text = str(response).strip()
                 turn.text = text
-                v = self._add_text(text)
                 named = q.named_options(text)
-                if named:
+                # text that only names options ("I'd like comedy") is taken as the choice; text that
+                # says more joins the conversation text (encoded once)
+                v = self._add_text(text) if not named or _says_more(text, [q.options[j] for j in named]) else None
+                picked = self.llm.parse(q, text) if self.llm is not None else None
+                if picked is not None:
+                    w = np.zeros(q.n_options)
+                    w[picked] = 1.0
+                elif named:
                     w = np.zeros(q.n_options)
                     w[named] = 1.0 / len(named)
                 elif v is not None and q.option_vecs is not None:
@@ -674,11 +748,19 @@ class Session:
             ll -= ll.max()
             self._loglik += ll
             self.asked.append(q.id)
-            self.pending = None
+            self.pending = None if self.pending is q else self.pending
             self.turns.append(turn)
             self._answer_ll.append((len(self.turns) - 1, ll))
             self._refresh()
             return self.recommend()
+
+    def phrase(self, question: Question | None = None) -> str | None:
+        """The pending question's (or ``question``'s) wording: the LLM's when one is configured
+        and answers, else the bank's prompt."""
+        q = self.pending if question is None else question
+        if q is None:
+            return None
+        return (self.llm.phrase(q) if self.llm is not None else None) or q.prompt
 
     def say(self, text: str) -> Any:
         """Free text outside any question ("something light, for kids"): joins the
