@@ -129,6 +129,10 @@ def test_recommend_all_every_user_shipped_as_bytes(client, rec, tmp_path):
     """users=None: every known user; a Recommender object is saved and broadcast to the workers."""
     res = D.recommend_all(rec, tmp_path / "out", context={"timestamp": MORNING, "device": "mobile"}, k=5,
                           partition_rows=50, ship="bytes", client=client, progress=False)
+    assert res.rows == len(rec.user_ids_)
+    # the workers loaded the model from the archive they were sent, not from the driver's path
+    dirs = client.run(lambda dask_worker: sorted(p.name for p in Path(dask_worker.local_directory).glob("ctxrec-model-*")))
+    assert all(dirs[w] for w in {t["worker"] for t in res.tasks} if w in dirs)
     got = D.read_recommendations(tmp_path / "out")
     req = pd.DataFrame({"user_id": list(rec.user_ids_)})
     assert res.rows == len(req)

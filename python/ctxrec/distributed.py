@@ -565,7 +565,7 @@ def _load_model(ref: _ModelRef, blob: bytes | None) -> Any:
 
 def _open_model(ref: _ModelRef, blob: bytes | None) -> Any:
     from ctxrec.recommender import Recommender
-    if not ref.shipped or _sees_model(ref.path, ref.token):
+    if not ref.shipped:
         return Recommender.load(ref.path)
     try:
         from distributed import get_worker
@@ -575,7 +575,10 @@ def _open_model(ref: _ModelRef, blob: bytes | None) -> Any:
     dest = Path(tempfile.mkdtemp(prefix="ctxrec-model-", dir=root))
     with tarfile.open(fileobj=io.BytesIO(blob), mode="r") as tf:
         tf.extractall(dest, filter="data")
-    return Recommender.load(dest / "model")
+    rec = Recommender.load(dest / "model")
+    if _model_token(dest / "model") != ref.token:
+        raise RuntimeError("the model archive shipped to this worker does not match the driver's manifest")
+    return rec
 
 
 def _recommend_partition(part: pd.DataFrame, index: int, offset: int, ref: _ModelRef, blob: Any, user_col: str,
