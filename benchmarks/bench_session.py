@@ -227,6 +227,11 @@ def markdown(o) -> str:
              "knows the held-out target and answers truthfully from its attributes/text. Question bank: "
              f"{o['bank_size']} questions derived from the catalog (built in {o['bank_seconds']:.2f} s). "
              "Target rank over the whole catalog minus the user's training items.", "",
+             "Model: `Recommender(ContextSpec(time=['timestamp'], text=['query']), ContextFM(n_factors=64, "
+             "epochs=10, random_state=0), encoder=TextEncoder.load())` fitted on the leave-last-out training split "
+             "(what this script trains when `--model` names no saved model). Session settings: defaults"
+             + (f" with {o['session_kw']}" if o.get("session_kw") else "") + "; the benchmark always asks "
+             f"exactly {o['questions']} questions (confidence 1.0, min_gain 0).", "",
              "| mode / policy | " + " | ".join(f"HR@10 after {q}" for q in range(n + 1)) + " | "
              + " | ".join(f"NDCG@10 after {q}" for q in range(n + 1)) + " |",
              "|---|" + "---:|" * (2 * n + 2)]
@@ -241,10 +246,16 @@ def markdown(o) -> str:
         lines.append(f"- {mode}: HR@10 after {n} chosen questions = {v['ratio_vs_no_question']:.2f}× the no-question "
                      f"HR@10 (target ≥ 2×: {'met' if v['meets_2x'] else 'missed'}); chosen − random = "
                      f"{v['chosen_minus_random']:+.4f} ({v['diff_over_se']:.1f} SE)")
+    if "text/say" in o["results"] and "text/chosen" in o["results"]:
+        say, ch = o["results"]["text/say"]["hr@10"][-1], o["results"]["text/chosen"]["hr@10"][-1]
+        lines += ["", f"- text mode, for scale: typing a few overview words {n} times with no question at all gives "
+                  f"HR@10 {say:.4f} (chosen questions: {ch:.4f}); in this mode the typed words of the target's own "
+                  "overview carry most of the information, whichever question they answer."]
     lines += ["", "## Details", ""]
     for name, d in o["details"].items():
         fq = ", ".join(f"{k} ×{v}" for k, v in list(d["first_question"].items())[:4])
-        lines.append(f"- {name}: {d['seconds']:.0f} s; median turn {d['turn_ms_median']:.1f} ms; first questions: {fq}"
+        lines.append(f"- {name}: {d['seconds']:.0f} s; median turn {d['turn_ms_median']:.1f} ms (incl. the "
+                     "benchmark's bookkeeping)" + (f"; first questions: {fq}" if fq else "")
                      + (f"; mean EIG of chosen questions {d['mean_gain_nats']:.2f} nats" if d["mean_gain_nats"]
                         else "")
                      + (f"; sessions that would not ask at all (confidence ≥ 0.5): {d['stopped_before_asking']}"

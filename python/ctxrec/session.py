@@ -114,6 +114,7 @@ class Question:
     details: tuple[str, ...]
     membership: np.ndarray = field(repr=False)
     option_vecs: np.ndarray | None = field(default=None, repr=False)
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def n_options(self) -> int:
@@ -616,7 +617,17 @@ class Session:
 
     def _likelihood(self, q: Question) -> np.ndarray:
         """P(answer | item) with the answer noise: float64 [n_items, n_options]."""
-        return (1 - self.answer_noise) * q.membership.astype(np.float64) + self.answer_noise / q.n_options
+        return self._likelihood_and_entropy(q)[0]
+
+    def _likelihood_and_entropy(self, q: Question) -> tuple[np.ndarray, np.ndarray]:
+        """(P(answer | item), H(answer | item) [n_items]), computed once per question and noise."""
+        key = ("lik", self.answer_noise)
+        got = q._cache.get(key)
+        if got is None:
+            L = (1 - self.answer_noise) * q.membership.astype(np.float64) + self.answer_noise / q.n_options
+            got = (L, -np.sum(L * np.log(L), axis=1))
+            q._cache[key] = got
+        return got
 
     # ------------------------------------------------------------------ public API
     def recommend(self, k: int | None = None) -> Any:
@@ -653,11 +664,10 @@ class Session:
             for q in self.bank:
                 if q.id in self.asked:
                     continue
-                L = self._likelihood(q)[pool]
-                pa = pp @ L
+                L, h = self._likelihood_and_entropy(q)
+                pa = pp @ L[pool]
                 h_a = -float(np.sum(pa * np.log(np.maximum(pa, 1e-300))))
-                h_ai = -float(pp @ np.sum(L * np.log(L), axis=1))
-                out[q.id] = max(0.0, h_a - h_ai)
+                out[q.id] = max(0.0, h_a - float(pp @ h[pool]))
             return out
 
     def next_question(self) -> Question | None:
