@@ -22,9 +22,14 @@ Usage: ``python benchmarks/bench_encoder.py [--quick] [--rounds N]``; writes
 """
 from __future__ import annotations
 
+import os
+
+# Idle OpenMP threads of PyTorch must not busy-wait: on a shared machine spinning threads
+# collapse the baseline's throughput (onnxruntime's spinning is off in TextEncoder too).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import json
-import os
 import platform
 import statistics
 import sys
