@@ -361,3 +361,28 @@ def test_optional_llm_reads_answers_and_falls_back(rec, bank, llm_stub):
     assert s3.turns[-1].choice == "night" and down.failures == 2
     with pytest.raises(ValueError, match="http"):
         ChatLLM("ftp://x")
+
+
+def test_session_store_is_bounded_and_expires(rec, bank):
+    from ctxrec.session import SessionStore
+    now = [0.0]
+    store = SessionStore(max_sessions=2, ttl_s=10, clock=lambda: now[0])
+    a, b, c = (session(rec, bank) for _ in range(3))
+    store.add(a)
+    now[0] = 1
+    store.add(b)
+    now[0] = 2
+    assert store.get(a.id) is a  # a is now the most recently used
+    store.add(c)  # over the bound: the least recently used (b) goes
+    assert len(store) == 2 and store.evicted == 1
+    with pytest.raises(KeyError, match="unknown or expired"):
+        store.get(b.id)
+    now[0] = 11.5  # c (used at 2) and a (used at 2) both unused for 9.5 s: still alive
+    assert store.get(c.id) is c
+    now[0] = 12.5  # a unused for 10.5 s: expired; c used at 11.5: alive
+    with pytest.raises(KeyError):
+        store.get(a.id)
+    assert store.get(c.id) is c and store.expired == 1
+    assert store.remove(c.id) and not store.remove(c.id) and len(store) == 0
+    with pytest.raises(ValueError):
+        SessionStore(max_sessions=0)
