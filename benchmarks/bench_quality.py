@@ -457,9 +457,12 @@ ANCHORS = {
 }
 
 
+STEM = "quality"
+
+
 def write_report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "quality.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=float))
+    (RESULTS / f"{STEM}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=float))
     lines = ["# Quality benchmark", "", f"Produced by `{meta['command']}` on {meta['date']} "
              f"({meta['machine']}, {meta['threads']} thread(s)). Item text embeddings: {meta.get('text_source')}.", ""]
     for task in dict.fromkeys(r["task"] for r in rows):
@@ -479,8 +482,12 @@ def write_report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
                                                            f"{r[k]}") for k in keys) + " |")
         lines.append("")
     lines += ["`map_nrel@10` = Microsoft Recommenders' MAP (AP divided by the number of relevant items). "
-              "ContextFM epochs: early stopping on a validation part of the training data, then refit.", ""]
-    (RESULTS / "quality.md").write_text("\n".join(lines))
+              "ContextFM epochs: ml-100k 75/25 uses `ML_EPOCHS` (found by early stopping on an inner "
+              "validation split during development; `--select-epochs` redoes it); cold start and "
+              "leave-last-out select the epoch count on a validation part of the training data in the run, "
+              "then refit on all training data; Frappe early-stops on the official validation set. "
+              "Timings are wall-clock on a shared, heavily loaded 2-core machine (one thread each): noisy.", ""]
+    (RESULTS / f"{STEM}.md").write_text("\n".join(lines))
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -499,7 +506,7 @@ def write_report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
             if key == "auc":
                 ax.set_xlim(min(vals) - 0.01, 1.0)
         fig.tight_layout()
-        fig.savefig(RESULTS / "quality.png", dpi=110)
+        fig.savefig(RESULTS / f"{STEM}.png", dpi=110)
     except Exception as e:  # plotting is optional
         log(f"plot skipped: {e}")
 
@@ -510,11 +517,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--select-epochs", action="store_true",
                     help="ml-stratified: choose the epoch count by early stopping on a validation split in this run")
+    ap.add_argument("--report-only", action="store_true",
+                    help="rebuild quality.md / quality.png from quality.json without running anything")
+    ap.add_argument("--stem", default="quality", help="results file stem in benchmarks/results/")
+    ap.add_argument("--merge", default="", help="comma-separated stems whose rows are merged into --stem "
+                    "(with --report-only)")
     ap.add_argument("--quick", action="store_true", help="few epochs: smoke run, numbers not comparable")
     args = ap.parse_args(argv)
+    global STEM
+    STEM = args.stem
+    if args.report_only:
+        d = json.loads((RESULTS / f"{STEM}.json").read_text())
+        rows = d["rows"]
+        for other in [x for x in args.merge.split(",") if x]:
+            extra = json.loads((RESULTS / f"{other}.json").read_text())["rows"]
+            tasks = {r["task"] for r in extra}
+            rows = [r for r in rows if r["task"] not in tasks] + extra
+        write_report(rows, d["meta"])
+        return 0
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     rows: list[dict[str, Any]] = []
-    prev = RESULTS / "quality.json"
+    prev = RESULTS / f"{STEM}.json"
     if prev.is_file() and set(tasks) != {"ml-stratified", "ml-cold", "ml-temporal", "frappe"}:
         # partial run: keep the other tasks' rows from the previous full run
         names = {"ml-stratified": "ml-100k stratified", "ml-cold": "ml-100k item cold", "ml-temporal":
