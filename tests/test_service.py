@@ -12,6 +12,9 @@ import time
 import pytest
 
 httpx = pytest.importorskip("httpx", reason="the serve extra (fastapi, uvicorn, httpx) is not installed")
+# One client with a generous timeout: on a shared CI machine a fresh server's first
+# request can take seconds.
+http = httpx.Client(timeout=60)
 pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn, httpx) is not installed")
 
 from ctxrec.context import ContextSpec  # noqa: E402
@@ -48,7 +51,7 @@ def server(model_dirs):
     deadline = time.time() + 60
     while time.time() < deadline:
         try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+            if http.get(f"{base}/healthz", timeout=2).status_code == 200:
                 break
         except httpx.HTTPError:
             time.sleep(0.2)
@@ -64,13 +67,13 @@ def server(model_dirs):
 
 def test_recommend_and_batch(server):
     base, _ = server
-    r = httpx.post(f"{base}/recommend", json={"user": "u1", "context": {"timestamp": "2024-04-01T08:00:00Z"},
+    r = http.post(f"{base}/recommend", json={"user": "u1", "context": {"timestamp": "2024-04-01T08:00:00Z"},
                                                "k": 5})
     assert r.status_code == 200, r.text
     body = r.json()
     assert len(body["items"]) == 5 and body["cold_start"] is False
     assert all(set(x) == {"item_id", "score"} for x in body["items"])
-    r = httpx.post(f"{base}/recommend/batch", json={"requests": [{"user": "u1", "k": 3}, {"user": "nobody", "k": 2}]})
+    r = http.post(f"{base}/recommend/batch", json={"requests": [{"user": "u1", "k": 3}, {"user": "nobody", "k": 2}]})
     assert r.status_code == 200
     res = r.json()["results"]
     assert [len(x["items"]) for x in res] == [3, 2] and res[1]["cold_start"] is True
@@ -85,49 +88,49 @@ def test_recommend_and_batch(server):
 ])
 def test_bad_requests_get_422_naming_the_field(server, payload, field):
     base, proc = server
-    r = httpx.post(f"{base}/recommend", json=payload)
+    r = http.post(f"{base}/recommend", json=payload)
     assert r.status_code == 422, r.text
     body = r.json()
     assert field in json.dumps(body)
     assert proc.poll() is None  # still alive
-    assert httpx.get(f"{base}/healthz").status_code == 200
+    assert http.get(f"{base}/healthz").status_code == 200
 
 
 def test_malformed_json_and_oversized_body(server):
     base, _ = server
-    r = httpx.post(f"{base}/recommend", content=b"{not json", headers={"content-type": "application/json"})
+    r = http.post(f"{base}/recommend", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 422 and "error" in r.json()
-    r = httpx.post(f"{base}/recommend", content=b"x" * (2 << 20), headers={"content-type": "application/json"})
+    r = http.post(f"{base}/recommend", content=b"x" * (2 << 20), headers={"content-type": "application/json"})
     assert r.status_code == 413 and "exceeds the limit" in r.json()["error"]
 
 
 def test_items_feedback_metrics(server):
     base, _ = server
-    r = httpx.get(f"{base}/items/i3")
+    r = http.get(f"{base}/items/i3")
     assert r.status_code == 200 and r.json()["item_id"] == "i3"
-    r = httpx.get(f"{base}/items/nope")
+    r = http.get(f"{base}/items/nope")
     assert r.status_code == 404 and r.json()["field"] == "item_id"
-    r = httpx.post(f"{base}/feedback", json={"user": "fresh-user", "item": "i100"})
+    r = http.post(f"{base}/feedback", json={"user": "fresh-user", "item": "i100"})
     assert r.status_code == 200 and r.json()["new_user"] is True
-    r = httpx.post(f"{base}/recommend", json={"user": "fresh-user", "k": 5})
+    r = http.post(f"{base}/recommend", json={"user": "fresh-user", "k": 5})
     assert r.json()["cold_start"] is False and "i100" not in [x["item_id"] for x in r.json()["items"]]
-    r = httpx.post(f"{base}/feedback", json={"user": "fresh-user", "item": "no-such"})
+    r = http.post(f"{base}/feedback", json={"user": "fresh-user", "item": "no-such"})
     assert r.status_code == 404
-    text = httpx.get(f"{base}/metrics").text
+    text = http.get(f"{base}/metrics").text
     assert 'ctxrec_requests_total{endpoint="/recommend",status="200"}' in text
     assert "ctxrec_request_seconds_bucket" in text
-    assert httpx.get(f"{base}/openapi.json").json()["info"]["title"] == "ctxrec"
+    assert http.get(f"{base}/openapi.json").json()["info"]["title"] == "ctxrec"
 
 
 def test_reload_needs_token_and_swaps_without_dropping_requests(server, model_dirs):
     base, _ = server
-    assert httpx.post(f"{base}/admin/reload").status_code == 401
-    assert httpx.post(f"{base}/admin/reload", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert http.post(f"{base}/admin/reload").status_code == 401
+    assert http.post(f"{base}/admin/reload", headers={"Authorization": "Bearer wrong"}).status_code == 401
     statuses: list[int] = []
     stop = threading.Event()
 
     def hammer() -> None:
-        with httpx.Client() as c:
+        with httpx.Client(timeout=60) as c:
             while not stop.is_set():
                 statuses.append(c.post(f"{base}/recommend", json={"user": "u2", "k": 5}).status_code)
 
@@ -136,12 +139,12 @@ def test_reload_needs_token_and_swaps_without_dropping_requests(server, model_di
         t.start()
     try:
         auth = {"Authorization": f"Bearer {TOKEN}"}
-        r = httpx.post(f"{base}/admin/reload", json={"path": str(model_dirs[1])}, headers=auth, timeout=60)
+        r = http.post(f"{base}/admin/reload", json={"path": str(model_dirs[1])}, headers=auth, timeout=60)
         assert r.status_code == 200, r.text
-        assert httpx.get(f"{base}/healthz").json()["model_dir"] == str(model_dirs[1])
-        r = httpx.post(f"{base}/admin/reload", json={"path": "/no/such/dir"}, headers=auth, timeout=60)
+        assert http.get(f"{base}/healthz").json()["model_dir"] == str(model_dirs[1])
+        r = http.post(f"{base}/admin/reload", json={"path": "/no/such/dir"}, headers=auth, timeout=60)
         assert r.status_code == 422 and "still serving" in r.json()["error"]
-        r = httpx.post(f"{base}/admin/reload", json={"path": str(model_dirs[0])}, headers=auth, timeout=60)
+        r = http.post(f"{base}/admin/reload", json={"path": str(model_dirs[0])}, headers=auth, timeout=60)
         assert r.status_code == 200
     finally:
         stop.set()
@@ -152,31 +155,31 @@ def test_reload_needs_token_and_swaps_without_dropping_requests(server, model_di
 
 def test_interactive_session(server):
     base, _ = server
-    r = httpx.post(f"{base}/session", json={"user": "u0", "context": {"timestamp": "2024-04-01T08:00:00Z"}, "k": 5})
+    r = http.post(f"{base}/session", json={"user": "u0", "context": {"timestamp": "2024-04-01T08:00:00Z"}, "k": 5})
     assert r.status_code == 200, r.text
     body = r.json()
     sid, q = body["session_id"], body["question"]
     assert len(body["items"]) == 5 and body["done"] is False and q["id"] == "attr:kind"
     labels = [o["label"] for o in q["options"]]
     assert set(labels) == {"morning", "night"}
-    r = httpx.post(f"{base}/session/{sid}/answer", json={"answer": labels.index("night")})
+    r = http.post(f"{base}/session/{sid}/answer", json={"answer": labels.index("night")})
     assert r.status_code == 200, r.text
     body = r.json()
     assert all(int(x["item_id"][1:]) >= 60 for x in body["items"])  # night items only now
     assert body["asked"] == ["attr:kind"] and body["turns"][0]["choice"] == "night" and body["done"] is True
-    r = httpx.post(f"{base}/session/{sid}/explain", json={"item": body["items"][0]["item_id"]})
+    r = http.post(f"{base}/session/{sid}/explain", json={"item": body["items"][0]["item_id"]})
     assert r.status_code == 200 and r.json()["answers"][0]["fits"] is True and r.json()["reasons"]
-    assert httpx.post(f"{base}/session/{sid}/explain", json={"item": "nope"}).status_code == 404
+    assert http.post(f"{base}/session/{sid}/explain", json={"item": "nope"}).status_code == 404
     # free text with no question pending; this model has no encoder, the request still succeeds
-    assert httpx.post(f"{base}/session/{sid}/answer", json={"answer": "something calm"}).status_code == 200
-    assert httpx.post(f"{base}/session/{sid}/answer", json={"answer": 1, "question": "attr:kind"}).status_code == 422
-    assert httpx.post(f"{base}/session/{sid}/answer", json={"answer": 1, "question": "nope"}).status_code == 404
-    assert httpx.delete(f"{base}/session/{sid}").json() == {"status": "ended"}
-    r = httpx.post(f"{base}/session/{sid}/answer", json={"answer": 0})
+    assert http.post(f"{base}/session/{sid}/answer", json={"answer": "something calm"}).status_code == 200
+    assert http.post(f"{base}/session/{sid}/answer", json={"answer": 1, "question": "attr:kind"}).status_code == 422
+    assert http.post(f"{base}/session/{sid}/answer", json={"answer": 1, "question": "nope"}).status_code == 404
+    assert http.delete(f"{base}/session/{sid}").json() == {"status": "ended"}
+    r = http.post(f"{base}/session/{sid}/answer", json={"answer": 0})
     assert r.status_code == 404 and "unknown or expired" in r.json()["error"]
-    r = httpx.post(f"{base}/session", json={"user": "u0", "context": {"timestamp": "whenever"}})
+    r = http.post(f"{base}/session", json={"user": "u0", "context": {"timestamp": "whenever"}})
     assert r.status_code == 422 and "timestamp" in r.json()["error"]
-    r = httpx.post(f"{base}/session", json={"user": "u0", "bogus": 1})
+    r = http.post(f"{base}/session", json={"user": "u0", "bogus": 1})
     assert r.status_code == 422
-    r = httpx.post(f"{base}/session", json={"context": {"timestamp": "2024-04-01T22:00:00Z"}})  # anonymous
+    r = http.post(f"{base}/session", json={"context": {"timestamp": "2024-04-01T22:00:00Z"}})  # anonymous
     assert r.status_code == 200 and r.json()["cold_start"] is True
