@@ -127,6 +127,8 @@ def test_recommend_all_identical_to_single_process(client, rec, model_dir, reque
 
 def test_recommend_all_every_user_shipped_as_bytes(client, rec, tmp_path):
     """users=None: every known user; a Recommender object is saved and broadcast to the workers."""
+    # the saved model is byte-identical to model_dir's, which the workers may hold already: forget it
+    client.run(lambda: D._REGISTRY.clear())
     res = D.recommend_all(rec, tmp_path / "out", context={"timestamp": MORNING, "device": "mobile"}, k=5,
                           partition_rows=50, ship="bytes", client=client, progress=False)
     assert res.rows == len(rec.user_ids_)

@@ -657,7 +657,13 @@ def recommend_all(model: Any, out: str | os.PathLike, *, users: Any = None, user
         users = np.load(mpath / "user_ids.npy", allow_pickle=False)
     if not isinstance(users, (str, os.PathLike, pd.DataFrame)) and not hasattr(users, "to_delayed"):
         users = pd.DataFrame({user_col: np.asarray(users)})
-    ddf = _as_dask_frame(users, partition_rows or DEFAULT_PARTITION_ROWS["recommend"])
+    rows = int(partition_rows or DEFAULT_PARTITION_ROWS["recommend"])
+    ddf = _as_dask_frame(users, rows)
+    offsets = None
+    if isinstance(users, pd.DataFrame):  # split here into chunks of `rows`: offsets known without a pass
+        offsets = np.append(np.arange(0, len(users), max(rows, 1)), len(users)) if len(users) else np.zeros(2, int)
+        if len(offsets) - 1 != ddf.npartitions:
+            offsets = None
     if user_col not in ddf.columns:
         raise ValueError(f"users: no column {user_col!r} (columns: {list(ddf.columns)})")
     out_dir = _prepare_out(out, overwrite)
@@ -671,7 +677,8 @@ def recommend_all(model: Any, out: str | os.PathLike, *, users: Any = None, user
                 mode = "path" if seen and all(seen.values()) else "bytes"
             ref = _ModelRef(str(mpath), token, mode == "bytes")
             blob = c.scatter(_tar_dir(mpath), broadcast=True, hash=False) if mode == "bytes" else None
-            offsets = _partition_offsets(c, ddf)
+            if offsets is None:
+                offsets = _partition_offsets(c, ddf)
             parts = ddf.to_delayed()
             tasks = [delayed(_recommend_partition, pure=False)(
                 p, i, int(offsets[i]), ref, blob, user_col, dict(context or {}), int(k), bool(exclude_seen),
