@@ -7,7 +7,7 @@
 4. For three users, show how the top-10 changes with context: a Saturday morning vs late
    at night, and with a free-text request ("a funny animated movie for my kids").
 5. Measure request latency (context + text encoding + retrieval + rescoring), and the
-   serving engine alone on a generated 200,000-item catalog (HNSW + C++ rescoring).
+   serving engine alone on a generated 100,000-item catalog (HNSW + C++ rescoring).
 6. Leave a report behind: ``demo-report/report.md`` + PNG.
 """
 from __future__ import annotations
@@ -196,8 +196,8 @@ def write_report(out: Path, ml: dict[str, Any], eng: dict[str, float] | None) ->
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=None, help="data directory (default: $CTXREC_DATA_DIR)")
-    ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--engine-items", type=int, default=200_000, help="catalog size of the engine section (0: skip)")
+    ap.add_argument("--epochs", type=int, default=8, help="ContextFM epochs (8: the epoch count early stopping picks on ml-100k)")
+    ap.add_argument("--engine-items", type=int, default=100_000, help="catalog size of the engine section (0: skip)")
     ap.add_argument("--out", default="demo-report")
     args = ap.parse_args(argv)
     data = args.data or os.environ.get("CTXREC_DATA_DIR")
