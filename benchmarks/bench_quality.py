@@ -568,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"unknown task {t!r}")
         write_report(rows, meta)
     write_report(rows, meta)
-    log(f"wrote {RESULTS / 'quality.md'}")
+    log(f"wrote {RESULTS / (STEM + '.md')}")
     return 0
 
 
