@@ -14,7 +14,7 @@ import pytest
 httpx = pytest.importorskip("httpx", reason="the serve extra (fastapi, uvicorn, httpx) is not installed")
 # One client with a generous timeout: on a shared CI machine a fresh server's first
 # request can take seconds.
-http = httpx.Client(timeout=60)
+http = httpx.Client(timeout=180)
 pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn, httpx) is not installed")
 
 from ctxrec.context import ContextSpec  # noqa: E402
@@ -130,7 +130,7 @@ def test_reload_needs_token_and_swaps_without_dropping_requests(server, model_di
     stop = threading.Event()
 
     def hammer() -> None:
-        with httpx.Client(timeout=60) as c:
+        with httpx.Client(timeout=180) as c:
             while not stop.is_set():
                 statuses.append(c.post(f"{base}/recommend", json={"user": "u2", "k": 5}).status_code)
 
