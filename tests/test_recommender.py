@@ -125,3 +125,14 @@ def test_evaluate_with_context_beats_without(dataset):
     no_ctx = Recommender(ContextSpec(), model=ContextFM(n_factors=16, epochs=8, random_state=1),
                          encoder=None).fit(split.train).evaluate(split.train, split.test, ks=(10,), group="row")
     assert with_ctx.metrics["hr@10"] > no_ctx.metrics["hr@10"]
+
+
+def test_recommend_batch_equals_recommend(rec):
+    users = ["u0", "u1", "someone-new", "u2", "u0"]
+    ctxs = [MORNING, NIGHT, NIGHT, {"query": "coffee"}, None]
+    batch = rec.recommend_batch(users, ctxs, k=7)
+    for u, c, r in zip(users, ctxs, batch):
+        single = rec.recommend(u, c, k=7)
+        assert r.item_ids == single.item_ids and r.scores == single.scores and r.cold_start == single.cold_start
+    with pytest.raises(ValueError, match="contexts has 1 entries but users has 5"):
+        rec.recommend_batch(users, [None], k=3)

@@ -458,77 +458,10 @@ def _clean_context(row: Mapping[str, Any]) -> dict[str, Any]:
 
 def recommend_frame(rec: Any, users: Sequence[Any], contexts: Sequence[Mapping[str, Any] | None] | None = None,
                     k: int = 10, *, exclude_seen: bool = True, num_threads: int = 1) -> list[tuple[list, list, bool]]:
-    """Batched ``Recommender.recommend`` for many (user, context) pairs, identical to it.
-
-    Returns one ``(item_ids, scores, cold_start)`` per request. Contexts are featurised once
-    per distinct context; queries are built in one batch; the engine is called once per
-    group of requests that share its search plan (candidate count, request text or not), so
-    every query is answered exactly as a single ``recommend`` call answers it.
-    """
-    rec._fitted()
-    if not isinstance(k, (int, np.integer)) or k < 0:
-        raise ValueError(f"k must be an integer >= 0, got {k!r}")
-    b = len(users)
-    if contexts is not None and len(contexts) != b:
-        raise ValueError(f"contexts has {len(contexts)} entries but users has {b}")
-    if b == 0:
-        return []
-    uidx = np.array([rec._user(u) for u in users], np.int64)
-    # features once per distinct context (same code path as recommend)
-    feats: dict[str, tuple[Any, Any]] = {}
-    keys = []
-    for j in range(b):
-        ctx = dict((contexts[j] if contexts is not None else None) or {})
-        key = json.dumps(ctx, sort_keys=True, default=str)
-        if key not in feats:
-            feats[key] = rec._features(ctx)
-        keys.append(key)
-    slots = bool(rec.context_.slots)
-    ctx_rows = np.concatenate([np.asarray(feats[key][0]).reshape(1, -1) for key in keys]) if slots else None
-    model_text = None
-    texts = [feats[key][1] for key in keys]
-    if rec._model_text_dim():
-        d = next((t.shape[-1] for t in texts if t is not None), rec._model_text_dim())
-        model_text = np.concatenate([np.zeros((1, d), np.float32) if t is None else np.asarray(t).reshape(1, -1)
-                                     for t in texts]).astype(np.float32)
-        if all(t is None for t in texts):
-            model_text = None
-    with rec._lock:
-        qb = rec.model_.build_queries(uidx, context=ctx_rows, context_text=model_text)
-        seen = [np.array(rec._seen[u], np.int64) if exclude_seen and u >= 0 else None for u in uidx]
-    from ctxrec.recommender import _unit_rows
-    tq: list[np.ndarray | None] = []
-    for t in texts:
-        tq.append(_unit_rows(t)[0] if t is not None and rec.text_match_weight_ and np.any(t) else None)
-    eng = rec.engine_
-    n = eng.n_items_
-    base = max(eng.n_candidates, int(k))
-    groups: dict[tuple[Any, bool], list[int]] = {}
-    for j in range(b):
-        n_ex = 0 if seen[j] is None else len(seen[j])
-        c = base + n_ex
-        plan = "exact" if (eng.exact_ or c >= n // 4) else n_ex  # engine._search's choice for one query
-        groups.setdefault((plan, tq[j] is not None), []).append(j)
-    queries = np.ascontiguousarray(qb.queries, dtype=np.float32)
-    const = np.asarray(qb.const)
-    out: list[Any] = [None] * b
-    for (plan, has_text), rows in groups.items():
-        rows_a = np.asarray(rows)
-        q = np.ascontiguousarray(queries[rows_a])
-        kw = eng._extras(np.stack([tq[j] for j in rows]) if has_text else None, None, len(rows), True, None, None)
-        ex = [seen[j] if seen[j] is not None else np.zeros(0, np.int64) for j in rows]
-        excl = None
-        if any(seen[j] is not None for j in rows):
-            indptr = np.zeros(len(rows) + 1, np.int64)
-            indptr[1:] = np.cumsum([len(e) for e in ex])
-            excl = (indptr, np.concatenate(ex))
-        n_ex = max(len(e) for e in ex) if plan == "exact" else int(plan)
-        ids, scores = eng._search(q, int(k), kw, excl, None, n_ex, int(num_threads))
-        for r, j in enumerate(rows):
-            m = int((ids[r] >= 0).sum())
-            s = scores[r, :m] + float(const[j])
-            out[j] = (eng.item_ids_[ids[r, :m]].tolist(), s.tolist(), bool(uidx[j] < 0))
-    return out
+    """``(item_ids, scores, cold_start)`` per request from ``Recommender.recommend_batch``
+    (batched, identical to ``Recommender.recommend``)."""
+    return [(r.item_ids, r.scores, r.cold_start)
+            for r in rec.recommend_batch(users, contexts, k, exclude_seen=exclude_seen, num_threads=num_threads)]
 
 
 @dataclass(frozen=True)

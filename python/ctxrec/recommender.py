@@ -293,12 +293,69 @@ class Recommender:
         return Recommendation(user, ids.tolist(), (scores + const).tolist(), u < 0, dict(context or {}))
 
     def recommend_batch(self, users: Sequence[Any], contexts: Sequence[Mapping[str, Any] | None] | None = None,
-                        k: int = 10, *, exclude_seen: bool = True) -> list[Recommendation]:
-        """recommend() for many (user, context) pairs."""
-        if contexts is not None and len(contexts) != len(users):
-            raise ValueError(f"contexts has {len(contexts)} entries but users has {len(users)}")
-        return [self.recommend(u, None if contexts is None else contexts[j], k, exclude_seen=exclude_seen)
-                for j, u in enumerate(users)]
+                        k: int = 10, *, exclude_seen: bool = True, num_threads: int = 1) -> list[Recommendation]:
+        """recommend() for many (user, context) pairs, batched, with identical answers.
+
+        Contexts are featurised once per distinct context, queries are built in one batch,
+        and the engine is called once per group of requests that share its search plan
+        (candidate count, request text or not), so every request is answered exactly as a
+        single ``recommend`` call would answer it. num_threads: threads of the engine calls.
+        """
+        self._fitted()
+        if not isinstance(k, (int, np.integer)) or k < 0:
+            raise ValueError(f"k must be an integer >= 0, got {k!r}")
+        b = len(users)
+        if contexts is not None and len(contexts) != b:
+            raise ValueError(f"contexts has {len(contexts)} entries but users has {b}")
+        if b == 0:
+            return []
+        uidx = np.array([self._user(u) for u in users], np.int64)
+        feats: dict[str, tuple[Any, Any]] = {}
+        keys = []
+        for j in range(b):
+            ctx = dict((contexts[j] if contexts is not None else None) or {})
+            key = json.dumps(ctx, sort_keys=True, default=str)
+            if key not in feats:
+                feats[key] = self._features(ctx)
+            keys.append(key)
+        ctx_rows = np.concatenate([np.asarray(feats[key][0]).reshape(1, -1) for key in keys]) \
+            if self.context_.slots else None
+        texts = [feats[key][1] for key in keys]
+        model_text = None
+        if self._model_text_dim() and any(t is not None for t in texts):
+            d = next(t.shape[-1] for t in texts if t is not None)
+            model_text = np.concatenate([np.zeros((1, d), np.float32) if t is None else np.asarray(t).reshape(1, -1)
+                                         for t in texts]).astype(np.float32)
+        with self._lock:
+            qb = self.model_.build_queries(uidx, context=ctx_rows, context_text=model_text)
+            seen = [np.array(self._seen[u], np.int64) if exclude_seen and u >= 0 else None for u in uidx]
+        tq = [_unit_rows(t)[0] if t is not None and self.text_match_weight_ and np.any(t) else None for t in texts]
+        eng = self.engine_
+        base = max(eng.n_candidates, int(k))
+        groups: dict[tuple[Any, bool], list[int]] = {}
+        for j in range(b):
+            n_ex = 0 if seen[j] is None else len(seen[j])
+            plan = "exact" if (eng.exact_ or base + n_ex >= eng.n_items_ // 4) else n_ex  # Engine._search's choice
+            groups.setdefault((plan, tq[j] is not None), []).append(j)
+        queries = np.ascontiguousarray(qb.queries, dtype=np.float32)
+        out: list[Any] = [None] * b
+        for (plan, has_text), rows in groups.items():
+            q = np.ascontiguousarray(queries[np.asarray(rows)])
+            kw = eng._extras(np.stack([tq[j] for j in rows]) if has_text else None, None, len(rows), True, None, None)
+            ex = [seen[j] if seen[j] is not None else np.zeros(0, np.int64) for j in rows]
+            excl = None
+            if any(seen[j] is not None for j in rows):
+                indptr = np.zeros(len(rows) + 1, np.int64)
+                indptr[1:] = np.cumsum([len(e) for e in ex])
+                excl = (indptr, np.concatenate(ex))
+            n_ex = max(len(e) for e in ex) if plan == "exact" else int(plan)
+            ids, scores = eng._search(q, int(k), kw, excl, None, n_ex, int(num_threads))
+            for r, j in enumerate(rows):
+                m = int(np.count_nonzero(ids[r] >= 0))
+                out[j] = Recommendation(users[j], eng.item_ids_[ids[r, :m]].tolist(),
+                                        (scores[r, :m] + qb.const[j]).tolist(), bool(uidx[j] < 0),
+                                        dict((contexts[j] if contexts is not None else None) or {}))
+        return out
 
     def evaluate(self, train: Dataset, test: Dataset, *, ks: Sequence[int] = (1, 5, 10, 20), group: str = "row",
                  name: str = "ctxrec", split: str = "", num_threads: int = 0) -> EvaluationReport:
