@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,10 +18,7 @@ from ctxrec.context import (
     encode_texts,
 )
 
-DATA_DIR = os.environ.get("CTXREC_DATA_DIR")
-needs_data = pytest.mark.skipif(
-    not DATA_DIR or not Path(DATA_DIR).is_dir(),
-    reason="CTXREC_DATA_DIR is unset or missing: the real datasets (../shared/data) are not available")
+from _data_dir import DATA_DIR, needs_data  # noqa: E402
 
 
 class FakeEncoder:

@@ -1,7 +1,6 @@
 """ctxrec.data: the Dataset shape, table inputs, loaders and their documented counts."""
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -23,10 +22,7 @@ from ctxrec.data import (
 )
 from ctxrec.data import _sample_unseen
 
-DATA_DIR = os.environ.get("CTXREC_DATA_DIR")
-needs_data = pytest.mark.skipif(
-    not DATA_DIR or not Path(DATA_DIR).is_dir(),
-    reason="CTXREC_DATA_DIR is unset or missing: the real datasets (../shared/data) are not available")
+from _data_dir import DATA_DIR, needs_data  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -31,10 +29,7 @@ from ctxrec.evaluate import (
     user_auc,
 )
 
-DATA_DIR = os.environ.get("CTXREC_DATA_DIR")
-needs_data = pytest.mark.skipif(
-    not DATA_DIR or not Path(DATA_DIR).is_dir(),
-    reason="CTXREC_DATA_DIR is unset or missing: the real datasets (../shared/data) are not available")
+from _data_dir import DATA_DIR, needs_data  # noqa: E402
 
 
 def _synthetic(n_users=60, n_items=40, n=900, seed=0):
