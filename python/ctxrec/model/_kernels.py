@@ -96,6 +96,26 @@ def _softplus(x):
 # side sums
 # ----------------------------------------------------------------------------------------
 @njit(cache=True)
+def _add_text(emb, row, t0, a, P, tv, out, lin, sq):
+    """Project a dense text embedding emb[row] through P[t0:t0+d] into tv[k] (zeroed by the
+    caller), add it to the side sum out[k]; returns the updated (lin, sq) accumulators."""
+    d = emb.shape[1]
+    if d == 0:
+        return lin, sq
+    k = tv.shape[0]
+    for q in range(d):
+        e = emb[row, q]
+        if e != 0.0:
+            lin += e * a[t0 + q]
+            for f in range(k):
+                tv[f] += e * P[t0 + q, f]
+    for f in range(k):
+        out[f] += tv[f]
+        sq += tv[f] * tv[f]
+    return lin, sq
+
+
+@njit(cache=True)
 def _item_side(i, V, w, P, a, item_off, ia_ptr, ia_idx, ia_val, itext, t0, out, tout):
     """Sum of item-side vectors into out[k]; item text vector into tout[k] (zeros if none).
 
@@ -117,17 +137,7 @@ def _item_side(i, V, w, P, a, item_off, ia_ptr, ia_idx, ia_val, itext, t0, out, 
         for f in range(k):
             out[f] += x * V[r, f]
             sq += x * x * V[r, f] * V[r, f]
-    di = itext.shape[1]
-    if di > 0:
-        for q in range(di):
-            e = itext[i, q]
-            if e != 0.0:
-                lin += e * a[t0 + q]
-                for f in range(k):
-                    tout[f] += e * P[t0 + q, f]
-        for f in range(k):
-            out[f] += tout[f]
-            sq += tout[f] * tout[f]
+    lin, sq = _add_text(itext, i, t0, a, P, tout, out, lin, sq)
     tot = 0.0
     for f in range(k):
         tot += out[f] * out[f]
@@ -165,17 +175,7 @@ def _user_side(e, u, ctx, ctx_off, V, w, P, a, user_off, ua_ptr, ua_idx, ua_val,
             for f in range(k):
                 out[f] += x * V[r, f]
                 sq += x * x * V[r, f] * V[r, f]
-        du = utext.shape[1]
-        if du > 0:
-            for q in range(du):
-                ev = utext[u, q]
-                if ev != 0.0:
-                    lin += ev * a[t1 + q]
-                    for f in range(k):
-                        tu[f] += ev * P[t1 + q, f]
-            for f in range(k):
-                out[f] += tu[f]
-                sq += tu[f] * tu[f]
+        lin, sq = _add_text(utext, u, t1, a, P, tu, out, lin, sq)
     nc = ctx.shape[1]
     for c in range(nc):
         v = ctx[e, c]
@@ -185,17 +185,7 @@ def _user_side(e, u, ctx, ctx_off, V, w, P, a, user_off, ua_ptr, ua_idx, ua_val,
             for f in range(k):
                 out[f] += V[r, f]
                 sq += V[r, f] * V[r, f]
-    dq = qtext.shape[1]
-    if dq > 0:
-        for q in range(dq):
-            ev = qtext[e, q]
-            if ev != 0.0:
-                lin += ev * a[t2 + q]
-                for f in range(k):
-                    tq[f] += ev * P[t2 + q, f]
-        for f in range(k):
-            out[f] += tq[f]
-            sq += tq[f] * tq[f]
+    lin, sq = _add_text(qtext, e, t2, a, P, tq, out, lin, sq)
     tot = 0.0
     for f in range(k):
         tot += out[f] * out[f]
