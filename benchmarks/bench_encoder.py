@@ -42,6 +42,7 @@ import numpy as np
 from ctxrec.encoder import TextEncoder
 from ctxrec.encoder._paths import default_model_dir
 from ctxrec.encoder.refset import reference_texts
+from run import machine  # benchmarks/run.py: the harness's machine description
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -209,8 +210,8 @@ def main(argv=None) -> int:
             "repeated query from cache in microseconds (p50 < 100 us)": cache["lru_hit_us_p50"] < 100,
         }
     out = {
-        "machine": {"cpu_count": cores, "platform": platform.platform(), "processor": platform.processor(),
-                    "loadavg_start": load0, "loadavg_end": os.getloadavg()},
+        "machine": {**machine(), "platform": platform.platform(), "loadavg_start": load0,
+                    "loadavg_end": os.getloadavg()},
         "corpus": {"descriptions": len(desc), "queries": len(queries), "source": src,
                    "median_tokens_descriptions": float(np.median(enc_tmp.tokens(desc))),
                    "median_tokens_queries": float(np.median(enc_tmp.tokens(queries))),
@@ -229,6 +230,7 @@ def main(argv=None) -> int:
     md = [f"# Text encoder benchmark{' (quick)' if a.quick else ''}", "",
           f"Corpus: {len(desc)} descriptions ({src}; median {out['corpus']['median_tokens_descriptions']:.0f} "
           f"tokens) and {len(queries)} short queries (median {out['corpus']['median_tokens_queries']:.0f} tokens). "
+          f"{out['machine']['cpu']} ({', '.join(out['machine']['simd'])}), "
           f"{cores} cores, load average {load0[0]:.1f} at start / {out['machine']['loadavg_end'][0]:.1f} at end "
           f"(shared machine: compare ratios, not absolute numbers). Medians of {rounds} interleaved rounds.", "",
           "## Throughput (texts/s, all cores)", "",

@@ -23,17 +23,20 @@ BENCHES = ["engine"]
 
 
 def machine() -> dict:
-    cpu = "unknown"
+    """Date, CPU model and the SIMD extensions that decide int8/fp32 kernel speed, cores, versions."""
+    cpu, flags = "unknown", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == "unknown":
                 cpu = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
+    simd = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
     import numpy
     import ctxrec
-    return {"date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "cpu": cpu,
+    return {"date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "cpu": cpu, "simd": simd,
             "cores": os.cpu_count(), "python": platform.python_version(), "numpy": numpy.__version__,
             "ctxrec": ctxrec.__version__}
 
