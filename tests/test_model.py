@@ -114,15 +114,68 @@ def test_engine_serves_model_exactly():
 # ---------------------------------------------------------------------------------------
 # determinism
 # ---------------------------------------------------------------------------------------
-def test_deterministic_for_seed_and_thread_count():
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_deterministic_for_seed_and_thread_count(dropout):
     X, side = _random_problem(3, n=900)
-    kw = dict(n_factors=8, loss="bpr", epochs=2, batch_size=64, n_negatives=3)
+    kw = dict(n_factors=8, loss="bpr", epochs=2, batch_size=64, n_negatives=3, user_history=True,
+              dropout=dropout)
     a = ContextFM(random_state=11, num_threads=1, **kw).fit(X, side)
     b = ContextFM(random_state=11, num_threads=2, **kw).fit(X, side)
     c = ContextFM(random_state=12, num_threads=1, **kw).fit(X, side)
     for name in ("V_", "w_", "P_", "a_", "w0_"):
         assert np.array_equal(getattr(a, name), getattr(b, name)), name
     assert not np.array_equal(a.V_, c.V_)
+
+
+def test_dropout_masks_user_side_features_in_training_only():
+    """Dropout changes training (a different model than without it), not scoring: the export
+    still equals predict, and the mask has the asked-for rate with mean factor 1."""
+    from ctxrec.model import _kernels as K
+    X, side = _random_problem(4, n=900)
+    kw = dict(n_factors=8, loss="logloss", epochs=2, batch_size=64, init_std=0.3, user_history=True)
+    a = ContextFM(dropout=0.0, **kw).fit(X, side)
+    b = ContextFM(dropout=0.4, **kw).fit(X, side)
+    assert not np.array_equal(a.V_, b.V_)
+    p = b.predict(X)
+    qb = b.build_queries(X.user, context=X.context, context_text=X.context_text)
+    tab = b.export()
+    s = np.einsum("ij,ij->i", qb.queries, tab.item_vecs[X.item]) + tab.item_bias[X.item] + qb.const
+    assert np.allclose(p, s, atol=1e-4)
+    f = np.array([K._keep(0.4, 7, 1, e, r) for e in range(200) for r in range(50)])
+    assert set(np.unique(f)) == {0.0, 1.0 / 0.6}
+    assert abs((f == 0).mean() - 0.4) < 0.03 and abs(f.mean() - 1.0) < 0.05
+    assert K._keep(0.0, 7, 1, 3, 4) == 1.0
+    with pytest.raises(ValueError, match="dropout"):
+        ContextFM(dropout=1.0).fit(X, side)
+
+
+def test_l2_fields_regularize_only_their_rows():
+    X, side = _random_problem(5, n=900)
+    kw = dict(n_factors=8, loss="logloss", epochs=3, batch_size=64, init_std=0.3, l2=0.0, user_history=True)
+    a = ContextFM(**kw).fit(X, side)
+    b = ContextFM(l2_fields={"context": 50.0}, **kw).fit(X, side)
+    ctx = slice(int(a.ctx_off_[0]), a.uattr_off_)
+    rows = a._field_rows()
+    assert rows["context"] == (ctx.start, ctx.stop) and rows["user"][1] == a.V_.shape[0]
+    assert rows["history"] == (a.hist_off_, a.user_off_)
+    # strong L2 shrinks the context rows, the item rows stay about as large
+    assert np.abs(b.V_[ctx]).mean() < 0.5 * np.abs(a.V_[ctx]).mean()
+    it = slice(0, a.iattr_off_)
+    assert np.abs(b.V_[it]).mean() > 0.5 * np.abs(a.V_[it]).mean()
+    l2 = b._row_l2()
+    assert np.all(l2[ctx] == 50.0) and np.all(np.delete(l2, np.r_[ctx]) == 0.0)
+    with pytest.raises(ValueError, match="l2_fields"):
+        ContextFM(l2_fields={"colour": 1.0}).fit(X, side)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_history_features_learn_planted_groups(dropout):
+    """With user_history (and history dropout) the user side still finds its group."""
+    users, items, ug, ig, _ = _planted(seed=5)
+    m = ContextFM(n_factors=8, loss="softmax", epochs=15, batch_size=64, learning_rate=0.01,
+                  n_negatives=8, user_history=True, dropout=dropout)
+    m.fit(Interactions(users, items), SideInfo(120, 80))
+    assert _heldout_auc(m, ug, ig, 120) > 0.9
 
 
 # ---------------------------------------------------------------------------------------

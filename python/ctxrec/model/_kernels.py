@@ -92,6 +92,18 @@ def _softplus(x):
     return math.log1p(math.exp(x))
 
 
+@njit(cache=True)
+def _keep(drop, seed, epoch, e, r):
+    """Inverted-dropout factor of sparse row ``r`` in training example ``e``: 0 (dropped, with
+    probability ``drop``) or 1 / (1 - drop); 1 when ``drop`` is 0. A counter-based hash, so
+    the forward and the backward pass of a batch see the same mask."""
+    if drop <= 0.0:
+        return 1.0
+    if _uniform(seed + 0x2545F491, epoch, e, r) < drop:
+        return 0.0
+    return 1.0 / (1.0 - drop)
+
+
 # ----------------------------------------------------------------------------------------
 # side sums
 # ----------------------------------------------------------------------------------------
@@ -146,12 +158,14 @@ def _item_side(i, V, w, P, a, item_off, ia_ptr, ia_idx, ia_val, itext, t0, out, 
 
 @njit(cache=True)
 def _user_side(e, u, ctx, ctx_off, V, w, P, a, user_off, ua_ptr, ua_idx, ua_val,
-               utext, t1, qtext, t2, out, tu, tq, skip):
+               utext, t1, qtext, t2, out, tu, tq, skip, drop, seed, epoch):
     """Sum of user-side vectors (user, user attrs, user text, context, request text).
 
     Writes the user-text vector into tu[k] and the request-text vector into tq[k].
     The user-attribute row ``skip`` (the target item's history feature in training, -1 for
-    none) is left out. Returns (linear part, intra part) as float64.
+    none) is left out. ``drop`` > 0 (training only): each user-attribute / history / context
+    row is dropped with that probability, the kept ones scaled by 1 / (1 - drop) (see
+    ``_keep``). Returns (linear part, intra part) as float64.
     """
     k = V.shape[1]
     lin = 0.0
@@ -170,7 +184,9 @@ def _user_side(e, u, ctx, ctx_off, V, w, P, a, user_off, ua_ptr, ua_idx, ua_val,
             r = ua_idx[p]
             if r == skip:
                 continue
-            x = ua_val[p]
+            x = ua_val[p] * _keep(drop, seed, epoch, e, r)
+            if x == 0.0:
+                continue
             lin += x * w[r]
             for f in range(k):
                 out[f] += x * V[r, f]
@@ -181,10 +197,13 @@ def _user_side(e, u, ctx, ctx_off, V, w, P, a, user_off, ua_ptr, ua_idx, ua_val,
         v = ctx[e, c]
         if v >= 0:
             r = ctx_off[c] + v
-            lin += w[r]
+            x = _keep(drop, seed, epoch, e, r)
+            if x == 0.0:
+                continue
+            lin += x * w[r]
             for f in range(k):
-                out[f] += V[r, f]
-                sq += V[r, f] * V[r, f]
+                out[f] += x * V[r, f]
+                sq += x * x * V[r, f] * V[r, f]
     lin, sq = _add_text(qtext, e, t2, a, P, tq, out, lin, sq)
     tot = 0.0
     for f in range(k):
@@ -237,7 +256,7 @@ def train_epoch(
     V, w, P, a, w0,
     mV, sV, mw, sw, mP, sP, ma, sa, m0, s0,
     loss, n_neg, batch_size, lr, l2_v, l2_w, l2_p, opt, b1, b2, eps,
-    step0, seed, epoch, row_lo, row_hi, train_dense, n_threads, hist_off, out_loss,
+    step0, seed, epoch, row_lo, row_hi, train_dense, n_threads, hist_off, drop, out_loss,
 ):
     """Run one epoch of mini-batch training over ``order`` (example indices, shuffled).
 
@@ -247,6 +266,8 @@ def train_epoch(
     Only rows ``row_lo <= r < row_hi`` of V/w are updated; P/a/w0 only if ``train_dense``.
     ``hist_off`` >= 0: user-attribute rows ``hist_off + item`` are the user's history items
     and the example's own item is left out of its user side (no target leakage).
+    ``l2_v``: f64 [n_rows], the L2 coefficient of each embedding row (per-field L2).
+    ``drop``: dropout probability of user-side attribute / history / context rows (``_keep``).
     ``n_threads`` only sets how reductions are partitioned (results do not depend on it).
     Returns the optimizer step count after the epoch; the summed loss goes to out_loss[0].
     """
@@ -347,7 +368,8 @@ def train_epoch(
             u = users[ex]
             skip = hist_off + items[ex] if hist_off >= 0 else -1
             lin, intra = _user_side(ex, u, ctx, ctx_off, V, w, P, a, user_off, ua_ptr, ua_idx,
-                                    ua_val, utext, t1, qtext, t2, Ue[bb], tue[bb], tqe[bb], skip)
+                                    ua_val, utext, t1, qtext, t2, Ue[bb], tue[bb], tqe[bb], skip,
+                                    drop, seed, epoch)
             ube[bb] = lin + intra
             base = w0[0] + ube[bb]
             # scores
@@ -436,7 +458,9 @@ def train_epoch(
                         r = ua_idx[p]
                         if r % T != t or r < row_lo or r >= row_hi or r == skip:
                             continue
-                        x = ua_val[p]
+                        x = ua_val[p] * _keep(drop, seed, epoch, ex, r)
+                        if x == 0.0:
+                            continue
                         mark[r] = stamp
                         gw[r] += x * gsm
                         for f in range(k):
@@ -448,10 +472,13 @@ def train_epoch(
                     r = ctx_off[c] + v
                     if r % T != t or r < row_lo or r >= row_hi:
                         continue
+                    x = _keep(drop, seed, epoch, ex, r)
+                    if x == 0.0:
+                        continue
                     mark[r] = stamp
-                    gw[r] += gsm
+                    gw[r] += x * gsm
                     for f in range(k):
-                        GV[r, f] += Gu[bb, f] - V[r, f] * gsm
+                        GV[r, f] += x * Gu[bb, f] - x * x * V[r, f] * gsm
             for s_ in range(ns):
                 it = slot_item[s_]
                 gss = gs[s_]
@@ -551,7 +578,7 @@ def train_epoch(
                     nt += 1
         for ti in prange(nt):
             r = touched[ti]
-            _opt_row(V, mV, sV, r, GV[r], l2_v, lr, opt, b1, b2, eps, c1, c2)
+            _opt_row(V, mV, sV, r, GV[r], l2_v[r], lr, opt, b1, b2, eps, c1, c2)
             _opt_scalar(w, mw, sw, r, gw[r], l2_w, lr, opt, b1, b2, eps, c1, c2)
             for f in range(k):
                 GV[r, f] = 0.0
@@ -677,7 +704,7 @@ def _query_row(e, users, ctx, qtext, ctx_off, V, w, P, a, user_off, ua_ptr, ua_i
     tu = np.empty(k, dtype=np.float32)
     tq = np.empty(k, dtype=np.float32)
     lin, intra = _user_side(e, users[e], ctx, ctx_off, V, w, P, a, user_off, ua_ptr, ua_idx,
-                            ua_val, utext, t1, qtext, t2, queries[e], tu, tq, -1)
+                            ua_val, utext, t1, qtext, t2, queries[e], tu, tq, -1, 0.0, 0, 0)
     const[e] = w0[0] + lin + intra
 
 

@@ -45,6 +45,7 @@ FORMAT_VERSION = 1
 _LOSSES = {"bpr": K.LOSS_BPR, "softmax": K.LOSS_SOFTMAX, "mse": K.LOSS_MSE, "logloss": K.LOSS_LOGLOSS}
 _OPTS = {"adam": K.OPT_ADAM, "adagrad": K.OPT_ADAGRAD}
 _EMPTY_F32_2D = np.zeros((0, 0), dtype=np.float32)
+_FIELDS = ("user", "item", "context", "user_attrs", "item_attrs", "history")
 
 
 # ----------------------------------------------------------------------------------------
@@ -201,10 +202,20 @@ class ContextFM:
         Maximum number of epochs.
     l2 : float
         L2 on embedding rows (applied to the rows in each batch).
+    l2_fields : dict or None
+        Per-field L2 on embedding rows overriding ``l2``: keys among "user", "item",
+        "context", "user_attrs", "item_attrs", "history" (e.g. ``{"context": 1e-2}``).
     l2_bias : float
         L2 on linear weights.
     l2_text : float
         L2 on the text projections (dense, every step).
+    dropout : float
+        Training-time dropout of user-side sparse features other than the user id: each user
+        attribute, history item (``user_history``) and context value of a training example is
+        left out with this probability and the kept ones are scaled by ``1 / (1 - dropout)``
+        (inverted dropout; scoring uses all features unscaled). Regularizes the user vector
+        built from a history (denoising, as Mult-VAE's input dropout) and keeps the model
+        from leaning on any one context field. Default 0 (off); must be in [0, 1).
     init_std : float
         Std of the normal initialisation of embedding rows. Rows of users / items that have
         no training row start (and stay) at zero, so cold ids do not add noise.
@@ -247,8 +258,10 @@ class ContextFM:
         batch_size: int = 256,
         epochs: int = 30,
         l2: float = 1e-4,
+        l2_fields: dict[str, float] | None = None,
         l2_bias: float = 1e-5,
         l2_text: float = 1e-5,
+        dropout: float = 0.0,
         init_std: float = 0.05,
         text_init_std: float | None = None,
         normalize_attrs: bool = True,
@@ -271,8 +284,10 @@ class ContextFM:
         self.batch_size = batch_size
         self.epochs = epochs
         self.l2 = l2
+        self.l2_fields = l2_fields
         self.l2_bias = l2_bias
         self.l2_text = l2_text
+        self.dropout = dropout
         self.init_std = init_std
         self.text_init_std = text_init_std
         self.normalize_attrs = normalize_attrs
@@ -317,6 +332,13 @@ class ContextFM:
         for name in ("l2", "l2_bias", "l2_text"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be >= 0")
+        for fld, v in (self.l2_fields or {}).items():
+            if fld not in _FIELDS:
+                raise ValueError(f"l2_fields: unknown field {fld!r}; expected one of {list(_FIELDS)}")
+            if not v >= 0:
+                raise ValueError(f"l2_fields[{fld!r}]={v!r}: must be >= 0")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"dropout={self.dropout!r}: must be in [0, 1)")
         nn = self._n_neg()
         if self.loss in ("bpr", "softmax") and nn < 1:
             raise ValueError(f"n_negatives={self.n_negatives!r}: loss={self.loss!r} needs >= 1")
@@ -551,13 +573,30 @@ class ContextFM:
             self.V_, self.w_, self.P_, self.a_, self.w0_,
             o["mV"], o["sV"], o["mw"], o["sw"], o["mP"], o["sP"], o["ma"], o["sa"], o["m0"], o["s0"],
             _LOSSES[self.loss], self._n_neg(), int(min(self.batch_size, len(order))),
-            float(self.learning_rate), float(self.l2), float(self.l2_bias), float(self.l2_text),
+            float(self.learning_rate), self._row_l2(), float(self.l2_bias), float(self.l2_text),
             _OPTS[self.optimizer], b1, b2, eps, int(step0),
             int(self.random_state if seed is None else seed), int(epoch), int(row_lo), int(row_hi),
-            bool(train_dense), int(numba.get_num_threads()), int(self.hist_off_), out)
+            bool(train_dense), int(numba.get_num_threads()), int(self.hist_off_), float(self.dropout), out)
         if row_lo == 0 and row_hi == self.n_rows_ and train_dense:
             self.step_ = int(step)
         return float(out[0])
+
+    def _field_rows(self) -> dict[str, tuple[int, int]]:
+        """Row range [lo, hi) of V / w owned by each field."""
+        ctx_lo = int(self.ctx_off_[0]) if len(self.ctx_off_) else self.uattr_off_
+        hist_lo = self.hist_off_ if self.hist_off_ >= 0 else self.user_off_
+        return {"item": (self.item_off_, self.iattr_off_), "item_attrs": (self.iattr_off_, ctx_lo),
+                "context": (ctx_lo, self.uattr_off_), "user_attrs": (self.uattr_off_, hist_lo),
+                "history": (hist_lo, self.user_off_), "user": (self.user_off_, self.V_.shape[0])}
+
+    def _row_l2(self) -> np.ndarray:
+        """L2 coefficient per embedding row (float64 [n_rows]): ``l2`` with ``l2_fields`` applied."""
+        out = np.full(self.V_.shape[0], float(self.l2), np.float64)
+        rng = self._field_rows()
+        for fld, v in (self.l2_fields or {}).items():
+            lo, hi = rng[fld]
+            out[lo:hi] = float(v)
+        return out
 
     def _rebuild_user_attrs(self) -> None:
         """User-side attribute CSR = base attributes (+ history items when user_history)."""
