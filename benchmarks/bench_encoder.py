@@ -9,7 +9,10 @@ recipe / film / place descriptions from :mod:`ctxrec.encoder.refset`) and 2,000 
 generated queries.
 
 Measures, per engine:
-* texts/second at batch 1, 8, 32 and 128, for descriptions and for queries (all cores);
+* texts/second at batch 1, 8, 32 and 128, for descriptions and for queries (all cores), each
+  batch size on the same slice of the corpus;
+* for ctxrec int8, descriptions at batch 32 under several ``max_batch_tokens`` (padded tokens
+  per onnxruntime run; the CPU default comes from this sweep);
 * single short query (<= 16 tokens) latency p50/p99 on one thread and on all cores;
 * for ctxrec: a repeated query served from the LRU cache, and re-encoding the corpus from
   the disk cache.
@@ -86,11 +89,13 @@ class STEngine:
 
 
 class OrtEngine:
-    def __init__(self, variant: str, threads: int | None = None) -> None:
+    def __init__(self, variant: str, threads: int | None = None, max_batch_tokens="auto") -> None:
         self.variant = variant
         self.name = {"fp32": "ONNX fp32 (fused, onnxruntime)", "int8": "ctxrec int8 (onnxruntime)"}[variant]
         self._threads = threads
-        self.enc = TextEncoder.load(default_model_dir(), provider="cpu", variant=variant, threads=threads, lru_size=0)
+        self._mbt = max_batch_tokens
+        self.enc = TextEncoder.load(default_model_dir(), provider="cpu", variant=variant, threads=threads, lru_size=0,
+                                    max_batch_tokens=max_batch_tokens)
         import onnxruntime
 
         self.version = f"onnxruntime {onnxruntime.__version__}"
@@ -99,7 +104,7 @@ class OrtEngine:
         if n != self._threads:
             self._threads = n
             self.enc = TextEncoder.load(default_model_dir(), provider="cpu", variant=self.variant, threads=n,
-                                        lru_size=0, verify=False)
+                                        lru_size=0, verify=False, max_batch_tokens=self._mbt)
 
     def encode(self, texts, bs):
         return self.enc.encode(texts, batch_size=bs, use_cache=False)
@@ -120,8 +125,9 @@ def main(argv=None) -> int:
     rounds = a.rounds or (2 if a.quick else 3)
     desc, queries, src = corpus(2000, 2000)
     cores = os.cpu_count() or 1
-    # texts per measurement at each batch size (a slice of the corpus, the same for every engine)
-    n_at = ({1: 32, 8: 128, 32: 256, 128: 256} if a.quick else {1: 100, 8: 500, 32: 1000, 128: 1000})
+    # texts per measurement: the same slice of the corpus for every batch size and engine
+    n_slice = 256 if a.quick else 500
+    n_at = {bs: n_slice for bs in (1, 8, 32, 128)}
     engines = []
     notes = []
     try:
@@ -148,6 +154,19 @@ def main(argv=None) -> int:
                 res[e.name]["throughput"][f"{kind}@{bs}"] = statistics.median(samples[e.name])
             print(f"{kind:12s} batch {bs:3d}: " + ", ".join(
                 f"{e.name.split(' (')[0]} {statistics.median(samples[e.name]):.0f}/s" for e in engines), flush=True)
+    # padded tokens per onnxruntime run (ctxrec int8, descriptions, batch 32, all cores)
+    budgets = [64, 128, 256, 512, 1024, None]
+    sweep_eng = {b: OrtEngine("int8", cores, max_batch_tokens=b) for b in budgets}
+    sweep: dict = {str(b): [] for b in budgets}
+    for r in range(rounds):
+        for b in (budgets if r % 2 == 0 else budgets[::-1]):
+            t0 = time.perf_counter()
+            sweep_eng[b].encode(desc[:n_slice], 32)
+            sweep[str(b)].append(n_slice / (time.perf_counter() - t0))
+    sweep = {b: statistics.median(v) for b, v in sweep.items()}
+    print("int8 descriptions@32 by max_batch_tokens: " + ", ".join(f"{b} {v:.0f}/s" for b, v in sweep.items()),
+          flush=True)
+    del sweep_eng
     # single short-query latency
     enc_tmp = engines[-1].enc
     short = [q for q, n in zip(queries, enc_tmp.tokens(queries)) if n <= 16]
@@ -157,17 +176,26 @@ def main(argv=None) -> int:
             e.threads(th)
             for q in short[:20]:
                 e.one(q)
-        lat: dict[str, list[float]] = {e.name: [] for e in engines}
-        for i, q in enumerate(short[:nq]):
-            for e in (engines if i % 2 == 0 else engines[::-1]):
-                t0 = time.perf_counter()
-                e.one(q)
-                lat[e.name].append((time.perf_counter() - t0) * 1e3)
-        for e in engines:
-            res[e.name]["latency_ms"][f"threads={th}"] = {"p50": pct(lat[e.name], 50), "p99": pct(lat[e.name], 99)}
-        print(f"short query latency, {th} thread(s): " + ", ".join(
-            f"{e.name.split(' (')[0]} p50 {pct(lat[e.name], 50):.2f} ms p99 {pct(lat[e.name], 99):.2f} ms"
-            for e in engines), flush=True)
+        # Steady state: blocks of 50 queries per engine, engine order alternating by block, so
+        # each engine runs on its own warm caches as a query service does. Alternating engines
+        # query by query instead measures each query right after the other engine's model went
+        # through the caches (recorded too, as "alternating").
+        for mode in ("blocks", "alternating"):
+            lat: dict[str, list[float]] = {e.name: [] for e in engines}
+            step = 50 if mode == "blocks" else 1
+            for b, s0 in enumerate(range(0, nq, step)):
+                for e in (engines if b % 2 == 0 else engines[::-1]):
+                    for q in short[s0:s0 + step]:
+                        t0 = time.perf_counter()
+                        e.one(q)
+                        lat[e.name].append((time.perf_counter() - t0) * 1e3)
+            key = "latency_ms" if mode == "blocks" else "latency_ms_alternating"
+            for e in engines:
+                res[e.name].setdefault(key, {})[f"threads={th}"] = {"p50": pct(lat[e.name], 50),
+                                                                    "p99": pct(lat[e.name], 99)}
+            print(f"short query latency ({mode}), {th} thread(s): " + ", ".join(
+                f"{e.name.split(' (')[0]} p50 {pct(lat[e.name], 50):.2f} ms p99 {pct(lat[e.name], 99):.2f} ms"
+                for e in engines), flush=True)
     # caches (ctxrec int8)
     with tempfile.TemporaryDirectory() as cd:
         enc = TextEncoder.load(default_model_dir(), provider="cpu", variant="int8", cache_dir=cd)
@@ -197,9 +225,15 @@ def main(argv=None) -> int:
         for k in res[i8.name]["throughput"]:
             ratios[f"int8/st throughput {k}"] = res[i8.name]["throughput"][k] / res[st.name]["throughput"][k]
             ratios[f"onnx-fp32/st throughput {k}"] = res[engines[1].name]["throughput"][k] / res[st.name]["throughput"][k]
+        best = {e.name: max((v, k) for k, v in res[e.name]["throughput"].items() if k.startswith("descriptions"))
+                for e in (st, i8)}
+        ratios[f"int8 best ({best[i8.name][1]}) / st best ({best[st.name][1]}) throughput descriptions"] = (
+            best[i8.name][0] / best[st.name][0])
         for th in res[i8.name]["latency_ms"]:
             ratios[f"st/int8 short-query p50 speedup {th}"] = (res[st.name]["latency_ms"][th]["p50"]
                                                                 / res[i8.name]["latency_ms"][th]["p50"])
+            ratios[f"st/int8 short-query p50 speedup {th}, alternating"] = (
+                res[st.name]["latency_ms_alternating"][th]["p50"] / res[i8.name]["latency_ms_alternating"][th]["p50"])
     targets = {}
     if st is not None:
         targets = {
@@ -217,6 +251,7 @@ def main(argv=None) -> int:
                    "median_tokens_queries": float(np.median(enc_tmp.tokens(queries))),
                    "texts_per_measurement": n_at, "rounds": rounds},
         "engines": {e.name: {"version": e.version, **res[e.name]} for e in engines},
+        "int8_descriptions@32_by_max_batch_tokens": sweep,
         "cache": cache, "ratios": ratios, "targets_met": targets, "notes": notes + [
             "GPU (CUDA fp16) not measured: no GPU in this environment; the CUDA path is tested for provider "
             "selection only."],
@@ -238,10 +273,22 @@ def main(argv=None) -> int:
           "|---|" + "---|" * len(res[i8.name]["throughput"])]
     for e in engines:
         md.append(f"| {e.name} | " + " | ".join(f"{v:.0f}" for v in res[e.name]["throughput"].values()) + " |")
-    md += ["", "## Single short query (<= 16 tokens) latency, ms", "", "| engine | threads | p50 | p99 |", "|---|---|---|---|"]
+    md += ["", f"ctxrec int8 runs at most {i8.enc.max_batch_tokens} padded tokens per "
+           "onnxruntime run on the CPU (a batch of 32 is cut into runs that fit). The same descriptions at batch 32 "
+           "under other limits (texts/s):", "",
+           "| max_batch_tokens | " + " | ".join("none" if b == "None" else b for b in sweep) + " |",
+           "|---|" + "---:|" * len(sweep),
+           "| texts/s | " + " | ".join(f"{v:.0f}" for v in sweep.values()) + " |"]
+    md += ["", "## Single short query (<= 16 tokens) latency, ms", "",
+           "Steady state: blocks of 50 queries per engine (order alternating by block). Alternating: engines "
+           "take turns query by query, so each query starts after the other engine's model went through the "
+           "CPU caches.", "",
+           "| engine | threads | p50 | p99 | p50 alternating | p99 alternating |", "|---|---|---|---|---|---|"]
     for e in engines:
         for th, v in res[e.name]["latency_ms"].items():
-            md.append(f"| {e.name} | {th.split('=')[1]} | {v['p50']:.2f} | {v['p99']:.2f} |")
+            va = res[e.name]["latency_ms_alternating"][th]
+            md.append(f"| {e.name} | {th.split('=')[1]} | {v['p50']:.2f} | {v['p99']:.2f} | "
+                      f"{va['p50']:.2f} | {va['p99']:.2f} |")
     md += ["", "## Caches (ctxrec int8)", "",
            f"- repeated query from the LRU: p50 {cache['lru_hit_us_p50']:.1f} us, p99 {cache['lru_hit_us_p99']:.1f} us",
            f"- {len(desc)} descriptions: cold {cold:.1f} s, re-encoded from the disk cache by a new encoder "

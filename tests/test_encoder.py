@@ -129,11 +129,51 @@ def test_length_bucketing_keeps_input_order(fp32, ref):
     _bucketing_check(fp32, ref, 0.9999)
 
 
-def test_int8_batched_vs_single(int8, ref):
+def test_int8_batched_vs_single(ref):
     """The QKV projection's int8 activation scale is one per batch tensor, so a text's int8
     vector depends slightly on its batch neighbours (measured: cosine >= 0.996; the other
-    MatMuls scale per token)."""
-    _bucketing_check(int8, ref, 0.99)
+    MatMuls scale per token). Whole batches (no token budget) are the worst case."""
+    whole = TextEncoder.load(MODEL_DIR, provider="cpu", variant="int8", lru_size=0, verify=False,
+                             max_batch_tokens=None)
+    assert whole.max_batch_tokens is None
+    _bucketing_check(whole, ref, 0.99)
+
+
+def test_token_budget_batches():
+    """Runs cover the sorted texts in order, hold <= batch_size texts and <= max_tokens padded
+    tokens; a text longer than the budget runs alone."""
+    from ctxrec.encoder import _batches
+
+    rng = np.random.default_rng(1)
+    lens = np.sort(rng.integers(2, 300, size=500))
+    for bs, budget in ((32, 256), (8, None), (1, 64), (500, 1000)):
+        runs = _batches(lens, bs, budget)
+        assert runs[0][0] == 0 and runs[-1][1] == len(lens)
+        assert all(a[1] == b[0] for a, b in zip(runs, runs[1:]))
+        for s, e in runs:
+            assert 1 <= e - s <= bs
+            if budget is not None and e - s > 1:
+                assert (e - s) * lens[e - 1] <= budget
+            if budget is not None and e < len(lens) and e - s < bs:  # cut by the budget, not earlier
+                assert (e - s + 1) * lens[e] > budget
+    assert _batches(np.array([], dtype=np.int64), 4, 10) == []
+    assert _batches(np.array([5, 400]), 4, 256) == [(0, 1), (1, 2)]
+
+
+def test_token_budget_same_vectors(int8, ref):
+    """The CPU default cuts batch_size=32 into runs of <= 256 tokens: same rows, same order,
+    same vectors up to int8 batch dependence."""
+    assert int8.max_batch_tokens == 256
+    texts = list(ref["corpus"][:64]) + list(ref["queries"][:64])
+    whole = TextEncoder.load(MODEL_DIR, provider="cpu", variant="int8", lru_size=0, verify=False,
+                             max_batch_tokens=None)
+    a, b = int8.encode(texts, batch_size=32), whole.encode(texts, batch_size=32)
+    cos = (a * b).sum(1)
+    assert cos.min() >= 0.99, cos.min()
+    with pytest.raises(ValueError, match="max_batch_tokens = 0"):
+        TextEncoder.load(MODEL_DIR, provider="cpu", max_batch_tokens=0, verify=False)
+    with pytest.raises(ValueError, match="max_batch_tokens = 'big'"):
+        TextEncoder.load(MODEL_DIR, provider="cpu", max_batch_tokens="big", verify=False)
 
 
 def test_batches_side_by_side_match_one_thread(ref):
