@@ -14,6 +14,8 @@ Measures, per engine:
 * for ctxrec int8, descriptions at batch 32 under several ``max_batch_tokens`` (padded tokens
   per onnxruntime run; the CPU default comes from this sweep);
 * single short query (<= 16 tokens) latency p50/p99 on one thread and on all cores;
+* the encoder's weight MatMuls alone (onnxruntime int8 and fp32, one thread) at the short
+  queries' median length: the floor under the short-query latency on this CPU;
 * for ctxrec: a repeated query served from the LRU cache, and re-encoding the corpus from
   the disk cache.
 
@@ -113,6 +115,54 @@ class OrtEngine:
         return self.enc.encode_query(text)
 
 
+def matmul_floor(tokens: int, cfg: dict, reps: int = 300) -> dict:
+    """p50 ms of only the encoder's weight MatMuls (per layer: QKV, attention output, FFN in and
+    out; all layers) for one text of ``tokens`` tokens on one onnxruntime thread, int8 (dynamic,
+    per-channel, as the recipe) and fp32: the time no graph rewrite can remove while the
+    encoder runs on onnxruntime's CPU kernels."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    import onnxruntime as ort
+
+    d, f, n_layers = int(cfg["hidden_size"]), int(cfg["intermediate_size"]), int(cfg["num_hidden_layers"])
+    rng = np.random.default_rng(0)
+    inits, nodes, outs = [], [], []
+    for layer in range(n_layers):
+        for name, (k, n), src in (("qkv", (d, 3 * d), "x"), ("o", (d, d), "x"), ("in", (d, f), "x"),
+                                  ("out", (f, d), "h")):
+            w = f"w{layer}{name}"
+            inits.append(numpy_helper.from_array((rng.standard_normal((k, n)) * 0.05).astype(np.float32), w))
+            nodes.append(helper.make_node("MatMul", [src, w], [f"y{w}"], name=f"mm{w}"))
+            outs.append(helper.make_tensor_value_info(f"y{w}", TensorProto.FLOAT, [tokens, n]))
+    g = helper.make_graph(nodes, "weight_matmuls", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [tokens, d]),
+                                                    helper.make_tensor_value_info("h", TensorProto.FLOAT, [tokens, f])],
+                          outs, inits)
+    feed = {"x": rng.standard_normal((tokens, d)).astype(np.float32),
+            "h": rng.standard_normal((tokens, f)).astype(np.float32)}
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), f"{tmp}/fp32.onnx")
+        quantize_dynamic(f"{tmp}/fp32.onnx", f"{tmp}/int8.onnx", per_channel=True, weight_type=QuantType.QInt8)
+        sess = {v: ort.InferenceSession(f"{tmp}/{v}.onnx", so, providers=["CPUExecutionProvider"])
+                for v in ("int8", "fp32")}
+    t: dict[str, list[float]] = {v: [] for v in sess}
+    for s_ in sess.values():
+        for _ in range(30):
+            s_.run(None, feed)
+    for r in range(reps):
+        for v in (sess if r % 2 == 0 else list(sess)[::-1]):
+            t0 = time.perf_counter()
+            sess[v].run(None, feed)
+            t[v].append((time.perf_counter() - t0) * 1e3)
+    macs = tokens * n_layers * (d * 3 * d + d * d + 2 * d * f)
+    return {"tokens": tokens, "matmuls": len(nodes), "macs": macs,
+            **{f"{v}_p50_ms": statistics.median(x) for v, x in t.items()},
+            **{f"{v}_gmac_per_s": macs / statistics.median(x) / 1e6 for v, x in t.items()}}
+
+
 def pct(xs, q):
     return float(np.percentile(np.asarray(xs), q))
 
@@ -196,6 +246,11 @@ def main(argv=None) -> int:
             print(f"short query latency ({mode}), {th} thread(s): " + ", ".join(
                 f"{e.name.split(' (')[0]} p50 {pct(lat[e.name], 50):.2f} ms p99 {pct(lat[e.name], 99):.2f} ms"
                 for e in engines), flush=True)
+    # the weight MatMuls alone, one thread, at the short queries' median length
+    cfg = json.loads((default_model_dir() / "config.json").read_text())
+    floor = matmul_floor(int(np.median(enc_tmp.tokens(short[:nq]))), cfg)
+    print(f"weight MatMuls only, {floor['tokens']} tokens, 1 thread: int8 {floor['int8_p50_ms']:.2f} ms "
+          f"({floor['int8_gmac_per_s']:.0f} GMAC/s), fp32 {floor['fp32_p50_ms']:.2f} ms", flush=True)
     # caches (ctxrec int8)
     with tempfile.TemporaryDirectory() as cd:
         enc = TextEncoder.load(default_model_dir(), provider="cpu", variant="int8", cache_dir=cd)
@@ -252,6 +307,7 @@ def main(argv=None) -> int:
                    "texts_per_measurement": n_at, "rounds": rounds},
         "engines": {e.name: {"version": e.version, **res[e.name]} for e in engines},
         "int8_descriptions@32_by_max_batch_tokens": sweep,
+        "short_query_weight_matmuls_1_thread": floor,
         "cache": cache, "ratios": ratios, "targets_met": targets, "notes": notes + [
             "GPU (CUDA fp16) not measured: no GPU in this environment; the CUDA path is tested for provider "
             "selection only."],
@@ -289,6 +345,14 @@ def main(argv=None) -> int:
             va = res[e.name]["latency_ms_alternating"][th]
             md.append(f"| {e.name} | {th.split('=')[1]} | {v['p50']:.2f} | {v['p99']:.2f} | "
                       f"{va['p50']:.2f} | {va['p99']:.2f} |")
+    md += ["", f"The encoder's {floor['matmuls']} weight MatMuls alone, for one {floor['tokens']}-token text (the "
+           f"short queries' median) on one onnxruntime thread: int8 {floor['int8_p50_ms']:.2f} ms "
+           f"({floor['int8_gmac_per_s']:.0f} GMAC/s), fp32 {floor['fp32_p50_ms']:.2f} ms "
+           f"({floor['fp32_gmac_per_s']:.0f} GMAC/s) p50."]
+    if st is not None:
+        budget = res[st.name]["latency_ms"]["threads=1"]["p50"] / 8
+        md += [f"An 8x target on one thread leaves {budget:.2f} ms per query: "
+               f"{'more' if budget > floor['int8_p50_ms'] else 'less'} than these MatMuls take."]
     md += ["", "## Caches (ctxrec int8)", "",
            f"- repeated query from the LRU: p50 {cache['lru_hit_us_p50']:.1f} us, p99 {cache['lru_hit_us_p99']:.1f} us",
            f"- {len(desc)} descriptions: cold {cold:.1f} s, re-encoded from the disk cache by a new encoder "

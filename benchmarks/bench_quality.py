@@ -479,7 +479,8 @@ NOTES = {
         "negatives 0.2111; history dropout 0.25 / 0.5 0.2162 / 0.2162; item genres 0.2113; 256 factors 0.2157; "
         "history_alpha 1 0.2136; batch 1024 0.2115, batch 64 0.1929; near-removing the user-id vector "
         "(L2 3 on it) 0.2098; averaging the last 3 / 5 epochs' parameters 0.2173 / 0.2178; a 3-seed "
-        "concatenated ensemble 0.2152 (mean single 0.2133). None of these was kept."),
+        "concatenated ensemble 0.2152 (mean single 0.2133); l2 1.5e-1 0.2120; history_alpha 0.25 0.2028; "
+        "Adagrad (lr 0.05) 0.2133; 128 negatives 0.2160; 64 factors 0.2172 (20 epochs). None of these was kept."),
     "frappe NFM split": (
         "Tuning notes (official validation AUC): the no-dropout model memorizes (training logloss -> 0.005); "
         "dropout of the context fields (ContextFM(dropout=...)) at 64 factors: 0 0.9803, 0.2 0.9830, "
