@@ -35,8 +35,8 @@ _PROVIDERS = {
     "cuda": "CUDAExecutionProvider",
     "tensorrt": "TensorrtExecutionProvider",
 }
-# padded tokens per onnxruntime run on the CPU (TextEncoder.load(max_batch_tokens="auto")); measured
-# with benchmarks/bench_encoder.py's --batch-tokens sweep
+# padded tokens per onnxruntime run on the CPU (TextEncoder.load(max_batch_tokens="auto")); chosen by
+# the max_batch_tokens sweep in benchmarks/bench_encoder.py (results/encoder.md)
 CPU_BATCH_TOKENS = 256
 
 
@@ -56,7 +56,8 @@ class TextEncoder:
     ``"fp16"``; ``dim`` — embedding width (384 for all-MiniLM-L6-v2); ``max_length`` —
     tokens per text after truncation (longer texts are truncated to this many tokens,
     [CLS] and [SEP] included, as sentence-transformers does); ``model_sha256`` — the
-    checksum of the ONNX file, part of every cache key.
+    checksum of the ONNX file, part of every cache key; ``max_batch_tokens`` — most padded
+    tokens per onnxruntime run (``None``: whole batches).
     """
 
     def __init__(self, session, tokenizer, *, path: Path, variant: str, model_sha256: str, dim: int,
@@ -106,7 +107,7 @@ class TextEncoder:
         max_batch_tokens: most padded tokens (rows x longest text) per onnxruntime run; a batch
             of ``batch_size`` texts is cut into runs that fit. ``"auto"``: 256 on the CPU (on a
             2-core AVX2 machine, runs of 128-256 tokens keep the activations in the core's L2
-            cache and encode descriptions 1.3-1.5x faster than whole batches of 32), no limit
+            cache and encode descriptions >= 1.3x faster than whole batches of 32), no limit
             on a GPU; ``None``: no limit.
         """
         import onnxruntime as ort
@@ -271,8 +272,8 @@ class TextEncoder:
 
         Texts are tokenized (WordPiece, lower-cased), truncated to ``max_length`` tokens,
         sorted by length and run in batches of ``batch_size`` padded to the longest text
-        of each batch (cut further to ``max_batch_tokens`` padded tokens per run). ``''`` is encoded as the model encodes an empty input
-        ([CLS][SEP]); ``None`` or a non-string raises, naming its position.
+        of each batch (cut further to ``max_batch_tokens`` padded tokens per run). ``''``
+        is encoded as the model encodes an empty input ([CLS][SEP]); ``None`` or a non-string raises, naming its position.
         ``use_cache``: look texts up in the process LRU and the disk cache (when the
         encoder has a ``cache_dir``) and store newly encoded ones there. ``progress``:
         show a tqdm bar (default: for 5,000 texts or more).
