@@ -115,6 +115,19 @@ class OrtEngine:
         return self.enc.encode_query(text)
 
 
+def interleaved(fns: dict, rounds: int) -> dict[str, float]:
+    """Median seconds per call of each callable, called once per round in an order that
+    reverses every other round, so machine noise hits all of them alike."""
+    t: dict = {k: [] for k in fns}
+    keys = list(fns)
+    for r in range(rounds):
+        for k in (keys if r % 2 == 0 else keys[::-1]):
+            t0 = time.perf_counter()
+            fns[k]()
+            t[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in t.items()}
+
+
 def matmul_floor(tokens: int, cfg: dict, reps: int = 300) -> dict:
     """p50 ms of only the encoder's weight MatMuls (per layer: QKV, attention output, FFN in and
     out; all layers) for one text of ``tokens`` tokens on one onnxruntime thread, int8 (dynamic,
@@ -148,19 +161,14 @@ def matmul_floor(tokens: int, cfg: dict, reps: int = 300) -> dict:
         quantize_dynamic(f"{tmp}/fp32.onnx", f"{tmp}/int8.onnx", per_channel=True, weight_type=QuantType.QInt8)
         sess = {v: ort.InferenceSession(f"{tmp}/{v}.onnx", so, providers=["CPUExecutionProvider"])
                 for v in ("int8", "fp32")}
-    t: dict[str, list[float]] = {v: [] for v in sess}
     for s_ in sess.values():
         for _ in range(30):
             s_.run(None, feed)
-    for r in range(reps):
-        for v in (sess if r % 2 == 0 else list(sess)[::-1]):
-            t0 = time.perf_counter()
-            sess[v].run(None, feed)
-            t[v].append((time.perf_counter() - t0) * 1e3)
+    t = interleaved({v: (lambda s_=s_: s_.run(None, feed)) for v, s_ in sess.items()}, reps)
     macs = tokens * n_layers * (d * 3 * d + d * d + 2 * d * f)
     return {"tokens": tokens, "matmuls": len(nodes), "macs": macs,
-            **{f"{v}_p50_ms": statistics.median(x) for v, x in t.items()},
-            **{f"{v}_gmac_per_s": macs / statistics.median(x) / 1e6 for v, x in t.items()}}
+            **{f"{v}_p50_ms": x * 1e3 for v, x in t.items()},
+            **{f"{v}_gmac_per_s": macs / x / 1e9 for v, x in t.items()}}
 
 
 def pct(xs, q):
@@ -194,26 +202,16 @@ def main(argv=None) -> int:
     load0 = os.getloadavg()
     for kind, texts in (("descriptions", desc), ("queries", queries)):
         for bs, n in n_at.items():
-            samples: dict[str, list[float]] = {e.name: [] for e in engines}
-            for r in range(rounds):
-                for e in (engines if r % 2 == 0 else engines[::-1]):
-                    t0 = time.perf_counter()
-                    e.encode(texts[:n], bs)
-                    samples[e.name].append(n / (time.perf_counter() - t0))
+            t = interleaved({e.name: (lambda e=e: e.encode(texts[:n], bs)) for e in engines}, rounds)
             for e in engines:
-                res[e.name]["throughput"][f"{kind}@{bs}"] = statistics.median(samples[e.name])
+                res[e.name]["throughput"][f"{kind}@{bs}"] = n / t[e.name]
             print(f"{kind:12s} batch {bs:3d}: " + ", ".join(
-                f"{e.name.split(' (')[0]} {statistics.median(samples[e.name]):.0f}/s" for e in engines), flush=True)
+                f"{e.name.split(' (')[0]} {n / t[e.name]:.0f}/s" for e in engines), flush=True)
     # padded tokens per onnxruntime run (ctxrec int8, descriptions, batch 32, all cores)
     budgets = [64, 128, 256, 512, 1024, None]
     sweep_eng = {b: OrtEngine("int8", cores, max_batch_tokens=b) for b in budgets}
-    sweep: dict = {str(b): [] for b in budgets}
-    for r in range(rounds):
-        for b in (budgets if r % 2 == 0 else budgets[::-1]):
-            t0 = time.perf_counter()
-            sweep_eng[b].encode(desc[:n_slice], 32)
-            sweep[str(b)].append(n_slice / (time.perf_counter() - t0))
-    sweep = {b: statistics.median(v) for b, v in sweep.items()}
+    t = interleaved({str(b): (lambda e=e: e.encode(desc[:n_slice], 32)) for b, e in sweep_eng.items()}, rounds)
+    sweep = {b: n_slice / v for b, v in t.items()}
     print("int8 descriptions@32 by max_batch_tokens: " + ", ".join(f"{b} {v:.0f}/s" for b, v in sweep.items()),
           flush=True)
     del sweep_eng
