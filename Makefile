@@ -19,7 +19,7 @@ all: test
 $(VENV)/.installed: pyproject.toml CMakeLists.txt $(wildcard csrc/*)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
-	$(PIP) install "scikit-build-core>=0.10" "pybind11>=2.12" ninja cmake
+	$(PIP) install "scikit-build-core>=0.10" "pybind11>=2.12" ninja cmake numpy setuptools wheel
 	$(PIP) install --no-build-isolation -e ".[dev,serve,distributed]"
 	touch $@
 
