@@ -114,11 +114,12 @@ def test_engine_serves_model_exactly():
 # ---------------------------------------------------------------------------------------
 # determinism
 # ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("dropout", [0.0, 0.3])
-def test_deterministic_for_seed_and_thread_count(dropout):
+@pytest.mark.parametrize("dropout,window", [(0.0, None), (0.3, None), (0.3, 4)])
+def test_deterministic_for_seed_and_thread_count(dropout, window):
     X, side = _random_problem(3, n=900)
+    X.timestamp = np.random.default_rng(0).integers(0, 50, len(X))  # with ties
     kw = dict(n_factors=8, loss="bpr", epochs=2, batch_size=64, n_negatives=3, user_history=True,
-              dropout=dropout)
+              dropout=dropout, history_window=window)
     a = ContextFM(random_state=11, num_threads=1, **kw).fit(X, side)
     b = ContextFM(random_state=11, num_threads=2, **kw).fit(X, side)
     c = ContextFM(random_state=12, num_threads=1, **kw).fit(X, side)
@@ -176,6 +177,87 @@ def test_history_features_learn_planted_groups(dropout):
                   n_negatives=8, user_history=True, dropout=dropout)
     m.fit(Interactions(users, items), SideInfo(120, 80))
     assert _heldout_auc(m, ug, ig, 120) > 0.9
+
+
+def _sessions(seed: int = 0, nU: int = 150, nI: int = 60, n_groups: int = 6, per_session: int = 8):
+    """Each user rates ``per_session`` items of a group g, then (later) as many of group g + 1:
+    over a user's whole history adjacent groups co-occur; within a session only one group."""
+    rng = np.random.default_rng(seed)
+    ig = np.arange(nI) % n_groups
+    users, items, ts = [], [], []
+    for u in range(nU):
+        a = rng.integers(n_groups)
+        for s_, g in enumerate((a, (a + 1) % n_groups)):
+            pick = rng.choice(np.flatnonzero(ig == g), size=per_session, replace=False)
+            users += [u] * per_session
+            items += list(pick)
+            ts += list(1000 * u + 100 * s_ + np.arange(per_session))
+    perm = rng.permutation(len(users))  # rows in no particular order: fit sorts by time
+    return (np.array(users)[perm], np.array(items)[perm], np.array(ts)[perm], ig)
+
+
+def test_history_window_ranks_match_brute_force():
+    users, items, ts, _ = _sessions(seed=1, nU=20)
+    dup = np.arange(0, len(users), 7)  # repeated (user, item) rows, later in time: first time counts
+    users, items, ts = np.r_[users, users[dup]], np.r_[items, items[dup]], np.r_[ts, ts[dup] + 10_000]
+    W = 3
+    m = ContextFM(n_factors=4, epochs=1, batch_size=32, n_negatives=2, user_history=True, history_window=W,
+                  history_alpha=0.5).fit(Interactions(users, items, timestamp=ts), SideInfo(20, 60))
+    ua_rank, ex_rank, hs = m._history_windows({"users": users, "items": items, "ts": ts})
+    for e in range(len(users)):
+        u = users[e]
+        rows = np.flatnonzero(users == u)
+        seq = []
+        for r in rows[np.lexsort((rows, ts[rows]))]:
+            if items[r] not in seq:
+                seq.append(int(items[r]))
+        c = seq.index(int(items[e]))
+        want = {seq[j] for j in range(max(0, c - W), min(len(seq), c + W + 1)) if j != c}
+        lo, hi = m.ua_ptr_[u], m.ua_ptr_[u + 1]
+        got = {int(m.ua_idx_[p] - m.hist_off_) for p in range(lo, hi)
+               if ua_rank[p] >= 0 and abs(ua_rank[p] - ex_rank[e]) <= W and m.ua_idx_[p] - m.hist_off_ != items[e]}
+        assert ex_rank[e] == c and got == want, e
+        assert np.isclose(hs[e], (len(seq) / len(want)) ** 0.5)
+
+
+def test_history_window_learns_sessions_and_scores_whole_history():
+    """Within-session co-occurrence is what the windowed history vectors learn; scoring is
+    unchanged (the export still equals predict)."""
+    users, items, ts, ig = _sessions(seed=2)
+    X = Interactions(users, items, timestamp=ts)
+    kw = dict(n_factors=8, loss="softmax", epochs=20, batch_size=64, learning_rate=0.01, n_negatives=8,
+              user_history=True, l2=1e-3)
+
+    def pair_auc(m):  # history row j . item row i: same group vs the next group (other session)
+        S = m.V_[m.hist_off_:m.hist_off_ + 60] @ m.V_[:60].T
+        same = ig[:, None] == ig[None, :]
+        sel = ~np.eye(60, dtype=bool) & (same | ((ig[None, :] - ig[:, None]) % 6 == 1))
+        return auc_score(same[sel].astype(float), S[sel])
+
+    whole = ContextFM(**kw).fit(X, SideInfo(150, 60))
+    win = ContextFM(history_window=3, **kw).fit(X, SideInfo(150, 60))
+    a_whole, a_win = pair_auc(whole), pair_auc(win)  # seeds 0-3: whole 0.92-0.95, window >= 0.997
+    assert a_win > 0.99 and a_win > a_whole + 0.03, (a_win, a_whole)
+    p = win.predict(X)
+    qb, tab = win.build_queries(X.user), win.export()
+    assert np.allclose(p, np.einsum("ij,ij->i", qb.queries, tab.item_vecs[X.item]) + tab.item_bias[X.item]
+                       + qb.const, atol=1e-4)
+
+
+def test_history_window_errors_name_the_field():
+    users, items, ts, _ = _sessions(seed=3, nU=10)
+    side = SideInfo(10, 60)
+    with pytest.raises(ValueError, match="X.timestamp"):
+        ContextFM(user_history=True, history_window=5).fit(Interactions(users, items), side)
+    with pytest.raises(ValueError, match=r"X.timestamp: shape \(3,\)"):
+        ContextFM(user_history=True, history_window=5).fit(Interactions(users, items, timestamp=ts[:3]), side)
+    with pytest.raises(ValueError, match="history_window=5: needs user_history"):
+        ContextFM(history_window=5).fit(Interactions(users, items, timestamp=ts), side)
+    with pytest.raises(ValueError, match="history_window=0"):
+        ContextFM(user_history=True, history_window=0).fit(Interactions(users, items, timestamp=ts), side)
+    with pytest.raises(ValueError, match="history_window=5: loss='logloss'"):
+        ContextFM(loss="logloss", user_history=True, history_window=5).fit(
+            Interactions(users, items, label=np.ones(len(users)), timestamp=ts), side)
 
 
 # ---------------------------------------------------------------------------------------

@@ -156,16 +156,29 @@ def _item_side(i, V, w, P, a, item_off, ia_ptr, ia_idx, ia_val, itext, t0, out, 
     return lin, 0.5 * (tot - sq)
 
 
+_NO_RANK = np.empty(0, dtype=np.int64)
+
+
+@njit(cache=True)
+def _in_window(rank, c, hwin, hs):
+    """Weight factor of a history entry of time rank ``rank`` for a target of rank ``c``."""
+    if c < 0 or abs(rank - c) > hwin:
+        return 0.0
+    return hs
+
+
 @njit(cache=True)
 def _user_side(e, u, ctx, ctx_off, V, w, P, a, user_off, ua_ptr, ua_idx, ua_val,
-               utext, t1, qtext, t2, out, tu, tq, skip, drop, seed, epoch):
+               utext, t1, qtext, t2, out, tu, tq, skip, drop, seed, epoch, hwin, ua_rank, c, hs):
     """Sum of user-side vectors (user, user attrs, user text, context, request text).
 
     Writes the user-text vector into tu[k] and the request-text vector into tq[k].
     The user-attribute row ``skip`` (the target item's history feature in training, -1 for
     none) is left out. ``drop`` > 0 (training only): each user-attribute / history / context
     row is dropped with that probability, the kept ones scaled by 1 / (1 - drop) (see
-    ``_keep``). Returns (linear part, intra part) as float64.
+    ``_keep``). ``hwin`` > 0 (training only, see ``train_epoch``): only history entries whose
+    time rank ``ua_rank[p]`` is within ``hwin`` of the target's rank ``c`` are used, scaled by ``hs``.
+    Returns (linear part, intra part) as float64.
     """
     k = V.shape[1]
     lin = 0.0
@@ -185,6 +198,8 @@ def _user_side(e, u, ctx, ctx_off, V, w, P, a, user_off, ua_ptr, ua_idx, ua_val,
             if r == skip:
                 continue
             x = ua_val[p] * _keep(drop, seed, epoch, e, r)
+            if hwin > 0 and ua_rank[p] >= 0:
+                x = _in_window(ua_rank[p], c, hwin, hs) * x
             if x == 0.0:
                 continue
             lin += x * w[r]
@@ -257,6 +272,7 @@ def train_epoch(
     mV, sV, mw, sw, mP, sP, ma, sa, m0, s0,
     loss, n_neg, batch_size, lr, l2_v, l2_w, l2_p, opt, b1, b2, eps,
     step0, seed, epoch, row_lo, row_hi, train_dense, n_threads, hist_off, drop, out_loss,
+    hwin, ua_rank, ex_rank, ex_hscale,
 ):
     """Run one epoch of mini-batch training over ``order`` (example indices, shuffled).
 
@@ -268,6 +284,12 @@ def train_epoch(
     and the example's own item is left out of its user side (no target leakage).
     ``l2_v``: f64 [n_rows], the L2 coefficient of each embedding row (per-field L2).
     ``drop``: dropout probability of user-side attribute / history / context rows (``_keep``).
+    ``hwin`` > 0: time-local history. ``ua_rank`` (int64, aligned with ``ua_idx``) is the time
+    rank of each history entry in its user's history (-1 = not a history entry), ``ex_rank[ex]``
+    the rank of the example's own item there (-1 = none: no history), ``ex_hscale[ex]`` the factor
+    that turns the entries' ``1 / |history| ** alpha`` weight into ``1 / |window| ** alpha``; only
+    entries with ``|rank - ex_rank| <= hwin`` enter the example's user side. ``hwin`` <= 0: off
+    (the three arrays may be empty).
     ``n_threads`` only sets how reductions are partitioned (results do not depend on it).
     Returns the optimizer step count after the epoch; the summed loss goes to out_loss[0].
     """
@@ -367,9 +389,11 @@ def train_epoch(
             ex = order[lo + bb]
             u = users[ex]
             skip = hist_off + items[ex] if hist_off >= 0 else -1
+            c_ = ex_rank[ex] if hwin > 0 else -1
+            hs_ = ex_hscale[ex] if hwin > 0 else 1.0
             lin, intra = _user_side(ex, u, ctx, ctx_off, V, w, P, a, user_off, ua_ptr, ua_idx,
                                     ua_val, utext, t1, qtext, t2, Ue[bb], tue[bb], tqe[bb], skip,
-                                    drop, seed, epoch)
+                                    drop, seed, epoch, hwin, ua_rank, c_, hs_)
             ube[bb] = lin + intra
             base = w0[0] + ube[bb]
             # scores
@@ -459,6 +483,8 @@ def train_epoch(
                         if r % T != t or r < row_lo or r >= row_hi or r == skip:
                             continue
                         x = ua_val[p] * _keep(drop, seed, epoch, ex, r)
+                        if hwin > 0 and ua_rank[p] >= 0:
+                            x = _in_window(ua_rank[p], ex_rank[ex], hwin, ex_hscale[ex]) * x
                         if x == 0.0:
                             continue
                         mark[r] = stamp
@@ -704,7 +730,8 @@ def _query_row(e, users, ctx, qtext, ctx_off, V, w, P, a, user_off, ua_ptr, ua_i
     tu = np.empty(k, dtype=np.float32)
     tq = np.empty(k, dtype=np.float32)
     lin, intra = _user_side(e, users[e], ctx, ctx_off, V, w, P, a, user_off, ua_ptr, ua_idx,
-                            ua_val, utext, t1, qtext, t2, queries[e], tu, tq, -1, 0.0, 0, 0)
+                            ua_val, utext, t1, qtext, t2, queries[e], tu, tq, -1, 0.0, 0, 0,
+                            0, _NO_RANK, -1, 1.0)
     const[e] = w0[0] + lin + intra
 
 

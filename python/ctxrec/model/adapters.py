@@ -68,7 +68,8 @@ def from_dataset(ds: Any, *, attrs: Sequence[str] = (), user_attrs: Sequence[str
     else:
         raise ValueError(f"label={label!r}: expected 'auto', 'label', 'rating' or 'none'")
     X = Interactions(ds.users.astype(np.int64), ds.items.astype(np.int64), ctx, context_text,
-                     None if y is None else np.asarray(y, np.float64))
+                     None if y is None else np.asarray(y, np.float64),
+                     None if ds.timestamp is None else np.asarray(ds.timestamp, np.int64))
     side = SideInfo(
         ds.n_users, ds.n_items, cards,
         item_attrs=attrs_csr(ds.item_attrs, attrs, ds.n_items) if attrs else None,

@@ -129,6 +129,8 @@ class Interactions:
     context: int [n, C] per-field context value index, -1 = absent (None = no context).
     context_text: float32 [n, d_q] request text embedding per row (None = none).
     label: float [n] rating (MSE) or 0/1 label (logloss); ignored by BPR / softmax.
+    timestamp: int [n] time of each row (any unit; ties keep row order), or None. Only
+        ``ContextFM(history_window=...)`` reads it, to put each user's history in time order.
     """
 
     user: np.ndarray
@@ -136,6 +138,7 @@ class Interactions:
     context: np.ndarray | None = None
     context_text: np.ndarray | None = None
     label: np.ndarray | None = None
+    timestamp: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.user)
@@ -144,7 +147,7 @@ class Interactions:
         """Rows ``rows`` of every array."""
         pick = (lambda a: None if a is None else np.asarray(a)[rows])
         return Interactions(np.asarray(self.user)[rows], np.asarray(self.item)[rows],
-                            pick(self.context), pick(self.context_text), pick(self.label))
+                            pick(self.context), pick(self.context_text), pick(self.label), pick(self.timestamp))
 
 
 @dataclass
@@ -229,6 +232,13 @@ class ContextFM:
         example's own item is left out of its user's history (no target leakage). New users
         (fold-in) get their history from the folded-in items.
     history_alpha : float
+    history_window : int or None
+        Time-local history (needs ``user_history`` and ``X.timestamp``). In training, an
+        example's user side holds only the history items rated within this many positions
+        of the example's own item in its user's time-ordered history, weighted
+        ``1 / |window| ** history_alpha``; so the history vectors learn which items go
+        together in a user's sessions rather than over a user's lifetime. Scoring, serving and
+        fold-in use the whole history as without it. None (default) = off.
     early_stopping_rounds : int or None
         Stop when the validation metric has not improved for this many evaluations and
         restore the best parameters (needs ``validation`` in ``fit``).
@@ -267,6 +277,7 @@ class ContextFM:
         normalize_attrs: bool = True,
         user_history: bool = False,
         history_alpha: float = 0.5,
+        history_window: int | None = None,
         early_stopping_rounds: int | None = None,
         eval_every: int = 1,
         eval_metric: str | None = None,
@@ -293,6 +304,7 @@ class ContextFM:
         self.normalize_attrs = normalize_attrs
         self.user_history = user_history
         self.history_alpha = history_alpha
+        self.history_window = history_window
         self.early_stopping_rounds = early_stopping_rounds
         self.eval_every = eval_every
         self.eval_metric = eval_metric
@@ -339,6 +351,14 @@ class ContextFM:
                 raise ValueError(f"l2_fields[{fld!r}]={v!r}: must be >= 0")
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"dropout={self.dropout!r}: must be in [0, 1)")
+        if self.history_window is not None:
+            if not self.user_history:
+                raise ValueError(f"history_window={self.history_window!r}: needs user_history=True")
+            if int(self.history_window) < 1:
+                raise ValueError(f"history_window={self.history_window!r}: must be >= 1 (or None = off)")
+            if self.loss == "logloss":
+                raise ValueError(f"history_window={self.history_window!r}: loss='logloss' rows with label 0 "
+                                 "have no place in a user's history; use bpr, softmax or mse")
         nn = self._n_neg()
         if self.loss in ("bpr", "softmax") and nn < 1:
             raise ValueError(f"n_negatives={self.n_negatives!r}: loss={self.loss!r} needs >= 1")
@@ -488,6 +508,8 @@ class ContextFM:
         self._check_params()
         self._setup(side)
         rows = self._check_rows(X, "X", allow_anon=False)
+        if self.history_window is not None:
+            rows["ts"] = _check_timestamps(X, len(rows["users"]))
         if self.loss in ("bpr", "softmax") and X.label is not None:
             keep = rows["labels"] > 0
             rows = {k_: v[keep] for k_, v in rows.items()}
@@ -501,6 +523,7 @@ class ContextFM:
         pos_mask = rows["labels"] > 0 if self.loss == "logloss" else np.ones(n, bool)
         self.pos_ptr_, self.pos_idx_ = _user_item_csr(rows["users"][pos_mask], rows["items"][pos_mask], self.n_users_)
         self._rebuild_user_attrs()
+        self._window = self._history_windows(rows) if self.history_window is not None else None
         # negative sampling distribution over items seen in training
         counts = np.bincount(rows["items"], minlength=self.n_items_)
         self.item_counts_ = counts.astype(np.int64)
@@ -553,7 +576,7 @@ class ContextFM:
             self._restore(best_params)
         self.best_epoch_ = best_epoch if best_epoch >= 0 else len(self.history_) - 1
         self.fit_time_s_ = time.perf_counter() - t_fit
-        del self._train_rows
+        del self._train_rows, self._window
         return self
 
     def _run_epoch(self, rows: dict[str, np.ndarray], order: np.ndarray, epoch: int, row_lo: int,
@@ -562,6 +585,10 @@ class ContextFM:
         o = self._opt
         neg_items, neg_cdf, neg_logq = self._neg
         pos_ptr, pos_idx = pos if pos is not None else (self.pos_ptr_, self.pos_idx_)
+        # the time-local history applies to fit's own epochs only (not to fold-in)
+        win = getattr(self, "_window", None) if pos is None and row_lo == 0 else None
+        hwin, ua_rank, ex_rank, ex_hscale = (int(self.history_window), *win) if win is not None else \
+            (0, _EMPTY_I64, _EMPTY_I64, _EMPTY_F64)
         out = np.zeros(1, np.float64)
         b1, b2 = 0.9, 0.999
         eps = 1e-8 if self.optimizer == "adam" else 1e-6
@@ -576,7 +603,8 @@ class ContextFM:
             float(self.learning_rate), self._row_l2(), float(self.l2_bias), float(self.l2_text),
             _OPTS[self.optimizer], b1, b2, eps, int(step0),
             int(self.random_state if seed is None else seed), int(epoch), int(row_lo), int(row_hi),
-            bool(train_dense), int(numba.get_num_threads()), int(self.hist_off_), float(self.dropout), out)
+            bool(train_dense), int(numba.get_num_threads()), int(self.hist_off_), float(self.dropout), out,
+            hwin, ua_rank, ex_rank, ex_hscale)
         if row_lo == 0 and row_hi == self.n_rows_ and train_dense:
             self.step_ = int(step)
         return float(out[0])
@@ -597,6 +625,31 @@ class ContextFM:
             lo, hi = rng[fld]
             out[lo:hi] = float(v)
         return out
+
+    def _history_windows(self, rows: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Arrays of the time-local history for ``train_epoch`` (see its docstring): time rank of
+        each history entry of ``ua_idx_`` (-1 for other entries), rank of each training row's
+        own item in its user's history, and the row's ``(|history| / |window|) ** alpha``."""
+        users, items, ts = rows["users"], rows["items"], rows["ts"]
+        nI = self.n_items_
+        key = users * nI + items
+        order = np.lexsort((np.arange(len(key)), ts, users))  # by user, then time, then row
+        uniq, first = np.unique(key[order], return_index=True)  # each (user, item) at its first time
+        by_time = np.lexsort((first, uniq // nI))
+        u_sorted = (uniq // nI)[by_time]
+        starts = np.searchsorted(u_sorted, np.arange(self.n_users_))
+        rank = np.empty(len(uniq), np.int64)
+        rank[by_time] = np.arange(len(uniq)) - starts[u_sorted]
+        ex_rank = rank[np.searchsorted(uniq, key)]
+        hist = (self.ua_idx_ >= self.hist_off_) & (self.ua_idx_ < self.hist_off_ + nI)
+        ua_user = np.repeat(np.arange(self.n_users_), np.diff(self.ua_ptr_))
+        ua_rank = np.full(len(self.ua_idx_), -1, np.int64)
+        ua_rank[hist] = rank[np.searchsorted(uniq, ua_user[hist] * nI + (self.ua_idx_[hist] - self.hist_off_))]
+        nh = np.diff(self.pos_ptr_)[users]
+        W = int(self.history_window)
+        m = np.minimum(ex_rank + W, nh - 1) - np.maximum(ex_rank - W, 0)  # window size, own item excluded
+        hs = np.where(m > 0, (nh / np.maximum(m, 1)) ** float(self.history_alpha), 0.0)
+        return ua_rank, ex_rank.astype(np.int64), hs.astype(np.float64)
 
     def _rebuild_user_attrs(self) -> None:
         """User-side attribute CSR = base attributes (+ history items when user_history)."""
@@ -899,6 +952,23 @@ def _row_normalize(indptr: np.ndarray, data: np.ndarray) -> np.ndarray:
             if nrm > 0:
                 out[lo:hi] /= nrm
     return out
+
+
+_EMPTY_I64 = np.zeros(0, np.int64)
+_EMPTY_F64 = np.zeros(0, np.float64)
+
+
+def _check_timestamps(X: Interactions, n: int) -> np.ndarray:
+    """X.timestamp as int64 [n]; a clear error when missing or malformed."""
+    if X.timestamp is None:
+        raise ValueError("X.timestamp: ContextFM(history_window=...) needs the time of each row "
+                         "(from_dataset fills it from Dataset.timestamp)")
+    ts = np.asarray(X.timestamp)
+    if ts.shape != (n,):
+        raise ValueError(f"X.timestamp: shape {ts.shape}, expected ({n},)")
+    if not np.issubdtype(ts.dtype, np.number) or (ts.dtype.kind == "f" and not np.all(np.isfinite(ts))):
+        raise ValueError(f"X.timestamp: expected finite numbers, got dtype {ts.dtype}")
+    return ts.astype(np.int64) if ts.dtype.kind != "f" else ts
 
 
 def _user_item_csr(users: np.ndarray, items: np.ndarray, n_users: int) -> tuple[np.ndarray, np.ndarray]:
