@@ -26,6 +26,7 @@ $(VENV)/.installed: pyproject.toml CMakeLists.txt $(wildcard csrc/*)
 # Benchmark peers (faiss, implicit, cornac, ...) only for the benchmark targets.
 $(VENV)/.bench: $(VENV)/.installed
 	$(PIP) install --no-build-isolation -e ".[dev,serve,distributed,bench]"
+	$(PY) benchmarks/install_lightfm.py || echo "LightFM not installed: bench_quality skips that peer"
 	touch $@
 
 install: $(VENV)/.installed
