@@ -220,9 +220,9 @@ def test_history_window_ranks_match_brute_force():
         assert np.isclose(hs[e], (len(seq) / len(want)) ** 0.5)
 
 
-def test_history_window_learns_sessions_and_scores_whole_history():
+def test_history_window_learns_sessions_and_scores_whole_history(tmp_path: Path):
     """Within-session co-occurrence is what the windowed history vectors learn; scoring is
-    unchanged (the export still equals predict)."""
+    unchanged (the export still equals predict); the setting survives save / load."""
     users, items, ts, ig = _sessions(seed=2)
     X = Interactions(users, items, timestamp=ts)
     kw = dict(n_factors=8, loss="softmax", epochs=20, batch_size=64, learning_rate=0.01, n_negatives=8,
@@ -242,6 +242,8 @@ def test_history_window_learns_sessions_and_scores_whole_history():
     qb, tab = win.build_queries(X.user), win.export()
     assert np.allclose(p, np.einsum("ij,ij->i", qb.queries, tab.item_vecs[X.item]) + tab.item_bias[X.item]
                        + qb.const, atol=1e-4)
+    back = ContextFM.load(win.save(tmp_path / "win"))
+    assert back.history_window == 3 and np.array_equal(back.predict(X), p)
 
 
 def test_history_window_errors_name_the_field():
