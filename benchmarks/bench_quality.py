@@ -272,26 +272,6 @@ def peer_cornac_bivae(train) -> Factors:
 # ---------------------------------------------------------------------------------------
 # tasks
 # ---------------------------------------------------------------------------------------
-def per_query_ndcg(rep: Any, train: Any, test: Any, k: int = 10) -> np.ndarray:
-    """float64 [m] NDCG@k of each query of a ``group="user"`` report (relevant = the user's
-    distinct test items not in train, as in :func:`evaluate_ranking`)."""
-    res = rep.result
-    tr = set((train.users.astype(np.int64) * train.n_items + train.items).tolist())
-    rel: dict[int, set[int]] = {}
-    for u, i in zip(test.users.tolist(), test.items.tolist()):
-        if u * test.n_items + i not in tr:
-            rel.setdefault(u, set()).add(i)
-    disc = 1.0 / np.log2(np.arange(2, k + 2))
-    out = np.empty(len(res.query_users))
-    for q, u in enumerate(res.query_users.tolist()):
-        r = rel[u]
-        dcg = sum(disc[j] for j, i in enumerate(res.topk[q, :k].tolist()) if i in r)
-        out[q] = dcg / disc[:min(len(r), k)].sum()
-    if abs(out.mean() - rep.metrics[f"ndcg@{k}"]) > 1e-6:
-        raise AssertionError(f"per-query NDCG@{k} mean {out.mean()} != reported {rep.metrics[f'ndcg@{k}']}")
-    return out
-
-
 def paired_ci(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0) -> str:
     """Mean of a - b with a 95 % paired-bootstrap interval over queries, as a table cell."""
     d = a - b
@@ -325,7 +305,7 @@ def run_peers(rows: list[dict[str, Any]], task: str, split: Any, peers: dict[str
                                num_threads=THREADS)
         row = {"task": task, "model": name, **pick(rep, keys), "fit_s": round(fit_s, 2)}
         if reference is not None:
-            row[DIFF_KEY] = paired_ci(reference, per_query_ndcg(rep, split.train, split.test))
+            row[DIFF_KEY] = paired_ci(reference, rep.result.per_query["ndcg@10"])
         rows.append(row)
         log(f"{task}: {name}: {pick(rep, keys)} fit {fit_s:.1f}s {row.get(DIFF_KEY, '')}")
 
@@ -361,7 +341,7 @@ def task_ml_stratified(rows: list[dict[str, Any]], ds: Any, text: np.ndarray, ar
             m, info = fit_fm_fixed(params, X, v_side, quick or v_epochs)
         rep = evaluate_ranking(fm_factors(m, ds.n_users), train_full, sp.test, ks=(10,), name=name,
                                num_threads=THREADS)
-        per_user = per_query_ndcg(rep, train_full, sp.test)
+        per_user = rep.result.per_query["ndcg@10"]
         row = {"task": task, "model": name, **pick(rep, RANK_KEYS), "fit_s": round(info["fit_s"], 2),
                "epoch_s": round(info["epoch_s"], 3), "epochs": info["epochs"],
                "examples_per_s": round(info["examples_per_s"]), "curves": info}

@@ -19,6 +19,7 @@ from ctxrec.evaluate import (
     load_reports,
     logloss,
     mae,
+    per_query_metrics,
     random_split,
     ranking_metrics_from_topk,
     rmse,
@@ -98,6 +99,9 @@ def test_ranking_metrics_hand_example():
     assert m["recall@4"] == pytest.approx((1 + 1) / 2)
     ndcg0 = (1 / l2(2) + 1 / l2(4)) / (1 / l2(2) + 1 / l2(3))
     assert m["ndcg@3"] == pytest.approx(ndcg0 / 2)
+    pq = per_query_metrics(topk, rel_ptr, rel, [1, 3, 4])  # the same, query by query
+    assert np.allclose(pq["ndcg@3"], [ndcg0, 0.0]) and np.array_equal(pq["hr@4"], [1.0, 1.0])
+    assert all(m[k] == pytest.approx(v.mean()) for k, v in pq.items())
     assert m["ndcg@4"] == pytest.approx((ndcg0 + (1 / l2(5)) / 1) / 2)
     assert m["map@3"] == pytest.approx(((1 + 2 / 3) / 2 + 0) / 2)
     assert m["map@4"] == pytest.approx(((1 + 2 / 3) / 2 + (1 / 4) / 1) / 2)
@@ -164,6 +168,7 @@ def test_full_ranking_against_brute_force(ties):
     assert rep.info["n_queries"] == len(rec5)
     assert rep.metrics["recall@5"] == pytest.approx(np.mean(rec5))
     assert rep.metrics["ndcg@10"] == pytest.approx(np.mean(ndcg10))
+    assert np.allclose(rep.result.per_query["ndcg@10"], ndcg10)  # per user, in ascending user order
     assert rep.metrics["mrr"] == pytest.approx(np.mean(rr))
     assert rep.metrics["auc"] == pytest.approx(np.mean(aucs))
 

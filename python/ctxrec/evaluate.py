@@ -45,6 +45,7 @@ __all__ = [
     "evaluate_ranking",
     "topk_numpy",
     "ranking_metrics_from_topk",
+    "per_query_metrics",
     "evaluate_pointwise",
     "auc",
     "user_auc",
@@ -490,6 +491,7 @@ class RankingResult:
     topk: np.ndarray  # int64 [m, max_k] ranked item ids (-1 padding)
     first_rank: np.ndarray | None  # int64 [m] full-catalog rank (1-based) of the best relevant item
     info: dict[str, Any]
+    per_query: dict[str, np.ndarray] = field(default_factory=dict)  # metric -> float64 [m] (e.g. paired tests)
 
 
 def ranking_metrics_from_topk(topk: np.ndarray, rel_indptr: np.ndarray, rel_items: np.ndarray, ks: Sequence[int],
@@ -510,6 +512,28 @@ def ranking_metrics_from_topk(topk: np.ndarray, rel_indptr: np.ndarray, rel_item
     its benchmark tables publish; coverage@K = distinct items in
     any top K / n_candidates.
     """
+    per_q = per_query_metrics(topk, rel_indptr, rel_items, ks, metrics=metrics)
+    return _summarize(per_q, topk, ks, n_candidates, metrics)
+
+
+def _summarize(per_q: dict[str, np.ndarray], topk: np.ndarray, ks: Sequence[int], n_candidates: int,
+               metrics: Sequence[str]) -> dict[str, float]:
+    """Means of the per-query metrics, plus coverage@K, in the order K by K."""
+    out: dict[str, float] = {}
+    for k in ks:
+        for name, v in per_q.items():
+            if name.endswith(f"@{k}"):
+                out[name] = float(np.mean(v))
+        if "coverage" in metrics:
+            ids = topk[:, :k]
+            out[f"coverage@{k}"] = float(len(np.unique(ids[ids >= 0])) / max(n_candidates, 1))
+    return out
+
+
+def per_query_metrics(topk: np.ndarray, rel_indptr: np.ndarray, rel_items: np.ndarray, ks: Sequence[int], *,
+                      metrics: Sequence[str] = RANKING_METRICS) -> dict[str, np.ndarray]:
+    """The metrics of :func:`ranking_metrics_from_topk` for each query: name -> float64 [m]
+    (coverage, a catalog-level figure, is not among them)."""
     m, kmax = topk.shape
     n_rel = np.diff(rel_indptr)
     if (n_rel <= 0).any():
@@ -524,30 +548,27 @@ def ranking_metrics_from_topk(topk: np.ndarray, rel_indptr: np.ndarray, rel_item
     cum = np.cumsum(hits, axis=1)
     ranks = np.arange(1, kmax + 1, dtype=np.float64)
     disc = 1.0 / np.log2(ranks + 1)
-    out: dict[str, float] = {}
+    out: dict[str, np.ndarray] = {}
     for k in ks:
         if k > kmax:
             raise ValueError(f"k={k} exceeds the ranked list length {kmax}")
         h = cum[:, k - 1]
         if "hr" in metrics:
-            out[f"hr@{k}"] = float(np.mean(h > 0))
+            out[f"hr@{k}"] = (h > 0).astype(np.float64)
         if "precision" in metrics:
-            out[f"precision@{k}"] = float(np.mean(h / k))
+            out[f"precision@{k}"] = h / k
         if "recall" in metrics:
-            out[f"recall@{k}"] = float(np.mean(h / n_rel))
+            out[f"recall@{k}"] = h / n_rel
         if "ndcg" in metrics:
             dcg = hits[:, :k] @ disc[:k]
             ideal = np.cumsum(disc[:k])[np.minimum(n_rel, k) - 1]
-            out[f"ndcg@{k}"] = float(np.mean(dcg / ideal))
+            out[f"ndcg@{k}"] = dcg / ideal
         if "map" in metrics or "map_nrel" in metrics:
             ap_sum = (hits[:, :k] * (cum[:, :k] / ranks[:k])).sum(axis=1)
             if "map" in metrics:
-                out[f"map@{k}"] = float(np.mean(ap_sum / np.minimum(n_rel, k)))
+                out[f"map@{k}"] = ap_sum / np.minimum(n_rel, k)
             if "map_nrel" in metrics:
-                out[f"map_nrel@{k}"] = float(np.mean(ap_sum / n_rel))
-        if "coverage" in metrics:
-            ids = topk[:, :k]
-            out[f"coverage@{k}"] = float(len(np.unique(ids[ids >= 0])) / max(n_candidates, 1))
+                out[f"map_nrel@{k}"] = ap_sum / n_rel
     return out
 
 
@@ -678,7 +699,8 @@ def evaluate_ranking(
                 topk[a:b] = topk_numpy(scores, kmax)[0]
         if want_ranks:
             _full_ranks(scores, rel_ptr[a:b + 1] - rel_ptr[a], rel_items[rel_ptr[a]:rel_ptr[b]], first_rank, auc_q, a)
-    res = ranking_metrics_from_topk(topk, rel_ptr, rel_items, ks, n_candidates=n_cand, metrics=metrics)
+    per_q = per_query_metrics(topk, rel_ptr, rel_items, ks, metrics=metrics)
+    res = _summarize(per_q, topk, ks, n_cand, metrics)
     if "mrr" in metrics:
         res["mrr"] = float(np.mean(1.0 / first_rank))
     if "auc" in metrics:
@@ -687,7 +709,7 @@ def evaluate_ranking(
             "n_relevant_dropped": n_dropped, "n_candidates": n_cand, "exclude_train": exclude_train,
             "backend": "core" if core is not None else "numpy", "ks": ks}
     rep = EvaluationReport(name=name, split=split, metrics=res, info=info, ks=ks)
-    rep.result = RankingResult(res, q_users, topk, first_rank, info)
+    rep.result = RankingResult(res, q_users, topk, first_rank, info, per_q)
     return rep
 
 

@@ -162,7 +162,7 @@ _NO_RANK = np.empty(0, dtype=np.int64)
 @njit(cache=True)
 def _in_window(rank, c, hwin, hs):
     """Weight factor of a history entry of time rank ``rank`` for a target of rank ``c``."""
-    if c < 0 or abs(rank - c) > hwin:
+    if abs(rank - c) > hwin:
         return 0.0
     return hs
 
@@ -286,7 +286,7 @@ def train_epoch(
     ``drop``: dropout probability of user-side attribute / history / context rows (``_keep``).
     ``hwin`` > 0: time-local history. ``ua_rank`` (int64, aligned with ``ua_idx``) is the time
     rank of each history entry in its user's history (-1 = not a history entry), ``ex_rank[ex]``
-    the rank of the example's own item there (-1 = none: no history), ``ex_hscale[ex]`` the factor
+    the rank of the example's own item there, ``ex_hscale[ex]`` the factor
     that turns the entries' ``1 / |history| ** alpha`` weight into ``1 / |window| ** alpha``; only
     entries with ``|rank - ex_rank| <= hwin`` enter the example's user side. ``hwin`` <= 0: off
     (the three arrays may be empty).

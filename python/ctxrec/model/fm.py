@@ -45,6 +45,8 @@ FORMAT_VERSION = 1
 _LOSSES = {"bpr": K.LOSS_BPR, "softmax": K.LOSS_SOFTMAX, "mse": K.LOSS_MSE, "logloss": K.LOSS_LOGLOSS}
 _OPTS = {"adam": K.OPT_ADAM, "adagrad": K.OPT_ADAGRAD}
 _EMPTY_F32_2D = np.zeros((0, 0), dtype=np.float32)
+_EMPTY_I64 = np.zeros(0, np.int64)
+_EMPTY_F64 = np.zeros(0, np.float64)
 _FIELDS = ("user", "item", "context", "user_attrs", "item_attrs", "history")
 
 
@@ -523,7 +525,7 @@ class ContextFM:
         pos_mask = rows["labels"] > 0 if self.loss == "logloss" else np.ones(n, bool)
         self.pos_ptr_, self.pos_idx_ = _user_item_csr(rows["users"][pos_mask], rows["items"][pos_mask], self.n_users_)
         self._rebuild_user_attrs()
-        self._window = self._history_windows(rows) if self.history_window is not None else None
+        window = self._history_windows(rows) if self.history_window is not None else None
         # negative sampling distribution over items seen in training
         counts = np.bincount(rows["items"], minlength=self.n_items_)
         self.item_counts_ = counts.astype(np.int64)
@@ -548,7 +550,7 @@ class ContextFM:
             for epoch in range(int(self.epochs)):
                 t0 = time.perf_counter()
                 order = np.random.default_rng([self.random_state, epoch]).permutation(n).astype(np.int64)
-                tot = self._run_epoch(rows, order, epoch, 0, self.n_rows_, True, self.step_)
+                tot = self._run_epoch(rows, order, epoch, 0, self.n_rows_, True, self.step_, window=window)
                 dt = time.perf_counter() - t0
                 rec: dict[str, float] = {"epoch": epoch, "loss": tot / n, "seconds": dt,
                                          "examples_per_s": n / max(dt, 1e-9)}
@@ -576,18 +578,17 @@ class ContextFM:
             self._restore(best_params)
         self.best_epoch_ = best_epoch if best_epoch >= 0 else len(self.history_) - 1
         self.fit_time_s_ = time.perf_counter() - t_fit
-        del self._train_rows, self._window
+        del self._train_rows
         return self
 
     def _run_epoch(self, rows: dict[str, np.ndarray], order: np.ndarray, epoch: int, row_lo: int,
                    row_hi: int, train_dense: bool, step0: int, *, pos: tuple | None = None,
-                   seed: int | None = None) -> float:
+                   seed: int | None = None, window: tuple | None = None) -> float:
         o = self._opt
         neg_items, neg_cdf, neg_logq = self._neg
         pos_ptr, pos_idx = pos if pos is not None else (self.pos_ptr_, self.pos_idx_)
-        # the time-local history applies to fit's own epochs only (not to fold-in)
-        win = getattr(self, "_window", None) if pos is None and row_lo == 0 else None
-        hwin, ua_rank, ex_rank, ex_hscale = (int(self.history_window), *win) if win is not None else \
+        # window: the time-local history arrays of fit (``_history_windows``); None = whole history
+        hwin, ua_rank, ex_rank, ex_hscale = (int(self.history_window), *window) if window is not None else \
             (0, _EMPTY_I64, _EMPTY_I64, _EMPTY_F64)
         out = np.zeros(1, np.float64)
         b1, b2 = 0.9, 0.999
@@ -952,10 +953,6 @@ def _row_normalize(indptr: np.ndarray, data: np.ndarray) -> np.ndarray:
             if nrm > 0:
                 out[lo:hi] /= nrm
     return out
-
-
-_EMPTY_I64 = np.zeros(0, np.int64)
-_EMPTY_F64 = np.zeros(0, np.float64)
 
 
 def _check_timestamps(X: Interactions, n: int) -> np.ndarray:
