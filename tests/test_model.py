@@ -58,11 +58,23 @@ def _planted(seed: int = 0, nU: int = 120, nI: int = 80, n_groups: int = 4, per_
 # ---------------------------------------------------------------------------------------
 # export exactness
 # ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("loss", ["logloss", "bpr"])
-def test_export_equals_predict(loss):
+def _tri_reference(m, users, items, ctx):
+    """The three-way term by its definition, in numpy float64."""
+    T = m.T_.astype(np.float64)
+    out = np.zeros(len(users))
+    for e, (u, i) in enumerate(zip(users, items)):
+        if u < 0:
+            continue
+        tc = sum((T[m.ctx_off_[c] + v] for c, v in enumerate(ctx[e]) if v >= 0), np.zeros(T.shape[1]))
+        out[e] = float(np.sum(T[m.user_off_ + u] * T[m.item_off_ + i] * tc))
+    return out
+
+
+@pytest.mark.parametrize("loss,tri", [("logloss", 0), ("bpr", 0), ("logloss", 4), ("bpr", 3)])
+def test_export_equals_predict(loss, tri):
     X, side = _random_problem()
-    m = ContextFM(n_factors=8, loss=loss, epochs=2, batch_size=64, n_negatives=2, init_std=0.3,
-                  random_state=3).fit(X, side)
+    m = ContextFM(n_factors=8, n_tri_factors=tri, loss=loss, epochs=2, batch_size=64, n_negatives=2,
+                  init_std=0.3, random_state=3).fit(X, side)
     p = m.predict(X)
     qb = m.build_queries(X.user, context=X.context, context_text=X.context_text)
     tab = m.export()
@@ -70,15 +82,26 @@ def test_export_equals_predict(loss):
     assert tab.item_bias.shape == (25,) and tab.item_bias.dtype == np.float32
     s = (np.einsum("ij,ij->i", qb.queries.astype(np.float64), tab.item_vecs[X.item].astype(np.float64))
          + tab.item_bias[X.item] + qb.const)
+    if tri:
+        assert tab.item_tri.shape == (25, tri) and qb.tri_queries.shape == (len(X), tri)
+        t3 = np.einsum("ij,ij->i", qb.tri_queries.astype(np.float64), tab.item_tri[X.item].astype(np.float64))
+        # the serving form of the three-way term is its definition, and it is not trivial
+        assert np.allclose(t3, _tri_reference(m, X.user, X.item, X.context), atol=1e-6)
+        assert np.abs(t3).max() > 1e-3
+        s += t3
+    else:
+        assert tab.item_tri is None and qb.tri_queries is None and m.T_.shape == (m.n_rows_, 0)
     scale = max(1.0, float(np.abs(p).max()))
     assert np.abs(p - s).max() < 1e-5 * scale
     # the pairwise part is not trivial (the check would be vacuous with zero vectors)
     assert np.abs(np.einsum("ij,ij->i", qb.queries, tab.item_vecs[X.item])).max() > 1e-2
 
 
-def test_export_anonymous_user_and_random_items():
+@pytest.mark.parametrize("tri", [0, 3])
+def test_export_anonymous_user_and_random_items(tri):
     X, side = _random_problem(1)
-    m = ContextFM(n_factors=6, loss="logloss", epochs=1, batch_size=50, init_std=0.3).fit(X, side)
+    m = ContextFM(n_factors=6, n_tri_factors=tri, loss="logloss", epochs=1, batch_size=50,
+                  init_std=0.3).fit(X, side)
     rng = np.random.default_rng(5)
     b = 40
     users = rng.integers(-1, 30, b)
@@ -89,18 +112,23 @@ def test_export_anonymous_user_and_random_items():
     qb = m.build_queries(users, context=ctx, context_text=qt)
     tab = m.export()
     s = np.einsum("ij,ij->i", qb.queries, tab.item_vecs[items]) + tab.item_bias[items] + qb.const
+    if tri:
+        assert not qb.tri_queries[users < 0].any()  # no user, no three-way term
+        s = s + np.einsum("ij,ij->i", qb.tri_queries, tab.item_tri[items])
     assert np.allclose(p, s, atol=1e-4)
 
 
-def test_engine_serves_model_exactly():
+@pytest.mark.parametrize("tri", [0, 4])
+def test_engine_serves_model_exactly(tri):
     from ctxrec.engine import Engine
     X, side = _random_problem(2)
-    m = ContextFM(n_factors=8, loss="bpr", epochs=2, batch_size=64, init_std=0.3).fit(X, side)
+    m = ContextFM(n_factors=8, n_tri_factors=tri, loss="bpr", epochs=2, batch_size=64, init_std=0.3).fit(X, side)
     eng = m.to_engine()
     users = np.arange(10)
     ctx = np.tile([[1, 2]], (10, 1))
     qb = m.build_queries(users, context=ctx)
-    ids, scores = eng.recommend_batch(qb.queries, k=5)
+    ids, scores = eng.recommend_batch(qb.queries, k=5, tri_queries=qb.tri_queries)
+    assert (m.recommend(users, 5, context=ctx, exclude_seen=False) == ids).all()
     # brute force over all items with model.predict
     for r, u in enumerate(users):
         full = m.predict(Interactions(np.full(25, u), np.arange(25), np.tile([[1, 2]], (25, 1)),
@@ -114,18 +142,20 @@ def test_engine_serves_model_exactly():
 # ---------------------------------------------------------------------------------------
 # determinism
 # ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("dropout,window", [(0.0, None), (0.3, None), (0.3, 4)])
-def test_deterministic_for_seed_and_thread_count(dropout, window):
+@pytest.mark.parametrize("dropout,window,tri", [(0.0, None, 0), (0.3, None, 0), (0.3, 4, 0), (0.3, None, 4)])
+def test_deterministic_for_seed_and_thread_count(dropout, window, tri):
     X, side = _random_problem(3, n=900)
     X.timestamp = np.random.default_rng(0).integers(0, 50, len(X))  # with ties
-    kw = dict(n_factors=8, loss="bpr", epochs=2, batch_size=64, n_negatives=3, user_history=True,
-              dropout=dropout, history_window=window)
+    kw = dict(n_factors=8, n_tri_factors=tri, loss="bpr", epochs=2, batch_size=64, n_negatives=3,
+              user_history=True, dropout=dropout, history_window=window)
     a = ContextFM(random_state=11, num_threads=1, **kw).fit(X, side)
     b = ContextFM(random_state=11, num_threads=2, **kw).fit(X, side)
     c = ContextFM(random_state=12, num_threads=1, **kw).fit(X, side)
-    for name in ("V_", "w_", "P_", "a_", "w0_"):
+    for name in ("V_", "w_", "P_", "a_", "w0_", "T_"):
         assert np.array_equal(getattr(a, name), getattr(b, name)), name
     assert not np.array_equal(a.V_, c.V_)
+    if tri:
+        assert not np.array_equal(a.T_, c.T_)
 
 
 def test_dropout_masks_user_side_features_in_training_only():
@@ -340,6 +370,63 @@ def test_text_gives_cold_items_a_vector():
     assert np.ptp(s0.reshape(120, -1), axis=1).max() < 1e-9
 
 
+def _context_flips(seed: int = 0, nU: int = 80, nI: int = 40, n: int = 8000):
+    """Each user likes item group 0 in context 0 and group 1 in context 1, or the other way
+    round (a user-specific flip): no sum of pairwise user-item and context-item terms can
+    express it, a user x item x context term can. Rows: logloss labels, half positives."""
+    flip = np.random.default_rng(1234).integers(0, 2, nU)  # the users' tastes: the same in every draw
+    rng = np.random.default_rng(seed)
+    ig = np.arange(nI) % 2
+    users = rng.integers(0, nU, n)
+    items = rng.integers(0, nI, n)
+    ctx = rng.integers(0, 2, n)
+    y = (ig[items] == (ctx ^ flip[users])).astype(np.float64)
+    return Interactions(users, items, ctx[:, None], None, y), SideInfo(nU, nI, (2,))
+
+
+def test_three_way_factors_learn_user_specific_context_effects():
+    X, side = _context_flips()
+    test, _ = _context_flips(seed=1)
+    kw = dict(n_factors=8, loss="logloss", epochs=15, batch_size=128, learning_rate=0.02, l2=1e-5)
+    pair = ContextFM(**kw).fit(X, side)
+    tri = ContextFM(n_tri_factors=4, **kw).fit(X, side)
+    auc_pair = auc_score(test.label, pair.predict(test))
+    auc_tri = auc_score(test.label, tri.predict(test))
+    assert auc_tri > 0.95, auc_tri
+    assert auc_pair < 0.7, auc_pair  # pairwise terms cannot see the flip
+    # and the serving form ranks by it: in context c, a user's top items are its group
+    flip = (X.label.reshape(-1) == 1) & (X.context[:, 0] == 0)
+    u = int(X.user[flip][0])
+    liked0 = int(X.item[flip][0]) % 2
+    for c, group in ((0, liked0), (1, 1 - liked0)):
+        top = tri.recommend(np.array([u]), 10, context=np.array([[c]]), exclude_seen=False)[0]
+        assert np.mean(top % 2 == group) >= 0.9, (c, top)
+
+
+def test_three_way_fold_in_and_save_load(tmp_path: Path):
+    X, side = _context_flips()
+    m = ContextFM(n_factors=8, n_tri_factors=4, loss="logloss", epochs=10, batch_size=128,
+                  learning_rate=0.02).fit(X, side)
+    T_items = m.T_[m.item_off_:m.item_off_ + m.n_items_].copy()
+    # a new user who likes group 0 in context 1 and group 1 in context 0
+    items = np.arange(40)
+    ctx = np.r_[np.ones(20, np.int64), np.zeros(20, np.int64)][:, None]
+    items = np.r_[items[:20], items[20:]]
+    label = ((items % 2) == np.where(ctx[:, 0] == 1, 0, 1)).astype(np.float64)
+    u = m.fold_in(items, context=ctx, label=label, epochs=40)
+    assert np.array_equal(m.T_[m.item_off_:m.item_off_ + m.n_items_], T_items)  # items untouched
+    assert np.any(m.T_[m.user_off_ + u])
+    for c, group in ((1, 0), (0, 1)):
+        top = m.recommend(np.array([u]), 10, context=np.array([[c]]), exclude_seen=False)[0]
+        assert np.mean(top % 2 == group) >= 0.8, (c, top)
+    m2 = ContextFM.load(m.save(tmp_path / "tri"))
+    test, _ = _context_flips(seed=2)
+    assert np.array_equal(m.predict(test), m2.predict(test)) and np.array_equal(m.T_, m2.T_)
+    (tmp_path / "tri" / "T.npy").unlink()
+    with pytest.raises(CorruptArtifactError, match="T.npy"):
+        ContextFM.load(tmp_path / "tri")
+
+
 def test_fold_in_new_user():
     users, items, ug, ig, _ = _planted(seed=3)
     m = ContextFM(n_factors=8, loss="bpr", epochs=15, batch_size=64, learning_rate=0.01, n_negatives=2)
@@ -404,6 +491,8 @@ def test_errors_name_the_field():
     X, side = _random_problem(5)
     with pytest.raises(ValueError, match="loss='hinge'"):
         ContextFM(loss="hinge").fit(X, side)
+    with pytest.raises(ValueError, match="n_tri_factors=-1"):
+        ContextFM(n_tri_factors=-1).fit(X, side)
     bad = Interactions(X.user, X.item, np.full((len(X), 2), 7), X.context_text, X.label)
     with pytest.raises(ValueError, match=r"context\[:, 0\]: value 7"):
         ContextFM(loss="logloss").fit(bad, side)

@@ -136,3 +136,30 @@ def test_recommend_batch_equals_recommend(rec):
         assert r.item_ids == single.item_ids and r.scores == single.scores and r.cold_start == single.cold_start
     with pytest.raises(ValueError, match="contexts has 1 entries but users has 5"):
         rec.recommend_batch(users, [None], k=3)
+
+
+def test_three_way_model_served_exactly_end_to_end(tmp_path, dataset):
+    """With user x item x context factors, recommend / recommend_batch / explain / save-load
+    all serve the model's own score (the engine adds the three-way term in its C++ kernel)."""
+    from ctxrec.model import Interactions
+    spec = ContextSpec(time=["timestamp"], categorical=["device"])
+    rec = Recommender(spec, model=ContextFM(n_factors=8, n_tri_factors=4, epochs=4, random_state=2),
+                      encoder=None).fit(dataset)
+    assert rec.engine_.item_tri_.shape == (len(dataset.item_ids), 4)
+    users, ctxs = ["u0", "u5", "new"], [MORNING, {**NIGHT, "device": "tv"}, NIGHT]
+    batch = rec.recommend_batch(users, ctxs, k=10)
+    for user, ctx, b in zip(users, ctxs, batch):
+        r = rec.recommend(user, ctx, k=10)
+        assert r.item_ids == b.item_ids and r.scores == b.scores
+        u = rec._user(user)
+        feats, _ = rec._features(ctx)
+        items = np.array([rec._item(i) for i in r.item_ids])
+        p = rec.model_.predict(Interactions(np.full(len(items), u), items, np.repeat(feats.reshape(1, -1), len(items), 0)))
+        np.testing.assert_allclose(r.scores, p, atol=1e-4)
+        ex = rec.explain(user, r.item_ids[0], ctx)
+        assert ex["score"] == pytest.approx(r.scores[0], abs=1e-4)
+    qb = rec.model_.build_queries(np.array([0]), context=rec._features(MORNING)[0].reshape(1, -1))
+    assert np.abs(qb.tri_queries).max() > 0  # the term is there, not all zeros
+    rec.save(tmp_path / "rec")
+    loaded = Recommender.load(tmp_path / "rec")
+    assert loaded.recommend("u0", MORNING, k=10).scores == rec.recommend("u0", MORNING, k=10).scores

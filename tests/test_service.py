@@ -128,16 +128,29 @@ def test_reload_needs_token_and_swaps_without_dropping_requests(server, model_di
     assert http.post(f"{base}/admin/reload", headers={"Authorization": "Bearer wrong"}).status_code == 401
     statuses: list[int] = []
     stop = threading.Event()
+    n_threads = 3
+    # Each hammer thread counts its answered requests; the reloads start only once every
+    # thread is answering, and the threads stop only after each got answers after the last
+    # reload, so requests overlap the swaps however slowly the threads start on a busy machine.
+    answered = [0] * n_threads
 
-    def hammer() -> None:
+    def hammer(i: int) -> None:
         with httpx.Client(timeout=180) as c:
             while not stop.is_set():
                 statuses.append(c.post(f"{base}/recommend", json={"user": "u2", "k": 5}).status_code)
+                answered[i] += 1
 
-    threads = [threading.Thread(target=hammer) for _ in range(3)]
+    def wait_all_answered(more_than: list[int]) -> None:
+        deadline = time.time() + 120
+        while any(a <= m for a, m in zip(answered, more_than)):
+            assert time.time() < deadline, f"hammer threads stalled: {answered}"
+            time.sleep(0.01)
+
+    threads = [threading.Thread(target=hammer, args=(i,)) for i in range(n_threads)]
     for t in threads:
         t.start()
     try:
+        wait_all_answered([0] * n_threads)
         auth = {"Authorization": f"Bearer {TOKEN}"}
         r = http.post(f"{base}/admin/reload", json={"path": str(model_dirs[1])}, headers=auth, timeout=60)
         assert r.status_code == 200, r.text
@@ -146,6 +159,7 @@ def test_reload_needs_token_and_swaps_without_dropping_requests(server, model_di
         assert r.status_code == 422 and "still serving" in r.json()["error"]
         r = http.post(f"{base}/admin/reload", json={"path": str(model_dirs[0])}, headers=auth, timeout=60)
         assert r.status_code == 200
+        wait_all_answered(list(answered))
     finally:
         stop.set()
         for t in threads:

@@ -210,7 +210,8 @@ class Recommender:
         self.text_match_weight_ = float(w)
         self.engine_ = Engine(**dict(self.engine_params or {})).fit(
             tables.item_vecs, tables.item_bias, item_ids=self.item_ids_,
-            item_text=self.item_text_ if self.text_match_weight_ else None, text_weight=self.text_match_weight_)
+            item_text=self.item_text_ if self.text_match_weight_ else None, text_weight=self.text_match_weight_,
+            item_tri=tables.item_tri)
         self._index_users()
 
     def _index_users(self) -> None:
@@ -263,7 +264,9 @@ class Recommender:
         ctx = feats.indices if self.context_.slots else None
         return ctx, self._request_text(feats)
 
-    def _query(self, u: int, context: Mapping[str, Any] | None) -> tuple[np.ndarray, float, np.ndarray | None]:
+    def _query(self, u: int, context: Mapping[str, Any] | None) -> tuple[np.ndarray, float, np.ndarray | None,
+                                                                         np.ndarray | None]:
+        """(query [k], const, text-match query [d] or None, three-way query [t] or None)."""
         ctx, text = self._features(context)
         model_text = text if self._model_text_dim() else None
         with self._lock:
@@ -271,7 +274,8 @@ class Recommender:
         tq = None
         if text is not None and self.text_match_weight_ and np.any(text):
             tq = _unit_rows(text)[0]
-        return qb.queries[0], float(qb.const[0]), tq
+        tri = None if qb.tri_queries is None else qb.tri_queries[0]
+        return qb.queries[0], float(qb.const[0]), tq, tri
 
     def recommend(self, user: Any, context: Mapping[str, Any] | None = None, k: int = 10, *,
                   exclude_seen: bool = True, exclude: Iterable[Any] | None = None,
@@ -284,12 +288,13 @@ class Recommender:
         """
         self._fitted()
         u = self._user(user)
-        q, const, tq = self._query(u, context)
+        q, const, tq, tri = self._query(u, context)
         seen = None
         if exclude_seen and u >= 0:
             with self._lock:
                 seen = np.array(self._seen[u], np.int64)
-        ids, scores = self.engine_.recommend(q, k, exclude=exclude, allow=allow, text_query=tq, exclude_index=seen)
+        ids, scores = self.engine_.recommend(q, k, exclude=exclude, allow=allow, text_query=tq, tri_query=tri,
+                                             exclude_index=seen)
         return Recommendation(user, ids.tolist(), (scores + const).tolist(), u < 0, dict(context or {}))
 
     def recommend_batch(self, users: Sequence[Any], contexts: Sequence[Mapping[str, Any] | None] | None = None,
@@ -341,7 +346,8 @@ class Recommender:
         out: list[Any] = [None] * b
         for (plan, has_text), rows in groups.items():
             q = np.ascontiguousarray(queries[np.asarray(rows)])
-            kw = eng._extras(np.stack([tq[j] for j in rows]) if has_text else None, None, len(rows), True, None, None)
+            tri = None if qb.tri_queries is None else qb.tri_queries[np.asarray(rows)]
+            kw = eng._extras(np.stack([tq[j] for j in rows]) if has_text else None, tri, len(rows), True, None, None)
             ex = [seen[j] if seen[j] is not None else np.zeros(0, np.int64) for j in rows]
             excl = None
             if any(seen[j] is not None for j in rows):
@@ -376,9 +382,13 @@ class Recommender:
                 ctx = feats.indices[rows] if rows is not None and feats is not None \
                     else np.full((len(users), len(self.context_.slots)), -1)
             with self._lock:
-                return self.model_.build_queries(users, context=ctx).queries
+                qb = self.model_.build_queries(users, context=ctx)
+            # the three-way term is an inner product too: scored exactly as extra columns
+            return qb.queries if qb.tri_queries is None else np.hstack([qb.queries, qb.tri_queries])
 
-        model = Factors(self.engine_.item_vecs_, item_bias=self.engine_.item_bias_, query_fn=query_fn)
+        vecs = self.engine_.item_vecs_ if self.engine_.item_tri_ is None else \
+            np.hstack([self.engine_.item_vecs_, self.engine_.item_tri_])
+        model = Factors(vecs, item_bias=self.engine_.item_bias_, query_fn=query_fn)
         return evaluate_ranking(model, train, test, ks=ks, group=group, name=name, split=split,
                                 num_threads=num_threads)
 
@@ -397,12 +407,14 @@ class Recommender:
         ctx, text = self._features(context)
         vec = np.asarray(self.engine_.item_vecs_[i], np.float64)
         bias = float(self.engine_.item_bias_[i])
+        tri_vec = None if self.engine_.item_tri_ is None else np.asarray(self.engine_.item_tri_[i], np.float64)
         uses_text = bool(self._model_text_dim()) and text is not None
 
         def score(user_idx: int, c: np.ndarray | None, t: np.ndarray | None) -> float:
             with self._lock:
                 qb = self.model_.build_queries(np.array([user_idx]), context=c, context_text=t)
-            return float(qb.queries[0] @ vec + bias + qb.const[0])
+            tri = 0.0 if tri_vec is None else float(qb.tri_queries[0] @ tri_vec)  # user x item x context
+            return float(qb.queries[0] @ vec + bias + qb.const[0]) + tri
 
         absent = None if ctx is None else np.full_like(ctx, -1)
         full = score(u, ctx, text if uses_text else None)

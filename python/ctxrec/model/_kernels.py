@@ -10,6 +10,11 @@ Layout of the parameters (see ``fm.py`` for how the Python side builds it):
   ``toff[f]:toff[f+1]``. A text field with embedding ``e`` behaves as one FM feature with
   vector ``P_f^T e`` and linear weight ``a_f . e``.
 * ``w0`` f32 [1]: global bias.
+* ``T`` f32 [n_rows, t]: three-way factors (``t`` = 0: off). Only the rows of users, items and
+  context values are used (the others stay zero). The three-way term of an instance is
+  ``sum_f T[user, f] * T[item, f] * tc[f]`` with ``tc = sum_c x_c T[context value c]``: for a
+  fixed (user, context) it is an inner product ``<T[user] * tc, T[item]>`` over items, which
+  the serving engine's C++ kernel adds to the HNSW candidates (``tri`` term).
 
 The score of one (user, context, request text, item) instance is the full second-order FM
 ``w0 + sum_a x_a w_a + 1/2 (||sum_a x_a v_a||^2 - sum_a x_a^2 ||v_a||^2)`` over the user-side
@@ -104,6 +109,17 @@ def _keep(drop, seed, epoch, e, r):
     return 1.0 / (1.0 - drop)
 
 
+@njit(cache=True, inline="always")
+def _ctx_row(ctx, e, c, ctx_off, drop, seed, epoch):
+    """(row, dropout factor) of context field ``c`` of instance ``e``; factor 0.0 when the
+    value is absent (-1) or dropped."""
+    v = ctx[e, c]
+    if v < 0:
+        return -1, 0.0
+    r = ctx_off[c] + v
+    return r, _keep(drop, seed, epoch, e, r)
+
+
 # ----------------------------------------------------------------------------------------
 # side sums
 # ----------------------------------------------------------------------------------------
@@ -127,6 +143,17 @@ def _add_text(emb, row, t0, a, P, tv, out, lin, sq):
     return lin, sq
 
 
+@njit(cache=True, inline="always")
+def _add_row(V, w, r, x, out, lin, sq):
+    """Add sparse feature row ``r`` with value ``x`` to a side sum: out[k] += x V[r]; returns
+    the updated (linear, squared-norm) accumulators."""
+    lin += x * w[r]
+    for f in range(V.shape[1]):
+        out[f] += x * V[r, f]
+        sq += x * x * V[r, f] * V[r, f]
+    return lin, sq
+
+
 @njit(cache=True)
 def _item_side(i, V, w, P, a, item_off, ia_ptr, ia_idx, ia_val, itext, t0, out, tout):
     """Sum of item-side vectors into out[k]; item text vector into tout[k] (zeros if none).
@@ -143,12 +170,7 @@ def _item_side(i, V, w, P, a, item_off, ia_ptr, ia_idx, ia_val, itext, t0, out, 
         sq += V[r, f] * V[r, f]
     lin += w[r]
     for p in range(ia_ptr[i], ia_ptr[i + 1]):
-        r = ia_idx[p]
-        x = ia_val[p]
-        lin += x * w[r]
-        for f in range(k):
-            out[f] += x * V[r, f]
-            sq += x * x * V[r, f] * V[r, f]
+        lin, sq = _add_row(V, w, ia_idx[p], ia_val[p], out, lin, sq)
     lin, sq = _add_text(itext, i, t0, a, P, tout, out, lin, sq)
     tot = 0.0
     for f in range(k):
@@ -200,30 +222,39 @@ def _user_side(e, u, ctx, ctx_off, V, w, P, a, user_off, ua_ptr, ua_idx, ua_val,
             x = ua_val[p] * _keep(drop, seed, epoch, e, r)
             if hwin > 0 and ua_rank[p] >= 0:
                 x = _in_window(ua_rank[p], c, hwin, hs) * x
-            if x == 0.0:
-                continue
-            lin += x * w[r]
-            for f in range(k):
-                out[f] += x * V[r, f]
-                sq += x * x * V[r, f] * V[r, f]
+            if x != 0.0:
+                lin, sq = _add_row(V, w, r, x, out, lin, sq)
         lin, sq = _add_text(utext, u, t1, a, P, tu, out, lin, sq)
-    nc = ctx.shape[1]
-    for c in range(nc):
-        v = ctx[e, c]
-        if v >= 0:
-            r = ctx_off[c] + v
-            x = _keep(drop, seed, epoch, e, r)
-            if x == 0.0:
-                continue
-            lin += x * w[r]
-            for f in range(k):
-                out[f] += x * V[r, f]
-                sq += x * x * V[r, f] * V[r, f]
+    for c in range(ctx.shape[1]):
+        r, x = _ctx_row(ctx, e, c, ctx_off, drop, seed, epoch)
+        if x != 0.0:
+            lin, sq = _add_row(V, w, r, x, out, lin, sq)
     lin, sq = _add_text(qtext, e, t2, a, P, tq, out, lin, sq)
     tot = 0.0
     for f in range(k):
         tot += out[f] * out[f]
     return lin, 0.5 * (tot - sq)
+
+
+@njit(cache=True)
+def _tri_query(e, u, ctx, ctx_off, user_off, T3, drop, seed, epoch, tc, out):
+    """Three-way query of instance ``e``: tc[t] = sum of T3 over its (kept) context values,
+    out[t] = T3[user] * tc (zeros for no user). ``drop`` as in ``_user_side`` (0 = scoring)."""
+    t3 = T3.shape[1]
+    for f in range(t3):
+        tc[f] = 0.0
+        out[f] = 0.0
+    if u < 0:
+        return
+    for c in range(ctx.shape[1]):
+        r, x = _ctx_row(ctx, e, c, ctx_off, drop, seed, epoch)
+        if x == 0.0:
+            continue
+        for f in range(t3):
+            tc[f] += x * T3[r, f]
+    ru = user_off + u
+    for f in range(t3):
+        out[f] = T3[ru, f] * tc[f]
 
 
 # ----------------------------------------------------------------------------------------
@@ -270,6 +301,7 @@ def train_epoch(
     pos_ptr, pos_idx, neg_items, neg_cdf, neg_logq,
     V, w, P, a, w0,
     mV, sV, mw, sw, mP, sP, ma, sa, m0, s0,
+    T3, mT3, sT3,
     loss, n_neg, batch_size, lr, l2_v, l2_w, l2_p, opt, b1, b2, eps,
     step0, seed, epoch, row_lo, row_hi, train_dense, n_threads, hist_off, drop, out_loss,
     hwin, ua_rank, ex_rank, ex_hscale,
@@ -290,6 +322,8 @@ def train_epoch(
     that turns the entries' ``1 / |history| ** alpha`` weight into ``1 / |window| ** alpha``; only
     entries with ``|rank - ex_rank| <= hwin`` enter the example's user side. ``hwin`` <= 0: off
     (the three arrays may be empty).
+    ``T3`` f32 [n_rows, t] (and its optimizer state ``mT3``, ``sT3``): three-way factors, trained
+    on the rows of the user, the items and the (kept) context values; t = 0: off.
     ``n_threads`` only sets how reductions are partitioned (results do not depend on it).
     Returns the optimizer step count after the epoch; the summed loss goes to out_loss[0].
     """
@@ -326,6 +360,12 @@ def train_epoch(
     touched = np.empty(n_rows, dtype=np.int64)
     GP = np.zeros((n_trow, k), dtype=np.float32)
     ga = np.zeros(n_trow, dtype=np.float64)
+    t3 = T3.shape[1]
+    tcb = np.zeros((B, t3), dtype=np.float32)   # context sum of T3 per example
+    ucb = np.zeros((B, t3), dtype=np.float32)   # T3[user] * tc: the example's three-way query
+    gtb = np.zeros((B, t3), dtype=np.float64)   # sum_j g_j T3[item_j]
+    GTI = np.zeros((S, t3), dtype=np.float64)   # per-slot item gradient of T3
+    GT = np.zeros((n_rows, t3), dtype=np.float32)
     di = itext.shape[1]
     du = utext.shape[1]
     dq = qtext.shape[1]
@@ -384,6 +424,8 @@ def train_epoch(
             gs[s_] = 0.0
             for f in range(k):
                 GI[s_, f] = 0.0
+            for f in range(t3):
+                GTI[s_, f] = 0.0
         # ---- C: user sides, scores, loss gradients ----------------------------------
         for bb in prange(nb):
             ex = order[lo + bb]
@@ -396,6 +438,8 @@ def train_epoch(
                                     drop, seed, epoch, hwin, ua_rank, c_, hs_)
             ube[bb] = lin + intra
             base = w0[0] + ube[bb]
+            if t3 > 0:
+                _tri_query(ex, u, ctx, ctx_off, user_off, T3, drop, seed, epoch, tcb[bb], ucb[bb])
             # scores
             sc = np.empty(J, dtype=np.float64)
             for j in range(J):
@@ -403,6 +447,10 @@ def train_epoch(
                 d = 0.0
                 for f in range(k):
                     d += Ue[bb, f] * Islot[s_, f]
+                if t3 > 0:
+                    ri = item_off + inst[bb, j]
+                    for f in range(t3):
+                        d += ucb[bb, f] * T3[ri, f]
                 sc[j] = base + ibslot[s_] + d
             lb = 0.0
             if loss == 0:  # BPR: mean over negatives of -log sigma(s_pos - s_neg)
@@ -450,6 +498,13 @@ def train_epoch(
                 for f in range(k):
                     Gu[bb, f] += gj * (Ue[bb, f] + Islot[s_, f])
             gsum[bb] = gsm
+            if t3 > 0:
+                for f in range(t3):
+                    gtb[bb, f] = 0.0
+                for j in range(J):
+                    ri = item_off + inst[bb, j]
+                    for f in range(t3):
+                        gtb[bb, f] += g[bb, j] * T3[ri, f]
         for bb in range(nb):
             total_loss += lossb[bb]
         # ---- D: per-slot item gradients (slot owned by thread s % T, batch order) -----
@@ -463,6 +518,8 @@ def train_epoch(
                     gs[s_] += gj
                     for f in range(k):
                         GI[s_, f] += gj * (Ue[bb, f] + Islot[s_, f])
+                    for f in range(t3):
+                        GTI[s_, f] += gj * ucb[bb, f]
         # ---- E: sparse row gradients (row owned by thread r % T, batch order) ------
         stamp = step
         for t in prange(T):
@@ -477,6 +534,8 @@ def train_epoch(
                         gw[r] += gsm
                         for f in range(k):
                             GV[r, f] += Gu[bb, f] - V[r, f] * gsm
+                        for f in range(t3):
+                            GT[r, f] += gtb[bb, f] * tcb[bb, f]
                     skip = hist_off + items[ex] if hist_off >= 0 else -1
                     for p in range(ua_ptr[u], ua_ptr[u + 1]):
                         r = ua_idx[p]
@@ -505,6 +564,10 @@ def train_epoch(
                     gw[r] += x * gsm
                     for f in range(k):
                         GV[r, f] += x * Gu[bb, f] - x * x * V[r, f] * gsm
+                    if t3 > 0 and u >= 0:
+                        ru = user_off + u
+                        for f in range(t3):
+                            GT[r, f] += x * gtb[bb, f] * T3[ru, f]
             for s_ in range(ns):
                 it = slot_item[s_]
                 gss = gs[s_]
@@ -514,6 +577,8 @@ def train_epoch(
                     gw[r] += gss
                     for f in range(k):
                         GV[r, f] += GI[s_, f] - V[r, f] * gss
+                    for f in range(t3):
+                        GT[r, f] += GTI[s_, f]
                 for p in range(ia_ptr[it], ia_ptr[it + 1]):
                     r = ia_idx[p]
                     if r % T != t or r < row_lo or r >= row_hi:
@@ -608,6 +673,10 @@ def train_epoch(
             _opt_scalar(w, mw, sw, r, gw[r], l2_w, lr, opt, b1, b2, eps, c1, c2)
             for f in range(k):
                 GV[r, f] = 0.0
+            if t3 > 0:
+                _opt_row(T3, mT3, sT3, r, GT[r], l2_v[r], lr, opt, b1, b2, eps, c1, c2)
+                for f in range(t3):
+                    GT[r, f] = 0.0
             gw[r] = 0.0
             mark[r] = -1
         if train_dense:
@@ -633,12 +702,13 @@ def train_epoch(
 @njit(parallel=True, cache=True)
 def predict_full(users, items, ctx, qtext,
                  ctx_off, item_off, user_off, ia_ptr, ia_idx, ia_val, ua_ptr, ua_idx, ua_val,
-                 itext, utext, toff, V, w, P, a, w0, out):
+                 itext, utext, toff, V, w, P, a, w0, T3, out):
     """Full FM score per instance, computed directly over the union of all features.
 
     Independent of the two-sided decomposition used for training and export (it sums all
     feature vectors of the instance into one vector and subtracts the squared norms), so it
-    can check the export. ``users[e] < 0`` means "no user" (cold request).
+    can check the export. ``users[e] < 0`` means "no user" (cold request). The three-way
+    term (``T3``, t > 0) is added as ``sum_f T3[u, f] T3[i, f] sum_c T3[c, f]``.
     """
     n = users.shape[0]
     k = V.shape[1]
@@ -708,7 +778,16 @@ def predict_full(users, items, ctx, qtext,
         pair = 0.0
         for f in range(k):
             pair += tot[f] * tot[f]
-        out[e] = lin + 0.5 * (pair - sq)
+        tri = 0.0
+        if u >= 0:
+            for f in range(T3.shape[1]):
+                tc = 0.0
+                for c in range(ctx.shape[1]):
+                    v = ctx[e, c]
+                    if v >= 0:
+                        tc += np.float64(T3[ctx_off[c] + v, f])
+                tri += np.float64(T3[user_off + u, f]) * T3[item_off + i, f] * tc
+        out[e] = lin + 0.5 * (pair - sq) + tri
 
 
 @njit(parallel=True, cache=True)
@@ -725,7 +804,7 @@ def item_table(V, w, P, a, item_off, ia_ptr, ia_idx, ia_val, itext, t0, vecs, bi
 
 @njit(cache=True)
 def _query_row(e, users, ctx, qtext, ctx_off, V, w, P, a, user_off, ua_ptr, ua_idx, ua_val,
-               utext, t1, t2, w0, queries, const):
+               utext, t1, t2, w0, T3, queries, const, tri):
     k = V.shape[1]
     tu = np.empty(k, dtype=np.float32)
     tq = np.empty(k, dtype=np.float32)
@@ -733,21 +812,25 @@ def _query_row(e, users, ctx, qtext, ctx_off, V, w, P, a, user_off, ua_ptr, ua_i
                             ua_val, utext, t1, qtext, t2, queries[e], tu, tq, -1, 0.0, 0, 0,
                             0, _NO_RANK, -1, 1.0)
     const[e] = w0[0] + lin + intra
+    if T3.shape[1] > 0:
+        tc = np.empty(T3.shape[1], dtype=np.float32)
+        _tri_query(e, users[e], ctx, ctx_off, user_off, T3, 0.0, 0, 0, tc, tri[e])
 
 
 @njit(parallel=True, cache=True)
 def query_table(users, ctx, qtext, ctx_off, V, w, P, a, user_off, ua_ptr, ua_idx, ua_val,
-                utext, t1, t2, w0, queries, const):
-    """Query vectors for serving: queries[e] = user-side vector sum; const[e] = w0 + lin_U + intra_U."""
+                utext, t1, t2, w0, T3, queries, const, tri):
+    """Query vectors for serving: queries[e] = user-side vector sum; const[e] = w0 + lin_U + intra_U;
+    tri[e] f32 [t] = the three-way query T3[user] * sum_c T3[context value c] (t = 0: off)."""
     for e in prange(queries.shape[0]):
         _query_row(e, users, ctx, qtext, ctx_off, V, w, P, a, user_off, ua_ptr, ua_idx, ua_val,
-                   utext, t1, t2, w0, queries, const)
+                   utext, t1, t2, w0, T3, queries, const, tri)
 
 
 @njit(cache=True)
 def query_table_serial(users, ctx, qtext, ctx_off, V, w, P, a, user_off, ua_ptr, ua_idx, ua_val,
-                       utext, t1, t2, w0, queries, const):
+                       utext, t1, t2, w0, T3, queries, const, tri):
     """query_table on the calling thread: a single live request must not wake a thread pool."""
     for e in range(queries.shape[0]):
         _query_row(e, users, ctx, qtext, ctx_off, V, w, P, a, user_off, ua_ptr, ua_idx, ua_val,
-                   utext, t1, t2, w0, queries, const)
+                   utext, t1, t2, w0, T3, queries, const, tri)

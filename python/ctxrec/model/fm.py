@@ -10,7 +10,9 @@ Model. Every instance (user ``u``, context values ``c_1..c_C``, request text ``q
   per categorical context field, request text ``P_q^T e_q``;
 * item side: item id, item attributes (CSR, weighted), item text ``P_i^T e_i``;
 
-and its score is the second-order FM ``w0 + sum_a x_a w_a + sum_{a<b} x_a x_b <v_a, v_b>``.
+and its score is the second-order FM ``w0 + sum_a x_a w_a + sum_{a<b} x_a x_b <v_a, v_b>``,
+plus, with ``n_tri_factors = t > 0``, a three-way user x item x context term
+``sum_f T[u, f] T[i, f] sum_c T[c, f]`` over factors of their own.
 Dense text embeddings enter through learned projections ``P`` (and linear weights), so an
 item that has only a description still gets a vector (item cold start), and a request's
 words move the ranking.
@@ -19,7 +21,10 @@ Serving. For a fixed (user, context, request text) the score is
 ``query . item_vec + item_bias + const`` with ``query`` the user-side vector sum,
 ``item_vec`` the item-side vector sum, ``item_bias`` the item-side linear + intra-item
 pairwise terms and ``const`` (item-independent) the rest: :meth:`ContextFM.export` and
-:meth:`ContextFM.build_queries` give exactly these, for :class:`ctxrec.engine.Engine`.
+:meth:`ContextFM.build_queries` give exactly these, for :class:`ctxrec.engine.Engine`. The
+three-way term is ``<tri_query, item_tri>`` with ``tri_query = T[u] * sum_c T[c]``: HNSW
+retrieves on the pairwise part and the engine's C++ kernel adds this term to the candidates
+(exact when the catalog is scored in full).
 """
 from __future__ import annotations
 
@@ -40,7 +45,7 @@ from ctxrec.model._metrics import auc_score, logloss_score, ranking_metrics
 __all__ = ["ContextFM", "Interactions", "SideInfo", "ServingTables", "QueryBatch"]
 
 FORMAT = "ctxrec.ContextFM"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: three-way factors (T.npy)
 
 _LOSSES = {"bpr": K.LOSS_BPR, "softmax": K.LOSS_SOFTMAX, "mse": K.LOSS_MSE, "logloss": K.LOSS_LOGLOSS}
 _OPTS = {"adam": K.OPT_ADAM, "adagrad": K.OPT_ADAGRAD}
@@ -187,6 +192,12 @@ class ContextFM:
     ----------
     n_factors : int
         Embedding width k (default 64).
+    n_tri_factors : int
+        Width t of the three-way user x item x context factors (default 0 = off). Each user,
+        item and context value gets a vector ``T[., :t]``; an instance adds
+        ``sum_f T[u, f] T[i, f] sum_c T[c, f]``, so how much a user likes an item can depend on
+        the context (a user's weekend taste), which pairwise terms cannot express. Needs
+        context fields to do anything. L2 as the rows' ``l2`` / ``l2_fields``.
     loss : {"bpr", "softmax", "mse", "logloss"}
         BPR and sampled softmax (with logQ correction) for implicit feedback, MSE for
         ratings, logloss for 0/1 labels (with ``n_negatives > 0`` extra sampled negatives
@@ -261,6 +272,7 @@ class ContextFM:
     def __init__(
         self,
         n_factors: int = 64,
+        n_tri_factors: int = 0,
         loss: str = "bpr",
         n_negatives: int | None = None,
         negative_sampling: str = "uniform",
@@ -288,6 +300,7 @@ class ContextFM:
         verbose: bool = False,
     ) -> None:
         self.n_factors = n_factors
+        self.n_tri_factors = n_tri_factors
         self.loss = loss
         self.n_negatives = n_negatives
         self.negative_sampling = negative_sampling
@@ -339,6 +352,8 @@ class ContextFM:
             raise ValueError(f"negative_sampling={self.negative_sampling!r}: expected 'uniform' or 'popularity'")
         if int(self.n_factors) < 1:
             raise ValueError(f"n_factors={self.n_factors!r}: must be >= 1")
+        if int(self.n_tri_factors) < 0:
+            raise ValueError(f"n_tri_factors={self.n_tri_factors!r}: must be >= 0 (0 = off)")
         if int(self.batch_size) < 1:
             raise ValueError(f"batch_size={self.batch_size!r}: must be >= 1")
         if not (self.learning_rate > 0):
@@ -435,6 +450,18 @@ class ContextFM:
         self.P_ = P
         self.a_ = np.zeros(int(self.toff_[-1]), np.float32)
         self.w0_ = np.zeros(1, np.float32)
+        # three-way factors: own stream (the pairwise init does not depend on t); only seen
+        # users / items and context values get random rows
+        t = int(self.n_tri_factors)
+        T = np.random.default_rng([self.random_state, 3]).normal(
+            0.0, self.init_std, size=(self.n_rows_, t)).astype(np.float32)
+        if t:
+            tri_rows = seen_rows.copy()
+            tri_rows[self.iattr_off_:self.user_off_] = False
+            ctx_lo, ctx_hi = self._field_rows()["context"]
+            tri_rows[ctx_lo:ctx_hi] = True
+            T[~tri_rows] = 0.0
+        self.T_ = T
         self._reset_opt_state()
 
     def _reset_opt_state(self) -> None:
@@ -444,6 +471,7 @@ class ContextFM:
             mP=np.zeros_like(self.P_), sP=np.zeros_like(self.P_),
             ma=np.zeros_like(self.a_), sa=np.zeros_like(self.a_),
             m0=np.zeros(1, np.float32), s0=np.zeros(1, np.float32),
+            mT=np.zeros_like(self.T_), sT=np.zeros_like(self.T_),
         )
         self.step_ = 0
 
@@ -504,7 +532,8 @@ class ContextFM:
         ``callback(epoch, record)`` is called after every epoch; returning True stops training.
 
         Learned attributes: ``V_`` f32 [n_rows, k], ``w_`` f32 [n_rows], ``P_`` / ``a_`` text
-        projections, ``w0_``, ``history_`` (per-epoch loss, examples/s, metric),
+        projections, ``w0_``, ``T_`` f32 [n_rows, n_tri_factors] three-way factors,
+        ``history_`` (per-epoch loss, examples/s, metric),
         ``best_epoch_``, ``fit_time_s_``.
         """
         self._check_params()
@@ -600,6 +629,7 @@ class ContextFM:
             pos_ptr, pos_idx, neg_items, neg_cdf, neg_logq,
             self.V_, self.w_, self.P_, self.a_, self.w0_,
             o["mV"], o["sV"], o["mw"], o["sw"], o["mP"], o["sP"], o["ma"], o["sa"], o["m0"], o["s0"],
+            self.T_, o["mT"], o["sT"],
             _LOSSES[self.loss], self._n_neg(), int(min(self.batch_size, len(order))),
             float(self.learning_rate), self._row_l2(), float(self.l2_bias), float(self.l2_text),
             _OPTS[self.optimizer], b1, b2, eps, int(step0),
@@ -677,7 +707,7 @@ class ContextFM:
         self.ua_ptr_, self.ua_idx_, self.ua_val_ = ptr, idx, val
 
     def _snapshot(self) -> dict[str, np.ndarray]:
-        return {k_: getattr(self, k_).copy() for k_ in ("V_", "w_", "P_", "a_", "w0_")}
+        return {k_: getattr(self, k_).copy() for k_ in ("V_", "w_", "P_", "a_", "w0_", "T_")}
 
     def _restore(self, snap: dict[str, np.ndarray]) -> None:
         for k_, v in snap.items():
@@ -727,6 +757,8 @@ class ContextFM:
             idx = np.concatenate([self.pos_idx_[self.pos_ptr_[u]:self.pos_ptr_[u + 1]] for u in users if u >= 0]
                                  or [np.zeros(0, np.int64)]).astype(np.int64)
             kw = dict(exclude_indptr=ptr, exclude_indices=np.ascontiguousarray(idx))
+        if qb.tri_queries is not None:
+            kw.update(tri_queries=qb.tri_queries, item_tri=tab.item_tri)
         ids, _ = _core.topk_full(qb.queries, tab.item_vecs, tab.item_bias, int(k),
                                  num_threads=int(self.num_threads or 0), **kw)
         return ids
@@ -737,7 +769,7 @@ class ContextFM:
         K.predict_full(r["users"], r["items"], r["ctx"], r["qtext"], self.ctx_off_, self.item_off_,
                        self.user_off_, self.ia_ptr_, self.ia_idx_, self.ia_val_, self.ua_ptr_,
                        self.ua_idx_, self.ua_val_, self.item_text_, self.user_text_, self.toff_,
-                       self.V_, self.w_, self.P_, self.a_, self.w0_, out)
+                       self.V_, self.w_, self.P_, self.a_, self.w0_, self.T_, out)
         return out
 
     def predict(self, X: Interactions) -> np.ndarray:
@@ -761,42 +793,51 @@ class ContextFM:
 
     # ------------------------------------------------------------------- export --
     def export(self) -> ServingTables:
-        """Item table for serving: item_vecs f32 [n_items, k], item_bias f32 [n_items]."""
+        """Item table for serving: item_vecs f32 [n_items, k], item_bias f32 [n_items] and, with
+        three-way factors, item_tri f32 [n_items, n_tri_factors] (else None)."""
         self._check_fitted()
         k = self.V_.shape[1]
         vecs = np.zeros((self.n_items_, k), np.float32)
         bias = np.zeros(self.n_items_, np.float32)
         K.item_table(self.V_, self.w_, self.P_, self.a_, self.item_off_, self.ia_ptr_, self.ia_idx_,
                      self.ia_val_, self.item_text_, int(self.toff_[0]), vecs, bias)
-        return ServingTables(vecs, bias)
+        tri = None
+        if self.T_.shape[1]:
+            tri = np.ascontiguousarray(self.T_[self.item_off_:self.item_off_ + self.n_items_])
+        return ServingTables(vecs, bias, item_tri=tri)
 
     def to_engine(self, item_ids: Any = None, **engine_params: Any) -> Any:
         """A :class:`ctxrec.engine.Engine` fitted on :meth:`export`'s item table.
 
-        Query it with ``build_queries(...).queries``; its scores are the model's minus the
-        item-independent ``const`` of each query.
+        Query it with ``build_queries(...).queries`` (and ``tri_query=`` its ``tri_queries`` row
+        with three-way factors); its scores are the model's minus the item-independent
+        ``const`` of each query.
         """
         from ctxrec.engine import Engine
         tab = self.export()
-        return Engine(**engine_params).fit(tab.item_vecs, tab.item_bias, item_ids)
+        return Engine(**engine_params).fit(tab.item_vecs, tab.item_bias, item_ids, item_tri=tab.item_tri)
 
     def _queries(self, users: np.ndarray, ctx: np.ndarray, qt: np.ndarray) -> QueryBatch:
         b = len(users)
         k = self.V_.shape[1]
         q = np.zeros((b, k), np.float32)
         c = np.zeros(b, np.float64)
+        t = self.T_.shape[1]
+        tri = np.zeros((b, t), np.float32)
         kernel = K.query_table if b >= 64 else K.query_table_serial  # live requests: no thread pool
         kernel(users, ctx, qt, self.ctx_off_, self.V_, self.w_, self.P_, self.a_, self.user_off_,
-                      self.ua_ptr_, self.ua_idx_, self.ua_val_, self.user_text_, int(self.toff_[1]),
-                      int(self.toff_[2]), self.w0_, q, c)
-        return QueryBatch(q, c.astype(np.float32))
+               self.ua_ptr_, self.ua_idx_, self.ua_val_, self.user_text_, int(self.toff_[1]),
+               int(self.toff_[2]), self.w0_, self.T_, q, c, tri)
+        return QueryBatch(q, c.astype(np.float32), tri_queries=tri if t else None)
 
     def build_queries(self, users: np.ndarray, *, context: np.ndarray | None = None,
                       context_text: np.ndarray | None = None) -> QueryBatch:
         """Query vectors for (user, context, request text) rows (user -1 = anonymous).
 
-        ``queries[q] . item_vecs[i] + item_bias[i] + const[q]`` equals ``predict`` of that
-        (user, context, text, item) row up to float32 rounding.
+        ``queries[q] . item_vecs[i] + item_bias[i] + const[q]`` (+ ``tri_queries[q] .
+        item_tri[i]`` with three-way factors) equals ``predict`` of that (user, context, text,
+        item) row up to float32 rounding. Shapes: queries f32 [b, k], const f32 [b],
+        tri_queries f32 [b, n_tri_factors] or None.
         """
         self._check_fitted()
         users = np.atleast_1d(np.asarray(users, dtype=np.int64))
@@ -845,8 +886,11 @@ class ContextFM:
         k = self.V_.shape[1]
         self.V_ = np.vstack([self.V_, np.zeros((1, k), np.float32)])
         self.w_ = np.append(self.w_, np.float32(0))
+        self.T_ = np.vstack([self.T_, np.zeros((1, self.T_.shape[1]), np.float32)])
         for name in ("mV", "sV"):
             self._opt[name] = np.vstack([self._opt[name], np.zeros((1, k), np.float32)])
+        for name in ("mT", "sT"):
+            self._opt[name] = np.vstack([self._opt[name], np.zeros((1, self.T_.shape[1]), np.float32)])
         for name in ("mw", "sw"):
             self._opt[name] = np.append(self._opt[name], np.float32(0))
         attrs = np.asarray(user_attrs if user_attrs is not None else [], dtype=np.int64)
@@ -881,7 +925,7 @@ class ContextFM:
         self._rebuild_user_attrs()
 
     # ---------------------------------------------------------------- save / load --
-    _ARRAYS = ("V_", "w_", "P_", "a_", "w0_", "ctx_off_", "toff_", "ia_ptr_", "ia_idx_", "ia_val_",
+    _ARRAYS = ("V_", "w_", "P_", "a_", "w0_", "T_", "ctx_off_", "toff_", "ia_ptr_", "ia_idx_", "ia_val_",
                "ua_ptr_", "ua_idx_", "ua_val_", "item_text_", "user_text_", "pos_ptr_", "pos_idx_",
                "item_counts_", "uab_ptr_", "uab_idx_", "uab_val_")
     _SCALARS = ("item_off_", "iattr_off_", "uattr_off_", "hist_off_", "user_off_", "n_rows_", "n_users_", "n_items_",
@@ -927,6 +971,8 @@ class ContextFM:
         m.step_ = meta["scalars"]["step_"]
         if m.V_.shape != (m.n_rows_, m.n_factors):
             raise CorruptArtifactError(f"{path}: V has shape {m.V_.shape}, expected ({m.n_rows_}, {m.n_factors})")
+        if m.T_.shape != (m.n_rows_, m.n_tri_factors):
+            raise CorruptArtifactError(f"{path}: T has shape {m.T_.shape}, expected ({m.n_rows_}, {m.n_tri_factors})")
         m._neg = _neg_tables(np.flatnonzero(m.item_counts_ > 0).astype(np.int64), m.item_counts_,
                              m.negative_sampling, m.popularity_alpha, m.n_items_)
         return m
