@@ -76,10 +76,12 @@ COLD_FM = dict(n_factors=64, loss="softmax", n_negatives=64, learning_rate=0.002
 # item) from 0.0834 to 0.0884 (window 5: 0.0781)
 TEMPORAL_FM = dict(n_factors=64, loss="softmax", n_negatives=64, learning_rate=0.002, l2=3e-2, batch_size=256,
                    user_history=True, history_window=20)
+TEMPORAL_TRI = 16  # width of the three-way factors in the leave-last-out ablation row
 # Frappe: dropout 0.5 of the context fields and embedding size 512 (was 64, no dropout), chosen on
 # the official validation set.
 FRAPPE_FM = dict(n_factors=512, loss="logloss", n_negatives=0, learning_rate=0.002, l2=1e-4, l2_bias=1e-6,
                  batch_size=512, dropout=0.5)
+FRAPPE_TRI = 64  # width of the three-way user x item x context factors in the Frappe row that adds them
 
 
 # ---------------------------------------------------------------------------------------
@@ -117,10 +119,18 @@ def text_embeddings(texts: list[str], name: str) -> tuple[np.ndarray, str]:
     return out, source
 
 
-def fm_factors(m: ContextFM, n_users: int) -> Factors:
+def fm_factors(m: ContextFM, n_users: int, test_ctx: np.ndarray | None = None) -> Factors:
+    """The model's serving form as Factors: one query per user, or with ``test_ctx`` (int64
+    [n_test, C]) one per test row with that row's context. The three-way term (if any) is an
+    inner product too and enters as extra columns, so the scores are the model's exactly."""
     tab = m.export()
-    qb = m.build_queries(np.arange(n_users))
-    return Factors(item_vecs=tab.item_vecs, user_vecs=qb.queries, item_bias=tab.item_bias)
+    if test_ctx is None:
+        return Factors(item_vecs=tab.joined(), user_vecs=m.build_queries(np.arange(n_users)).joined(),
+                       item_bias=tab.item_bias)
+
+    def qfn(users: np.ndarray, r: np.ndarray | None) -> np.ndarray:
+        return m.build_queries(users, context=test_ctx[r]).joined()
+    return Factors(item_vecs=tab.joined(), item_bias=tab.item_bias, query_fn=qfn)
 
 
 def pick(rep: Any, keys: list[str]) -> dict[str, float]:
@@ -168,6 +178,12 @@ def _csr(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int):
     return sp.csr_matrix((np.ones(len(users), np.float32), (users, items)), shape=(n_users, n_items))
 
 
+# Training epochs (iterations) of each iterative peer; the report gives epoch_s = fit_s / epochs
+# (fit_s includes the peer's data preparation). Popularity and EASE (closed form) have none.
+PEER_EPOCHS = {"implicit ALS": 15, "implicit BPR": 100, "LightFM WARP + genres": 30, "cornac BPR": 100,
+               "cornac BiVAE": 500}
+
+
 def peer_popularity(train, n_items: int) -> Factors:
     cnt = np.bincount(train.items, minlength=n_items).astype(np.float64)
     jitter = np.random.default_rng(0).random(n_items) * 0.49
@@ -178,7 +194,7 @@ def peer_popularity(train, n_items: int) -> Factors:
 def peer_implicit_als(train) -> Factors:
     from implicit.cpu.als import AlternatingLeastSquares
     ui = _csr(train.users, train.items, train.n_users, train.n_items)
-    m = AlternatingLeastSquares(factors=64, regularization=0.05, alpha=1.0, iterations=15, random_state=42,
+    m = AlternatingLeastSquares(factors=64, regularization=0.05, alpha=1.0, iterations=PEER_EPOCHS["implicit ALS"], random_state=42,
                                 num_threads=THREADS)
     m.fit(ui, show_progress=False)
     return Factors(item_vecs=np.asarray(m.item_factors), user_vecs=np.asarray(m.user_factors))
@@ -187,8 +203,8 @@ def peer_implicit_als(train) -> Factors:
 def peer_implicit_bpr(train) -> Factors:
     from implicit.cpu.bpr import BayesianPersonalizedRanking
     ui = _csr(train.users, train.items, train.n_users, train.n_items)
-    m = BayesianPersonalizedRanking(factors=64, learning_rate=0.01, regularization=0.01, iterations=100,
-                                    random_state=42, num_threads=THREADS)
+    m = BayesianPersonalizedRanking(factors=64, learning_rate=0.01, regularization=0.01,
+                                    iterations=PEER_EPOCHS["implicit BPR"], random_state=42, num_threads=THREADS)
     m.fit(ui, show_progress=False)
     return Factors(item_vecs=np.asarray(m.item_factors), user_vecs=np.asarray(m.user_factors))
 
@@ -222,7 +238,7 @@ def peer_lightfm(train, genres: Any) -> Factors:
         feats = sp.diags(1.0 / np.maximum(s, 1e-12)) @ feats
     m = LightFM(no_components=64, loss="warp", learning_rate=0.05, item_alpha=1e-6, user_alpha=1e-6,
                 random_state=42)
-    m.fit(ui, item_features=feats, epochs=30, num_threads=THREADS)
+    m.fit(ui, item_features=feats, epochs=PEER_EPOCHS["LightFM WARP + genres"], num_threads=THREADS)
     ib, iv = m.get_item_representations(feats)
     ub, uv = m.get_user_representations()
     return Factors(item_vecs=iv.astype(np.float32), user_vecs=uv.astype(np.float32), item_bias=ib.astype(np.float32))
@@ -256,7 +272,7 @@ def _cornac_factors(train, model_fn: Callable[[], Any], kind: str) -> Factors:
 
 def peer_cornac_bpr(train) -> Factors:
     import cornac
-    return _cornac_factors(train, lambda: cornac.models.BPR(k=200, max_iter=100, learning_rate=0.01,
+    return _cornac_factors(train, lambda: cornac.models.BPR(k=200, max_iter=PEER_EPOCHS["cornac BPR"], learning_rate=0.01,
                                                             lambda_reg=0.001, seed=123, verbose=False), "bpr")
 
 
@@ -265,7 +281,7 @@ def peer_cornac_bivae(train) -> Factors:
     import torch
     torch.set_num_threads(max(1, THREADS))
     return _cornac_factors(train, lambda: cornac.models.BiVAECF(
-        k=50, encoder_structure=[100], act_fn="tanh", likelihood="pois", n_epochs=500, batch_size=128,
+        k=50, encoder_structure=[100], act_fn="tanh", likelihood="pois", n_epochs=PEER_EPOCHS["cornac BiVAE"], batch_size=128,
         learning_rate=0.001, seed=42, use_gpu=False, verbose=False), "bivae")
 
 
@@ -304,6 +320,8 @@ def run_peers(rows: list[dict[str, Any]], task: str, split: Any, peers: dict[str
         rep = evaluate_ranking(f, split.train, split.test, ks=(10,), candidates=candidates, name=name,
                                num_threads=THREADS)
         row = {"task": task, "model": name, **pick(rep, keys), "fit_s": round(fit_s, 2)}
+        if name in PEER_EPOCHS:
+            row.update(epochs=PEER_EPOCHS[name], epoch_s=round(fit_s / PEER_EPOCHS[name], 3))
         if reference is not None:
             row[DIFF_KEY] = paired_ci(reference, rep.result.per_query["ndcg@10"])
         rows.append(row)
@@ -393,13 +411,16 @@ def task_ml_cold(rows: list[dict[str, Any]], ds: Any, text: np.ndarray, args: An
     rep = evaluate_ranking(fm_factors(m, ds.n_users), sp.train, sp.test, ks=(10,), candidates=sp.candidate_items,
                            name="ctxrec ContextFM (text + genres)", num_threads=THREADS)
     rows.append({"task": task, "model": "ctxrec ContextFM (text + genres)", **pick(rep, keys),
-                 "fit_s": round(fit_s, 2), "epochs": best})
+                 "fit_s": round(fit_s, 2), "epoch_s": round(fit_s / best, 3), "epochs": best})
     log(f"{task}: ContextFM text+genres: {pick(rep, keys)}")
+    t0 = time.perf_counter()
     m2 = ContextFM(**COLD_FM, epochs=best, num_threads=THREADS).fit(
         X, SideInfo(ds.n_users, ds.n_items, item_attrs=genres))
+    fit_s2 = time.perf_counter() - t0
     rep = evaluate_ranking(fm_factors(m2, ds.n_users), sp.train, sp.test, ks=(10,), candidates=sp.candidate_items,
                            name="ctxrec ContextFM (genres only)", num_threads=THREADS)
-    rows.append({"task": task, "model": "ctxrec ContextFM (genres only)", **pick(rep, keys), "epochs": best})
+    rows.append({"task": task, "model": "ctxrec ContextFM (genres only)", **pick(rep, keys),
+                 "fit_s": round(fit_s2, 2), "epoch_s": round(fit_s2 / best, 3), "epochs": best})
     log(f"{task}: ContextFM genres only: {pick(rep, keys)}")
     if args.no_peers:
         return
@@ -443,27 +464,26 @@ def task_ml_temporal(rows: list[dict[str, Any]], ds: Any, text: np.ndarray, args
     ep, pat = (2, 1) if args.quick else (30, 2)
     keys = ["hr@10", "ndcg@10"]
     train_full = ds.subset(full_rows)
-    for use_ctx in (False, True):
-        for use_text in (False, True):
-            X_all, side = from_dataset(ds, label="none", context=feats if use_ctx else None,
-                                       spec=spec if use_ctx else None)
-            if use_text:
-                side.item_attrs, side.item_text = genres, text
-            name = "ctxrec ContextFM" + (" + time context" if use_ctx else "") + (" + text/genres" if use_text else "")
-            m, info = fit_fm_two_stage(TEMPORAL_FM, X_all.subset(full_rows), side, X_all.subset(sp.train_rows),
-                                       X_all.subset(sp.validation_rows), ep, pat, "ndcg@10")
-            test_ctx = X_all.context[sp.test_rows] if use_ctx else None
-            tab = m.export()
-
-            def qfn(users: np.ndarray, r: np.ndarray | None, _m=m, _c=test_ctx) -> np.ndarray:
-                return _m.build_queries(users, context=None if _c is None else _c[r]).queries
-            f = Factors(item_vecs=tab.item_vecs, item_bias=tab.item_bias, query_fn=qfn)
-            rep = evaluate_ranking(f, train_full, sp.test, ks=(10,), group="row", name=name, num_threads=THREADS)
-            rows.append({"task": task, "model": name, **pick(rep, keys), "fit_s": round(info["fit_s"], 2),
-                         "epochs": info["epochs"], "curves": info})
-            log(f"{task}: {name}: {pick(rep, keys)} epochs {info['epochs']}")
-            if args.quick:
-                return
+    # (time context, text/genres, three-way user x item x context factors)
+    variants = [(c, t, False) for c in (False, True) for t in (False, True)] + [(True, False, True)]
+    for use_ctx, use_text, use_tri in variants:
+        X_all, side = from_dataset(ds, label="none", context=feats if use_ctx else None,
+                                   spec=spec if use_ctx else None)
+        if use_text:
+            side.item_attrs, side.item_text = genres, text
+        params = {**TEMPORAL_FM, **({"n_tri_factors": TEMPORAL_TRI} if use_tri else {})}
+        name = ("ctxrec ContextFM" + (" + time context" if use_ctx else "") + (" + text/genres" if use_text else "")
+                + (f" + three-way ({TEMPORAL_TRI})" if use_tri else ""))
+        m, info = fit_fm_two_stage(params, X_all.subset(full_rows), side, X_all.subset(sp.train_rows),
+                                   X_all.subset(sp.validation_rows), ep, pat, "ndcg@10")
+        f = fm_factors(m, ds.n_users, X_all.context[sp.test_rows] if use_ctx else None)
+        rep = evaluate_ranking(f, train_full, sp.test, ks=(10,), group="row", name=name, num_threads=THREADS)
+        rows.append({"task": task, "model": name, **pick(rep, keys), "fit_s": round(info["fit_s"], 2),
+                     "epochs": info["epochs"], "val_ndcg@10": round(max(v for v in info["val_curve"] if v is not None), 5),
+                     "curves": info})
+        log(f"{task}: {name}: {pick(rep, keys)} epochs {info['epochs']}")
+        if args.quick:
+            return
     if not args.no_peers:
         class _S:
             train, test = train_full, sp.test
@@ -481,7 +501,8 @@ def task_frappe(rows: list[dict[str, Any]], args: Any) -> None:
     ep = 2 if args.quick else 40
     # (context fields, app-description text, overrides of FRAPPE_FM); the last row is the ablation
     # of the context-field dropout
-    variants = ((True, False, {}), (True, True, {}), (False, False, {}), (True, False, {"dropout": 0.0}))
+    variants = ((True, False, {}), (True, True, {}), (False, False, {}), (True, False, {"dropout": 0.0}),
+                (True, False, {"n_tri_factors": FRAPPE_TRI}))
     for use_ctx, use_text, over in variants:
         if True:
             params = {**FRAPPE_FM, **over}
@@ -577,7 +598,7 @@ def write_report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     for task in _task_order(rows):
         tr = [r for r in rows if r["task"] == task]
         keys = [k for k in ["precision@10", "recall@10", "ndcg@10", "map_nrel@10", "hr@10", "auc", "logloss",
-                            "val_auc", "embedding_size", "fit_s", "epoch_s", "epochs", DIFF_KEY] if any(k in r for r in tr)]
+                            "val_auc", "val_ndcg@10", "embedding_size", "fit_s", "epoch_s", "epochs", DIFF_KEY] if any(k in r for r in tr)]
         lines += [f"## {task}", ""]
         if task in ANCHORS:
             lines += [ANCHORS[task], ""]
@@ -597,6 +618,7 @@ def write_report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
               "validation split during development; `--select-epochs` redoes it); cold start and "
               "leave-last-out select the epoch count on a validation part of the training data in the run, "
               "then refit on all training data; Frappe early-stops on the official validation set. "
+              "Peers' epoch_s = fit_s / their fixed epoch (iteration) count, data preparation included. "
               "Timings are wall-clock on a shared, heavily loaded 2-core machine (one thread each): noisy.", ""]
     (RESULTS / f"{STEM}.md").write_text("\n".join(lines))
     try:
@@ -640,10 +662,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         d = json.loads((RESULTS / f"{STEM}.json").read_text())
         rows = d["rows"]
+        cmd = "make bench-quality ARGS='" + " ".join(argv if argv is not None else sys.argv[1:]) + "'"
         for other in [x for x in args.merge.split(",") if x]:
-            extra = json.loads((RESULTS / f"{other}.json").read_text())["rows"]
+            od = json.loads((RESULTS / f"{other}.json").read_text())
+            extra = [r for r in od["rows"] if r["task"] not in od["meta"].get("sources", {})]  # that run's own rows
             tasks = {r["task"] for r in extra}
             rows = [r for r in rows if r["task"] not in tasks] + extra
+            for t in tasks:  # say which run each merged task comes from
+                d["meta"].setdefault("sources", {})[t] = {"command": f"{od['meta']['command']}, merged with {cmd}",
+                                                          "date": od["meta"]["date"]}
         write_report(rows, d["meta"])
         return 0
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]

@@ -127,8 +127,13 @@ def test_engine_serves_model_exactly(tri):
     users = np.arange(10)
     ctx = np.tile([[1, 2]], (10, 1))
     qb = m.build_queries(users, context=ctx)
-    ids, scores = eng.recommend_batch(qb.queries, k=5, tri_queries=qb.tri_queries)
+    ids, scores = eng.recommend_batch(qb.joined(), k=5)
     assert (m.recommend(users, 5, context=ctx, exclude_seen=False) == ids).all()
+    if tri:  # the engine's C++ kernel applies the separate three-way table the same way
+        tab = m.export()
+        sep = Engine().fit(tab.item_vecs, tab.item_bias, item_tri=tab.item_tri)
+        ids2, scores2 = sep.recommend_batch(qb.queries, k=5, tri_queries=qb.tri_queries)
+        assert (ids2 == ids).all() and np.allclose(scores2, scores, atol=1e-5)
     # brute force over all items with model.predict
     for r, u in enumerate(users):
         full = m.predict(Interactions(np.full(25, u), np.arange(25), np.tile([[1, 2]], (25, 1)),

@@ -140,12 +140,12 @@ def test_recommend_batch_equals_recommend(rec):
 
 def test_three_way_model_served_exactly_end_to_end(tmp_path, dataset):
     """With user x item x context factors, recommend / recommend_batch / explain / save-load
-    all serve the model's own score (the engine adds the three-way term in its C++ kernel)."""
+    all serve the model's own score (the term rides along as extra columns of the item table)."""
     from ctxrec.model import Interactions
     spec = ContextSpec(time=["timestamp"], categorical=["device"])
     rec = Recommender(spec, model=ContextFM(n_factors=8, n_tri_factors=4, epochs=4, random_state=2),
                       encoder=None).fit(dataset)
-    assert rec.engine_.item_tri_.shape == (len(dataset.item_ids), 4)
+    assert rec.engine_.item_vecs_.shape == (len(dataset.item_ids), 8 + 4)
     users, ctxs = ["u0", "u5", "new"], [MORNING, {**NIGHT, "device": "tv"}, NIGHT]
     batch = rec.recommend_batch(users, ctxs, k=10)
     for user, ctx, b in zip(users, ctxs, batch):

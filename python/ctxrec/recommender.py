@@ -7,7 +7,8 @@ engine as one object with a small scikit-learn-like API.
     rec.save("model/"); rec = Recommender.load("model/")
 
 Scores. For a (user, context, request text) the model's score of item ``i`` is
-``query · item_vecs[i] + item_bias[i] + const`` (ContextFM's serving form); the engine
+``query · item_vecs[i] + item_bias[i] + const`` (ContextFM's serving form; with three-way
+factors, query and item_vecs carry the user x item x context term as extra columns); the engine
 retrieves by it with HNSW (or exactly, for small catalogs) and its C++ kernel adds the
 text-match term ``text_match_weight · cos(request text, item text)``, so a free-text
 request moves the ranking even when the model never saw request text in training.
@@ -209,9 +210,8 @@ class Recommender:
             raise ValueError(f"text_match_weight must be a finite number or 'auto', got {w!r}")
         self.text_match_weight_ = float(w)
         self.engine_ = Engine(**dict(self.engine_params or {})).fit(
-            tables.item_vecs, tables.item_bias, item_ids=self.item_ids_,
-            item_text=self.item_text_ if self.text_match_weight_ else None, text_weight=self.text_match_weight_,
-            item_tri=tables.item_tri)
+            tables.joined(), tables.item_bias, item_ids=self.item_ids_,
+            item_text=self.item_text_ if self.text_match_weight_ else None, text_weight=self.text_match_weight_)
         self._index_users()
 
     def _index_users(self) -> None:
@@ -223,7 +223,7 @@ class Recommender:
         n_users = len(self.user_ids_)
         users = rng.choice(n_users, size=min(64, n_users), replace=False)
         qb = self.model_.build_queries(users)
-        model_sd = float(np.std(qb.queries @ tables.item_vecs.T + tables.item_bias, axis=1).mean())
+        model_sd = float(np.std(qb.joined() @ tables.joined().T + tables.item_bias, axis=1).mean())
         has = np.flatnonzero(np.abs(self.item_text_).sum(axis=1) > 0)
         if len(has) < 2:
             return 0.0
@@ -264,9 +264,7 @@ class Recommender:
         ctx = feats.indices if self.context_.slots else None
         return ctx, self._request_text(feats)
 
-    def _query(self, u: int, context: Mapping[str, Any] | None) -> tuple[np.ndarray, float, np.ndarray | None,
-                                                                         np.ndarray | None]:
-        """(query [k], const, text-match query [d] or None, three-way query [t] or None)."""
+    def _query(self, u: int, context: Mapping[str, Any] | None) -> tuple[np.ndarray, float, np.ndarray | None]:
         ctx, text = self._features(context)
         model_text = text if self._model_text_dim() else None
         with self._lock:
@@ -274,8 +272,7 @@ class Recommender:
         tq = None
         if text is not None and self.text_match_weight_ and np.any(text):
             tq = _unit_rows(text)[0]
-        tri = None if qb.tri_queries is None else qb.tri_queries[0]
-        return qb.queries[0], float(qb.const[0]), tq, tri
+        return qb.joined()[0], float(qb.const[0]), tq
 
     def recommend(self, user: Any, context: Mapping[str, Any] | None = None, k: int = 10, *,
                   exclude_seen: bool = True, exclude: Iterable[Any] | None = None,
@@ -288,13 +285,12 @@ class Recommender:
         """
         self._fitted()
         u = self._user(user)
-        q, const, tq, tri = self._query(u, context)
+        q, const, tq = self._query(u, context)
         seen = None
         if exclude_seen and u >= 0:
             with self._lock:
                 seen = np.array(self._seen[u], np.int64)
-        ids, scores = self.engine_.recommend(q, k, exclude=exclude, allow=allow, text_query=tq, tri_query=tri,
-                                             exclude_index=seen)
+        ids, scores = self.engine_.recommend(q, k, exclude=exclude, allow=allow, text_query=tq, exclude_index=seen)
         return Recommendation(user, ids.tolist(), (scores + const).tolist(), u < 0, dict(context or {}))
 
     def recommend_batch(self, users: Sequence[Any], contexts: Sequence[Mapping[str, Any] | None] | None = None,
@@ -342,12 +338,11 @@ class Recommender:
             n_ex = 0 if seen[j] is None else len(seen[j])
             plan = "exact" if (eng.exact_ or base + n_ex >= eng.n_items_ // 4) else n_ex  # Engine._search's choice
             groups.setdefault((plan, tq[j] is not None), []).append(j)
-        queries = np.ascontiguousarray(qb.queries, dtype=np.float32)
+        queries = np.ascontiguousarray(qb.joined(), dtype=np.float32)
         out: list[Any] = [None] * b
         for (plan, has_text), rows in groups.items():
             q = np.ascontiguousarray(queries[np.asarray(rows)])
-            tri = None if qb.tri_queries is None else qb.tri_queries[np.asarray(rows)]
-            kw = eng._extras(np.stack([tq[j] for j in rows]) if has_text else None, tri, len(rows), True, None, None)
+            kw = eng._extras(np.stack([tq[j] for j in rows]) if has_text else None, None, len(rows), True, None, None)
             ex = [seen[j] if seen[j] is not None else np.zeros(0, np.int64) for j in rows]
             excl = None
             if any(seen[j] is not None for j in rows):
@@ -382,13 +377,9 @@ class Recommender:
                 ctx = feats.indices[rows] if rows is not None and feats is not None \
                     else np.full((len(users), len(self.context_.slots)), -1)
             with self._lock:
-                qb = self.model_.build_queries(users, context=ctx)
-            # the three-way term is an inner product too: scored exactly as extra columns
-            return qb.queries if qb.tri_queries is None else np.hstack([qb.queries, qb.tri_queries])
+                return self.model_.build_queries(users, context=ctx).joined()
 
-        vecs = self.engine_.item_vecs_ if self.engine_.item_tri_ is None else \
-            np.hstack([self.engine_.item_vecs_, self.engine_.item_tri_])
-        model = Factors(vecs, item_bias=self.engine_.item_bias_, query_fn=query_fn)
+        model = Factors(self.engine_.item_vecs_, item_bias=self.engine_.item_bias_, query_fn=query_fn)
         return evaluate_ranking(model, train, test, ks=ks, group=group, name=name, split=split,
                                 num_threads=num_threads)
 
@@ -407,14 +398,12 @@ class Recommender:
         ctx, text = self._features(context)
         vec = np.asarray(self.engine_.item_vecs_[i], np.float64)
         bias = float(self.engine_.item_bias_[i])
-        tri_vec = None if self.engine_.item_tri_ is None else np.asarray(self.engine_.item_tri_[i], np.float64)
         uses_text = bool(self._model_text_dim()) and text is not None
 
         def score(user_idx: int, c: np.ndarray | None, t: np.ndarray | None) -> float:
             with self._lock:
                 qb = self.model_.build_queries(np.array([user_idx]), context=c, context_text=t)
-            tri = 0.0 if tri_vec is None else float(qb.tri_queries[0] @ tri_vec)  # user x item x context
-            return float(qb.queries[0] @ vec + bias + qb.const[0]) + tri
+            return float(qb.joined()[0] @ vec + bias + qb.const[0])
 
         absent = None if ctx is None else np.full_like(ctx, -1)
         full = score(u, ctx, text if uses_text else None)

@@ -583,25 +583,19 @@ class Session:
         v = _unit(w @ np.asarray(self._texts))
         return v if np.any(v) else None
 
-    def _model_scores(self, u: int, ctx: np.ndarray | None, text: np.ndarray | None,
-                      items: Any = slice(None)) -> np.ndarray:
-        """The model's scores (float64) of the catalog rows ``items`` (default: all) for
-        (u, ctx, text)."""
+    def _model_parts(self, u: int, ctx: np.ndarray | None, text: np.ndarray | None) -> tuple[np.ndarray, float]:
         rec = self.rec
         mt = text[None, :].astype(np.float32) if text is not None and rec._model_text_dim() else None
         with rec._lock:
             qb = rec.model_.build_queries(np.array([u]), context=ctx, context_text=mt)
-        eng = rec.engine_
-        out = np.asarray(eng.item_vecs_[items], np.float64) @ np.asarray(qb.queries[0], np.float64) \
-            + np.asarray(eng.item_bias_[items], np.float64) + float(qb.const[0])
-        if qb.tri_queries is not None:  # user x item x context term
-            out += np.asarray(eng.item_tri_[items], np.float64) @ np.asarray(qb.tri_queries[0], np.float64)
-        return out
+        return np.asarray(qb.joined()[0], np.float64), float(qb.const[0])
 
     def _refresh(self) -> None:
         rec = self.rec
         tv = self.text_vector()
-        base = self._model_scores(self._u, self._ctx, tv)
+        q, const = self._model_parts(self._u, self._ctx, tv)
+        base = np.asarray(rec.engine_.item_vecs_, np.float64) @ q + np.asarray(rec.engine_.item_bias_, np.float64) \
+            + const
         self._match = None
         if tv is not None and self.text_weight and rec.item_text_ is not None:
             self._match = self.text_weight * (np.asarray(rec.item_text_, np.float64) @ tv)
@@ -797,11 +791,14 @@ class Session:
         with self._lock:
             rec = self.rec
             i = rec._item(item)
+            vec = np.asarray(rec.engine_.item_vecs_[i], np.float64)
+            bias = float(rec.engine_.item_bias_[i])
             tv = self.text_vector()
             uses_text = bool(rec._model_text_dim()) and tv is not None
 
             def model_score(u: int, c: np.ndarray | None, t: np.ndarray | None) -> float:
-                return float(self._model_scores(u, c, t, [i])[0])
+                q, const = self._model_parts(u, c, t)
+                return float(q @ vec + bias + const)
 
             absent = None if self._ctx is None else np.full_like(self._ctx, -1)
             full = model_score(self._u, self._ctx, tv if uses_text else None)

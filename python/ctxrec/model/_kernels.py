@@ -13,8 +13,8 @@ Layout of the parameters (see ``fm.py`` for how the Python side builds it):
 * ``T`` f32 [n_rows, t]: three-way factors (``t`` = 0: off). Only the rows of users, items and
   context values are used (the others stay zero). The three-way term of an instance is
   ``sum_f T[user, f] * T[item, f] * tc[f]`` with ``tc = sum_c x_c T[context value c]``: for a
-  fixed (user, context) it is an inner product ``<T[user] * tc, T[item]>`` over items, which
-  the serving engine's C++ kernel adds to the HNSW candidates (``tri`` term).
+  fixed (user, context) it is an inner product ``<T[user] * tc, T[item]>`` over items (the
+  serving form appends it to the pairwise vectors).
 
 The score of one (user, context, request text, item) instance is the full second-order FM
 ``w0 + sum_a x_a w_a + 1/2 (||sum_a x_a v_a||^2 - sum_a x_a^2 ||v_a||^2)`` over the user-side

@@ -22,9 +22,11 @@ Serving. For a fixed (user, context, request text) the score is
 ``item_vec`` the item-side vector sum, ``item_bias`` the item-side linear + intra-item
 pairwise terms and ``const`` (item-independent) the rest: :meth:`ContextFM.export` and
 :meth:`ContextFM.build_queries` give exactly these, for :class:`ctxrec.engine.Engine`. The
-three-way term is ``<tri_query, item_tri>`` with ``tri_query = T[u] * sum_c T[c]``: HNSW
-retrieves on the pairwise part and the engine's C++ kernel adds this term to the candidates
-(exact when the catalog is scored in full).
+three-way term is ``<tri_query, item_tri>`` with ``tri_query = T[u] * sum_c T[c]``, an inner
+product too: appended to the pairwise vectors (``ServingTables.joined`` / ``QueryBatch.joined``)
+the whole score is one inner product, which HNSW retrieves on and the C++ kernel rescores exactly
+(:meth:`ContextFM.to_engine` and the Recommender serve it that way). ``Engine`` can also take
+``item_tri`` as a separate table that its kernel adds to the candidates only.
 """
 from __future__ import annotations
 
@@ -170,6 +172,14 @@ class ServingTables:
     item_text: np.ndarray | None = None
     item_tri: np.ndarray | None = None
 
+    def joined(self) -> np.ndarray:
+        """f32 [n_items, k + t]: item_vecs with item_tri appended (item_vecs when there is no
+        three-way term). With :meth:`QueryBatch.joined` the whole model score, three-way term
+        included, is one inner product + item_bias + const: what an index retrieves on exactly."""
+        if self.item_tri is None:
+            return self.item_vecs
+        return np.ascontiguousarray(np.hstack([self.item_vecs, self.item_tri]))
+
 
 @dataclass
 class QueryBatch:
@@ -180,6 +190,12 @@ class QueryBatch:
     const: np.ndarray
     text_queries: np.ndarray | None = None
     tri_queries: np.ndarray | None = None
+
+    def joined(self) -> np.ndarray:
+        """f32 [b, k + t]: queries with tri_queries appended (see :meth:`ServingTables.joined`)."""
+        if self.tri_queries is None:
+            return self.queries
+        return np.ascontiguousarray(np.hstack([self.queries, self.tri_queries]))
 
 
 # ----------------------------------------------------------------------------------------
@@ -807,15 +823,15 @@ class ContextFM:
         return ServingTables(vecs, bias, item_tri=tri)
 
     def to_engine(self, item_ids: Any = None, **engine_params: Any) -> Any:
-        """A :class:`ctxrec.engine.Engine` fitted on :meth:`export`'s item table.
+        """A :class:`ctxrec.engine.Engine` fitted on :meth:`export`'s item table, three-way
+        factors appended (``ServingTables.joined``), so HNSW retrieves on the whole score.
 
-        Query it with ``build_queries(...).queries`` (and ``tri_query=`` its ``tri_queries`` row
-        with three-way factors); its scores are the model's minus the item-independent
-        ``const`` of each query.
+        Query it with ``build_queries(...).joined()``; its scores are the model's minus the
+        item-independent ``const`` of each query.
         """
         from ctxrec.engine import Engine
         tab = self.export()
-        return Engine(**engine_params).fit(tab.item_vecs, tab.item_bias, item_ids, item_tri=tab.item_tri)
+        return Engine(**engine_params).fit(tab.joined(), tab.item_bias, item_ids)
 
     def _queries(self, users: np.ndarray, ctx: np.ndarray, qt: np.ndarray) -> QueryBatch:
         b = len(users)
