@@ -408,6 +408,17 @@ def test_three_way_factors_learn_user_specific_context_effects():
         assert np.mean(top % 2 == group) >= 0.9, (c, top)
 
 
+def test_l2_tri_regularizes_only_the_three_way_factors():
+    X, side = _context_flips(n=3000)
+    kw = dict(n_factors=8, n_tri_factors=4, loss="logloss", epochs=3, batch_size=128, learning_rate=0.02)
+    a = ContextFM(**kw).fit(X, side)
+    b = ContextFM(l2_tri=5.0, **kw).fit(X, side)
+    assert np.abs(b.T_).sum() < 0.2 * np.abs(a.T_).sum()
+    c = ContextFM(n_factors=8, loss="logloss", epochs=3, batch_size=128, learning_rate=0.02, l2_tri=5.0).fit(X, side)
+    d = ContextFM(n_factors=8, loss="logloss", epochs=3, batch_size=128, learning_rate=0.02).fit(X, side)
+    assert np.array_equal(c.V_, d.V_)  # no three-way factors: l2_tri changes nothing
+
+
 def test_three_way_fold_in_and_save_load(tmp_path: Path):
     X, side = _context_flips()
     m = ContextFM(n_factors=8, n_tri_factors=4, loss="logloss", epochs=10, batch_size=128,
@@ -498,6 +509,8 @@ def test_errors_name_the_field():
         ContextFM(loss="hinge").fit(X, side)
     with pytest.raises(ValueError, match="n_tri_factors=-1"):
         ContextFM(n_tri_factors=-1).fit(X, side)
+    with pytest.raises(ValueError, match="l2_tri=-0.1"):
+        ContextFM(n_tri_factors=2, l2_tri=-0.1).fit(X, side)
     bad = Interactions(X.user, X.item, np.full((len(X), 2), 7), X.context_text, X.label)
     with pytest.raises(ValueError, match=r"context\[:, 0\]: value 7"):
         ContextFM(loss="logloss").fit(bad, side)

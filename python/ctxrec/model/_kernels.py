@@ -301,7 +301,7 @@ def train_epoch(
     pos_ptr, pos_idx, neg_items, neg_cdf, neg_logq,
     V, w, P, a, w0,
     mV, sV, mw, sw, mP, sP, ma, sa, m0, s0,
-    T3, mT3, sT3,
+    T3, mT3, sT3, l2_t,
     loss, n_neg, batch_size, lr, l2_v, l2_w, l2_p, opt, b1, b2, eps,
     step0, seed, epoch, row_lo, row_hi, train_dense, n_threads, hist_off, drop, out_loss,
     hwin, ua_rank, ex_rank, ex_hscale,
@@ -323,7 +323,8 @@ def train_epoch(
     entries with ``|rank - ex_rank| <= hwin`` enter the example's user side. ``hwin`` <= 0: off
     (the three arrays may be empty).
     ``T3`` f32 [n_rows, t] (and its optimizer state ``mT3``, ``sT3``): three-way factors, trained
-    on the rows of the user, the items and the (kept) context values; t = 0: off.
+    on the rows of the user, the items and the (kept) context values, L2 ``l2_t`` f64 [n_rows];
+    t = 0: off.
     ``n_threads`` only sets how reductions are partitioned (results do not depend on it).
     Returns the optimizer step count after the epoch; the summed loss goes to out_loss[0].
     """
@@ -674,7 +675,7 @@ def train_epoch(
             for f in range(k):
                 GV[r, f] = 0.0
             if t3 > 0:
-                _opt_row(T3, mT3, sT3, r, GT[r], l2_v[r], lr, opt, b1, b2, eps, c1, c2)
+                _opt_row(T3, mT3, sT3, r, GT[r], l2_t[r], lr, opt, b1, b2, eps, c1, c2)
                 for f in range(t3):
                     GT[r, f] = 0.0
             gw[r] = 0.0

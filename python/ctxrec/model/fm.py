@@ -213,7 +213,9 @@ class ContextFM:
         item and context value gets a vector ``T[., :t]``; an instance adds
         ``sum_f T[u, f] T[i, f] sum_c T[c, f]``, so how much a user likes an item can depend on
         the context (a user's weekend taste), which pairwise terms cannot express. Needs
-        context fields to do anything. L2 as the rows' ``l2`` / ``l2_fields``.
+        context fields to do anything.
+    l2_tri : float or None
+        L2 on the three-way factors (default None: each row's ``l2`` / ``l2_fields``).
     loss : {"bpr", "softmax", "mse", "logloss"}
         BPR and sampled softmax (with logQ correction) for implicit feedback, MSE for
         ratings, logloss for 0/1 labels (with ``n_negatives > 0`` extra sampled negatives
@@ -289,6 +291,7 @@ class ContextFM:
         self,
         n_factors: int = 64,
         n_tri_factors: int = 0,
+        l2_tri: float | None = None,
         loss: str = "bpr",
         n_negatives: int | None = None,
         negative_sampling: str = "uniform",
@@ -317,6 +320,7 @@ class ContextFM:
     ) -> None:
         self.n_factors = n_factors
         self.n_tri_factors = n_tri_factors
+        self.l2_tri = l2_tri
         self.loss = loss
         self.n_negatives = n_negatives
         self.negative_sampling = negative_sampling
@@ -370,6 +374,8 @@ class ContextFM:
             raise ValueError(f"n_factors={self.n_factors!r}: must be >= 1")
         if int(self.n_tri_factors) < 0:
             raise ValueError(f"n_tri_factors={self.n_tri_factors!r}: must be >= 0 (0 = off)")
+        if self.l2_tri is not None and not self.l2_tri >= 0:
+            raise ValueError(f"l2_tri={self.l2_tri!r}: must be >= 0 (or None)")
         if int(self.batch_size) < 1:
             raise ValueError(f"batch_size={self.batch_size!r}: must be >= 1")
         if not (self.learning_rate > 0):
@@ -636,6 +642,7 @@ class ContextFM:
         hwin, ua_rank, ex_rank, ex_hscale = (int(self.history_window), *window) if window is not None else \
             (0, _EMPTY_I64, _EMPTY_I64, _EMPTY_F64)
         out = np.zeros(1, np.float64)
+        l2_rows = self._row_l2()
         b1, b2 = 0.9, 0.999
         eps = 1e-8 if self.optimizer == "adam" else 1e-6
         step = K.train_epoch(
@@ -645,9 +652,9 @@ class ContextFM:
             pos_ptr, pos_idx, neg_items, neg_cdf, neg_logq,
             self.V_, self.w_, self.P_, self.a_, self.w0_,
             o["mV"], o["sV"], o["mw"], o["sw"], o["mP"], o["sP"], o["ma"], o["sa"], o["m0"], o["s0"],
-            self.T_, o["mT"], o["sT"],
+            self.T_, o["mT"], o["sT"], l2_rows if self.l2_tri is None else np.full(len(l2_rows), float(self.l2_tri)),
             _LOSSES[self.loss], self._n_neg(), int(min(self.batch_size, len(order))),
-            float(self.learning_rate), self._row_l2(), float(self.l2_bias), float(self.l2_text),
+            float(self.learning_rate), l2_rows, float(self.l2_bias), float(self.l2_text),
             _OPTS[self.optimizer], b1, b2, eps, int(step0),
             int(self.random_state if seed is None else seed), int(epoch), int(row_lo), int(row_hi),
             bool(train_dense), int(numba.get_num_threads()), int(self.hist_off_), float(self.dropout), out,
