@@ -196,8 +196,8 @@ def peer_popularity(train, n_items: int) -> Factors:
 def peer_implicit_als(train) -> Factors:
     from implicit.cpu.als import AlternatingLeastSquares
     ui = _csr(train.users, train.items, train.n_users, train.n_items)
-    m = AlternatingLeastSquares(factors=64, regularization=0.05, alpha=1.0, iterations=PEER_EPOCHS["implicit ALS"], random_state=42,
-                                num_threads=THREADS)
+    m = AlternatingLeastSquares(factors=64, regularization=0.05, alpha=1.0, iterations=PEER_EPOCHS["implicit ALS"],
+                                random_state=42, num_threads=THREADS)
     m.fit(ui, show_progress=False)
     return Factors(item_vecs=np.asarray(m.item_factors), user_vecs=np.asarray(m.user_factors))
 
@@ -274,8 +274,8 @@ def _cornac_factors(train, model_fn: Callable[[], Any], kind: str) -> Factors:
 
 def peer_cornac_bpr(train) -> Factors:
     import cornac
-    return _cornac_factors(train, lambda: cornac.models.BPR(k=200, max_iter=PEER_EPOCHS["cornac BPR"], learning_rate=0.01,
-                                                            lambda_reg=0.001, seed=123, verbose=False), "bpr")
+    return _cornac_factors(train, lambda: cornac.models.BPR(
+        k=200, max_iter=PEER_EPOCHS["cornac BPR"], learning_rate=0.01, lambda_reg=0.001, seed=123, verbose=False), "bpr")
 
 
 def peer_cornac_bivae(train) -> Factors:
@@ -283,8 +283,8 @@ def peer_cornac_bivae(train) -> Factors:
     import torch
     torch.set_num_threads(max(1, THREADS))
     return _cornac_factors(train, lambda: cornac.models.BiVAECF(
-        k=50, encoder_structure=[100], act_fn="tanh", likelihood="pois", n_epochs=PEER_EPOCHS["cornac BiVAE"], batch_size=128,
-        learning_rate=0.001, seed=42, use_gpu=False, verbose=False), "bivae")
+        k=50, encoder_structure=[100], act_fn="tanh", likelihood="pois", n_epochs=PEER_EPOCHS["cornac BiVAE"],
+        batch_size=128, learning_rate=0.001, seed=42, use_gpu=False, verbose=False), "bivae")
 
 
 # ---------------------------------------------------------------------------------------
@@ -481,8 +481,8 @@ def task_ml_temporal(rows: list[dict[str, Any]], ds: Any, text: np.ndarray, args
         f = fm_factors(m, ds.n_users, X_all.context[sp.test_rows] if use_ctx else None)
         rep = evaluate_ranking(f, train_full, sp.test, ks=(10,), group="row", name=name, num_threads=THREADS)
         rows.append({"task": task, "model": name, **pick(rep, keys), "fit_s": round(info["fit_s"], 2),
-                     "epoch_s": round(info["epoch_s"], 3), "epochs": info["epochs"], "val_ndcg@10": round(max(v for v in info["val_curve"] if v is not None), 5),
-                     "curves": info})
+                     "epoch_s": round(info["epoch_s"], 3), "epochs": info["epochs"],
+                     "val_ndcg@10": round(max(v for v in info["val_curve"] if v is not None), 5), "curves": info})
         log(f"{task}: {name}: {pick(rep, keys)} epochs {info['epochs']}")
         if args.quick:
             return

@@ -239,7 +239,8 @@ def _user_side(e, u, ctx, ctx_off, V, w, P, a, user_off, ua_ptr, ua_idx, ua_val,
 @njit(cache=True)
 def _tri_query(e, u, ctx, ctx_off, user_off, T3, drop, seed, epoch, tc, out):
     """Three-way query of instance ``e``: tc[t] = sum of T3 over its (kept) context values,
-    out[t] = T3[user] * tc (zeros for no user). ``drop`` as in ``_user_side`` (0 = scoring)."""
+    out[t] = T3[user] * tc (zeros for no user); ``tc`` and ``out`` may be the same array.
+    ``drop`` as in ``_user_side`` (0 = scoring)."""
     t3 = T3.shape[1]
     for f in range(t3):
         tc[f] = 0.0
@@ -301,7 +302,7 @@ def train_epoch(
     pos_ptr, pos_idx, neg_items, neg_cdf, neg_logq,
     V, w, P, a, w0,
     mV, sV, mw, sw, mP, sP, ma, sa, m0, s0,
-    T3, mT3, sT3, l2_t,
+    T3, mT3, sT3, l2_t, ctx_hi,
     loss, n_neg, batch_size, lr, l2_v, l2_w, l2_p, opt, b1, b2, eps,
     step0, seed, epoch, row_lo, row_hi, train_dense, n_threads, hist_off, drop, out_loss,
     hwin, ua_rank, ex_rank, ex_hscale,
@@ -324,7 +325,8 @@ def train_epoch(
     (the three arrays may be empty).
     ``T3`` f32 [n_rows, t] (and its optimizer state ``mT3``, ``sT3``): three-way factors, trained
     on the rows of the user, the items and the (kept) context values, L2 ``l2_t`` f64 [n_rows];
-    t = 0: off.
+    t = 0: off. ``ctx_hi``: end of the context-value rows (rows of attributes and history have
+    no three-way factors, so they get no step).
     ``n_threads`` only sets how reductions are partitioned (results do not depend on it).
     Returns the optimizer step count after the epoch; the summed loss goes to out_loss[0].
     """
@@ -362,6 +364,7 @@ def train_epoch(
     GP = np.zeros((n_trow, k), dtype=np.float32)
     ga = np.zeros(n_trow, dtype=np.float64)
     t3 = T3.shape[1]
+    ctx_lo = ctx_off[0] if ctx_off.shape[0] > 0 else ctx_hi
     tcb = np.zeros((B, t3), dtype=np.float32)   # context sum of T3 per example
     ucb = np.zeros((B, t3), dtype=np.float32)   # T3[user] * tc: the example's three-way query
     gtb = np.zeros((B, t3), dtype=np.float64)   # sum_j g_j T3[item_j]
@@ -492,20 +495,18 @@ def train_epoch(
             gsm = 0.0
             for f in range(k):
                 Gu[bb, f] = 0.0
+            for f in range(t3):
+                gtb[bb, f] = 0.0
             for j in range(J):
                 gj = g[bb, j]
                 gsm += gj
                 s_ = inst_slot[bb, j]
                 for f in range(k):
                     Gu[bb, f] += gj * (Ue[bb, f] + Islot[s_, f])
-            gsum[bb] = gsm
-            if t3 > 0:
+                ri = item_off + inst[bb, j]
                 for f in range(t3):
-                    gtb[bb, f] = 0.0
-                for j in range(J):
-                    ri = item_off + inst[bb, j]
-                    for f in range(t3):
-                        gtb[bb, f] += g[bb, j] * T3[ri, f]
+                    gtb[bb, f] += gj * T3[ri, f]
+            gsum[bb] = gsm
         for bb in range(nb):
             total_loss += lossb[bb]
         # ---- D: per-slot item gradients (slot owned by thread s % T, batch order) -----
@@ -674,7 +675,7 @@ def train_epoch(
             _opt_scalar(w, mw, sw, r, gw[r], l2_w, lr, opt, b1, b2, eps, c1, c2)
             for f in range(k):
                 GV[r, f] = 0.0
-            if t3 > 0:
+            if t3 > 0 and (r < item_off + n_items or (r >= ctx_lo and r < ctx_hi) or r >= user_off):
                 _opt_row(T3, mT3, sT3, r, GT[r], l2_t[r], lr, opt, b1, b2, eps, c1, c2)
                 for f in range(t3):
                     GT[r, f] = 0.0
@@ -813,9 +814,8 @@ def _query_row(e, users, ctx, qtext, ctx_off, V, w, P, a, user_off, ua_ptr, ua_i
                             ua_val, utext, t1, qtext, t2, queries[e], tu, tq, -1, 0.0, 0, 0,
                             0, _NO_RANK, -1, 1.0)
     const[e] = w0[0] + lin + intra
-    if T3.shape[1] > 0:
-        tc = np.empty(T3.shape[1], dtype=np.float32)
-        _tri_query(e, users[e], ctx, ctx_off, user_off, T3, 0.0, 0, 0, tc, tri[e])
+    if T3.shape[1] > 0:  # tri[e] doubles as the context-sum scratch (see _tri_query)
+        _tri_query(e, users[e], ctx, ctx_off, user_off, T3, 0.0, 0, 0, tri[e], tri[e])
 
 
 @njit(parallel=True, cache=True)

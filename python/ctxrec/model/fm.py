@@ -653,6 +653,7 @@ class ContextFM:
             self.V_, self.w_, self.P_, self.a_, self.w0_,
             o["mV"], o["sV"], o["mw"], o["sw"], o["mP"], o["sP"], o["ma"], o["sa"], o["m0"], o["s0"],
             self.T_, o["mT"], o["sT"], l2_rows if self.l2_tri is None else np.full(len(l2_rows), float(self.l2_tri)),
+            int(self.uattr_off_),
             _LOSSES[self.loss], self._n_neg(), int(min(self.batch_size, len(order))),
             float(self.learning_rate), l2_rows, float(self.l2_bias), float(self.l2_text),
             _OPTS[self.optimizer], b1, b2, eps, int(step0),
