@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import shutil
 import threading
@@ -31,11 +32,14 @@ from ctxrec._io import atomic_dir, read_manifest
 from ctxrec.context import ContextSpec, encode_texts
 from ctxrec.data import Dataset
 from ctxrec.engine import Engine
+from ctxrec.events import EventLog, default_log_path
 from ctxrec.evaluate import EvaluationReport, Factors, evaluate_ranking
 from ctxrec.model import ContextFM, Interactions, SideInfo
 from ctxrec.model.adapters import from_dataset
 
 __all__ = ["Recommender", "Recommendation"]
+
+log = logging.getLogger("ctxrec.recommender")
 
 FORMAT = "ctxrec.recommender"
 VERSION = 1
@@ -62,6 +66,30 @@ class Recommendation:
 
 def _jsonable(v: Any) -> Any:
     return v.item() if isinstance(v, np.generic) else v
+
+
+def _plain(v: Any) -> Any:
+    """``v`` as plain JSON types: numpy scalars and arrays, timestamps, NaN/NaT (-> None)."""
+    if isinstance(v, np.ndarray):
+        return [_plain(x) for x in v.tolist()]
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, Mapping):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, (pd.Timestamp, np.datetime64)) or hasattr(v, "isoformat"):
+        return None if pd.isna(v) else pd.Timestamp(v).isoformat()
+    if isinstance(v, float):
+        return v if np.isfinite(v) else None
+    if v is None or isinstance(v, (bool, int, str)):
+        return v
+    try:
+        if pd.isna(v):
+            return None
+    except (TypeError, ValueError):
+        pass
+    return str(v)
 
 
 def _context_rows(spec: ContextSpec, ds: Dataset) -> pd.DataFrame:
@@ -92,6 +120,42 @@ def _copy_encoder(enc: Any, dest: Path) -> None:
             os.link(src / name, dest / name)
         except OSError:
             shutil.copy2(src / name, dest / name)
+
+
+def _histories(ds: Dataset) -> list[list[int]]:
+    """Each user's distinct positive items, oldest first (by timestamp, ties by row order).
+
+    An item seen more than once sits where it was seen last. Without timestamps the row
+    order of the interactions is taken as time order.
+    """
+    u, i = ds.users.astype(np.int64), ds.items.astype(np.int64)
+    rows = np.arange(len(u))
+    if ds.label is not None:
+        keep = ds.label > 0
+        u, i, rows = u[keep], i[keep], rows[keep]
+    ts = ds.timestamp[rows] if ds.timestamp is not None else np.zeros(len(rows), np.int64)
+    order = np.lexsort((rows, ts, u))
+    u, i = u[order], i[order]
+    key = u * max(ds.n_items, 1) + i
+    _, last_rev = np.unique(key[::-1], return_index=True)
+    keep = np.sort(len(key) - 1 - last_rev)  # the last occurrence of each (user, item), in order
+    u, i = u[keep], i[keep]
+    bounds = np.searchsorted(u, np.arange(ds.n_users + 1))
+    return [i[bounds[k]:bounds[k + 1]].tolist() for k in range(ds.n_users)]
+
+
+def _event_time(ev: Any) -> int:
+    """Unix seconds of a logged event: its context's ``timestamp`` when valid, else when it was logged."""
+    stamp = ev.context.get("timestamp")
+    try:
+        if isinstance(stamp, (int, float)) and not isinstance(stamp, bool):
+            return int(stamp)
+        if isinstance(stamp, str) and stamp.strip():
+            t = pd.Timestamp(stamp)
+            return int((t if t.tzinfo else t.tz_localize("UTC")).timestamp())
+    except (ValueError, TypeError, OverflowError):
+        pass
+    return int(ev.time)
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -140,12 +204,16 @@ class Recommender:
 
     # ------------------------------------------------------------------ helpers
     def _load_encoder(self) -> Any:
-        if self.encoder is None:
+        enc = self.encoder
+        if enc is None:
             return None
-        if hasattr(self.encoder, "encode"):
-            return self.encoder
-        from ctxrec.encoder import TextEncoder
-        return TextEncoder.load() if self.encoder == "default" else TextEncoder.load(self.encoder)
+        if isinstance(enc, (str, os.PathLike)):  # str has .encode too: names and paths first
+            from ctxrec.encoder import TextEncoder
+            return TextEncoder.load() if enc == "default" else TextEncoder.load(Path(enc).expanduser())
+        if callable(getattr(enc, "encode", None)):
+            return enc
+        raise TypeError(f"encoder must be 'default', a path, an object with encode(texts) or None, "
+                        f"got {type(enc).__name__}")
 
     def _request_text(self, feats: Any) -> np.ndarray | None:
         """Mean of the request's free-text field vectors, float32 [n, d], or None."""
@@ -195,8 +263,9 @@ class Recommender:
         self.user_ids_ = dataset.user_ids
         self.items_ = dataset.item_table.assign(text=dataset.item_text)
         self.item_text_ = None if item_emb is None else _unit_rows(item_emb)
-        indptr, indices = dataset.user_items()
-        self._seen = [indices[indptr[u]:indptr[u + 1]].tolist() for u in range(dataset.n_users)]
+        self._seen = _histories(dataset)
+        self.training_source_ = dataset.meta.get("source")
+        self._event_origin: tuple[str, int] | None = None
         self._build_serving()
         return self
 
@@ -216,7 +285,10 @@ class Recommender:
 
     def _index_users(self) -> None:
         self._user_pos = {u: i for i, u in enumerate(self.user_ids_.tolist())}
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # readers and the swap of a feedback's result; held briefly
+        self._write_lock = threading.Lock()  # serializes feedback (log order == apply order)
+        self._events: EventLog | None = None
+        self._events_applied = 0  # events of the attached log this object has applied (replayed + live)
 
     def _auto_text_weight(self, tables: Any) -> float:
         rng = np.random.default_rng(0)
@@ -422,59 +494,328 @@ class Recommender:
                  label: float = 1.0) -> dict[str, Any]:
         """Record that ``user`` interacted with ``item``; refits that user's vector (items fixed).
 
-        A new user is added. The next ``recommend`` for the user reflects the update. Raises
-        KeyError for an unknown item.
+        The event is checked first (item known, label finite, context valid, a new user id
+        representable): a rejected event raises and changes nothing. With an event log
+        attached (:meth:`open_event_log`) it is then committed to the log, and only then
+        applied. The fold-in runs on a copy of the user's rows without the lock that
+        ``recommend`` takes; only the swap of the result is under it. A new user is added;
+        the user's history keeps time order (the item moves to its end) and the fold-in refits
+        on the latest ``fold_in_history`` items.
+
+        Parameters
+        ----------
+        user, item : int or str
+            Raw ids (ids arriving as digit strings match integer ids).
+        context : mapping or None
+            Context of the interaction.
+        label : float
+            1 = positive, 0 = negative; a rating for ``loss="mse"`` models.
+
+        Returns
+        -------
+        dict
+            ``user``, ``item_id``, ``new_user``, ``known_items`` (length of the user's history)
+            and ``event`` (the log's sequence number, or None without a log).
+
+        Raises
+        ------
+        KeyError
+            Unknown item.
+        ValueError
+            Invalid label, context or user id.
         """
         self._fitted()
+        with self._write_lock:  # checked under it: a new user's id depends on the users added before
+            checked = self._check_event(user, item, context, label)
+            seq = self._events.append(user, item, dict(context or {}), float(label)) \
+                if self._events is not None else None
+            out = self._apply_event(*checked, copy_model=True)
+            if seq is not None:
+                self._events_applied += 1
+                self._event_origin = (self._events.log_id, seq)
+        return {**out, "event": seq}
+
+    def _check_event(self, user: Any, item: Any, context: Mapping[str, Any] | None,
+                     label: float) -> tuple[Any, int, float, np.ndarray | None]:
+        """Validate a feedback event without changing anything: (user, item row, label, new ids)."""
+        if isinstance(user, bool) or not isinstance(user, (int, np.integer, str)):
+            raise ValueError(f"user: an id must be an int or a str, got {type(user).__name__} {user!r}")
         i = self._item(item)
+        try:
+            label = float(label)
+        except (TypeError, ValueError):
+            raise ValueError(f"label must be a number, got {label!r}") from None
         if not np.isfinite(label):
             raise ValueError(f"label must be finite, got {label!r}")
-        ctx, text = self._features(context)
+        self._features(context)  # raises ValueError naming the field
+        new_ids = None
+        if self._user(user) < 0:
+            ids = self.user_ids_
+            if not (isinstance(user, (int, np.integer)) and ids.dtype.kind in "iu"):
+                ids = ids.astype(object)  # a new id of another type than the trained ones
+            try:
+                new_ids = np.append(ids, np.array([user], dtype=ids.dtype))
+            except (OverflowError, ValueError):
+                raise ValueError(f"user: id {user!r} does not fit the user id type {ids.dtype}") from None
+        return user, i, label, new_ids
+
+    def _apply_event(self, user: Any, i: int, label: float, new_ids: np.ndarray | None, *,
+                     copy_model: bool) -> dict[str, Any]:
+        """Fold one checked event into the model (caller holds ``_write_lock`` or is alone).
+
+        copy_model: refit on a copy and swap it in (serving); False: update in place (replay
+        before the object serves).
+        """
+        u = self._user(user)
+        new = u < 0
         with self._lock:
-            u = self._user(user)
-            new = u < 0
             history = [] if new else list(self._seen[u])
-            if float(label) > 0:
-                history = [x for x in history if x != i] + [i]
-            items = np.array(history[-int(self.fold_in_history):] or [i], np.int64)
-            labels = np.ones(len(items), np.float32)
-            if self.model_.loss in ("mse", "logloss"):
-                labels[-1] = float(label)
-            u2 = self.model_.fold_in(items, user=None if new else u, label=labels)
+        if label > 0:
+            history = [x for x in history if x != i] + [i]  # time order: the item is now the latest
+        items = np.array(history[-int(self.fold_in_history):] or [i], np.int64)
+        labels = np.ones(len(items), np.float32)
+        if self.model_.loss in ("mse", "logloss"):
+            labels[-1] = label
+        kw = dict(user=None if new else u, label=labels)
+        model, u2 = self.model_.refit_user(items, **kw) if copy_model else (self.model_, self.model_.fold_in(items, **kw))
+        with self._lock:
+            self.model_ = model
             if new:
-                ids = self.user_ids_
-                if not (isinstance(user, (int, np.integer)) and ids.dtype.kind in "iu"):
-                    ids = ids.astype(object)  # a new id of another type than the trained ones
-                self.user_ids_ = np.append(ids, np.array([user], dtype=ids.dtype))
+                self.user_ids_ = new_ids
                 self._user_pos[user] = u2
                 self._seen.append([])
-            if float(label) > 0 and i not in self._seen[u2]:
-                self._seen[u2].append(i)
+            if label > 0:
+                self._seen[u2] = history
         return {"user": _jsonable(user), "item_id": _jsonable(self.item_ids_[i]), "new_user": new,
                 "known_items": len(self._seen[u2])}
 
-    def item_info(self, item: Any) -> dict[str, Any]:
-        """The stored attributes and text of an item (KeyError when unknown)."""
+    # ------------------------------------------------------------------ event log
+    def open_event_log(self, path: str | os.PathLike | EventLog, *, replay: bool = True) -> int:
+        """Attach a durable event log: later ``feedback`` is logged before it is applied.
+
+        With ``replay`` the log's events after the position this model already contains are
+        applied first (all of them for a model that never saw this log). A model that was
+        built from a different log (its recorded log id differs) is refused. Events that no
+        longer apply (an item missing from this catalog) are skipped with a warning.
+
+        Parameters
+        ----------
+        path : str, PathLike or EventLog
+            The SQLite log (created when missing; ``~`` accepted).
+        replay : bool
+            Apply the events the model does not contain yet.
+
+        Returns
+        -------
+        int
+            The number of events replayed.
+        """
         self._fitted()
-        row = self.items_.iloc[self._item(item)].to_dict()
-        return {k: _jsonable(v) if not isinstance(v, float) or np.isfinite(v) else None for k, v in row.items()}
+        elog = path if isinstance(path, EventLog) else EventLog(path)
+        origin = getattr(self, "_event_origin", None)
+        if origin is not None and origin[0] != elog.log_id:
+            raise ValueError(f"event log {elog.path}: this model was built from another log (id {origin[0]}, "
+                             f"this one is {elog.log_id}); give the log it was served with")
+        with self._write_lock:
+            self._events = elog
+            self._events_applied = 0
+            self._event_origin = (elog.log_id, origin[1] if origin is not None else 0)
+        return self.replay_events() if replay else 0
+
+    def replay_events(self) -> int:
+        """Apply the attached log's events after this model's position (a catch-up).
+
+        Called by :meth:`open_event_log`; a server calls it again right before swapping in
+        a model it loaded while the old one kept logging feedback.
+
+        Returns
+        -------
+        int
+            The number of events applied (skipped ones not counted).
+        """
+        if getattr(self, "_events", None) is None:
+            raise ValueError("no event log attached: call open_event_log(path) first")
+        n = skipped = 0
+        with self._write_lock:
+            elog, after = self._events, self._event_origin[1]
+            for ev in elog.read(after=after):
+                try:
+                    self._apply_event(*self._check_event(ev.user, ev.item, ev.context, ev.label),
+                                      copy_model=False)
+                    n += 1
+                except (KeyError, ValueError) as e:
+                    skipped += 1
+                    log.warning("event %d (user %r, item %r) skipped on replay: %s", ev.seq, ev.user, ev.item, e)
+                after = ev.seq
+            self._events_applied += n
+            self._event_origin = (elog.log_id, after)
+        if n or skipped:
+            log.info("replayed %d event(s) from %s (%d skipped); position %d", n, elog.path, skipped, after)
+        return n
+
+    def retrain(self, dataset: Dataset, event_log: str | os.PathLike | EventLog, *,
+                validation: Dataset | None = None) -> "Recommender":
+        """A new Recommender with these parameters, fitted on ``dataset`` plus the logged events.
+
+        Every event of the log so far becomes an interaction (new users join the catalog;
+        negative events count only where the data has labels or ratings). The new model
+        records the log position it contains, so loading or swapping it in with the same log
+        replays exactly the events that arrived during the retrain.
+
+        Parameters
+        ----------
+        dataset : Dataset
+            The original training data (same item catalog as this recommender).
+        event_log : path or EventLog
+            The service's feedback log.
+        validation : Dataset or None
+            Held-out interactions for early stopping.
+
+        Returns
+        -------
+        Recommender
+            Fitted, not yet saved.
+        """
+        self._fitted()
+        elog = event_log if isinstance(event_log, EventLog) else EventLog(event_log, readonly=True)
+        until = elog.position()
+        ds = self._with_events(dataset, elog.read(until=until))
+        new = Recommender(copy.deepcopy(self.context), model=ContextFM(**self.model_.get_params()),
+                          encoder=getattr(self, "_encoder", None), item_text=self.item_text,
+                          user_text=self.user_text, text_match_weight=self.text_match_weight,
+                          engine_params=self.engine_params, fold_in_history=self.fold_in_history)
+        new.fit(ds, validation=validation)
+        new.training_source_ = dataset.meta.get("source")
+        new._event_origin = (elog.log_id, until)
+        return new
+
+    def _with_events(self, ds: Dataset, events: Iterable[Any]) -> Dataset:
+        """``ds`` plus logged events as interactions (ids matched as ``feedback`` matches them)."""
+        users, items, ts, labels, ctx_rows, new_users = [], [], [], [], [], {}
+        skipped = 0
+        for ev in events:
+            try:
+                raw_item = self.item_ids_[self._item(ev.item)]
+                di = int(ds.item_index(_jsonable(raw_item), strict=True))
+            except (KeyError, ValueError):
+                skipped += 1
+                continue
+            if float(ev.label) <= 0 and ds.label is None and ds.rating is None:
+                continue  # implicit data has no negatives
+            u = self._user(ev.user)
+            raw_user = _jsonable(self.user_ids_[u]) if u >= 0 else ev.user
+            try:
+                du = int(ds.user_index(raw_user, strict=True))
+            except (KeyError, ValueError):
+                du = new_users.setdefault(raw_user, ds.n_users + len(new_users))
+            users.append(du)
+            items.append(di)
+            ts.append(_event_time(ev))
+            labels.append(float(ev.label))
+            ctx_rows.append({c: ev.context.get(c) for c in ds.context.columns})
+        if skipped:
+            log.warning("retrain: %d logged event(s) name items outside the catalog; left out", skipped)
+        n_new = len(new_users)
+        user_ids = ds.user_ids
+        if n_new:  # int64 ids stay int64 when every new id is an integer too, else object
+            user_ids = np.concatenate([user_ids.astype(object), np.array(list(new_users), dtype=object)])
+            if all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in user_ids):
+                user_ids = user_ids.astype(np.int64)
+        lab = np.asarray(labels, np.float32)
+
+        def cat(old: np.ndarray | None, add: np.ndarray) -> np.ndarray | None:
+            return None if old is None else np.concatenate([old, add.astype(old.dtype)])
+        user_table = ds.user_table
+        if user_table is not None and n_new:
+            user_table = pd.concat([user_table, pd.DataFrame({"user_id": list(new_users)})], ignore_index=True)
+        user_attrs = {k: type(a).from_index_lists(k, a.vocab, a.lists() + [np.zeros(0, np.int32)] * n_new)
+                      for k, a in ds.user_attrs.items()}
+        return Dataset(
+            user_ids=user_ids, item_ids=ds.item_ids,
+            users=np.concatenate([ds.users, np.asarray(users, np.int32)]),
+            items=np.concatenate([ds.items, np.asarray(items, np.int32)]),
+            rating=cat(ds.rating, lab), label=cat(ds.label, (lab > 0).astype(np.float32)),
+            count=cat(ds.count, np.ones(len(lab), np.int64)), timestamp=cat(ds.timestamp, np.asarray(ts, np.int64)),
+            context=pd.concat([ds.context, pd.DataFrame(ctx_rows, columns=ds.context.columns)], ignore_index=True),
+            item_table=ds.item_table, item_text=ds.item_text, item_text_fields=ds.item_text_fields,
+            item_attrs=ds.item_attrs, user_table=user_table,
+            user_text=None if ds.user_text is None else list(ds.user_text) + [""] * n_new,
+            user_attrs=user_attrs, name=ds.name, meta=ds.meta)
+
+    def event_status(self) -> dict[str, Any] | None:
+        """Where this model stands in its event log, or None without one.
+
+        Returns
+        -------
+        dict or None
+            ``path``, ``log_id``, ``log_position`` (last event in the log), ``applied_position``
+            (last event this model contains) and ``applied`` (events this object applied,
+            replayed and live).
+        """
+        if getattr(self, "_events", None) is None:
+            return None
+        origin = self._event_origin or (self._events.log_id, 0)
+        return {"path": str(self._events.path), "log_id": self._events.log_id,
+                "log_position": self._events.position(), "applied_position": int(origin[1]),
+                "applied": int(self._events_applied)}
+
+    def item_info(self, item: Any, fields: Sequence[str] | None = None) -> dict[str, Any]:
+        """The stored attributes and text of an item, as plain JSON types.
+
+        Parameters
+        ----------
+        item : int or str
+            Raw item id.
+        fields : sequence of str or None
+            Only these columns of the item table (None: all).
+
+        Returns
+        -------
+        dict
+            Column -> value (lists for multi-valued attributes, ISO strings for times,
+            None for missing values).
+
+        Raises
+        ------
+        KeyError
+            Unknown item. ValueError: an unknown field, named.
+        """
+        self._fitted()
+        if fields is not None:
+            missing = [f for f in fields if f not in self.items_.columns]
+            if missing:
+                raise ValueError(f"fields: unknown item field(s) {missing}; the item table has "
+                                 f"{list(map(str, self.items_.columns))}")
+        row = self.items_.iloc[self._item(item)]
+        if fields is not None:
+            row = row[list(fields)]
+        return {str(k): _plain(v) for k, v in row.to_dict().items()}
 
     def summary(self) -> dict[str, Any]:
         self._fitted()
         return {"n_items": int(len(self.item_ids_)), "n_users": int(len(self.user_ids_)),
                 "context_fields": self.context_.columns, "text_match_weight": self.text_match_weight_,
                 "engine": repr(self.engine_),
-                "encoder_provider": getattr(getattr(self, "_encoder", None), "provider", None)}
+                "encoder_provider": getattr(getattr(self, "_encoder", None), "provider", None),
+                "events": self.event_status()}
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
-        """Everything needed to serve, in one versioned directory (atomic, checksummed)."""
+        """Everything needed to serve, in one versioned directory (atomic, checksummed).
+
+        With an event log attached, the directory records the log's id and the position
+        this model contains, so loading it with that log replays only later events.
+        """
         self._fitted()
+        path = Path(path).expanduser()
         params = {"item_text": self.item_text, "user_text": self.user_text,
                   "text_match_weight": self.text_match_weight, "engine_params": dict(self.engine_params or {}),
                   "fold_in_history": self.fold_in_history}
+        origin = getattr(self, "_event_origin", None)
         meta = {"params": params, "text_match_weight_": self.text_match_weight_,
-                "has_encoder": getattr(self, "_encoder", None) is not None}
+                "has_encoder": getattr(self, "_encoder", None) is not None,
+                "training_source": getattr(self, "training_source_", None),
+                "event_log": None if origin is None else {"log_id": origin[0], "position": int(origin[1])}}
         with atomic_dir(path, FORMAT, VERSION, meta) as d:
             (d / "context.json").write_text(self.context_.to_json())
             self.model_.save(d / "model")
@@ -498,9 +839,24 @@ class Recommender:
                 meta["encoder_variant"] = enc.variant
 
     @classmethod
-    def load(cls, path: str | Path) -> "Recommender":
-        """Load a directory written by ``save`` (no PyTorch needed); verifies every checksum."""
-        path = Path(path)
+    def load(cls, path: str | Path, *, event_log: str | os.PathLike | None = "auto") -> "Recommender":
+        """Load a directory written by ``save`` (no PyTorch needed); verifies every checksum.
+
+        Parameters
+        ----------
+        path : str or Path
+            The model directory (``~`` accepted).
+        event_log : "auto", path or None
+            The feedback log to attach and replay (:meth:`open_event_log`). "auto": the log
+            beside the directory (:func:`ctxrec.events.default_log_path`) when it exists;
+            None: no log (feedback then lives in memory only).
+
+        Returns
+        -------
+        Recommender
+            The loaded recommender, with the log's later events applied.
+        """
+        path = Path(path).expanduser()
         man = read_manifest(path, FORMAT, VERSION)
         meta = man["meta"]
         rec = cls(ContextSpec.from_json((path / "context.json").read_text()), **meta["params"])
@@ -520,7 +876,14 @@ class Recommender:
             rec.encoder = None
         rec.text_match_weight_ = float(meta["text_match_weight_"])
         rec.engine_ = Engine.load(path / "engine", verify=False)  # verified above with the whole directory
+        rec.training_source_ = meta.get("training_source")
+        origin = meta.get("event_log")
+        rec._event_origin = None if not origin else (str(origin["log_id"]), int(origin["position"]))
         rec._index_users()
+        if event_log == "auto":
+            event_log = default_log_path(path) if default_log_path(path).is_file() else None
+        if event_log is not None:
+            rec.open_event_log(event_log)
         return rec
 
     def __repr__(self) -> str:

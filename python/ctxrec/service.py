@@ -7,7 +7,10 @@ Endpoints: ``POST /recommend``, ``POST /recommend/batch``, ``POST /feedback``,
 the first clarifying question), ``POST /session/{id}/answer`` answers (option index, label,
 free text or null to skip), ``POST /session/{id}/explain``, ``DELETE /session/{id}``; sessions
 live in a bounded store (``max_sessions``, least recently used dropped first) and expire
-after ``session_ttl_s`` unused; a session keeps the model it started on across reloads. Bad requests get a 4xx with a JSON body naming the field; oversized bodies
+after ``session_ttl_s`` unused; a session keeps the model it started on across reloads.
+Feedback is durable: every accepted ``/feedback`` is committed to the SQLite event log
+(``ctxrec.events``) before it is answered, and the log is replayed at start-up and on every
+reload (``/healthz`` reports the log position and what the serving model has applied). Bad requests get a 4xx with a JSON body naming the field; oversized bodies
 get 413; an error inside a request never takes the process down. A reload loads the new
 model directory completely before swapping one reference, so requests in flight finish
 on the old model and none is dropped. ``SIGHUP`` reloads the same directory.
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import os
 import signal
 import threading
@@ -31,6 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["create_app", "serve"]
 
+log = logging.getLogger("ctxrec.service")
+
 Id = Union[int, str]
 Scalar = Union[str, int, float, bool, None]
 
@@ -44,6 +50,8 @@ class RecommendRequest(BaseModel):
     exclude_seen: bool = Field(True, description="leave out items the user interacted with")
     exclude: list[Id] = Field(default_factory=list, max_length=100_000, description="item ids never to return")
     allow: list[Id] | None = Field(None, max_length=100_000, description="if given, only these items may be returned")
+    fields: list[str] = Field(default_factory=list, max_length=64,
+                              description='item fields to include with each item, e.g. ["title"]')
 
 
 class BatchRequest(BaseModel):
@@ -93,7 +101,13 @@ def _error(status: int, message: str, field: str | None = None) -> JSONResponse:
 
 
 class _State:
-    """The served model: one reference, swapped atomically on reload."""
+    """The served model: one reference, swapped atomically on reload.
+
+    With an event log, a reload loads (and replays) the new model while the old one keeps
+    serving and logging feedback; then, with feedback paused for that moment only, the new
+    model catches up on the events logged meanwhile and the reference is swapped, so no
+    acknowledged event is missing from the model that serves next.
+    """
 
     def __init__(self, path: str | os.PathLike, loader: Callable[[str], Any]) -> None:
         self.loader = loader
@@ -101,30 +115,70 @@ class _State:
         self.model = loader(self.path)
         self.loaded_at = time.time()
         self.lock = threading.Lock()  # serializes reloads, never held by requests
+        self.feedback_gate = threading.Lock()  # feedback (already serialized per model) vs the swap
 
     def reload(self, path: str | None = None) -> dict[str, Any]:
         with self.lock:
             new_path = path or self.path
             model = self.loader(new_path)  # fully loaded (and verified) before anything changes
-            self.model, self.path, self.loaded_at = model, new_path, time.time()
+            with self.feedback_gate:
+                if getattr(model, "event_status", lambda: None)() is not None:
+                    model.replay_events()  # events logged by the old model since the load began
+                self.model, self.path, self.loaded_at = model, new_path, time.time()
         return {"path": self.path, "loaded_at": self.loaded_at}
+
+    def feedback(self, fn: Callable[[Any], Any]) -> Any:
+        """Run ``fn(model)`` on the current model with reloads' swap held off."""
+        with self.feedback_gate:
+            return fn(self.model)
 
 
 def create_app(model_dir: str | os.PathLike, *, loader: Callable[[str], Any] | None = None,
-               admin_token: str | None = None, max_body_bytes: int = 1 << 20, max_sessions: int = 10_000,
-               session_ttl_s: float = 1800.0) -> FastAPI:
+               event_log: str | os.PathLike | None = "default", admin_token: str | None = None,
+               max_body_bytes: int = 1 << 20, max_sessions: int = 10_000, session_ttl_s: float = 1800.0,
+               warmup: bool = True) -> FastAPI:
     """Build the ASGI app serving the Recommender saved in ``model_dir``.
 
-    loader: how to load a model directory (default ``Recommender.load``). admin_token:
-    bearer token for ``/admin/reload`` (default: env ``CTXREC_ADMIN_TOKEN``; unset = the
-    endpoint answers 403). max_body_bytes: larger request bodies get 413. max_sessions /
-    session_ttl_s: bounds of the interactive-session store.
+    Parameters
+    ----------
+    model_dir : str or PathLike
+        The model directory (``~`` accepted).
+    loader : callable or None
+        How to load a model directory (default ``Recommender.load`` with the event log).
+    event_log : "default", path or None
+        The durable feedback log (SQLite): every ``/feedback`` is committed to it before the
+        answer, and it is replayed at start-up and on every reload. "default": the file
+        beside ``model_dir`` (:func:`ctxrec.events.default_log_path`), created when missing;
+        None: feedback lives in memory only (lost on reload or restart).
+    admin_token : str or None
+        Bearer token for ``/admin/reload`` (default: env ``CTXREC_ADMIN_TOKEN``; unset = the
+        endpoint answers 403).
+    max_body_bytes : int
+        Larger request bodies get 413.
+    max_sessions, session_ttl_s : int, float
+        Bounds of the interactive-session store.
+    warmup : bool
+        Compile / load the numba kernels and run one request before serving, so the first
+        request and the first feedback are as fast as later ones.
+
+    Returns
+    -------
+    FastAPI
+        The application.
     """
+    model_dir = Path(model_dir).expanduser()
     if loader is None:
+        from ctxrec.events import default_log_path
         from ctxrec.recommender import Recommender
-        loader = Recommender.load
+        log_path = default_log_path(model_dir) if event_log == "default" else event_log
+        log_path = None if log_path is None else Path(log_path).expanduser()
+
+        def loader(p: str) -> Any:
+            return Recommender.load(p, event_log=log_path)
     token = admin_token if admin_token is not None else os.environ.get("CTXREC_ADMIN_TOKEN")
     state = _State(model_dir, loader)
+    if warmup:
+        _warm(state.model)
     registry = CollectorRegistry()
     requests = Counter("ctxrec_requests", "HTTP requests", ["endpoint", "status"], registry=registry)
     latency = Histogram("ctxrec_request_seconds", "request latency (s) from arrival to response", ["endpoint"],
@@ -183,24 +237,29 @@ def create_app(model_dir: str | os.PathLike, *, loader: Callable[[str], Any] | N
         # Heavy work runs off the event loop (the engine releases the GIL).
         return await asyncio.get_running_loop().run_in_executor(None, fn)
 
+    def answer(model: Any, r: RecommendRequest) -> dict[str, Any]:
+        rec = model.recommend(r.user, context=r.context, k=r.k, exclude_seen=r.exclude_seen,
+                              exclude=r.exclude, allow=r.allow)
+        out = rec.to_dict()
+        if r.fields:
+            for it in out["items"]:
+                it["fields"] = model.item_info(it["item_id"], fields=r.fields)
+        return out
+
     @app.post("/recommend", summary="top-k items for one user and context")
     async def recommend(req: RecommendRequest) -> Any:
         model = state.model
         try:
-            rec = await run(lambda: model.recommend(req.user, context=req.context, k=req.k,
-                                                    exclude_seen=req.exclude_seen, exclude=req.exclude,
-                                                    allow=req.allow))
+            return await run(lambda: answer(model, req))
         except (ValueError, KeyError) as e:
             return bad_input(e)
-        return rec.to_dict()
 
     @app.post("/recommend/batch", summary="top-k items for many requests")
     async def recommend_batch(req: BatchRequest) -> Any:
         model = state.model
 
         def work() -> list[dict[str, Any]]:
-            return [model.recommend(r.user, context=r.context, k=r.k, exclude_seen=r.exclude_seen,
-                                    exclude=r.exclude, allow=r.allow).to_dict() for r in req.requests]
+            return [answer(model, r) for r in req.requests]
         try:
             return {"results": await run(work)}
         except (ValueError, KeyError) as e:
@@ -208,9 +267,9 @@ def create_app(model_dir: str | os.PathLike, *, loader: Callable[[str], Any] | N
 
     @app.post("/feedback", summary="record an interaction; the user's next recommendations reflect it")
     async def feedback(req: FeedbackRequest) -> Any:
-        model = state.model
         try:
-            return await run(lambda: model.feedback(req.user, req.item, context=req.context, label=req.label))
+            return await run(lambda: state.feedback(
+                lambda model: model.feedback(req.user, req.item, context=req.context, label=req.label)))
         except KeyError as e:
             return _error(404, str(e.args[0]) if e.args else str(e), "item")
         except ValueError as e:
@@ -220,7 +279,7 @@ def create_app(model_dir: str | os.PathLike, *, loader: Callable[[str], Any] | N
     async def item(item_id: str) -> Any:
         try:
             return state.model.item_info(item_id)
-        except KeyError:
+        except (KeyError, ValueError):
             return _error(404, f"unknown item id {item_id!r}", "item_id")
 
     from ctxrec.session import QuestionBank, Session, SessionStore
@@ -315,6 +374,28 @@ def create_app(model_dir: str | os.PathLike, *, loader: Callable[[str], Any] | N
     return app
 
 
+def _warm(model: Any) -> None:
+    """Compile (or load from numba's cache) the kernels serving uses, and run one request."""
+    t0 = time.perf_counter()
+    try:
+        from ctxrec.model import warmup
+        warmup(getattr(model, "model_", None))
+    except ImportError:  # pragma: no cover - an older model package without warmup()
+        pass
+    try:
+        summary = model.summary()
+        ctx = {name: "" for name in getattr(getattr(model, "context_", None), "text_fields", ())}
+        model.recommend(None if summary.get("n_users", 0) == 0 else _first_user(model), ctx, k=10)
+    except Exception as e:  # a warm-up must never keep the service from starting
+        log.warning("warm-up request failed: %s: %s", type(e).__name__, e)
+    log.info("warm-up took %.2f s", time.perf_counter() - t0)
+
+
+def _first_user(model: Any) -> Any:
+    ids = getattr(model, "user_ids_", None)
+    return None if ids is None or len(ids) == 0 else ids[0].item() if hasattr(ids[0], "item") else ids[0]
+
+
 def _jsonable(v: Any) -> Any:
     if isinstance(v, (str, int, float, bool)) or v is None:
         return v
@@ -327,8 +408,9 @@ def _version() -> str:
     return __version__
 
 
-def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
-    """Run the service with uvicorn (blocking)."""
+def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, *,
+          event_log: str | os.PathLike | None = "default") -> None:
+    """Run the service with uvicorn (blocking); ``event_log`` as in :func:`create_app`."""
     import uvicorn
-    app = create_app(model_dir)
+    app = create_app(model_dir, event_log=event_log)
     uvicorn.run(app, host=host, port=port, workers=workers, log_level="info")

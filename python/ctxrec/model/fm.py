@@ -30,6 +30,7 @@ the whole score is one inner product, which HNSW retrieves on and the C++ kernel
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -905,6 +906,36 @@ class ContextFM:
                 order = np.random.default_rng([self.random_state, user, ep]).permutation(n).astype(np.int64)
                 self._run_epoch(rows, order, ep, r, r + 1, False, 0, seed=self.random_state + 7919 * (user + 1))
         return user
+
+    def refit_user(self, items: np.ndarray, *, user: int | None = None, context: np.ndarray | None = None,
+                   context_text: np.ndarray | None = None, label: np.ndarray | None = None,
+                   user_text: np.ndarray | None = None, user_attrs: Sequence[int] | None = None,
+                   epochs: int = 50) -> tuple["ContextFM", int]:
+        """:meth:`fold_in` on a copy of the model: ``self`` is not changed at all.
+
+        The copy shares every array that a fold-in does not write (items, attributes,
+        context, projections) and owns copies of the rows it trains (user factors, linear
+        weights, three-way factors and their optimizer state), so a server can keep
+        answering from ``self`` while this runs and then swap one reference. Costs one copy
+        of the embedding table (n_rows x (n_factors + n_tri_factors) x 3 float32 arrays).
+
+        Returns
+        -------
+        model : ContextFM
+            The updated copy.
+        user : int
+            The user's index in ``model`` (a new index when ``user`` is None).
+        """
+        self._check_fitted()
+        m = copy.copy(self)
+        m._opt = dict(self._opt)
+        if user is not None:  # a new user re-allocates these arrays anyway (_append_user)
+            m.V_, m.w_, m.T_ = self.V_.copy(), self.w_.copy(), self.T_.copy()
+            for name in ("mV", "sV", "mw", "sw", "mT", "sT"):
+                m._opt[name] = self._opt[name].copy()
+        u = m.fold_in(items, user=user, context=context, context_text=context_text, label=label,
+                      user_text=user_text, user_attrs=user_attrs, epochs=epochs)
+        return m, u
 
     def _append_user(self, user_text: np.ndarray | None, user_attrs: Sequence[int] | None) -> int:
         k = self.V_.shape[1]
