@@ -1,0 +1,42 @@
+"""Start `ctxrec serve` as a user would (a subprocess on a loopback port) and wait for it."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from typing import Sequence
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(args: Sequence[str], *, env: dict | None = None, timeout: float = 120.0,
+                 port: int | None = None) -> tuple[str, subprocess.Popen]:
+    """Run ``python -m ctxrec.cli serve ARGS --port P``; return (base URL, process) once /healthz answers."""
+    import httpx
+    port = port or free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "ctxrec.cli", "serve", *args, "--port", str(port)],
+                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}: {proc.stdout.read().decode()}")
+        try:
+            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                return base, proc
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"server did not start in {timeout:.0f} s: {proc.stdout.read().decode()}")
+
+
+def stop_server(proc: subprocess.Popen, *, kill: bool = False) -> None:
+    """SIGKILL (a crash: nothing gets to flush) or SIGTERM, then wait."""
+    (proc.kill if kill else proc.terminate)()
+    proc.wait(20)
