@@ -19,7 +19,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-BENCHES = ["engine"]
+BENCHES = ["engine", "feedback"]
 
 
 def machine() -> dict:
