@@ -1,5 +1,10 @@
 """The ``ctxrec`` command line: export, train, evaluate, recommend, serve, bench, encode-catalog, recommend-all.
 
+``train`` and ``evaluate`` read a built-in dataset (``--dataset movielens-100k|frappe``), the
+``--dataset csv --data DIR`` layout, or your own files: a data section (``"data"`` in
+``--config``, ``--data-config FILE``, or ``--interactions PATH`` with column flags; see
+:class:`ctxrec.data.DataConfig`). :func:`dataset_from_args` is that choice for any command.
+
 Bad input exits non-zero with a one-line error on stderr.
 """
 from __future__ import annotations
@@ -12,30 +17,62 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-DATASETS = ("movielens-100k", "frappe", "csv")
+DATASETS = ("movielens-100k", "frappe", "csv", "config")
+BUILTIN_DATASETS = ("movielens-100k", "frappe")
+CONFIG_SECTIONS = ("data", "context", "model", "recommender", "engine")
 
 
 # ---------------------------------------------------------------------------- config
 def read_config(path: str | None) -> dict[str, Any]:
-    """A JSON training config: {"context": {...ContextSpec kwargs}, "model": {...ContextFM params},
-    "recommender": {...Recommender kwargs}, "engine": {...Engine params}}."""
+    """A JSON training config.
+
+    Sections (all optional): ``"data"`` (a data section, see :class:`ctxrec.data.DataConfig`;
+    its relative paths are resolved here, from the config file's directory), ``"context"``
+    (ContextSpec kwargs), ``"model"`` (ContextFM params), ``"recommender"`` (Recommender
+    kwargs), ``"engine"`` (Engine params).
+
+    Returns
+    -------
+    dict
+        The parsed config ({} when ``path`` is None), ``"data"`` with absolute paths.
+    """
     if path is None:
         return {}
-    p = Path(path)
+    p = Path(path).expanduser()
     try:
         cfg = json.loads(p.read_text())
     except FileNotFoundError:
         raise ValueError(f"--config: no such file {path!r}") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"--config: {path} is not valid JSON ({e})") from None
-    unknown = set(cfg) - {"context", "model", "recommender", "engine"}
+    if not isinstance(cfg, dict):
+        raise ValueError(f"--config: {path} must hold a JSON object with sections {', '.join(CONFIG_SECTIONS)}")
+    unknown = set(cfg) - set(CONFIG_SECTIONS)
     if unknown:
-        raise ValueError(f"--config: unknown section(s) {sorted(unknown)}; expected context, model, recommender, engine")
+        raise ValueError(f"--config: unknown section(s) {sorted(unknown)}; expected {', '.join(CONFIG_SECTIONS)}")
+    if "data" in cfg:
+        from ctxrec.data import resolve_config_paths
+        if not isinstance(cfg["data"], dict):
+            raise ValueError(f"--config: {path}: the \"data\" section must be a JSON object")
+        cfg["data"] = resolve_config_paths(cfg["data"], p.resolve().parent)
     return cfg
 
 
-def default_context(dataset: str) -> dict[str, Any]:
-    """The context a dataset naturally has (overridable by the config's "context")."""
+def default_context(dataset: Any) -> dict[str, Any]:
+    """The context a dataset naturally has (overridable by the config's "context").
+
+    ``dataset`` is a built-in dataset name, or a :class:`ctxrec.data.Dataset`: then its
+    ``meta["source"]`` decides (a built-in's own context, or a data config's context
+    columns by kind, :meth:`ctxrec.data.DataConfig.context_spec_kwargs`).
+    """
+    if not isinstance(dataset, str):
+        source = getattr(dataset, "meta", {}).get("source")
+        if not isinstance(source, dict):
+            return {}
+        if "dataset" in source:
+            return default_context("frappe" if source["dataset"] == "frappe-nfm" else str(source["dataset"]))
+        from ctxrec.data import DataConfig
+        return DataConfig.from_dict(source).context_spec_kwargs()
     if dataset == "movielens-100k":
         return {"time": ["timestamp"], "text": ["query"]}
     if dataset == "frappe":
@@ -45,6 +82,11 @@ def default_context(dataset: str) -> dict[str, Any]:
 
 
 def load_dataset(kind: str, data: str | None) -> Any:
+    """A built-in dataset (read from ``data`` or $CTXREC_DATA_DIR), or the ``csv`` directory layout.
+
+    ``csv`` is :meth:`ctxrec.data.DataConfig.from_csv_dir` of ``data``; for any other file
+    layout use a data section (:func:`dataset_from_args`).
+    """
     from ctxrec import data as D
     if kind == "movielens-100k":
         return D.load_movielens_100k(data)
@@ -53,24 +95,177 @@ def load_dataset(kind: str, data: str | None) -> Any:
     if kind == "csv":
         if data is None:
             raise ValueError("--data: the csv dataset needs a directory holding interactions.csv (and items.csv)")
-        d = Path(data)
-        inter = d / "interactions.csv"
-        if not inter.is_file():
-            raise ValueError(f"--data: {inter} not found (columns: user_id, item_id, optional timestamp, rating, ...)")
-        import pandas as pd
-        cols = list(pd.read_csv(inter, nrows=0).columns)
-        items = d / "items.csv"
-        item_cols = list(pd.read_csv(items, nrows=0).columns) if items.is_file() else []
-        return D.Dataset.from_frames(
-            inter, rating_col="rating" if "rating" in cols else None, label_col="label" if "label" in cols else None,
-            timestamp_col="timestamp" if "timestamp" in cols else None,
-            context_cols=[c for c in cols if c not in ("user_id", "item_id", "rating", "label", "timestamp")],
-            items=items if items.is_file() else None,
-            item_text_cols=[c for c in item_cols if c in ("title", "text", "description")], name=d.name)
+        return D.DataConfig.from_csv_dir(data).load()
     raise ValueError(f"--dataset: {kind!r} is not one of {', '.join(DATASETS)}")
 
 
-def build_recommender(dataset: str, cfg: dict[str, Any], encoder: str | None) -> Any:
+def read_data_config(path: str) -> dict[str, Any]:
+    """A JSON data section (``--data-config``; a ``{"data": {...}}`` wrapper is accepted) with its
+    relative paths resolved from the file's directory; validated later, with the flags applied."""
+    from ctxrec.data import resolve_config_paths
+    p = Path(path).expanduser()
+    try:
+        d = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"--data-config: no such file {path!r}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--data-config: {path} is not valid JSON ({e})") from None
+    if isinstance(d, dict) and set(d) == {"data"}:
+        d = d["data"]
+    if not isinstance(d, dict):
+        raise ValueError(f"--data-config: {path} must hold a JSON object (a data section)")
+    return resolve_config_paths(d, p.resolve().parent)
+
+
+# The data flags: argparse dest -> where it goes in the data section.
+_DATA_FLAGS: dict[str, tuple[str, str]] = {
+    "interactions": ("interactions", "path"), "user_col": ("interactions", "user"),
+    "item_col": ("interactions", "item"), "timestamp_col": ("interactions", "timestamp"),
+    "rating_col": ("interactions", "rating"), "label_col": ("interactions", "label"),
+    "context_col": ("interactions", "context"),
+    "items": ("items", "path"), "item_id_col": ("items", "id"), "item_text_col": ("items", "text"),
+    "item_attr_col": ("items", "attributes"),
+}
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _context_flags(values: Sequence[str]) -> dict[str, list[str]]:
+    """``--context-col COL[:KIND]`` values (KIND default categorical) as a context section."""
+    from ctxrec.data import CONTEXT_KINDS
+    out: dict[str, list[str]] = {}
+    for v in values:
+        col, _, kind = v.rpartition(":") if ":" in v else (v, "", "categorical")
+        kind = kind or "categorical"
+        if kind not in CONTEXT_KINDS or not col:
+            raise ValueError(f"--context-col: {v!r} is not COLUMN[:KIND] with KIND one of {', '.join(CONTEXT_KINDS)}")
+        out.setdefault(kind, []).append(col)
+    return out
+
+
+def _attr_flags(values: Sequence[str]) -> dict[str, str | None]:
+    """``--item-attr-col COL[:SEP]`` values as an attributes section (no SEP: one value per row)."""
+    out: dict[str, str | None] = {}
+    for v in values:
+        col, colon, sep = v.partition(":")
+        if not col:
+            raise ValueError(f"--item-attr-col: {v!r} is not COLUMN[:SEPARATOR]")
+        out[col] = sep if colon and sep else None
+    return out
+
+
+def data_section(a: argparse.Namespace, base: dict[str, Any] | None = None,
+                 cfg: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The data section the command line describes, or None when it describes none.
+
+    Precedence, lowest first: ``base`` (e.g. the csv layout's), the ``"data"`` section of
+    ``--config``, ``--data-config FILE`` (replaces it), then the flags (``--interactions``,
+    ``--user-col``, ..., each replacing one key; paths relative to the current directory).
+    Namespaces without some of these attributes (another command's) are fine. ``cfg`` is
+    ``read_config(a.config)`` when the caller has it already (read here otherwise).
+
+    Returns
+    -------
+    dict or None
+        A data section with absolute paths, not yet validated (see ``DataConfig.from_dict``).
+    """
+    from ctxrec.data import resolve_config_paths
+    section = base
+    if cfg is None:
+        cfg = read_config(getattr(a, "config", None))
+    if "data" in cfg:
+        section = cfg["data"]
+    if getattr(a, "data_config", None):
+        section = read_data_config(a.data_config)
+    flags = {d: getattr(a, d, None) for d in _DATA_FLAGS}
+    flags = {d: v for d, v in flags.items() if v not in (None, [])}
+    if not flags:
+        return section
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in (section or {}).items()}
+    for dest, value in flags.items():
+        table, key = _DATA_FLAGS[dest]
+        if table == "items" and key != "path" and "items" not in out and "items" not in flags:
+            raise ValueError(f"{_flag(dest)}: needs an item table (--items PATH or an \"items\" data section)")
+        if dest == "context_col":
+            value = _context_flags(value)
+        elif dest == "item_attr_col":
+            value = _attr_flags(value)
+        elif key == "path":
+            value = str(Path(value).expanduser().resolve())
+        out.setdefault(table, {})
+        if not isinstance(out[table], dict):
+            raise ValueError(f"{_flag(dest)}: the data section's {table!r} is not an object")
+        out[table][key] = value
+    return resolve_config_paths(out, Path.cwd())
+
+
+def _dataset_kind(a: argparse.Namespace, cfg: dict[str, Any]) -> str:
+    """--dataset, or "config" when it is omitted and a data section is given."""
+    kind = getattr(a, "dataset", None)
+    flags = [_flag(d) for d in _DATA_FLAGS if getattr(a, d, None) not in (None, [])]
+    if getattr(a, "data_config", None):
+        flags.insert(0, "--data-config")
+    if kind in BUILTIN_DATASETS:
+        if flags:
+            raise ValueError(f"{flags[0]}: describes your own data; use it with --dataset config (or csv), "
+                             f"not --dataset {kind}")
+        return kind
+    if kind is None:
+        if not flags and "data" not in cfg:
+            raise ValueError("--dataset: give a dataset (" + ", ".join(BUILTIN_DATASETS) + ", csv --data DIR) "
+                             "or your own data: --data-config FILE, a \"data\" section in --config, "
+                             "or --interactions PATH with its column flags")
+        return "config"
+    return kind
+
+
+def dataset_from_args(a: argparse.Namespace, cfg: dict[str, Any] | None = None) -> Any:
+    """The Dataset a train/evaluate-style command line names.
+
+    ``--dataset movielens-100k|frappe`` (``--data`` dir or $CTXREC_DATA_DIR); ``--dataset
+    csv --data DIR`` (the fixed ``interactions.csv``/``items.csv`` layout, flags may
+    override its columns); otherwise (``--dataset config`` or no ``--dataset``) a data
+    section: ``"data"`` in ``--config``, ``--data-config FILE`` and/or the data flags (see
+    :func:`data_section`). Reads only attributes that exist on ``a`` (``dataset``, ``data``,
+    ``config``, ``data_config`` and the flags' dests), so another command can reuse it.
+    ``cfg``: ``read_config(a.config)`` if the caller has read it (else it is read here).
+
+    Returns
+    -------
+    ctxrec.data.Dataset
+        With ``meta["source"]`` describing the data (for :func:`ctxrec.data.load_source`).
+
+    Raises
+    ------
+    ValueError
+        (``ctxrec.data.DataError`` included) naming the flag, file, key or column at fault.
+    """
+    from ctxrec.data import DataConfig
+    if cfg is None:
+        cfg = read_config(getattr(a, "config", None))
+    kind = _dataset_kind(a, cfg)
+    if kind in BUILTIN_DATASETS:
+        return load_dataset(kind, getattr(a, "data", None))
+    base = None
+    if kind == "csv":
+        if getattr(a, "data", None) is None:
+            raise ValueError("--data: the csv dataset needs a directory holding interactions.csv (and items.csv)")
+        base = DataConfig.from_csv_dir(a.data).to_dict()
+    section = data_section(a, base, cfg)
+    if section is None:
+        raise ValueError("--dataset config: no data section; give --data-config FILE, a \"data\" section in "
+                         "--config, or --interactions PATH with its column flags")
+    return DataConfig.from_dict(section, base_dir=Path.cwd()).load()
+
+
+def build_recommender(dataset: Any, cfg: dict[str, Any], encoder: str | None) -> Any:
+    """An unfitted Recommender from a training config.
+
+    ``dataset`` (a built-in name or a Dataset, see :func:`default_context`) gives the
+    default context spec when ``cfg`` has no ``"context"`` section.
+    """
     from ctxrec.context import ContextSpec
     from ctxrec.model import ContextFM
     from ctxrec.recommender import Recommender
@@ -84,12 +279,27 @@ def build_recommender(dataset: str, cfg: dict[str, Any], encoder: str | None) ->
     return Recommender(spec, model=model, encoder=encoder, engine_params=cfg.get("engine"), **kw)
 
 
+def title_column(items: Any) -> str:
+    """The item table column to show as an item's title: ``title``, else ``name``, else the
+    first text-like (string) column after ``item_id`` (a data config puts its first item text
+    column there), else the joined ``text``."""
+    cols = [c for c in items.columns if c not in ("item_id", "text")]
+    for c in ("title", "name"):
+        if c in cols:
+            return c
+    import pandas as pd
+    for c in cols:
+        if pd.api.types.is_string_dtype(items[c].dtype) or items[c].dtype == object:
+            return c
+    return "text"
+
+
 # ---------------------------------------------------------------------------- commands
 def cmd_train(a: argparse.Namespace) -> None:
     cfg = read_config(a.config)
-    ds = load_dataset(a.dataset, a.data)
+    ds = dataset_from_args(a, cfg)
     print(f"[train] {ds}")
-    rec = build_recommender(a.dataset, cfg, None if a.no_text else a.encoder)
+    rec = build_recommender(ds, cfg, None if a.no_text else a.encoder)
     t0 = time.perf_counter()
     rec.fit(ds)
     fit_s = time.perf_counter() - t0
@@ -124,11 +334,11 @@ def write_training_report(rec: Any, directory: Path, fit_s: float) -> Path:
 def cmd_evaluate(a: argparse.Namespace) -> None:
     from ctxrec import evaluate as E
     cfg = read_config(a.config)
-    ds = load_dataset(a.dataset, a.data)
+    ds = dataset_from_args(a, cfg)
     splits = {"leave-last-out": lambda: E.leave_last_out(ds), "stratified": lambda: E.stratified_split(ds),
               "temporal": lambda: E.temporal_split(ds), "random": lambda: E.random_split(ds)}
     split = splits[a.split]()
-    rec = build_recommender(a.dataset, cfg, None if a.no_text else a.encoder).fit(split.train)
+    rec = build_recommender(ds, cfg, None if a.no_text else a.encoder).fit(split.train)
     report = rec.evaluate(split.train, split.test, ks=(1, 5, 10, 20), group="row" if a.split == "leave-last-out"
                           else "user", split=a.split)
     out = E.save_reports([report], a.out)
@@ -161,7 +371,7 @@ def cmd_recommend(a: argparse.Namespace) -> None:
         return
     print(f"user {a.user!r}{' (cold start)' if res.cold_start else ''}, context {context}: {ms:.2f} ms")
     titles = rec.items_.set_index("item_id")
-    col = "title" if "title" in titles.columns else "text"
+    col = title_column(rec.items_)
     for rank, (i, s) in enumerate(zip(res.item_ids, res.scores), 1):
         print(f"{rank:>3}. {i!s:<10} {s:8.3f}  {str(titles.loc[i, col])[:70]}")
 
@@ -176,7 +386,7 @@ def cmd_chat(a: argparse.Namespace) -> None:
     s = Session(rec, a.user, context, k=a.k, max_questions=a.max_questions,
                 llm=ChatLLM(a.llm_url, model=a.llm_model) if a.llm_url else None)
     titles = rec.items_.set_index("item_id")
-    col = "title" if "title" in titles.columns else "text"
+    col = title_column(rec.items_)
 
     def show() -> list[Any]:
         r = s.recommend()
@@ -226,7 +436,7 @@ def cmd_chat(a: argparse.Namespace) -> None:
 
 def cmd_serve(a: argparse.Namespace) -> None:
     from ctxrec.service import serve
-    serve(a.model, host=a.host, port=a.port)
+    serve(a.model, host=a.host, port=a.port, event_log=None if a.no_events else (a.events or "default"))
 
 
 def cmd_export(argv: Sequence[str]) -> None:
@@ -273,9 +483,31 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("bench", help="run the benchmark harness (see `ctxrec bench --help`)", add_help=False)
 
     def data_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--dataset", required=True, choices=DATASETS)
+        sp.add_argument("--dataset", choices=DATASETS,
+                        help="a built-in dataset, csv (a --data directory with interactions.csv / items.csv) "
+                             "or config (your own files: a data section); default config when a data section "
+                             "or data flag is given")
         sp.add_argument("--data", help="data directory (default: $CTXREC_DATA_DIR)")
-        sp.add_argument("--config", help="JSON config: context / model / recommender / engine sections")
+        sp.add_argument("--config", help="JSON config: data / context / model / recommender / engine sections")
+        g = sp.add_argument_group("your own data (a data section; these flags override the config's)")
+        g.add_argument("--data-config", metavar="FILE", help="JSON data section (replaces the config's \"data\")")
+        g.add_argument("--interactions", metavar="PATH", help="interactions file: CSV, TSV, Parquet or JSON Lines")
+        g.add_argument("--user-col", metavar="COL", help="user id column (default user_id)")
+        g.add_argument("--item-col", metavar="COL", help="item id column (default item_id)")
+        g.add_argument("--timestamp-col", metavar="COL", help="timestamp column (unix seconds or date-times)")
+        vg = g.add_mutually_exclusive_group()
+        vg.add_argument("--rating-col", metavar="COL", help="explicit rating column")
+        vg.add_argument("--label-col", metavar="COL", help="0/1 label column")
+        g.add_argument("--context-col", metavar="COL[:KIND]", action="append",
+                       help="context column, KIND time, categorical (default), numeric or text (repeatable; "
+                            "replaces the config's context columns)")
+        g.add_argument("--items", metavar="PATH", help="item table file")
+        g.add_argument("--item-id-col", metavar="COL", help="item table id column (default: --item-col)")
+        g.add_argument("--item-text-col", metavar="COL", action="append",
+                       help="item text column, joined in order (repeatable; replaces the config's)")
+        g.add_argument("--item-attr-col", metavar="COL[:SEP]", action="append",
+                       help="categorical item column, SEP for multi-valued ones, e.g. genres:| "
+                            "(repeatable; replaces the config's)")
         sp.add_argument("--encoder", default="default", help="encoder directory (default: ctxrec's export)")
         sp.add_argument("--no-text", action="store_true", help="train without any text (no encoder)")
 
@@ -310,6 +542,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True)
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--events", help="SQLite feedback log (default: MODEL.events.sqlite beside the model directory)")
+    s.add_argument("--no-events", action="store_true",
+                   help="keep feedback in memory only (lost on reload or restart)")
     s.set_defaults(fn=cmd_serve)
 
     def cluster_args(sp: argparse.ArgumentParser) -> None:

@@ -16,6 +16,13 @@ The catalog (id maps, item and user tables) is shared by :meth:`Dataset.subset`,
 train and a test subset use the same dense indices — items held out of training keep
 their index and their text (item cold start).
 
+Your own files (CSV, TSV, Parquet, JSON Lines) with your own column names load through a
+:class:`DataConfig` (the ``"data"`` section of a training config): it names the files, maps
+their columns to ids, values, context kinds, texts and attributes, checks every column
+(a misnamed one is reported with the closest existing names) and builds the Dataset with
+:meth:`Dataset.from_frames`. Every dataset records where it came from in
+``meta["source"]``; :func:`load_source` reads it again (for a retrain).
+
 Loaders read a directory given by the caller or the ``CTXREC_DATA_DIR`` environment
 variable and verify every file's SHA-256 (from the datasets' READMEs): a missing file
 raises :class:`MissingDataError`, an altered one :class:`ChecksumError`, both naming it.
@@ -42,6 +49,14 @@ __all__ = [
     "MissingDataError",
     "ChecksumError",
     "read_table",
+    "table_format",
+    "TABLE_FORMATS",
+    "DataConfig",
+    "InteractionsConfig",
+    "TableConfig",
+    "CONTEXT_KINDS",
+    "resolve_config_paths",
+    "load_source",
     "resolve_data_dir",
     "verify_files",
     "load_movielens_100k",
@@ -254,11 +269,43 @@ def _scalar_str(v: Any) -> str:
 # --------------------------------------------------------------------------------------
 
 
+#: File name suffixes :func:`read_table` understands, by format (a compression suffix
+#: ``.gz``/``.bz2``/``.xz``/``.zst``/``.zip`` may follow the CSV, TSV and JSON Lines ones).
+TABLE_FORMATS: dict[str, tuple[str, ...]] = {
+    "csv": (".csv",),
+    "tsv": (".tsv", ".tab"),
+    "parquet": (".parquet", ".pq"),
+    "jsonl": (".jsonl", ".ndjson"),
+}
+_COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip")
+
+
+def table_format(path: str | os.PathLike) -> str | None:
+    """The format of a table file from its name: ``"csv"``, ``"tsv"``, ``"parquet"``,
+    ``"jsonl"``, or None when the suffix is none of :data:`TABLE_FORMATS`.
+
+    A trailing compression suffix is looked through for the text formats
+    (``events.jsonl.gz`` is JSON Lines), not for Parquet (compressed inside the file).
+    """
+    suffixes = [x.lower() for x in Path(path).suffixes]
+    compressed = bool(suffixes) and suffixes[-1] in _COMPRESSION_SUFFIXES
+    if compressed:
+        suffixes = suffixes[:-1]
+    if not suffixes:
+        return None
+    for fmt, exts in TABLE_FORMATS.items():
+        if suffixes[-1] in exts and not (compressed and fmt == "parquet"):
+            return fmt
+    return None
+
+
 def read_table(source: Any, **read_kw: Any) -> pd.DataFrame:
-    """A pandas DataFrame from a DataFrame, a pyarrow Table, or a CSV/TSV/Parquet path.
+    """A pandas DataFrame from a DataFrame, a pyarrow Table, or a CSV/TSV/Parquet/JSON Lines path.
 
     ``.parquet``/``.pq`` files are read with pyarrow; ``.tsv``/``.tab`` with a tab
-    separator; other paths as CSV (``read_kw`` is passed to ``pandas.read_csv``).
+    separator; ``.jsonl``/``.ndjson`` as JSON Lines (one JSON object per line; values keep
+    their JSON types, no date or dtype guessing, so ``"007"`` stays a string); other paths
+    as CSV. ``read_kw`` is passed to ``pandas.read_csv`` (or ``pandas.read_json``).
     """
     if isinstance(source, pd.DataFrame):
         return source
@@ -269,17 +316,20 @@ def read_table(source: Any, **read_kw: Any) -> pd.DataFrame:
     except ImportError:  # pragma: no cover - pyarrow is a dependency
         pass
     if isinstance(source, (str, os.PathLike)):
-        p = Path(source)
+        p = Path(source).expanduser()
         if not p.is_file():
             raise MissingDataError(f"{p}: no such file")
-        suffix = p.suffix.lower()
-        if suffix in (".parquet", ".pq"):
+        fmt = table_format(p)
+        if fmt == "parquet":
             return pd.read_parquet(p, **read_kw)
-        if suffix in (".tsv", ".tab"):
+        if fmt == "jsonl":
+            read_kw.setdefault("dtype", False)
+            return pd.read_json(p, lines=True, **read_kw)
+        if fmt == "tsv":
             read_kw.setdefault("sep", "\t")
         return pd.read_csv(p, **read_kw)
     raise TypeError(f"cannot read a table from {type(source).__name__}; "
-                    "give a pandas DataFrame, a pyarrow Table or a CSV/Parquet path")
+                    "give a pandas DataFrame, a pyarrow Table or a CSV/TSV/Parquet/JSON Lines path")
 
 
 def _require_columns(df: pd.DataFrame, cols: Iterable[str | None], what: str) -> None:
@@ -341,7 +391,9 @@ class Dataset:
         user_table: DataFrame [n_users rows] or None (``user_id`` first).
         user_text: list[str] [n_users] or None.
         user_attrs: dict name -> :class:`Categorical` over users.
-        meta: free-form dict (source, license note, ...).
+        meta: free-form dict (license note, ...); ``meta["source"]`` is a JSON-able description
+            of where the data came from (a built-in dataset and its directory, or a
+            :class:`DataConfig` with absolute paths) that :func:`load_source` reloads.
     """
 
     def __init__(
@@ -996,7 +1048,8 @@ def load_movielens_100k(path: str | os.PathLike | None = None, *, overviews: boo
         rating=ratings["rating"].to_numpy(np.float32), timestamp=ratings["timestamp"].to_numpy(np.int64),
         item_table=table, item_text=item_text, item_text_fields=text_fields, item_attrs=item_attrs,
         user_table=users, user_attrs=user_attrs, name="ml-100k",
-        meta={"source": str(d), "overviews": ov_dir is not None,
+        meta={"source": {"dataset": "movielens-100k", "path": os.path.abspath(d), "overviews": ov_dir is not None},
+              "overviews": ov_dir is not None,
               "terms": "GroupLens research-use terms; do not redistribute"})
 
 
@@ -1067,7 +1120,8 @@ def load_frappe(path: str | os.PathLike | None = None, *, verify: bool = True) -
     return Dataset(
         user_ids=user_ids, item_ids=item_ids, users=u, items=i, count=logs["cnt"].to_numpy(np.int64),
         context=ctx, item_table=meta, item_text=text, item_text_fields=fields, item_attrs=attrs,
-        name="frappe", meta={"source": str(d), "terms": "Frappe research-use terms; do not redistribute"})
+        name="frappe", meta={"source": {"dataset": "frappe", "path": os.path.abspath(d)},
+                             "terms": "Frappe research-use terms; do not redistribute"})
 
 
 @dataclass
@@ -1156,8 +1210,9 @@ def load_frappe_nfm(path: str | os.PathLike | None = None, *, n_neg: int = 2, se
     negatives, next positive, ...
     """
     raw = load_frappe(path, verify=verify)
-    d = Path(raw.meta["source"])
+    d = Path(raw.meta["source"]["path"])
     fmap = pd.read_csv(d / "nfm_feature_map.csv", keep_default_na=False, dtype={"field": str, "value": str})
+    source = {"dataset": "frappe-nfm", "path": str(d), "n_neg": int(n_neg), "seed": int(seed)}
     field_order = ["user", "item", *FRAPPE_CONTEXT_COLUMNS]
     n_fields = len(field_order)
     fidx = fmap["feature_index"].to_numpy(np.int64)
@@ -1194,6 +1249,7 @@ def load_frappe_nfm(path: str | os.PathLike | None = None, *, n_neg: int = 2, se
         ctx["city"] = feat_int[feats[:, 2 + FRAPPE_CONTEXT_COLUMNS.index("city")]]
         ds = raw.with_interactions(users, items, label=labels, context=ctx, name=f"frappe-nfm-{name}")
         ds.meta["libfm_codes"] = feats
+        ds.meta["source"] = {**source, "part": name}
         return ds
 
     val = to_dataset(d / "frappe.validation.libfm", "validation")
@@ -1224,4 +1280,537 @@ def load_frappe_nfm(path: str | os.PathLike | None = None, *, n_neg: int = 2, se
     labels = np.tile(np.r_[1.0, np.zeros(n_neg)], n_pos).astype(np.float32)
     train = raw.with_interactions(raw.users[rows], items, label=labels, context=raw.context.iloc[rows],
                                   name="frappe-nfm-train")
+    train.meta["source"] = {**source, "part": "train"}
     return FrappeNFM(train=train, validation=val, test=test, raw=raw, train_raw_rows=train_rows)
+
+
+# --------------------------------------------------------------------------------------
+# Data config: bring your own files
+# --------------------------------------------------------------------------------------
+
+#: The kinds of context column a data config declares (the keyword arguments of
+#: :class:`ctxrec.context.ContextSpec` of the same names).
+CONTEXT_KINDS: tuple[str, ...] = ("time", "categorical", "numeric", "text")
+
+_TOP_KEYS = ("interactions", "items", "users", "name")
+_INTERACTION_KEYS = ("path", "user", "item", "timestamp", "rating", "label", "count", "context")
+_TABLE_KEYS = ("path", "id", "text", "attributes")
+
+
+def _unknown_keys(d: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:
+    """Raise DataError naming the first key of ``d`` not in ``allowed`` (and a close one)."""
+    import difflib
+    for k in d:
+        if k not in allowed:
+            close = difflib.get_close_matches(str(k), list(allowed), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise DataError(f"data config: unknown key {k!r} in {where}{hint} (allowed: {', '.join(allowed)})")
+
+
+def _col_name(v: Any, where: str) -> str | None:
+    """An optional column name: None, or a non-empty string."""
+    return None if v is None else _req_col(v, where)
+
+
+def _req_col(v: Any, where: str) -> str:
+    """A column name that must be given (a non-empty string)."""
+    if not isinstance(v, str) or not v:
+        raise DataError(f"data config: {where} must be a column name (a non-empty string), got {v!r}")
+    return v
+
+
+def _col_list(v: Any, where: str) -> tuple[str, ...]:
+    """A list of column names; a single string is a list of one; None is empty."""
+    if v is None:
+        return ()
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, (list, tuple)):
+        raise DataError(f"data config: {where} must be a list of column names, got {v!r}")
+    out = tuple(_req_col(x, f"{where}[{j}]") for j, x in enumerate(v))
+    dup = [c for c in out if out.count(c) > 1]
+    if dup:
+        raise DataError(f"data config: {where} lists column {dup[0]!r} twice")
+    return out
+
+
+def _attr_spec(v: Any, where: str) -> dict[str, str | None]:
+    """``{column: separator or None}`` from a mapping or a list of single-valued columns."""
+    if v is None:
+        return {}
+    if isinstance(v, Mapping):
+        out: dict[str, str | None] = {}
+        for k, sep in v.items():
+            _req_col(k, f"{where} key")
+            if sep is not None and (not isinstance(sep, str) or not sep):
+                raise DataError(f"data config: {where}[{k!r}] must be a separator string or null, got {sep!r}")
+            out[k] = sep
+        return out
+    return {c: None for c in _col_list(v, where)}
+
+
+def _config_path(v: Any, where: str, base_dir: Path) -> Path:
+    """An absolute path: ``~`` expanded, relative paths taken from ``base_dir``."""
+    if not isinstance(v, (str, os.PathLike)) or not str(v):
+        raise DataError(f"data config: {where} must be a file path, got {v!r}")
+    p = Path(v).expanduser()
+    if not p.is_absolute():
+        p = base_dir / p
+    return Path(os.path.abspath(p))
+
+
+def resolve_config_paths(section: Mapping[str, Any], base_dir: str | os.PathLike) -> dict[str, Any]:
+    """A copy of a data config section with every table ``path`` made absolute.
+
+    ``~`` is expanded and a relative path is taken from ``base_dir`` (the directory of the
+    file the section was read from). Nothing else is checked: entries that are not
+    mappings with a string ``path`` are copied as they are, for :meth:`DataConfig.from_dict`
+    to report.
+
+    Returns
+    -------
+    dict
+        The section with absolute path strings, otherwise unchanged (shallow copies).
+    """
+    base = Path(base_dir).expanduser()
+    out = dict(section)
+    for key in ("interactions", "items", "users"):
+        t = out.get(key)
+        if isinstance(t, Mapping) and isinstance(t.get("path"), (str, os.PathLike)) and str(t["path"]):
+            out[key] = {**t, "path": str(_config_path(t["path"], f"{key}.path", base))}
+    return out
+
+
+def _close_columns(col: str, columns: Sequence[str]) -> list[str]:
+    """Existing columns that look like ``col``: case-insensitive equal first, then difflib's."""
+    import difflib
+    names = [str(c) for c in columns]
+    same_case = [c for c in names if c.lower() == col.lower()]
+    lower = {c.lower(): c for c in names}
+    fuzzy = [lower[m] for m in difflib.get_close_matches(col.lower(), list(lower), n=3, cutoff=0.6)]
+    return list(dict.fromkeys(same_case + fuzzy))
+
+
+def _check_columns(df: pd.DataFrame, path: Path, wanted: Sequence[tuple[str | None, str]]) -> None:
+    """DataError for the first (column, config key) whose column is not in ``df``.
+
+    The message names the file, the column, the config key that named it, the closest
+    existing column names and (up to 30 of) the file's columns.
+    """
+    cols = [str(c) for c in df.columns]
+    for col, key in wanted:
+        if col is None or col in df.columns:
+            continue
+        close = _close_columns(col, cols)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        listed = ", ".join(cols[:30]) + (f", ... ({len(cols)} in all)" if len(cols) > 30 else "")
+        raise DataError(f"{path}: no column {col!r} (data config {key}){hint} (columns: {listed})")
+
+
+def _read_config_table(path: Path, key: str) -> pd.DataFrame:
+    """Read one table of a data config; errors name the file and the config key."""
+    if not path.is_file():
+        raise MissingDataError(f"{path}: no such file (data config {key}.path)"
+                               + ("; it is a directory" if path.is_dir() else ""))
+    if table_format(path) is None:
+        known = ", ".join(x for exts in TABLE_FORMATS.values() for x in exts)
+        raise DataError(f"{path}: unknown table format (data config {key}.path); name the file with one of "
+                        f"{known} (CSV, TSV and JSON Lines may end in .gz/.bz2/.xz/.zst/.zip too)")
+    try:
+        return read_table(path)
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - pandas/pyarrow parse errors of many types
+        raise DataError(f"{path}: cannot read it as {table_format(path)} (data config {key}.path): "
+                        f"{type(e).__name__}: {e}") from None
+
+
+@dataclass(frozen=True)
+class InteractionsConfig:
+    """Where the interactions are and which of their columns mean what.
+
+    Attributes
+    ----------
+    path : Path
+        The file (absolute): CSV, TSV, Parquet or JSON Lines.
+    user, item : str
+        Raw id columns (default ``user_id`` / ``item_id``).
+    timestamp, rating, label, count : str or None
+        Optional value columns (see :meth:`Dataset.from_frames`).
+    context : dict[str, tuple[str, ...]]
+        Context columns by kind, every kind of :data:`CONTEXT_KINDS` present (maybe
+        empty). ``text`` columns may be absent from the file (request-only free text).
+    """
+
+    path: Path
+    user: str = "user_id"
+    item: str = "item_id"
+    timestamp: str | None = None
+    rating: str | None = None
+    label: str | None = None
+    count: str | None = None
+    context: dict[str, tuple[str, ...]] = field(default_factory=lambda: {k: () for k in CONTEXT_KINDS})
+
+
+@dataclass(frozen=True)
+class TableConfig:
+    """An item or user table of a data config.
+
+    Attributes
+    ----------
+    path : Path
+        The file (absolute).
+    id : str or None
+        Its id column; None: the interactions' item (user) column name.
+    text : tuple[str, ...]
+        Columns joined (with ``". "``) into the item (user) text the encoder reads, in order.
+    attributes : dict[str, str or None]
+        Categorical columns; the value is the separator of a multi-valued column (e.g.
+        ``"|"``) or None for one value per row (JSON Lines / Parquet lists need none).
+    """
+
+    path: Path
+    id: str | None = None
+    text: tuple[str, ...] = ()
+    attributes: dict[str, str | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """A user's own data files and what their columns mean: the ``"data"`` section.
+
+    As JSON (every key but ``interactions.path`` optional; paths relative to the config
+    file's directory, ``~`` expanded)::
+
+        {"interactions": {"path": "events.parquet", "user": "uid", "item": "sku",
+                          "timestamp": "ts", "rating": "stars",
+                          "context": {"time": ["ts"], "categorical": ["device"], "text": ["query"]}},
+         "items": {"path": "products.csv", "id": "sku", "text": ["name", "description"],
+                   "attributes": {"category": null, "tags": "|"}},
+         "users": {"path": "users.jsonl", "id": "uid", "text": ["bio"], "attributes": ["country"]},
+         "name": "shop"}
+
+    ``rating`` (explicit), ``label`` (0/1) and ``count`` are alternatives or companions,
+    as in :meth:`Dataset.from_frames`. Context columns keep their raw values in
+    ``Dataset.context``; a ``time`` column may be the ``timestamp`` column itself (then
+    both the int64 ``Dataset.timestamp`` and the raw column are kept); ``text`` columns
+    may be missing from the file (free text seen only in requests).
+
+    Attributes
+    ----------
+    interactions : InteractionsConfig
+    items, users : TableConfig or None
+    name : str or None
+        A label for reports (default: the interactions file's name without suffixes).
+    """
+
+    interactions: InteractionsConfig
+    items: TableConfig | None = None
+    users: TableConfig | None = None
+    name: str | None = None
+
+    # ---- construction ---------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, base_dir: str | os.PathLike | None = None) -> "DataConfig":
+        """Validate a data section (a JSON object as a dict) and resolve its paths.
+
+        Parameters
+        ----------
+        d : mapping
+            The section (see the class docstring). A ``{"data": {...}}`` wrapper (a whole
+            training config holding only a data section) is accepted too.
+        base_dir : path or None
+            Where relative paths start (the config file's directory); default the current
+            directory.
+
+        Returns
+        -------
+        DataConfig
+
+        Raises
+        ------
+        DataError
+            For an unknown key (named with the allowed ones), a bad value or kind, a
+            missing ``interactions`` / ``path``. Files are not opened here: see :meth:`load`.
+        """
+        if isinstance(d, Mapping) and set(d) == {"data"}:
+            d = d["data"]
+        if not isinstance(d, Mapping):
+            raise DataError(f"data config: expected a JSON object, got {type(d).__name__}")
+        base = Path(base_dir if base_dir is not None else os.getcwd()).expanduser()
+        _unknown_keys(d, _TOP_KEYS, "data")
+        if "interactions" not in d:
+            raise DataError("data config: no 'interactions' section (give at least {\"interactions\": "
+                            "{\"path\": ..., \"user\": ..., \"item\": ...}})")
+        it = d["interactions"]
+        if not isinstance(it, Mapping):
+            raise DataError(f"data config: data.interactions must be an object, got {it!r}")
+        _unknown_keys(it, _INTERACTION_KEYS, "data.interactions")
+        if "path" not in it:
+            raise DataError("data config: data.interactions.path is missing (the interactions file)")
+        ctx_in = it.get("context") or {}
+        if not isinstance(ctx_in, Mapping):
+            raise DataError(f"data config: data.interactions.context must be an object of kind -> columns "
+                            f"({', '.join(CONTEXT_KINDS)}), got {ctx_in!r}")
+        for kind in ctx_in:
+            if kind not in CONTEXT_KINDS:
+                import difflib
+                close = difflib.get_close_matches(str(kind), list(CONTEXT_KINDS), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise DataError(f"data config: unknown context kind {kind!r} in data.interactions.context{hint} "
+                                f"(kinds: {', '.join(CONTEXT_KINDS)})")
+        context = {k: _col_list(ctx_in.get(k), f"data.interactions.context.{k}") for k in CONTEXT_KINDS}
+        seen: dict[str, str] = {}
+        for kind, cols in context.items():
+            for c in cols:
+                if c in seen:
+                    raise DataError(f"data config: context column {c!r} is both {seen[c]} and {kind} "
+                                    "in data.interactions.context")
+                seen[c] = kind
+        inter = InteractionsConfig(
+            path=_config_path(it["path"], "data.interactions.path", base),
+            user=_req_col(it.get("user", "user_id"), "data.interactions.user"),
+            item=_req_col(it.get("item", "item_id"), "data.interactions.item"),
+            timestamp=_col_name(it.get("timestamp"), "data.interactions.timestamp"),
+            rating=_col_name(it.get("rating"), "data.interactions.rating"),
+            label=_col_name(it.get("label"), "data.interactions.label"),
+            count=_col_name(it.get("count"), "data.interactions.count"),
+            context=context)
+
+        def table(key: str) -> TableConfig | None:
+            t = d.get(key)
+            if t is None:
+                return None
+            if not isinstance(t, Mapping):
+                raise DataError(f"data config: data.{key} must be an object, got {t!r}")
+            _unknown_keys(t, _TABLE_KEYS, f"data.{key}")
+            if "path" not in t:
+                raise DataError(f"data config: data.{key}.path is missing (the {key[:-1]} table file)")
+            return TableConfig(path=_config_path(t["path"], f"data.{key}.path", base),
+                               id=_col_name(t.get("id"), f"data.{key}.id"),
+                               text=_col_list(t.get("text"), f"data.{key}.text"),
+                               attributes=_attr_spec(t.get("attributes"), f"data.{key}.attributes"))
+
+        name = d.get("name")
+        if name is not None and (not isinstance(name, str) or not name):
+            raise DataError(f"data config: data.name must be a non-empty string, got {name!r}")
+        return cls(interactions=inter, items=table("items"), users=table("users"), name=name)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> "DataConfig":
+        """Read a JSON data section (or ``{"data": {...}}``); relative paths start at its directory."""
+        import json
+        p = Path(path).expanduser()
+        try:
+            d = json.loads(p.read_text())
+        except FileNotFoundError:
+            raise MissingDataError(f"{p}: no such data config file") from None
+        except json.JSONDecodeError as e:
+            raise DataError(f"{p}: not valid JSON ({e})") from None
+        return cls.from_dict(d, base_dir=Path(os.path.abspath(p)).parent)
+
+    @classmethod
+    def from_csv_dir(cls, directory: str | os.PathLike) -> "DataConfig":
+        """The data config of a directory in the fixed ``interactions.csv`` / ``items.csv`` layout.
+
+        ``interactions.csv``: ``user_id``, ``item_id``, optional ``rating``, ``label``,
+        ``timestamp``; every other column is context (numeric columns ``numeric``, the
+        rest ``categorical``). ``items.csv`` (optional): ``item_id`` plus text columns
+        among ``title``, ``text``, ``description`` (in that order of columns in the file).
+
+        Raises
+        ------
+        MissingDataError
+            When ``interactions.csv`` is not in ``directory``.
+        """
+        d = Path(os.path.abspath(Path(directory).expanduser()))
+        inter = d / "interactions.csv"
+        if not inter.is_file():
+            raise MissingDataError(f"{inter}: no such file (the csv dataset needs interactions.csv with "
+                                   "user_id, item_id and optional timestamp, rating, label, context columns)")
+        head = pd.read_csv(inter, nrows=1000)
+        fixed = ("user_id", "item_id", "rating", "label", "timestamp")
+        ctx: dict[str, list[str]] = {"numeric": [], "categorical": []}
+        for c in head.columns:
+            if c in fixed:
+                continue
+            numeric = pd.api.types.is_numeric_dtype(head[c].dtype) and not pd.api.types.is_bool_dtype(head[c].dtype)
+            ctx["numeric" if numeric else "categorical"].append(str(c))
+        section: dict[str, Any] = {
+            "interactions": {"path": str(inter), **{k: k for k in fixed[2:] if k in head.columns},
+                             "context": {k: v for k, v in ctx.items() if v}},
+            "name": d.name}
+        items = d / "items.csv"
+        if items.is_file():
+            item_cols = list(pd.read_csv(items, nrows=0).columns)
+            section["items"] = {"path": str(items), "id": "item_id",
+                                "text": [c for c in item_cols if c in ("title", "text", "description")]}
+        return cls.from_dict(section, base_dir=d)
+
+    # ---- views ------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The config as a JSON-able dict with absolute paths (``from_dict`` reads it back).
+
+        Returns
+        -------
+        dict
+            ``{"interactions": {...}, "items": {...}?, "users": {...}?, "name": ...?}``; keys
+            left at their default are included for the ids, left out for unset value columns.
+        """
+        it = self.interactions
+        inter: dict[str, Any] = {"path": str(it.path), "user": it.user, "item": it.item}
+        for k in ("timestamp", "rating", "label", "count"):
+            if getattr(it, k) is not None:
+                inter[k] = getattr(it, k)
+        ctx = {k: list(v) for k, v in it.context.items() if v}
+        if ctx:
+            inter["context"] = ctx
+        out: dict[str, Any] = {"interactions": inter}
+        for key in ("items", "users"):
+            t: TableConfig | None = getattr(self, key)
+            if t is None:
+                continue
+            td: dict[str, Any] = {"path": str(t.path)}
+            if t.id is not None:
+                td["id"] = t.id
+            if t.text:
+                td["text"] = list(t.text)
+            if t.attributes:
+                td["attributes"] = dict(t.attributes)
+            out[key] = td
+        if self.name is not None:
+            out["name"] = self.name
+        return out
+
+    def context_spec_kwargs(self) -> dict[str, list[str]]:
+        """The context columns by kind as :class:`ctxrec.context.ContextSpec` keyword arguments.
+
+        Returns
+        -------
+        dict[str, list[str]]
+            ``{"time": [...], "categorical": [...], "numeric": [...], "text": [...]}`` with only
+            the non-empty kinds, so ``ContextSpec(**cfg.context_spec_kwargs())`` declares every
+            context column under its own name.
+        """
+        return {k: list(v) for k, v in self.interactions.context.items() if v}
+
+    # ---- loading ----------------------------------------------------------------------
+    def load(self) -> Dataset:
+        """Read the files, check every named column, and build the Dataset.
+
+        Returns
+        -------
+        Dataset
+            Built by :meth:`Dataset.from_frames`: interactions in file order; context
+            columns (those of the file; absent ``text`` ones left out) in ``context``; the
+            item table with the id first, then the text columns, then the others in file
+            order; ``meta["source"]`` = :meth:`to_dict` (reload with :func:`load_source`).
+
+        Raises
+        ------
+        MissingDataError
+            A file that does not exist (named, with its config key).
+        DataError
+            A column that is not in its file (the message names the file, the column, the
+            config key and the closest existing columns), an unreadable file, interaction
+            ids that share nothing with the item (user) table's ids, or any error of
+            :meth:`Dataset.from_frames` (suffixed with the files read).
+        """
+        it = self.interactions
+        inter = _read_config_table(it.path, "data.interactions")
+        wanted: list[tuple[str | None, str]] = [
+            (it.user, "data.interactions.user"), (it.item, "data.interactions.item"),
+            (it.timestamp, "data.interactions.timestamp"), (it.rating, "data.interactions.rating"),
+            (it.label, "data.interactions.label"), (it.count, "data.interactions.count")]
+        for kind in ("time", "categorical", "numeric"):
+            wanted += [(c, f"data.interactions.context.{kind}") for c in it.context[kind]]
+        _check_columns(inter, it.path, wanted)
+        ctx_cols = [c for k in CONTEXT_KINDS for c in it.context[k] if k != "text" or c in inter.columns]
+
+        def table(t: TableConfig | None, key: str, default_id: str, ref: str) -> tuple[pd.DataFrame | None, str]:
+            if t is None:
+                return None, default_id
+            df = _read_config_table(t.path, f"data.{key}")
+            idc = t.id or default_id
+            _check_columns(df, t.path, [(idc, f"data.{key}.id" if t.id else f"data.{key}.id (default: {ref})"),
+                                        *[(c, f"data.{key}.text") for c in t.text],
+                                        *[(c, f"data.{key}.attributes") for c in t.attributes]])
+            first = [idc, *[c for c in t.text if c != idc]]
+            df = df[first + [c for c in df.columns if c not in first]]
+            return df, idc
+
+        items_df, item_id_col = table(self.items, "items", it.item, "data.interactions.item")
+        users_df, user_id_col = table(self.users, "users", it.user, "data.interactions.user")
+        for df, col, idc, t, what in ((items_df, it.item, item_id_col, self.items, "item"),
+                                      (users_df, it.user, user_id_col, self.users, "user")):
+            if df is None or t is None or not len(df) or not len(inter):
+                continue
+            a, b = _id_array(inter[col]), _id_array(df[idc])
+            if not pd.Index(pd.unique(a)).isin(pd.unique(b)).any():
+                ea, eb = _py(a[0]), _py(b[0])
+                raise DataError(
+                    f"{t.path}: none of its {what} ids ({idc!r}, e.g. {eb!r} of type {type(eb).__name__}) "
+                    f"appears in {it.path} column {col!r} (e.g. {ea!r} of type {type(ea).__name__}); "
+                    "do both files name the same ids, written the same way?")
+        files = [f"interactions {it.path}"] + [f"{k} {t.path}" for k, t in (("items", self.items),
+                                                                         ("users", self.users)) if t is not None]
+        try:
+            ds = Dataset.from_frames(
+                inter, user_col=it.user, item_col=it.item, rating_col=it.rating, label_col=it.label,
+                count_col=it.count, timestamp_col=it.timestamp, context_cols=ctx_cols,
+                items=items_df, item_id_col=item_id_col,
+                item_text_cols=self.items.text if self.items else (),
+                item_attr_cols=self.items.attributes if self.items else {},
+                users=users_df, user_id_col=user_id_col,
+                user_text_cols=self.users.text if self.users else (),
+                user_attr_cols=self.users.attributes if self.users else {},
+                name=self.name or it.path.name.split(".")[0])
+        except DataError as e:
+            raise DataError(f"{e} (data config: {'; '.join(files)})") from None
+        except (ValueError, TypeError) as e:  # e.g. a non-numeric rating column
+            raise DataError(f"{type(e).__name__}: {e} (data config: {'; '.join(files)})") from None
+        ds.meta["source"] = self.to_dict()
+        return ds
+
+
+def load_source(source: Mapping[str, Any]) -> Dataset:
+    """Reload a dataset from its ``Dataset.meta["source"]``.
+
+    Parameters
+    ----------
+    source : mapping
+        Either a built-in dataset, ``{"dataset": "movielens-100k" | "frappe", "path": dir}``
+        (MovieLens also ``"overviews": bool``), ``{"dataset": "frappe-nfm", "path": dir,
+        "n_neg": int, "seed": int, "part": "train" | "validation" | "test"}``, or a data
+        config (``{"interactions": {...}, ...}``, as :meth:`DataConfig.to_dict` writes it).
+
+    Returns
+    -------
+    Dataset
+        The whole dataset the source describes, read again from its files (a subset's
+        ``meta["source"]`` names the dataset it was cut from, not the subset).
+
+    Raises
+    ------
+    DataError
+        For a source that is neither kind, or any error of the loader.
+    """
+    if not isinstance(source, Mapping):
+        raise DataError(f"data source: expected a dict, got {type(source).__name__}: {source!r}")
+    if "dataset" in source:
+        name, path = source["dataset"], source.get("path")
+        if name == "movielens-100k":
+            return load_movielens_100k(path, overviews=source.get("overviews", "auto"))
+        if name == "frappe":
+            return load_frappe(path)
+        if name == "frappe-nfm":
+            part = source.get("part", "train")
+            if part not in ("train", "validation", "test"):
+                raise DataError(f"data source: frappe-nfm part {part!r} is not train, validation or test")
+            nfm = load_frappe_nfm(path, n_neg=int(source.get("n_neg", 2)), seed=int(source.get("seed", 0)))
+            return getattr(nfm, part)
+        raise DataError(f"data source: unknown dataset {name!r} (built-in: movielens-100k, frappe, frappe-nfm)")
+    if "interactions" in source:
+        return DataConfig.from_dict(source).load()
+    raise DataError(f"data source: neither a built-in dataset ('dataset' key) nor a data config "
+                    f"('interactions' key): {dict(source)!r}")
