@@ -26,6 +26,15 @@ TOKEN = "events-token"
 
 def test_feedback_survives_a_crash_and_a_reload_with_a_retrained_model(tmp_path):
     ds = planted_dataset(n_users=40, n_items=80, per_user=15)
+    frame = ds.to_frame()[["user_id", "item_id", "timestamp", "device"]]
+    frame.to_csv(tmp_path / "events.csv", index=False)
+    ds.item_table.to_csv(tmp_path / "items.csv", index=False)
+    data_cfg = tmp_path / "data.json"
+    data_cfg.write_text(json.dumps({"interactions": {"path": "events.csv", "timestamp": "timestamp",
+                                                     "context": {"categorical": ["device"]}},
+                                    "items": {"path": "items.csv", "text": ["title"], "attributes": ["kind"]}}))
+    from ctxrec.data import DataConfig
+    ds = DataConfig.from_file(data_cfg).load()
     spec = ContextSpec(time=["timestamp"], categorical=["device"])
     rec = Recommender(spec, model=ContextFM(n_factors=8, epochs=3), encoder=None).fit(ds)
     rec.save(tmp_path / "m")
@@ -52,14 +61,9 @@ def test_feedback_survives_a_crash_and_a_reload_with_a_retrained_model(tmp_path)
         assert after["cold_start"] is False
         assert after["items"] == before["items"]  # the same state, replayed
         assert not {"i3", "i50", "i7"} & {x["item_id"] for x in after["items"]}
-        # retrain from the data + the log, then events that arrive meanwhile, then the swap
-        cfg_ds = tmp_path / "ds.pkl"
-        pd.to_pickle(ds, cfg_ds)
-        script = (f"import pandas as pd; from ctxrec.recommender import Recommender; "
-                  f"rec = Recommender.load({str(tmp_path / 'm')!r}, event_log=None); "
-                  f"rec.retrain(pd.read_pickle({str(cfg_ds)!r}), {str(tmp_path / 'm.events.sqlite')!r})"
-                  f".save({str(tmp_path / 'm2')!r})")
-        subprocess.run([sys.executable, "-c", script], check=True)
+        # retrain from the data + the log (the CLI, as a user runs it), then an event, then the swap
+        subprocess.run([sys.executable, "-m", "ctxrec.cli", "retrain", "--model", str(tmp_path / "m"),
+                        "--out", str(tmp_path / "m2")], check=True)  # the data the model records
         r = http.post(f"{base}/feedback", json={"user": "late", "item": "i9"})
         assert r.status_code == 200 and r.json()["event"] == 4
         r = http.post(f"{base}/admin/reload", json={"path": str(tmp_path / "m2")},

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -308,6 +309,32 @@ def cmd_train(a: argparse.Namespace) -> None:
     print(f"[train] model written to {a.out} ({fit_s:.1f} s); report: {report}")
 
 
+def cmd_retrain(a: argparse.Namespace) -> None:
+    """A new model from the original training data plus every event logged so far."""
+    from ctxrec.data import load_source
+    from ctxrec.events import default_log_path
+    from ctxrec.recommender import Recommender
+    log_path = Path(a.events) if a.events else default_log_path(a.model)
+    if not log_path.is_file():
+        raise ValueError(f"--events: no event log at {log_path} (the service writes MODEL.events.sqlite "
+                         "beside the model directory; give --events PATH for another place)")
+    rec = Recommender.load(a.model, event_log=None)
+    if a.config or a.data_config or a.interactions:
+        ds = dataset_from_args(a)
+    elif rec.training_source_ is not None:
+        ds = load_source(rec.training_source_)
+    else:
+        raise ValueError(f"--model: {a.model} does not record the data it was trained on (trained before ctxrec "
+                         "recorded it, or from an in-memory Dataset); give the data with --config / --data-config")
+    print(f"[retrain] {ds} + events of {log_path}")
+    t0 = time.perf_counter()
+    new = rec.retrain(ds, log_path)
+    new.save(a.out)
+    print(f"[retrain] model written to {a.out} ({time.perf_counter() - t0:.1f} s); it contains the log up to "
+          f"event {new.event_status()['applied_position']}; swap it in with POST /admin/reload "
+          f"{{\"path\": \"{a.out}\"}}")
+
+
 def write_training_report(rec: Any, directory: Path, fit_s: float) -> Path:
     """Markdown + PNG of the training curve."""
     import matplotlib
@@ -515,6 +542,13 @@ def parser() -> argparse.ArgumentParser:
     data_args(t)
     t.add_argument("--out", required=True, help="model directory to write")
     t.set_defaults(fn=cmd_train)
+    rt = sub.add_parser("retrain", help="train a new model from the original data plus the logged feedback")
+    rt.add_argument("--model", required=True, help="the served model directory")
+    rt.add_argument("--events", help="the event log (default: MODEL.events.sqlite beside the model directory)")
+    rt.add_argument("--out", required=True, help="model directory to write (then POST /admin/reload it)")
+    rt.add_argument("--config", help="JSON config whose data section replaces the data the model records")
+    rt.add_argument("--data-config", metavar="FILE", help="JSON data section (replaces the recorded data)")
+    rt.set_defaults(fn=cmd_retrain, interactions=None)
     e = sub.add_parser("evaluate", help="split, train and evaluate with full-ranking metrics")
     data_args(e)
     e.add_argument("--split", default="leave-last-out", choices=["leave-last-out", "stratified", "temporal", "random"])
@@ -582,6 +616,10 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+_PATH_ARGS = ("out", "data", "config", "data_config", "interactions", "items", "users", "model", "encoder",
+              "cache_dir", "events")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "export":
@@ -589,6 +627,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if argv and argv[0] == "bench":
         return cmd_bench(argv[1:])
     args = parser().parse_args(argv)
+    for name in _PATH_ARGS:  # every path argument accepts ~
+        v = getattr(args, name, None)
+        if isinstance(v, str):
+            setattr(args, name, os.path.expanduser(v))
     from ctxrec._io import CorruptArtifactError
     try:
         args.fn(args)

@@ -750,11 +750,15 @@ class Recommender:
         dict or None
             ``path``, ``log_id``, ``log_position`` (last event in the log), ``applied_position``
             (last event this model contains) and ``applied`` (events this object applied,
-            replayed and live).
+            replayed and live). Without an attached log but with a recorded position (a
+            retrained model, a model saved with a log) only ``log_id`` and
+            ``applied_position``; None when the model never saw a log.
         """
+        origin = getattr(self, "_event_origin", None)
         if getattr(self, "_events", None) is None:
-            return None
-        origin = self._event_origin or (self._events.log_id, 0)
+            return None if origin is None else {"path": None, "log_id": origin[0], "log_position": None,
+                                                "applied_position": int(origin[1]), "applied": 0}
+        origin = origin or (self._events.log_id, 0)
         return {"path": str(self._events.path), "log_id": self._events.log_id,
                 "log_position": self._events.position(), "applied_position": int(origin[1]),
                 "applied": int(self._events_applied)}

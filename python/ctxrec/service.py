@@ -122,7 +122,8 @@ class _State:
             new_path = path or self.path
             model = self.loader(new_path)  # fully loaded (and verified) before anything changes
             with self.feedback_gate:
-                if getattr(model, "event_status", lambda: None)() is not None:
+                status = getattr(model, "event_status", lambda: None)()
+                if status is not None and status["path"] is not None:
                     model.replay_events()  # events logged by the old model since the load began
                 self.model, self.path, self.loaded_at = model, new_path, time.time()
         return {"path": self.path, "loaded_at": self.loaded_at}
