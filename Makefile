@@ -36,6 +36,8 @@ test: $(VENV)/.installed models
 
 # The text encoder's ONNX artifacts (git-ignored): exported when missing or when the recipe
 # changed. Installs the `export` extra's packages (torch==2.13.0 CPU build from local disk).
+# TextEncoder.load() finds this export when ctxrec runs from the checkout (ctxrec/encoder/_paths.py);
+# an installed package uses the user cache (~/.cache/ctxrec/encoders/..., where `ctxrec export` writes).
 ENCODER_DIR := models/build/all-MiniLM-L6-v2
 .PHONY: models
 models: $(ENCODER_DIR)/manifest.json

@@ -111,3 +111,88 @@ def test_row_scale_int8_tames_an_outlier_token(tmp_path):
         rest = np.linalg.norm(got[:, 1:] - want[:, 1:], axis=-1) / np.linalg.norm(want[:, 1:], axis=-1)
         errs[name] = float(np.median(rest))
     assert errs["row"] < 0.06 and errs["row"] * 4 < errs["tensor"], errs  # measured 0.038 vs 0.21
+
+
+# ------------------------------------------------ the export extra, the command line
+def _pyproject_export_extra() -> list[str]:
+    import sys
+
+    tomllib = pytest.importorskip("tomllib" if sys.version_info >= (3, 11) else "tomli")
+
+    with open(Path(__file__).resolve().parents[1] / "pyproject.toml", "rb") as f:
+        return list(tomllib.load(f)["project"]["optional-dependencies"]["export"])
+
+
+def _normalized(reqs: list[str]) -> set[tuple[str, str, str]]:
+    from packaging.requirements import Requirement
+
+    out = set()
+    for r in reqs:
+        q = Requirement(r)
+        out.add((q.name.lower().replace("_", "-"), str(q.specifier), str(q.marker or "")))
+    return out
+
+
+def test_export_requirements_come_from_the_installed_metadata():
+    from ctxrec.encoder.export import export_requirements
+
+    got = export_requirements()
+    assert _normalized(got) == _normalized(_pyproject_export_extra())
+    assert not any(r.split(";")[0].strip() == "torch" for r in got), "a bare torch pulls the CUDA build"
+
+
+def test_export_requirements_strip_only_the_export_marker(monkeypatch):
+    import importlib.metadata
+
+    from ctxrec.encoder.export import export_requirements
+
+    fake = ['numpy>=1.24', 'a>=1; extra == "export"', "b; python_version < '3.99' and extra == 'export'",
+            'c; extra == "exporter"', 'd; extra == "dev"', 'e==2; extra == "export" and sys_platform == "linux"']
+    monkeypatch.setattr(importlib.metadata, "requires", lambda name: fake if name == "ctxrec" else None)
+    assert export_requirements() == ["a>=1", "b; python_version < '3.99'", 'e==2; sys_platform == "linux"']
+
+
+def test_cli_requirements_on_stdout(capsys):
+    from ctxrec.encoder.export import export_requirements, main
+
+    assert main(["--requirements"]) == 0
+    assert capsys.readouterr().out.split("\n")[:-1] == export_requirements()
+
+
+@pytest.fixture
+def encoder_logger():
+    """The ``ctxrec.encoder`` logger, its level and handlers restored afterwards (main() sets them)."""
+    import logging
+
+    lg = logging.getLogger("ctxrec.encoder")
+    level, handlers = lg.level, list(lg.handlers)
+    yield lg
+    lg.handlers[:] = handlers
+    lg.setLevel(level)
+
+
+@pytest.mark.skipif(not (default_model_dir() / "manifest.json").is_file(),
+                    reason=f"no encoder export at {default_model_dir()}: run `make models`")
+def test_cli_if_missing_expands_out_and_logs_instead_of_printing(tmp_path, monkeypatch, capsys, caplog,
+                                                                 encoder_logger):
+    from ctxrec.encoder.export import main
+
+    (tmp_path / "enc").symlink_to(default_model_dir(), target_is_directory=True)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert is_current("~/enc")
+    with caplog.at_level("INFO", logger="ctxrec.encoder"):
+        assert main(["--out", "~/enc", "--if-missing"]) == 0
+    assert capsys.readouterr().out == ""
+    assert [r.getMessage() for r in caplog.records if r.name == "ctxrec.encoder"] == \
+        [f"{tmp_path / 'enc'} is up to date"]
+
+
+def test_cli_bad_recipe_is_one_line_error(tmp_path, capsys, encoder_logger):
+    from ctxrec.encoder.export import main
+
+    p = tmp_path / "recipe.json"
+    p.write_text("{}")
+    assert main(["--recipe", str(p), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ctxrec export: error: ") and err.count("\n") == 1 and "'name'" in err
+    assert not (tmp_path / "out").exists()

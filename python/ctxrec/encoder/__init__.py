@@ -1,14 +1,20 @@
 """ctxrec's LLM text encoder: an exported, quantized transformer run by onnxruntime.
 
-``TextEncoder.load()`` opens an export made by :mod:`ctxrec.encoder.export` (``make
-models``), verifies its checksums, and picks the execution provider: CUDA with the fp16
-graph when onnxruntime-gpu and a GPU are present, else the CPU with the int8 graph.
-``encode(texts)`` returns L2-normalized float32 ``[n, d]`` rows in input order. Neither
-PyTorch nor transformers is needed at run time.
+``TextEncoder.load()`` opens an export made by :mod:`ctxrec.encoder.export` (``ctxrec
+export``, or ``make models`` in a source checkout), verifies its checksums, and picks the
+execution provider: CUDA with the fp16 graph when onnxruntime-gpu and a GPU are present,
+else the CPU with the int8 graph. ``encode(texts)`` returns L2-normalized float32 ``[n, d]``
+rows in input order. Neither PyTorch nor transformers is needed at run time.
+
+Where the export is found (:mod:`ctxrec.encoder._paths`): an explicit path, else
+``$CTXREC_ENCODER_DIR``, else the checkout's ``models/build/all-MiniLM-L6-v2`` (source
+checkout only), else the user cache ``platformdirs.user_cache_dir("ctxrec")/encoders/
+all-MiniLM-L6-v2`` (``~/.cache/ctxrec/...`` on Linux), where ``ctxrec export`` writes in an
+installed package. Paths accept ``~``.
 
 Example::
 
-    enc = TextEncoder.load()                 # models/build/all-MiniLM-L6-v2, int8 on CPU
+    enc = TextEncoder.load()                 # the default export (see above), int8 on CPU
     X = enc.encode(["a cozy mountain cabin", "spicy ramen recipe"])   # (2, 384) float32
     q = enc.encode_query("something light after a long day")         # (384,) float32, LRU-cached
 """
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -23,10 +30,10 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ctxrec._io import CorruptArtifactError, read_manifest, sha256_file
-from ctxrec.encoder._paths import FORMAT, FORMAT_VERSION, default_model_dir
+from ctxrec.encoder._paths import FORMAT, FORMAT_VERSION, EncoderNotFoundError, expand, find_model_dir
 from ctxrec.encoder.cache import DiskCache, LRUCache, text_key
 
-__all__ = ["TextEncoder", "available_providers", "DiskCache", "LRUCache"]
+__all__ = ["TextEncoder", "available_providers", "DiskCache", "LRUCache", "EncoderNotFoundError"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +45,8 @@ _PROVIDERS = {
 # padded tokens per onnxruntime run on the CPU (TextEncoder.load(max_batch_tokens="auto")); chosen by
 # the max_batch_tokens sweep in benchmarks/bench_encoder.py (results/encoder.md)
 CPU_BATCH_TOKENS = 256
+# encode(progress=None) shows a bar for more texts than this, when logging is at INFO on a TTY
+PROGRESS_MIN_TEXTS = 1000
 
 
 def available_providers() -> list[str]:
@@ -75,7 +84,7 @@ class TextEncoder:
             if need not in self._inputs:
                 raise CorruptArtifactError(f"{path}: ONNX graph has no input {need!r} (inputs: {self._inputs})")
         self._lru = LRUCache(lru_size)
-        self._disk = DiskCache(Path(cache_dir) / model_sha256[:16], dim) if cache_dir is not None else None
+        self._disk = DiskCache(expand(cache_dir) / model_sha256[:16], dim) if cache_dir is not None else None
         self.last_truncated = 0
         self.threads = int(threads)
         self.max_batch_tokens = max_batch_tokens
@@ -92,13 +101,17 @@ class TextEncoder:
              max_batch_tokens: int | None | str = "auto") -> "TextEncoder":
         """Open an encoder export.
 
-        path: export directory (default ``$CTXREC_ENCODER_DIR`` or ``models/build/all-MiniLM-L6-v2``).
+        path: export directory (``~`` expanded). Default: ``$CTXREC_ENCODER_DIR``, else the
+            checkout's ``models/build/all-MiniLM-L6-v2`` in a source checkout, else the user
+            cache (``ctxrec export`` writes there); :class:`EncoderNotFoundError` (a
+            ``FileNotFoundError``) says how to build one when none is found.
         provider: ``"auto"`` (CUDA when onnxruntime-gpu and a GPU are present, else CPU),
             ``"cpu"``, ``"cuda"`` or ``"tensorrt"``. An explicit provider that is not available
             raises ``RuntimeError``; it is never silently replaced by another.
         variant: ``"auto"`` (fp16 on CUDA/TensorRT, int8 on CPU), ``"int8"``, ``"fp32"`` or ``"fp16"``.
         threads: onnxruntime intra-op threads (default: all cores).
-        cache_dir: directory for the persistent embedding cache (``None``: no disk cache).
+        cache_dir: directory for the persistent embedding cache (``None``: no disk cache;
+            ``~`` expanded).
         lru_size: entries of the per-process cache for repeated texts (0 disables it).
         verify: check the SHA-256 of the ONNX file and tokenizer against the manifest.
         spin: let idle onnxruntime worker threads busy-wait between ops (lower latency on an
@@ -113,11 +126,7 @@ class TextEncoder:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
-        path = Path(path) if path is not None else default_model_dir()
-        if not (path / "manifest.json").is_file():
-            raise FileNotFoundError(
-                f"{path}: no encoder export here; build it with `make models` "
-                f"(or `python -m ctxrec.encoder.export --out {path}`)")
+        path = find_model_dir(path)
         manifest = read_manifest(path, FORMAT, FORMAT_VERSION, verify=False)
         meta = manifest["meta"]
         avail = ort.get_available_providers()
@@ -164,7 +173,7 @@ class TextEncoder:
         tok.enable_truncation(max_length)
         return cls(sess, tok, path=path, variant=variant, model_sha256=manifest["files"][vfile]["sha256"],
                    dim=int(meta["dim"]), max_length=max_length,
-                   cache_dir=Path(cache_dir) if cache_dir is not None else None, lru_size=lru_size,
+                   cache_dir=expand(cache_dir) if cache_dir is not None else None, lru_size=lru_size,
                    model_file=path / vfile, threads=intra, spin=spin,
                    max_batch_tokens=None if max_batch_tokens is None else int(max_batch_tokens))
 
@@ -211,9 +220,7 @@ class TextEncoder:
         batches = _batches(lens[order], batch_size, self.max_batch_tokens)
         batches = [order[s:e] for s, e in batches]
         bar = None
-        if progress is None:
-            progress = n >= 5000
-        if progress:
+        if _show_progress(n, progress):
             try:
                 from tqdm.auto import tqdm
                 bar = tqdm(total=n, desc="encoding", unit="text")
@@ -276,7 +283,9 @@ class TextEncoder:
         is encoded as the model encodes an empty input ([CLS][SEP]); ``None`` or a non-string raises, naming its position.
         ``use_cache``: look texts up in the process LRU and the disk cache (when the
         encoder has a ``cache_dir``) and store newly encoded ones there. ``progress``:
-        show a tqdm bar (default: for 5,000 texts or more).
+        ``True`` shows a tqdm bar on stderr, ``False`` never; ``None`` (default) shows one
+        for more than 1,000 texts to encode when the ``ctxrec`` logger is at INFO and
+        stderr is a terminal (so never in tests or logs by default).
 
         Deterministic: the same list gives the same bytes. With the int8 variant a text's
         vector depends slightly on the other texts in its batch (the QKV projection's
@@ -340,6 +349,14 @@ class TextEncoder:
     def tokens(self, texts: Sequence[str]) -> list[int]:
         """Token counts after truncation ([CLS] and [SEP] included)."""
         return [len(e.ids) for e in self._tok.encode_batch(self._check(texts))]
+
+
+def _show_progress(n: int, progress: bool | None) -> bool:
+    """Whether ``encode`` shows a progress bar for ``n`` texts (see :meth:`TextEncoder.encode`)."""
+    if progress is not None:
+        return bool(progress)
+    return n > PROGRESS_MIN_TEXTS and log.isEnabledFor(logging.INFO) and sys.stderr is not None \
+        and sys.stderr.isatty()
 
 
 def _batches(sorted_lens: np.ndarray, batch_size: int, max_tokens: int | None) -> list[tuple[int, int]]:

@@ -73,7 +73,7 @@ class LRUCache:
 
 
 class DiskCache:
-    """Persistent embedding cache under ``root`` for vectors of dimension ``dim``.
+    """Persistent embedding cache under ``root`` (``~`` expanded) for vectors of dimension ``dim``.
 
     ``get_many(keys)`` returns ``(found_mask, rows)``; ``put_many(keys, rows)`` appends a
     shard with the keys not already present. Safe for one writer per directory at a
@@ -81,7 +81,7 @@ class DiskCache:
     """
 
     def __init__(self, root: str | os.PathLike, dim: int) -> None:
-        self.root = Path(root)
+        self.root = Path(os.path.expanduser(os.fspath(root)))
         self.dim = int(dim)
         self.root.mkdir(parents=True, exist_ok=True)
         self._index: dict[bytes, tuple[int, int]] = {}

