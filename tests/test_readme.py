@@ -3,8 +3,8 @@
 The blocks run one after another in one fresh directory (later blocks use what earlier
 ones wrote, e.g. ``model/``), each in its own process: python blocks as scripts (so a
 ``__main__`` guard works as it does for a user), sh blocks with bash (``set -e``), the
-venv's ``ctxrec`` first on PATH and the home and cache directories pointed into the test's
-directory. Two things are changed, and only these: ``epochs=N`` / ``"epochs": N`` become 2
+venv's ``ctxrec`` first on PATH, the home and cache directories pointed into the test's
+directory, and one on-disk embedding cache shared by the blocks (``CTXREC_EMBEDDING_CACHE``). Two things are changed, and only these: ``epochs=N`` / ``"epochs": N`` become 2
 (the README's figures come from the benchmarks, not from these runs) and the service port
 8000 becomes a free port. The ``make`` block is what CI itself runs and is not run here.
 """
@@ -51,7 +51,9 @@ def workdir(tmp_path_factory):
     encoder = ROOT / "models" / "build" / "all-MiniLM-L6-v2"
     env = {**os.environ, "HOME": str(d / "home"), "XDG_CACHE_HOME": str(d / "home" / ".cache"),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "PYTHONUNBUFFERED": "1"}
+           "PYTHONUNBUFFERED": "1",
+           # one embedding cache for all blocks: each item text is encoded once, not once per block
+           "CTXREC_EMBEDDING_CACHE": str(d / "embedding-cache")}
     if (encoder / "manifest.json").is_file() and "CTXREC_ENCODER_DIR" not in os.environ:
         env["CTXREC_ENCODER_DIR"] = str(encoder)  # the export `make models` built (ctxrec export's output)
     return d, env

@@ -110,8 +110,9 @@ class TextEncoder:
             raises ``RuntimeError``; it is never silently replaced by another.
         variant: ``"auto"`` (fp16 on CUDA/TensorRT, int8 on CPU), ``"int8"``, ``"fp32"`` or ``"fp16"``.
         threads: onnxruntime intra-op threads (default: all cores).
-        cache_dir: directory for the persistent embedding cache (``None``: no disk cache;
-            ``~`` expanded).
+        cache_dir: directory for the persistent embedding cache (``~`` expanded). ``None``:
+            ``$CTXREC_EMBEDDING_CACHE`` when set (so every process of a deployment or a job
+            encodes each text once), else no disk cache.
         lru_size: entries of the per-process cache for repeated texts (0 disables it).
         verify: check the SHA-256 of the ONNX file and tokenizer against the manifest.
         spin: let idle onnxruntime worker threads busy-wait between ops (lower latency on an
@@ -168,6 +169,8 @@ class TextEncoder:
             raise RuntimeError(f"provider = {provider!r} requested but onnxruntime started {used} "
                                f"(the {ep} failed to initialize; see onnxruntime's log)")
         tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+        if cache_dir is None and os.environ.get("CTXREC_EMBEDDING_CACHE"):
+            cache_dir = os.environ["CTXREC_EMBEDDING_CACHE"]
         max_length = int(meta["max_length"])
         tok.no_padding()
         tok.enable_truncation(max_length)
