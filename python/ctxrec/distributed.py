@@ -42,6 +42,7 @@ import fcntl
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import tarfile
@@ -56,8 +57,12 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from ctxrec._log import get_logger, progress as _progress
+
 __all__ = ["encode_catalog", "recommend_all", "recommend_frame", "read_embeddings", "read_recommendations",
            "JobResult", "OutputExistsError", "local_client"]
+
+log = get_logger("ctxrec.distributed")
 
 DEFAULT_PARTITION_ROWS = {"encode": 2_000, "recommend": 5_000}
 
@@ -111,25 +116,25 @@ def local_client(client: Any = None, scheduler: str | None = None, n_workers: in
                  threads_per_worker: int = 1, progress: bool = False) -> Iterator[Any]:
     """Yield a Client: ``client`` as given, one connected to ``scheduler``, or a new
     LocalCluster (``n_workers`` processes, default one per core, ``threads_per_worker``
-    threads each) that is closed on exit."""
+    threads each) that is closed on exit. Where it connected (and the dashboard's address)
+    is logged to ``ctxrec.distributed``: at INFO with ``progress``, else at DEBUG."""
     distributed = _require_distributed()
     if client is not None:
         yield client
         return
     if scheduler is not None:
         with distributed.Client(scheduler) as c:
-            if progress:
-                print(f"[ctxrec] connected to {scheduler}; dashboard: {c.dashboard_link}", flush=True)
+            log.log(logging.INFO if progress else logging.DEBUG, "connected to %s; dashboard: %s", scheduler,
+                    c.dashboard_link)
             yield c
         return
     n = int(n_workers or os.cpu_count() or 1)
     with distributed.LocalCluster(n_workers=n, threads_per_worker=int(threads_per_worker), processes=True,
                                   dashboard_address=":0" if _has_bokeh() else None) as cluster, \
             distributed.Client(cluster) as c:
-        if progress:
-            link = c.dashboard_link if _has_bokeh() else "(install bokeh for the dashboard)"
-            print(f"[ctxrec] LocalCluster: {n} worker(s) x {threads_per_worker} thread(s); dashboard: {link}",
-                  flush=True)
+        link = c.dashboard_link if _has_bokeh() else "(install bokeh for the dashboard)"
+        log.log(logging.INFO if progress else logging.DEBUG, "LocalCluster: %d worker(s) x %d thread(s); dashboard: %s",
+                n, int(threads_per_worker), link)
         yield c
 
 
@@ -161,8 +166,7 @@ def _run_tasks(client: Any, tasks: list[Any], progress: bool, desc: str) -> list
     futures = client.compute(tasks, retries=2)
     if progress:
         from distributed import as_completed
-        from tqdm.auto import tqdm
-        with tqdm(total=len(futures), desc=desc, unit="part") as bar:
+        with _progress(len(futures), desc, unit="part", enabled=True) as bar:
             for _ in as_completed(futures):
                 bar.update(1)
     return client.gather(futures)

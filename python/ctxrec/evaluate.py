@@ -24,12 +24,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, Union
 
 import numpy as np
 
+from ctxrec._log import get_logger, progress as _progress
 from ctxrec.data import DataError, Dataset
 
 __all__ = [
@@ -56,6 +58,8 @@ __all__ = [
     "save_reports",
     "RANKING_METRICS",
 ]
+
+log = get_logger("ctxrec.evaluate")
 
 # --------------------------------------------------------------------------------------
 # Splits
@@ -588,6 +592,7 @@ def evaluate_ranking(
     num_threads: int = 0,
     name: str = "model",
     split: str = "",
+    progress: bool | None = False,
 ) -> "EvaluationReport":
     """Full-ranking evaluation of ``model`` on ``test`` after training on ``train``.
 
@@ -609,6 +614,9 @@ def evaluate_ranking(
             ranks (ties count against the relevant item only for smaller item indices, as in
             the top-K lists): MRR = mean 1/rank of the best relevant item; AUC = mean over
             queries of the fraction of (relevant, eligible non-relevant) pairs ordered right.
+        progress: a progress bar over the queries (rate, ETA) on stderr: True / False, or None
+            for one only when stderr is a terminal and there is more than one batch. The
+            query count and the time taken are logged to ``ctxrec.evaluate`` at DEBUG.
 
     Returns an :class:`EvaluationReport`; ``report.result`` holds the per-query
     :class:`RankingResult`.
@@ -681,24 +689,31 @@ def evaluate_ranking(
     allow_ptr = allow_idx = None
     if candidates is not None:
         allow_ptr, allow_idx = np.array([0, len(candidates)], dtype=np.int64), candidates
-    for a in range(0, m, batch_size):
-        b = min(a + batch_size, m)
-        users = q_users[a:b]
-        rows = None if q_rows is None else q_rows[a:b]
-        bex_ptr, bex_idx = _csr_take(ex_ptr, ex_idx, users)
-        scores = None
-        qv = model.queries(users, rows) if is_factors else None
-        if core is not None:
-            ids, _ = core.topk_full(qv, model.item_vecs, model.item_bias, kmax, exclude_indptr=bex_ptr,
-                                    exclude_indices=bex_idx, allow_indptr=allow_ptr, allow_indices=allow_idx,
-                                    num_threads=num_threads)
-            topk[a:b] = ids
-        if core is None or want_ranks:
-            scores = _eligible_scores(model, qv, users, rows, bex_ptr, bex_idx, cand_mask, n_items)
-            if core is None:
-                topk[a:b] = topk_numpy(scores, kmax)[0]
-        if want_ranks:
-            _full_ranks(scores, rel_ptr[a:b + 1] - rel_ptr[a], rel_items[rel_ptr[a]:rel_ptr[b]], first_rank, auc_q, a)
+    t_eval = time.perf_counter()
+    auto = progress is None and m <= batch_size  # one batch: never worth a bar
+    with _progress(m, f"evaluate {name}", unit="query", enabled=False if auto else progress) as bar:
+        for a in range(0, m, batch_size):
+            b = min(a + batch_size, m)
+            users = q_users[a:b]
+            rows = None if q_rows is None else q_rows[a:b]
+            bex_ptr, bex_idx = _csr_take(ex_ptr, ex_idx, users)
+            scores = None
+            qv = model.queries(users, rows) if is_factors else None
+            if core is not None:
+                ids, _ = core.topk_full(qv, model.item_vecs, model.item_bias, kmax, exclude_indptr=bex_ptr,
+                                        exclude_indices=bex_idx, allow_indptr=allow_ptr, allow_indices=allow_idx,
+                                        num_threads=num_threads)
+                topk[a:b] = ids
+            if core is None or want_ranks:
+                scores = _eligible_scores(model, qv, users, rows, bex_ptr, bex_idx, cand_mask, n_items)
+                if core is None:
+                    topk[a:b] = topk_numpy(scores, kmax)[0]
+            if want_ranks:
+                _full_ranks(scores, rel_ptr[a:b + 1] - rel_ptr[a], rel_items[rel_ptr[a]:rel_ptr[b]], first_rank,
+                            auc_q, a)
+            bar.update(b - a)
+    log.debug("evaluate_ranking %s: %d queries over %d candidates in %.2f s", name, m, n_cand,
+              time.perf_counter() - t_eval)
     per_q = per_query_metrics(topk, rel_ptr, rel_items, ks, metrics=metrics)
     res = _summarize(per_q, topk, ks, n_cand, metrics)
     if "mrr" in metrics:

@@ -2,5 +2,6 @@
 from __future__ import annotations
 
 from ctxrec.model.fm import ContextFM, Interactions, QueryBatch, ServingTables, SideInfo
+from ctxrec.model.warmup import warmup
 
-__all__ = ["ContextFM", "Interactions", "SideInfo", "ServingTables", "QueryBatch"]
+__all__ = ["ContextFM", "Interactions", "SideInfo", "ServingTables", "QueryBatch", "warmup"]

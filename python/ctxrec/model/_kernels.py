@@ -26,13 +26,102 @@ Determinism: every random draw is a counter-based hash of (seed, epoch, example,
 every reduction runs in a fixed order (rows are owned by thread ``row % T`` but each row is
 accumulated in batch order), so a given seed gives bit-identical parameters for any thread
 count.
+
+Compilation and its cache. Every function is compiled on first use (about a minute of CPU for
+``train_epoch``, whose ``parallel=True`` loops roughly double its compile time, and ~30 s more
+for the scoring kernels) and written to numba's on-disk cache, so a later process loads it in
+about a second. One compiled version exists per combination of argument types: a read-only
+array (e.g. ``TextEncoder.encode_query``'s read-only output passed straight to
+``ContextFM.build_queries`` as request text) is another type than a writable one and compiles
+(and caches) once more. The cache sits in ``NUMBA_CACHE_DIR`` when
+set, else in ``__pycache__`` next to this file, else in numba's per-user cache directory
+(``~/.cache/numba``); when none of them is writable (a read-only install run by a user without
+a writable home) the kernels are cached under the temporary directory instead (and a warning
+says so) rather than failing to import. :func:`cache_dir` tells where it is; set
+``NUMBA_CACHE_DIR`` to a persistent writable directory where the default is not kept between
+runs (containers). ``ctxrec.model.warmup`` compiles or loads everything a service needs.
+
+The GIL. The entry points (``train_epoch``, ``predict_full``, ``item_table``, ``query_table``,
+``query_table_serial``) touch no Python objects and release the GIL (``nogil=True``) for their
+whole run, so other Python threads (HTTP requests) run while a fold-in trains or a batch is
+scored. (numba already releases it inside each ``prange`` loop of a ``parallel=True`` kernel;
+``nogil`` adds the serial parts, and the serial query kernel of live requests, which held it
+throughout.) Several threads may therefore run kernels at once: with parallel kernels that
+needs a threadsafe numba threading layer (TBB or OpenMP; the ``workqueue`` layer aborts the
+process on concurrent use, with or without ``nogil``, and ``ctxrec.model.warmup`` warns when
+it is the one in use). A kernel that releases the GIL may read arrays another thread writes:
+callers must not update a model in place while another thread scores it
+(``ContextFM.refit_user`` trains a copy for this reason).
 """
 from __future__ import annotations
 
 import math
+import os
+import tempfile
+from typing import Any, Callable
 
+import numba
 import numpy as np
 from numba import njit, prange
+
+from ctxrec._log import get_logger
+
+_log = get_logger("ctxrec.model")
+
+_FALLBACK_CACHE: list[str | None] = []  # [dir] once numba's own cache locations failed ([None]: none works)
+
+
+def _fallback_cache_dir() -> str | None:
+    """A writable per-user directory under the temporary directory, or None."""
+    uid = os.getuid() if hasattr(os, "getuid") else os.getpid()
+    path = os.path.join(tempfile.gettempdir(), f"ctxrec-numba-cache-{uid}")
+    try:
+        os.makedirs(path, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError:
+        return None
+    return path
+
+
+def _jit(**options: Any) -> Callable[[Callable[..., Any]], Any]:
+    """``numba.njit(cache=True, **options)`` that still caches when numba finds no writable
+    cache location (see the module docstring) instead of failing at import.
+
+    The first time numba reports no location, a fallback directory becomes the process's
+    ``numba.config.CACHE_DIR`` (it was unset: numba would fail to cache any function of a
+    read-only install, the other ``cache=True`` kernels of this package included).
+    """
+    def deco(fn: Callable[..., Any]) -> Any:
+        if not _FALLBACK_CACHE:
+            try:
+                return njit(cache=True, **options)(fn)
+            except RuntimeError as e:  # "cannot cache function ...: no locator available"
+                if "no locator" not in str(e) or numba.config.CACHE_DIR:
+                    raise
+                where = _fallback_cache_dir()
+                _FALLBACK_CACHE.append(where)
+                if where is not None:
+                    numba.config.CACHE_DIR = where  # read when a function's cache locator is chosen
+                    _log.warning("numba cache: neither NUMBA_CACHE_DIR, %s nor numba's user cache is writable; "
+                                 "caching compiled kernels in %s (set NUMBA_CACHE_DIR to a persistent "
+                                 "writable directory so that new processes start fast)",
+                                 os.path.join(os.path.dirname(__file__), "__pycache__"), where)
+                else:
+                    _log.warning("numba cache: no writable cache directory; the kernels are compiled in every "
+                                 "process (about a minute). Set NUMBA_CACHE_DIR to a writable directory.")
+        if _FALLBACK_CACHE[0] is None:
+            return njit(**options)(fn)
+        return njit(cache=True, **options)(fn)
+
+    return deco
+
+
+def cache_dir() -> str | None:
+    """Directory of the compiled kernels' on-disk cache (None: not cached)."""
+    cache = getattr(train_epoch, "_cache", None)
+    path = getattr(cache, "_cache_path", None)
+    return str(path) if path else None
+
 
 LOSS_BPR = 0
 LOSS_SOFTMAX = 1
@@ -47,7 +136,7 @@ _M2 = np.uint64(0x94D049BB133111EB)
 _GOLD = np.uint64(0x9E3779B97F4A7C15)
 
 
-@njit(cache=True, inline="always")
+@_jit(inline="always")
 def _mix(x):
     x = x ^ (x >> np.uint64(30))
     x = x * _M1
@@ -56,7 +145,7 @@ def _mix(x):
     return x ^ (x >> np.uint64(31))
 
 
-@njit(cache=True)
+@_jit()
 def _uniform(seed, a, b, c):
     """Counter-based uniform in [0, 1) from four integers (splitmix64 chain)."""
     h = _mix(np.uint64(seed) * _GOLD + np.uint64(a))
@@ -65,7 +154,7 @@ def _uniform(seed, a, b, c):
     return (h >> np.uint64(11)) * (1.0 / 9007199254740992.0)
 
 
-@njit(cache=True)
+@_jit()
 def _contains(sorted_arr, lo, hi, x):
     """Binary search for x in sorted_arr[lo:hi]."""
     while lo < hi:
@@ -80,7 +169,7 @@ def _contains(sorted_arr, lo, hi, x):
     return False
 
 
-@njit(cache=True)
+@_jit()
 def _sigmoid(x):
     if x >= 0:
         z = math.exp(-x)
@@ -89,7 +178,7 @@ def _sigmoid(x):
     return z / (1.0 + z)
 
 
-@njit(cache=True)
+@_jit()
 def _softplus(x):
     # log(1 + exp(x)), stable
     if x > 0:
@@ -97,7 +186,7 @@ def _softplus(x):
     return math.log1p(math.exp(x))
 
 
-@njit(cache=True)
+@_jit()
 def _keep(drop, seed, epoch, e, r):
     """Inverted-dropout factor of sparse row ``r`` in training example ``e``: 0 (dropped, with
     probability ``drop``) or 1 / (1 - drop); 1 when ``drop`` is 0. A counter-based hash, so
@@ -109,7 +198,7 @@ def _keep(drop, seed, epoch, e, r):
     return 1.0 / (1.0 - drop)
 
 
-@njit(cache=True, inline="always")
+@_jit(inline="always")
 def _ctx_row(ctx, e, c, ctx_off, drop, seed, epoch):
     """(row, dropout factor) of context field ``c`` of instance ``e``; factor 0.0 when the
     value is absent (-1) or dropped."""
@@ -123,7 +212,7 @@ def _ctx_row(ctx, e, c, ctx_off, drop, seed, epoch):
 # ----------------------------------------------------------------------------------------
 # side sums
 # ----------------------------------------------------------------------------------------
-@njit(cache=True)
+@_jit()
 def _add_text(emb, row, t0, a, P, tv, out, lin, sq):
     """Project a dense text embedding emb[row] through P[t0:t0+d] into tv[k] (zeroed by the
     caller), add it to the side sum out[k]; returns the updated (lin, sq) accumulators."""
@@ -143,7 +232,7 @@ def _add_text(emb, row, t0, a, P, tv, out, lin, sq):
     return lin, sq
 
 
-@njit(cache=True, inline="always")
+@_jit(inline="always")
 def _add_row(V, w, r, x, out, lin, sq):
     """Add sparse feature row ``r`` with value ``x`` to a side sum: out[k] += x V[r]; returns
     the updated (linear, squared-norm) accumulators."""
@@ -154,7 +243,7 @@ def _add_row(V, w, r, x, out, lin, sq):
     return lin, sq
 
 
-@njit(cache=True)
+@_jit()
 def _item_side(i, V, w, P, a, item_off, ia_ptr, ia_idx, ia_val, itext, t0, out, tout):
     """Sum of item-side vectors into out[k]; item text vector into tout[k] (zeros if none).
 
@@ -181,7 +270,7 @@ def _item_side(i, V, w, P, a, item_off, ia_ptr, ia_idx, ia_val, itext, t0, out, 
 _NO_RANK = np.empty(0, dtype=np.int64)
 
 
-@njit(cache=True)
+@_jit()
 def _in_window(rank, c, hwin, hs):
     """Weight factor of a history entry of time rank ``rank`` for a target of rank ``c``."""
     if abs(rank - c) > hwin:
@@ -189,7 +278,7 @@ def _in_window(rank, c, hwin, hs):
     return hs
 
 
-@njit(cache=True)
+@_jit()
 def _user_side(e, u, ctx, ctx_off, V, w, P, a, user_off, ua_ptr, ua_idx, ua_val,
                utext, t1, qtext, t2, out, tu, tq, skip, drop, seed, epoch, hwin, ua_rank, c, hs):
     """Sum of user-side vectors (user, user attrs, user text, context, request text).
@@ -236,7 +325,7 @@ def _user_side(e, u, ctx, ctx_off, V, w, P, a, user_off, ua_ptr, ua_idx, ua_val,
     return lin, 0.5 * (tot - sq)
 
 
-@njit(cache=True)
+@_jit()
 def _tri_query(e, u, ctx, ctx_off, user_off, T3, drop, seed, epoch, tc, out):
     """Three-way query of instance ``e``: tc[t] = sum of T3 over its (kept) context values,
     out[t] = T3[user] * tc (zeros for no user); ``tc`` and ``out`` may be the same array.
@@ -261,7 +350,7 @@ def _tri_query(e, u, ctx, ctx_off, user_off, T3, drop, seed, epoch, tc, out):
 # ----------------------------------------------------------------------------------------
 # training
 # ----------------------------------------------------------------------------------------
-@njit(cache=True)
+@_jit()
 def _opt_row(X, M, S, r, g, l2, lr, opt, b1, b2, eps, c1, c2):
     """One optimizer step on row r of X (2-D) with gradient g[k] (+ L2)."""
     k = X.shape[1]
@@ -279,7 +368,7 @@ def _opt_row(X, M, S, r, g, l2, lr, opt, b1, b2, eps, c1, c2):
             X[r, f] -= lr * gf / (math.sqrt(s) + eps)
 
 
-@njit(cache=True)
+@_jit()
 def _opt_scalar(x, M, S, r, g, l2, lr, opt, b1, b2, eps, c1, c2):
     gf = g + l2 * x[r]
     if opt == 0:
@@ -294,7 +383,7 @@ def _opt_scalar(x, M, S, r, g, l2, lr, opt, b1, b2, eps, c1, c2):
         x[r] -= lr * gf / (math.sqrt(s) + eps)
 
 
-@njit(parallel=True, cache=True)
+@_jit(parallel=True, nogil=True)
 def train_epoch(
     order, users, items, ctx, labels, qtext,
     ctx_off, item_off, user_off, ia_ptr, ia_idx, ia_val, ua_ptr, ua_idx, ua_val,
@@ -701,7 +790,7 @@ def train_epoch(
 # ----------------------------------------------------------------------------------------
 # scoring and export
 # ----------------------------------------------------------------------------------------
-@njit(parallel=True, cache=True)
+@_jit(parallel=True, nogil=True)
 def predict_full(users, items, ctx, qtext,
                  ctx_off, item_off, user_off, ia_ptr, ia_idx, ia_val, ua_ptr, ua_idx, ua_val,
                  itext, utext, toff, V, w, P, a, w0, T3, out):
@@ -792,7 +881,7 @@ def predict_full(users, items, ctx, qtext,
         out[e] = lin + 0.5 * (pair - sq) + tri
 
 
-@njit(parallel=True, cache=True)
+@_jit(parallel=True, nogil=True)
 def item_table(V, w, P, a, item_off, ia_ptr, ia_idx, ia_val, itext, t0, vecs, bias):
     """Item table for serving: vecs[i] = item-side vector sum, bias[i] = lin_I + intra_I."""
     n = vecs.shape[0]
@@ -804,7 +893,7 @@ def item_table(V, w, P, a, item_off, ia_ptr, ia_idx, ia_val, itext, t0, vecs, bi
         bias[i] = lin + intra
 
 
-@njit(cache=True)
+@_jit()
 def _query_row(e, users, ctx, qtext, ctx_off, V, w, P, a, user_off, ua_ptr, ua_idx, ua_val,
                utext, t1, t2, w0, T3, queries, const, tri):
     k = V.shape[1]
@@ -818,7 +907,7 @@ def _query_row(e, users, ctx, qtext, ctx_off, V, w, P, a, user_off, ua_ptr, ua_i
         _tri_query(e, users[e], ctx, ctx_off, user_off, T3, 0.0, 0, 0, tri[e], tri[e])
 
 
-@njit(parallel=True, cache=True)
+@_jit(parallel=True, nogil=True)
 def query_table(users, ctx, qtext, ctx_off, V, w, P, a, user_off, ua_ptr, ua_idx, ua_val,
                 utext, t1, t2, w0, T3, queries, const, tri):
     """Query vectors for serving: queries[e] = user-side vector sum; const[e] = w0 + lin_U + intra_U;
@@ -828,7 +917,7 @@ def query_table(users, ctx, qtext, ctx_off, V, w, P, a, user_off, ua_ptr, ua_idx
                    utext, t1, t2, w0, T3, queries, const, tri)
 
 
-@njit(cache=True)
+@_jit(nogil=True)
 def query_table_serial(users, ctx, qtext, ctx_off, V, w, P, a, user_off, ua_ptr, ua_idx, ua_val,
                        utext, t1, t2, w0, T3, queries, const, tri):
     """query_table on the calling thread: a single live request must not wake a thread pool."""

@@ -284,8 +284,11 @@ class ContextFM:
         Seed. Training is bit-for-bit deterministic for a seed, whatever ``num_threads``.
     num_threads : int or None
         numba threads (None = numba's default).
-    verbose : bool
-        Print one line per epoch (loss, examples/s, validation metric).
+    verbose : bool or None
+        Show an epoch progress bar (ETA; loss and validation metric as its postfix) on stderr
+        and log each epoch (loss, examples/s, validation metric) at INFO to the
+        ``ctxrec.model`` logger (at DEBUG when False). None: the bar only when stderr is a
+        terminal. Nothing is printed: configure logging to see the records.
     """
 
     def __init__(
@@ -598,7 +601,11 @@ class ContextFM:
         self.history_ = []
         nthreads = self.num_threads
         t_fit = time.perf_counter()
-        with _threads(nthreads):
+        import logging  # fit's reporting: one log record per epoch, an epoch bar when verbose
+        from ctxrec._log import get_logger, progress
+        log = get_logger("ctxrec.model")
+        level = logging.INFO if self.verbose else logging.DEBUG
+        with _threads(nthreads), progress(int(self.epochs), "ContextFM", "epoch", enabled=self.verbose) as bar:
             for epoch in range(int(self.epochs)):
                 t0 = time.perf_counter()
                 order = np.random.default_rng([self.random_state, epoch]).permutation(n).astype(np.int64)
@@ -617,14 +624,17 @@ class ContextFM:
                     else:
                         since_best += 1
                 self.history_.append(rec)
-                if self.verbose:
-                    extra = f" {metric}={rec[metric]:.5f}" if metric in rec else ""
-                    print(f"[ContextFM] epoch {epoch + 1}/{self.epochs} loss={rec['loss']:.5f} "
-                          f"{rec['examples_per_s']:,.0f} ex/s{extra}", flush=True)
+                extra = f" {metric}={rec[metric]:.5f}" if metric in rec else ""
+                log.log(level, "ContextFM epoch %d/%d loss=%.5f %s ex/s%s", epoch + 1, int(self.epochs),
+                        rec["loss"], f"{rec['examples_per_s']:,.0f}", extra)
+                bar.set_postfix({"loss": rec["loss"], **({metric: rec[metric]} if metric in rec else {})})
+                bar.update(1)
                 if callback is not None and callback(epoch, rec) is True:
                     break
                 if (self.early_stopping_rounds is not None and val is not None
                         and since_best >= int(self.early_stopping_rounds)):
+                    log.log(level, "ContextFM early stopping after epoch %d: best %s at epoch %d",
+                            epoch + 1, metric, best_epoch + 1)
                     break
         if best_params is not None:
             self._restore(best_params)
