@@ -3,6 +3,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+import ctxrec._log  # noqa: F401  (the "ctxrec" logger's NullHandler, before any submodule logs)
 from ctxrec._io import CorruptArtifactError
 from ctxrec.engine import Engine
 

@@ -505,6 +505,7 @@ def cmd_recommend_all(a: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------- main
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ctxrec", description="Context-aware recommendations with an LLM text encoder.")
+    p.add_argument("-v", "--verbose", action="store_true", help="show debug log records")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     sub.add_parser("export", help="export the text encoder to ONNX (see `ctxrec export --help`)", add_help=False)
     sub.add_parser("bench", help="run the benchmark harness (see `ctxrec bench --help`)", add_help=False)
@@ -616,6 +617,16 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _configure_logging(verbose: bool) -> None:
+    """The command line shows the library's INFO records (DEBUG with -v) on stderr."""
+    import logging
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
+    root = logging.getLogger("ctxrec")
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
 _PATH_ARGS = ("out", "data", "config", "data_config", "interactions", "items", "users", "model", "encoder",
               "cache_dir", "events")
 
@@ -627,6 +638,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if argv and argv[0] == "bench":
         return cmd_bench(argv[1:])
     args = parser().parse_args(argv)
+    _configure_logging(args.verbose)
     for name in _PATH_ARGS:  # every path argument accepts ~
         v = getattr(args, name, None)
         if isinstance(v, str):

@@ -388,8 +388,8 @@ def encode_catalog(items: Any, out: str | os.PathLike | None = None, *, text_col
     """
     from dask import delayed
     if isinstance(encoder, (str, os.PathLike)) or encoder is None:
-        from ctxrec.encoder._paths import default_model_dir
-        path = Path(encoder) if encoder is not None else default_model_dir()
+        from ctxrec.encoder._paths import find_model_dir
+        path = Path(encoder).expanduser() if encoder is not None else find_model_dir()
         if not (path / "manifest.json").is_file():
             raise FileNotFoundError(f"{path}: no encoder export here; build it with `make models`")
         spec = _EncoderSpec(str(path.resolve()), variant, provider, int(threads))

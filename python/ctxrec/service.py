@@ -377,13 +377,10 @@ def create_app(model_dir: str | os.PathLike, *, loader: Callable[[str], Any] | N
 
 def _warm(model: Any) -> None:
     """Compile (or load from numba's cache) the kernels serving uses, and run one request."""
+    from ctxrec.model import warmup
     t0 = time.perf_counter()
     try:
-        from ctxrec.model import warmup
         warmup(getattr(model, "model_", None))
-    except ImportError:  # pragma: no cover - an older model package without warmup()
-        pass
-    try:
         summary = model.summary()
         ctx = {name: "" for name in getattr(getattr(model, "context_", None), "text_fields", ())}
         model.recommend(None if summary.get("n_users", 0) == 0 else _first_user(model), ctx, k=10)
