@@ -39,13 +39,9 @@ def read_config(path: str | None) -> dict[str, Any]:
     """
     if path is None:
         return {}
+    from ctxrec.data import read_json_file
     p = Path(path).expanduser()
-    try:
-        cfg = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"--config: no such file {path!r}") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--config: {path} is not valid JSON ({e})") from None
+    cfg = read_json_file(p, "--config")
     if not isinstance(cfg, dict):
         raise ValueError(f"--config: {path} must hold a JSON object with sections {', '.join(CONFIG_SECTIONS)}")
     unknown = set(cfg) - set(CONFIG_SECTIONS)
@@ -103,14 +99,9 @@ def load_dataset(kind: str, data: str | None) -> Any:
 def read_data_config(path: str) -> dict[str, Any]:
     """A JSON data section (``--data-config``; a ``{"data": {...}}`` wrapper is accepted) with its
     relative paths resolved from the file's directory; validated later, with the flags applied."""
-    from ctxrec.data import resolve_config_paths
+    from ctxrec.data import read_json_file, resolve_config_paths
     p = Path(path).expanduser()
-    try:
-        d = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"--data-config: no such file {path!r}") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--data-config: {path} is not valid JSON ({e})") from None
+    d = read_json_file(p, "--data-config")
     if isinstance(d, dict) and set(d) == {"data"}:
         d = d["data"]
     if not isinstance(d, dict):

@@ -299,6 +299,26 @@ def table_format(path: str | os.PathLike) -> str | None:
     return None
 
 
+def read_json_file(path: str | os.PathLike, what: str) -> Any:
+    """The JSON value in ``path`` (``~`` accepted).
+
+    Raises
+    ------
+    MissingDataError
+        No such file (the message names ``what`` and the path).
+    DataError
+        Not valid JSON (with the parser's position).
+    """
+    import json
+    p = Path(path).expanduser()
+    try:
+        return json.loads(p.read_text())
+    except FileNotFoundError:
+        raise MissingDataError(f"{what}: no such file {str(path)!r}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{what}: {path} is not valid JSON ({e})") from None
+
+
 def read_table(source: Any, **read_kw: Any) -> pd.DataFrame:
     """A pandas DataFrame from a DataFrame, a pyarrow Table, or a CSV/TSV/Parquet/JSON Lines path.
 
@@ -1599,14 +1619,8 @@ class DataConfig:
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "DataConfig":
         """Read a JSON data section (or ``{"data": {...}}``); relative paths start at its directory."""
-        import json
         p = Path(path).expanduser()
-        try:
-            d = json.loads(p.read_text())
-        except FileNotFoundError:
-            raise MissingDataError(f"{p}: no such data config file") from None
-        except json.JSONDecodeError as e:
-            raise DataError(f"{p}: not valid JSON ({e})") from None
+        d = read_json_file(p, "data config")
         return cls.from_dict(d, base_dir=Path(os.path.abspath(p)).parent)
 
     @classmethod
