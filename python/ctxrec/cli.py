@@ -10,13 +10,14 @@ Bad input exits non-zero with a one-line error on stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 DATASETS = ("movielens-100k", "frappe", "csv", "config")
 BUILTIN_DATASETS = ("movielens-100k", "frappe")
@@ -608,14 +609,25 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _configure_logging(verbose: bool) -> None:
-    """The command line shows the library's INFO records (DEBUG with -v) on stderr."""
+@contextlib.contextmanager
+def _logging_to_stderr(verbose: bool) -> Iterator[None]:
+    """While a command runs, show the library's INFO records (DEBUG with -v) on stderr.
+
+    Undone afterwards, so ``main()`` called in-process (tests, notebooks) leaves the
+    application's logging as it was.
+    """
     import logging
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
     root = logging.getLogger("ctxrec")
+    level = root.level
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
 
 
 _PATH_ARGS = ("out", "data", "config", "data_config", "interactions", "items", "users", "model", "encoder",
@@ -629,14 +641,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     if argv and argv[0] == "bench":
         return cmd_bench(argv[1:])
     args = parser().parse_args(argv)
-    _configure_logging(args.verbose)
     for name in _PATH_ARGS:  # every path argument accepts ~
         v = getattr(args, name, None)
         if isinstance(v, str):
             setattr(args, name, os.path.expanduser(v))
     from ctxrec._io import CorruptArtifactError
     try:
-        args.fn(args)
+        with _logging_to_stderr(args.verbose):
+            args.fn(args)
     except (ValueError, KeyError, FileNotFoundError, CorruptArtifactError, ImportError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"ctxrec: error: {msg}", file=sys.stderr)
