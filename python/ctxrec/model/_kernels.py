@@ -790,6 +790,37 @@ def train_epoch(
 # ----------------------------------------------------------------------------------------
 # scoring and export
 # ----------------------------------------------------------------------------------------
+
+@_jit(nogil=True)
+def train_epochs(
+    orders, users, items, ctx, labels, qtext, ctx_off, item_off, user_off, ia_ptr, ia_idx, ia_val,
+    ua_ptr, ua_idx, ua_val, itext, utext, toff, pos_ptr, pos_idx, neg_items, neg_cdf, neg_logq, V,
+    w, P, a, w0, mV, sV, mw, sw, mP, sP, ma, sa, m0, s0, T3, mT3, sT3, l2_t, ctx_hi, loss, n_neg,
+    batch_size, lr, l2_v, l2_w, l2_p, opt, b1, b2, eps, step0, seed, row_lo, row_hi, train_dense,
+    n_threads, hist_off, drop, out_loss, hwin, ua_rank, ex_rank, ex_hscale,
+):
+    """:func:`train_epoch` once per row of ``orders`` (int64 [epochs, n]), row ``e`` as epoch ``e``.
+
+    Every epoch gets the same ``step0`` and ``seed``, exactly as the same number of
+    ``train_epoch`` calls would (a fold-in's loop): the results are identical. One call holds
+    and releases the GIL once for all epochs, where a Python loop over ``train_epoch`` takes
+    the GIL back between epochs and waits for it behind every busy request thread (a GIL
+    convoy: a 50-epoch fold-in took ~250 ms beside a busy HTTP thread instead of ~15 ms).
+    Returns the step count after the last epoch; ``out_loss[0]`` holds the last epoch's loss.
+    """
+    step = step0
+    for ep in range(orders.shape[0]):
+        step = train_epoch(
+            orders[ep], users, items, ctx, labels, qtext, ctx_off, item_off, user_off, ia_ptr,
+            ia_idx, ia_val, ua_ptr, ua_idx, ua_val, itext, utext, toff, pos_ptr, pos_idx,
+            neg_items, neg_cdf, neg_logq, V, w, P, a, w0, mV, sV, mw, sw, mP, sP, ma, sa, m0, s0,
+            T3, mT3, sT3, l2_t, ctx_hi, loss, n_neg, batch_size, lr, l2_v, l2_w, l2_p, opt, b1, b2,
+            eps, step0, seed, ep, row_lo, row_hi, train_dense, n_threads, hist_off, drop, out_loss,
+            hwin, ua_rank, ex_rank, ex_hscale,
+        )
+    return step
+
+
 @_jit(parallel=True, nogil=True)
 def predict_full(users, items, ctx, qtext,
                  ctx_off, item_off, user_off, ia_ptr, ia_idx, ia_val, ua_ptr, ua_idx, ua_val,

@@ -656,7 +656,9 @@ class ContextFM:
         l2_rows = self._row_l2()
         b1, b2 = 0.9, 0.999
         eps = 1e-8 if self.optimizer == "adam" else 1e-6
-        step = K.train_epoch(
+        # order int64 [n]: one epoch numbered ``epoch``; [epochs, n]: epochs 0.. in one call
+        several = order.ndim == 2
+        step = (K.train_epochs if several else K.train_epoch)(
             order, rows["users"], rows["items"], rows["ctx"], rows["labels"], rows["qtext"],
             self.ctx_off_, self.item_off_, self.user_off_, self.ia_ptr_, self.ia_idx_, self.ia_val_,
             self.ua_ptr_, self.ua_idx_, self.ua_val_, self.item_text_, self.user_text_, self.toff_,
@@ -665,10 +667,11 @@ class ContextFM:
             o["mV"], o["sV"], o["mw"], o["sw"], o["mP"], o["sP"], o["ma"], o["sa"], o["m0"], o["s0"],
             self.T_, o["mT"], o["sT"], l2_rows if self.l2_tri is None else np.full(len(l2_rows), float(self.l2_tri)),
             int(self.uattr_off_),
-            _LOSSES[self.loss], self._n_neg(), int(min(self.batch_size, len(order))),
+            _LOSSES[self.loss], self._n_neg(), int(min(self.batch_size, order.shape[-1])),
             float(self.learning_rate), l2_rows, float(self.l2_bias), float(self.l2_text),
             _OPTS[self.optimizer], b1, b2, eps, int(step0),
-            int(self.random_state if seed is None else seed), int(epoch), int(row_lo), int(row_hi),
+            int(self.random_state if seed is None else seed), *(() if several else (int(epoch),)),
+            int(row_lo), int(row_hi),
             bool(train_dense), int(numba.get_num_threads()), int(self.hist_off_), float(self.dropout), out,
             hwin, ua_rank, ex_rank, ex_hscale)
         if row_lo == 0 and row_hi == self.n_rows_ and train_dense:
@@ -911,10 +914,14 @@ class ContextFM:
         new = np.unique(items if self.loss != "logloss" else items[rows["labels"] > 0])
         self._set_user_positives(user, new)
         r = self.user_off_ + user
-        with _threads(self.num_threads):
-            for ep in range(int(epochs)):
-                order = np.random.default_rng([self.random_state, user, ep]).permutation(n).astype(np.int64)
-                self._run_epoch(rows, order, ep, r, r + 1, False, 0, seed=self.random_state + 7919 * (user + 1))
+        # one thread: a fold-in is a handful of examples, and a parallel region's barrier per
+        # mini-batch stalls when a request thread holds the other core (results do not depend
+        # on the thread count)
+        with _threads(1):
+            orders = np.stack([np.random.default_rng([self.random_state, user, ep]).permutation(n)
+                               for ep in range(int(epochs))]).astype(np.int64) if int(epochs) > 0 else None
+            if orders is not None:  # every epoch in one kernel call (one GIL release: see K.train_epochs)
+                self._run_epoch(rows, orders, 0, r, r + 1, False, 0, seed=self.random_state + 7919 * (user + 1))
         return user
 
     def refit_user(self, items: np.ndarray, *, user: int | None = None, context: np.ndarray | None = None,
