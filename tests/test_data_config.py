@@ -438,3 +438,48 @@ def test_cli_train_with_text(shop, tmp_path):
     from ctxrec.recommender import Recommender
     plain = Recommender.load(tmp_path / "m").recommend("u196", {"ts": "1998-03-01T20:00"}, k=10).item_ids
     assert len(with_query) == 10 and with_query != list(plain)  # the request text moves the ranking
+
+
+@pytest.mark.skipif(not (ENCODER / "manifest.json").is_file(), reason=f"no encoder export at {ENCODER}: "
+                                                                       "run `make models`")
+def test_first_day_own_data_with_text_served_feedback_kept_across_a_restart(shop, tmp_path):
+    """A user's whole first path from the command line: own files + text -> train -> serve ->
+    feedback -> the server is killed -> serve again: the feedback is still applied."""
+    httpx = pytest.importorskip("httpx", reason="the serve extra is not installed")
+    from _server import start_server, stop_server
+    ev = shop["events"]
+    ev[ev["sku"] <= "sku-0300"].iloc[:5000].to_parquet(tmp_path / "events.parquet", index=False)
+    shop["products"].iloc[:300].to_csv(tmp_path / "products.csv", index=False)
+    sec = _section(shop)
+    sec["interactions"]["path"], sec["items"]["path"] = "events.parquet", "products.csv"
+    sec["items"]["text"] = ["name"]
+    cfg = _write_config(tmp_path / "train.json", {"data": sec, "model": TINY_MODEL})
+    out = _ctxrec("train", "--config", str(cfg), "--encoder", str(ENCODER), "--out", str(tmp_path / "m"),
+                  cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    http = httpx.Client(timeout=120)
+    feedback = [{"user": "walk-in", "item": "sku-0001", "context": {"ts": "1998-03-01T20:00", "query": "toys"}},
+                {"user": "walk-in", "item": "sku-0050"}, {"user": "u196", "item": "sku-0002"}]
+    base, proc = start_server(["--model", str(tmp_path / "m")])
+    try:
+        for f in feedback:
+            r = http.post(f"{base}/feedback", json=f)
+            assert r.status_code == 200, r.text
+        r = http.post(f"{base}/feedback", json={"user": "walk-in", "item": "sku-9999"})
+        assert r.status_code == 404 and "sku-9999" in r.text
+        before = http.post(f"{base}/recommend", json={"user": "walk-in", "k": 10,
+                                                      "context": {"query": "a funny toy story"}}).json()
+    finally:
+        stop_server(proc, kill=True)
+    base, proc = start_server(["--model", str(tmp_path / "m")])
+    try:
+        health = http.get(f"{base}/healthz").json()
+        assert health["events"]["applied"] == 3 and health["events"]["log_position"] == 3
+        after = http.post(f"{base}/recommend", json={"user": "walk-in", "k": 10,
+                                                     "context": {"query": "a funny toy story"}}).json()
+        assert after["cold_start"] is False and after["items"] == before["items"]
+        assert not {"sku-0001", "sku-0050"} & {x["item_id"] for x in after["items"]}
+        item = http.get(f"{base}/items/sku-0001").json()
+        assert item["item_id"] == "sku-0001" and isinstance(item["category"], str)
+    finally:
+        stop_server(proc)
