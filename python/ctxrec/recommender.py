@@ -577,7 +577,10 @@ class Recommender:
         if self.model_.loss in ("mse", "logloss"):
             labels[-1] = label
         kw = dict(user=None if new else u, label=labels)
-        model, u2 = self.model_.refit_user(items, **kw) if copy_model else (self.model_, self.model_.fold_in(items, **kw))
+        if copy_model:
+            model, u2 = self.model_.refit_user(items, **kw)
+        else:
+            model, u2 = self.model_, self.model_.fold_in(items, **kw)
         with self._lock:
             self.model_ = model
             if new:
@@ -626,7 +629,8 @@ class Recommender:
         """Apply the attached log's events after this model's position (a catch-up).
 
         Called by :meth:`open_event_log`; a server calls it again right before swapping in
-        a model it loaded while the old one kept logging feedback.
+        a model it loaded while the old one kept logging feedback. The events are applied in
+        place (no copy per event): call it before this object serves requests.
 
         Returns
         -------
