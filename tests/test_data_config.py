@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -415,21 +416,30 @@ def test_cli_csv_directory_layout_still_works(shop, tmp_path, monkeypatch):
 ENCODER = default_model_dir()
 
 
-@pytest.mark.skipif(not (ENCODER / "manifest.json").is_file(), reason=f"no encoder export at {ENCODER}: "
-                                                                       "run `make models`")
-def test_cli_train_with_text(shop, tmp_path):
-    """Item text through the exported encoder, on a small catalog (300 products) to stay quick."""
+needs_encoder = pytest.mark.skipif(not (ENCODER / "manifest.json").is_file(),
+                                   reason=f"no encoder export at {ENCODER}: run `make models`")
+
+
+@pytest.fixture(scope="module")
+def text_model(shop, tmp_path_factory):
+    """``ctxrec train`` with item text through the exported encoder, on a small catalog (300
+    products) to stay quick; returns the directory holding the files and the model ``m/``."""
+    d = tmp_path_factory.mktemp("text-shop")
     ev = shop["events"]
-    ev = ev[ev["sku"] <= "sku-0300"].iloc[:5000]
-    ev.to_parquet(tmp_path / "events.parquet", index=False)
-    shop["products"].iloc[:300].to_csv(tmp_path / "products.csv", index=False)
+    ev[ev["sku"] <= "sku-0300"].iloc[:5000].to_parquet(d / "events.parquet", index=False)
+    shop["products"].iloc[:300].to_csv(d / "products.csv", index=False)
     sec = _section(shop)
     sec["interactions"]["path"], sec["items"]["path"] = "events.parquet", "products.csv"
     sec["items"]["text"] = ["name"]
-    cfg = _write_config(tmp_path / "train.json", {"data": sec, "model": TINY_MODEL})
-    out = _ctxrec("train", "--config", str(cfg), "--encoder", str(ENCODER), "--out", str(tmp_path / "m"),
-                  cwd=tmp_path)
+    cfg = _write_config(d / "train.json", {"data": sec, "model": TINY_MODEL})
+    out = _ctxrec("train", "--config", str(cfg), "--encoder", str(ENCODER), "--out", str(d / "m"), cwd=d)
     assert out.returncode == 0, out.stderr
+    return d
+
+
+@needs_encoder
+def test_cli_train_with_text(text_model, tmp_path):
+    shutil.copytree(text_model / "m", tmp_path / "m")
     assert (tmp_path / "m" / "encoder" / "manifest.json").is_file() and (tmp_path / "m" / "item_text.npy").is_file()
     rec = _ctxrec("recommend", "--model", "m", "--user", "u196", "--context", '{"ts": "1998-03-01T20:00"}',
                   "--query", "Toy Story", "--json", cwd=tmp_path)
@@ -440,23 +450,14 @@ def test_cli_train_with_text(shop, tmp_path):
     assert len(with_query) == 10 and with_query != list(plain)  # the request text moves the ranking
 
 
-@pytest.mark.skipif(not (ENCODER / "manifest.json").is_file(), reason=f"no encoder export at {ENCODER}: "
-                                                                       "run `make models`")
-def test_first_day_own_data_with_text_served_feedback_kept_across_a_restart(shop, tmp_path):
-    """A user's whole first path from the command line: own files + text -> train -> serve ->
-    feedback -> the server is killed -> serve again: the feedback is still applied."""
+@needs_encoder
+def test_first_day_own_data_with_text_served_feedback_kept_across_a_restart(text_model, tmp_path):
+    """A user's whole first path from the command line: own files + text -> train (the
+    fixture) -> serve -> feedback -> the server is killed -> serve again: the feedback is still
+    applied."""
     httpx = pytest.importorskip("httpx", reason="the serve extra is not installed")
     from _server import start_server, stop_server
-    ev = shop["events"]
-    ev[ev["sku"] <= "sku-0300"].iloc[:5000].to_parquet(tmp_path / "events.parquet", index=False)
-    shop["products"].iloc[:300].to_csv(tmp_path / "products.csv", index=False)
-    sec = _section(shop)
-    sec["interactions"]["path"], sec["items"]["path"] = "events.parquet", "products.csv"
-    sec["items"]["text"] = ["name"]
-    cfg = _write_config(tmp_path / "train.json", {"data": sec, "model": TINY_MODEL})
-    out = _ctxrec("train", "--config", str(cfg), "--encoder", str(ENCODER), "--out", str(tmp_path / "m"),
-                  cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
+    shutil.copytree(text_model / "m", tmp_path / "m")  # its own copy: the log goes beside it
     http = httpx.Client(timeout=120)
     feedback = [{"user": "walk-in", "item": "sku-0001", "context": {"ts": "1998-03-01T20:00", "query": "toys"}},
                 {"user": "walk-in", "item": "sku-0050"}, {"user": "u196", "item": "sku-0002"}]

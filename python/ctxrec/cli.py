@@ -311,7 +311,7 @@ def cmd_retrain(a: argparse.Namespace) -> None:
         raise ValueError(f"--events: no event log at {log_path} (the service writes MODEL.events.sqlite "
                          "beside the model directory; give --events PATH for another place)")
     rec = Recommender.load(a.model, event_log=None)
-    if a.config or a.data_config or a.interactions:
+    if a.config or a.data_config:
         ds = dataset_from_args(a)
     elif rec.training_source_ is not None:
         ds = load_source(rec.training_source_)
@@ -541,7 +541,7 @@ def parser() -> argparse.ArgumentParser:
     rt.add_argument("--out", required=True, help="model directory to write (then POST /admin/reload it)")
     rt.add_argument("--config", help="JSON config whose data section replaces the data the model records")
     rt.add_argument("--data-config", metavar="FILE", help="JSON data section (replaces the recorded data)")
-    rt.set_defaults(fn=cmd_retrain, interactions=None)
+    rt.set_defaults(fn=cmd_retrain)
     e = sub.add_parser("evaluate", help="split, train and evaluate with full-ranking metrics")
     data_args(e)
     e.add_argument("--split", default="leave-last-out", choices=["leave-last-out", "stratified", "temporal", "random"])

@@ -411,6 +411,11 @@ class ContextSpec:
         return [_col(f) for f in self.fields]
 
     @property
+    def time_columns(self) -> list[str]:
+        """The input columns / request keys of the time fields."""
+        return [_col(f) for f in self.fields if isinstance(f, TimeField)]
+
+    @property
     def vocabularies(self) -> dict[str, tuple[str, ...]]:
         self._check_fitted()
         return {s: self._vocab[s] for s in self.slots}

@@ -58,7 +58,7 @@ def default_log_path(model_dir: str | os.PathLike) -> Path:
     new model is saved or swapped in; the log outlives every model it feeds.
     """
     p = Path(model_dir).expanduser()
-    return p.parent / f"{p.name.rstrip('/') or 'model'}.events.sqlite"
+    return p.parent / f"{p.name or 'model'}.events.sqlite"
 
 
 @dataclass(frozen=True)

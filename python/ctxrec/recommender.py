@@ -144,9 +144,10 @@ def _histories(ds: Dataset) -> list[list[int]]:
     return [i[bounds[k]:bounds[k + 1]].tolist() for k in range(ds.n_users)]
 
 
-def _event_time(ev: Any) -> int:
-    """Unix seconds of a logged event: its context's ``timestamp`` when valid, else when it was logged."""
-    stamp = ev.context.get("timestamp")
+def _event_time(ev: Any, keys: Sequence[str]) -> int:
+    """Unix seconds of a logged event: the first of its context's ``keys`` (time fields) that
+    holds a valid time, else when it was logged."""
+    stamp = next((ev.context[k] for k in keys if ev.context.get(k) not in (None, "")), None)
     try:
         if isinstance(stamp, (int, float)) and not isinstance(stamp, bool):
             return int(stamp)
@@ -329,10 +330,13 @@ class Recommender:
                 return self.engine_.item_index(int(item))  # ids arrive as strings over HTTP/CLI
             raise
 
-    def _features(self, context: Mapping[str, Any] | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    def _features(self, context: Mapping[str, Any] | None, *,
+                  encode: bool = True) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Context indices and request-text vector; ``encode=False`` only validates the text."""
         if context is not None and not isinstance(context, Mapping):
             raise ValueError(f"context must be a dict of field -> value, got {type(context).__name__}")
-        feats = self.context_.transform(dict(context or {}), encoder=getattr(self, "_encoder", None))
+        feats = self.context_.transform(dict(context or {}),
+                                        encoder=getattr(self, "_encoder", None) if encode else None)
         ctx = feats.indices if self.context_.slots else None
         return ctx, self._request_text(feats)
 
@@ -547,7 +551,8 @@ class Recommender:
             raise ValueError(f"label must be a number, got {label!r}") from None
         if not np.isfinite(label):
             raise ValueError(f"label must be finite, got {label!r}")
-        self._features(context)  # raises ValueError naming the field
+        self._features(context, encode=False)  # raises ValueError naming the field (no text to encode:
+        # the fold-in does not read the context)
         new_ids = None
         if self._user(user) < 0:
             ids = self.user_ids_
@@ -697,6 +702,7 @@ class Recommender:
         """``ds`` plus logged events as interactions (ids matched as ``feedback`` matches them)."""
         users, items, ts, labels, ctx_rows, new_users = [], [], [], [], [], {}
         skipped = 0
+        time_keys = [*self.context_.time_columns, "timestamp"]
         for ev in events:
             try:
                 raw_item = self.item_ids_[self._item(ev.item)]
@@ -714,7 +720,7 @@ class Recommender:
                 du = new_users.setdefault(raw_user, ds.n_users + len(new_users))
             users.append(du)
             items.append(di)
-            ts.append(_event_time(ev))
+            ts.append(_event_time(ev, time_keys))
             labels.append(float(ev.label))
             ctx_rows.append({c: ev.context.get(c) for c in ds.context.columns})
         if skipped:

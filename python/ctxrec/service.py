@@ -381,17 +381,12 @@ def _warm(model: Any) -> None:
     t0 = time.perf_counter()
     try:
         warmup(getattr(model, "model_", None))
-        summary = model.summary()
         ctx = {name: "" for name in getattr(getattr(model, "context_", None), "text_fields", ())}
-        model.recommend(None if summary.get("n_users", 0) == 0 else _first_user(model), ctx, k=10)
+        ids = getattr(model, "user_ids_", None)
+        model.recommend(ids[:1].tolist()[0] if ids is not None and len(ids) else None, ctx, k=10)
     except Exception as e:  # a warm-up must never keep the service from starting
         log.warning("warm-up request failed: %s: %s", type(e).__name__, e)
     log.info("warm-up took %.2f s", time.perf_counter() - t0)
-
-
-def _first_user(model: Any) -> Any:
-    ids = getattr(model, "user_ids_", None)
-    return None if ids is None or len(ids) == 0 else ids[0].item() if hasattr(ids[0], "item") else ids[0]
 
 
 def _jsonable(v: Any) -> Any:
