@@ -7,10 +7,14 @@
 #include <cmath>
 #include <string>
 
+#include "index.hpp"
 #include "rescore.hpp"
 
 namespace py = pybind11;
+using ctxrec::Bits;
 using ctxrec::Csr;
+using ctxrec::HnswIndex;
+using ctxrec::SearchArgs;
 using ctxrec::ScoreSpec;
 using ctxrec::TopKOut;
 
@@ -142,6 +146,17 @@ py::tuple run_topk(const Inputs& in, int64_t k, int num_threads, Run&& run) {
     return py::make_tuple(ids, scores);
 }
 
+Bits bits_arg(const py::object& obj, int64_t n_rows, const char* name) {
+    Bits bt;
+    if (obj.is_none()) return bt;
+    bt.w = view<uint64_t>(obj, name, 1, "uint64");
+    const int64_t words = (n_rows + 63) / 64;
+    EXPECT(dim(obj, 0) >= words, std::string(name) + " has " + std::to_string(dim(obj, 0)) + " words, " +
+                                     std::to_string(n_rows) + " rows need " + std::to_string(words));
+    bt.n = n_rows;
+    return bt;
+}
+
 const char* kScoreDoc = R"(
     Score s(q, i) = queries[q] . item_vecs[i] + item_bias[i]
                   + text_weight * text_queries[q] . item_text[i]
@@ -210,6 +225,109 @@ PYBIND11_MODULE(_core, m) {
         py::arg("exclude_indptr") = py::none(), py::arg("exclude_indices") = py::none(),
         py::arg("allow_indptr") = py::none(), py::arg("allow_indices") = py::none(),
         py::arg("num_threads") = 1);
+
+
+    py::class_<HnswIndex>(m, "HnswIndex", R"(
+    hnswlib graph over [item_vec, item_bias] rows (inner product), searched with the engine's
+    filters inside the traversal and rescored exactly, in one GIL-free call per request or batch.
+    Rows are hnswlib labels; the file format is hnswlib's (save / HnswIndex.load).
+    Searches run concurrently with each other; inserts (add) interleave with searches per chunk
+    of 8 rows (hnswlib's search is not safe against a concurrent insert).)")
+        .def(py::init<int64_t, int64_t, int64_t, int64_t, int64_t>(), py::arg("dim"), py::arg("capacity"),
+             py::arg("M") = 16, py::arg("ef_construction") = 200, py::arg("seed") = 0,
+             "Empty graph for rows of dim factors (+ the bias column), room for capacity rows (grows on add).")
+        .def_static(
+            "load",
+            [](const std::string& path, int64_t dim, int64_t capacity) {
+                py::gil_scoped_release release;
+                return std::make_unique<HnswIndex>(dim, path, capacity);
+            },
+            py::arg("path"), py::arg("dim"), py::arg("capacity"),
+            "Read hnswlib's file at path; every row must be < capacity and the vectors dim + 1 wide.")
+        .def_property_readonly("dim", &HnswIndex::dim)
+        .def_property_readonly("size", &HnswIndex::size, "Rows in the graph (visible or not).")
+        .def_property_readonly("capacity", &HnswIndex::capacity)
+        .def("set_ef", [](HnswIndex& ix, int64_t ef) {
+                EXPECT(ef >= 1, "ef must be >= 1, got " + std::to_string(ef));
+                py::gil_scoped_release release;
+                ix.set_ef(ef);
+            }, py::arg("ef"))
+        .def("save", [](HnswIndex& ix, const std::string& path) {
+                py::gil_scoped_release release;
+                ix.save(path);
+            }, py::arg("path"))
+        .def(
+            "add",
+            [](HnswIndex& ix, py::object vecs, py::object bias, py::object rows, int num_threads) {
+                const float* v = view<float>(vecs, "vecs", 2, "float32");
+                const int64_t* r = view<int64_t>(rows, "rows", 1, "int64");
+                const int64_t n = dim(vecs, 0);
+                EXPECT(dim(vecs, 1) == ix.dim(), "vecs has " + std::to_string(dim(vecs, 1)) +
+                                                     " columns, the index has dim = " + std::to_string(ix.dim()));
+                EXPECT(dim(rows, 0) == n, "rows has " + std::to_string(dim(rows, 0)) + " entries, vecs has " +
+                                              std::to_string(n) + " rows");
+                const float* bp = nullptr;
+                if (!bias.is_none()) {
+                    bp = view<float>(bias, "bias", 1, "float32");
+                    EXPECT(dim(bias, 0) == n, "bias has length " + std::to_string(dim(bias, 0)) + ", expected " +
+                                                  std::to_string(n));
+                }
+                check_finite(v, n, ix.dim(), "vecs");
+                for (int64_t j = 0; j < n; ++j) EXPECT(r[j] >= 0, "rows[" + std::to_string(j) + "] is negative");
+                const int nt = ctxrec::resolve_threads(num_threads);
+                py::gil_scoped_release release;
+                ix.add(v, bp, r, n, nt);
+            },
+            py::arg("vecs"), py::arg("bias"), py::arg("rows"), py::arg("num_threads") = 1,
+            "Insert rows (int64 [n], new labels) with vectors [vecs (float32 [n, dim]), bias (float32 [n])].")
+        .def(
+            "search",
+            [](HnswIndex& ix, py::object queries, py::object item_vecs, py::object item_bias, int64_t k,
+               py::object live, int64_t n_rows, int64_t n_live, py::object text_queries, py::object item_text,
+               float text_weight, py::object tri_queries, py::object item_tri, float tri_weight, py::object mask,
+               py::object exclude_indptr, py::object exclude_indices, py::object allow_indptr,
+               py::object allow_indices, int64_t n_candidates, int64_t exact_below, int num_threads,
+               bool return_plans) {
+                Inputs in = parse(queries, item_vecs, item_bias, text_queries, item_text, text_weight, tri_queries,
+                                  item_tri, tri_weight, exclude_indptr, exclude_indices, allow_indptr, allow_indices);
+                EXPECT(in.spec.k == ix.dim(), "queries have " + std::to_string(in.spec.k) +
+                                                  " columns, the index has dim = " + std::to_string(ix.dim()));
+                EXPECT(n_rows >= 0 && n_rows <= in.spec.n_items,
+                       "n_rows = " + std::to_string(n_rows) + " must be in [0, rows of item_vecs = " +
+                           std::to_string(in.spec.n_items) + "]");
+                SearchArgs a;
+                a.spec = in.spec;
+                a.exclude = in.exclude;
+                a.allow = in.allow;
+                a.live = bits_arg(live, n_rows, "live");
+                EXPECT(a.live.present(), "live is required");
+                a.mask = bits_arg(mask, n_rows, "mask");
+                a.n_live = n_live;
+                a.n_candidates = std::max<int64_t>(1, n_candidates);
+                a.exact_below = exact_below;
+                py::array_t<int8_t> plans(in.b);
+                int8_t* pp = return_plans ? plans.mutable_data() : nullptr;
+                py::tuple res = run_topk(in, k, num_threads, [&](TopKOut out, int nt) { ix.search(a, in.b, out, nt, pp); });
+                if (return_plans) return py::tuple(py::make_tuple(res[0], res[1], plans));
+                return res;
+            },
+            (std::string("Top-k rows per query: graph search with the filters inside it, then exact rescoring.\n\n"
+                         "    live: uint64 bitset of the rows a request may return (rows >= n_rows never are);\n"
+                         "    n_live: its popcount. mask: uint64 bitset, AND of the request's named filters.\n"
+                         "    item_bias None scores without the bias (item-item similarity: the graph is\n"
+                         "    searched with [q, 0]). allow_* rows must be sorted and unique. When at most\n"
+                         "    exact_below rows are eligible, they are scored exactly instead of searched.\n"
+                         "    return_plans adds an int8 [b] array: 1 = scored exactly, 0 = graph search.\n") +
+             kScoreDoc)
+                .c_str(),
+            py::arg("queries"), py::arg("item_vecs"), py::arg("item_bias"), py::arg("k"), py::kw_only(),
+            py::arg("live"), py::arg("n_rows"), py::arg("n_live"), py::arg("text_queries") = py::none(),
+            py::arg("item_text") = py::none(), py::arg("text_weight") = 1.0f, py::arg("tri_queries") = py::none(),
+            py::arg("item_tri") = py::none(), py::arg("tri_weight") = 1.0f, py::arg("mask") = py::none(),
+            py::arg("exclude_indptr") = py::none(), py::arg("exclude_indices") = py::none(),
+            py::arg("allow_indptr") = py::none(), py::arg("allow_indices") = py::none(),
+            py::arg("n_candidates") = 64, py::arg("exact_below") = 0, py::arg("num_threads") = 1,
+            py::arg("return_plans") = false);
 
     m.def("resolve_threads", &ctxrec::resolve_threads, py::arg("num_threads"),
           "Worker threads that num_threads resolves to (0 = all cores).");

@@ -1,0 +1,297 @@
+#include "index.hpp"
+
+#include <hnswlib/hnswlib.h>
+
+#include <queue>
+
+#include "kernels.hpp"
+
+namespace ctxrec {
+using namespace detail;
+
+namespace {
+
+// Inner-product distance 1 - <a, b>, as hnswlib's InnerProductSpace, compiled for several
+// x86-64 levels (the portable build still runs AVX-512/AVX2 where the CPU has them).
+CTXREC_CLONES
+float ip_distance(const void* a, const void* b, const void* param) {
+    const int64_t n = static_cast<int64_t>(*static_cast<const size_t*>(param));
+    const float* __restrict x = static_cast<const float*>(a);
+    const float* __restrict y = static_cast<const float*>(b);
+    float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t i = 0; i < n; ++i) acc += x[i] * y[i];
+    return 1.f - acc;
+}
+
+class IpSpace : public hnswlib::SpaceInterface<float> {
+public:
+    explicit IpSpace(size_t dim) : dim_(dim) {}
+    size_t get_data_size() override { return dim_ * sizeof(float); }
+    hnswlib::DISTFUNC<float> get_dist_func() override { return &ip_distance; }
+    void* get_dist_func_param() override { return &dim_; }
+
+private:
+    size_t dim_;
+};
+
+struct ReadGuard {
+    PhaseLock& l;
+    explicit ReadGuard(PhaseLock& lock) : l(lock) { l.lock_read(); }
+    ~ReadGuard() { l.unlock_read(); }
+};
+struct WriteGuard {
+    PhaseLock& l;
+    explicit WriteGuard(PhaseLock& lock) : l(lock) { l.lock_write(); }
+    ~WriteGuard() { l.unlock_write(); }
+};
+
+// Rows eligible for one request, checked on every node the graph search would return.
+struct RowFilter : hnswlib::BaseFilterFunctor {
+    Bits live, mask;
+    const uint64_t* excluded = nullptr;  // scratch bitset of this query's excluded rows (or null)
+    const uint64_t* allowed = nullptr;   // scratch bitset of this query's allow-list (or null)
+    bool operator()(hnswlib::labeltype label) override {
+        const int64_t r = static_cast<int64_t>(label);
+        if (!live.test(r)) return false;  // also rejects rows past the request's snapshot
+        const uint64_t bit = uint64_t{1} << (r & 63);
+        if (mask.w && !(mask.w[r >> 6] & bit)) return false;
+        if (excluded && (excluded[r >> 6] & bit)) return false;
+        if (allowed && !(allowed[r >> 6] & bit)) return false;
+        return true;
+    }
+};
+
+// A per-thread bitset that is all zeros between uses: set() the bits of a list, clear() them after.
+struct Scratch {
+    std::vector<uint64_t> w;
+    const int64_t* a = nullptr;
+    const int64_t* e = nullptr;
+    const uint64_t* set(const int64_t* begin, const int64_t* end, int64_t n_rows) {
+        const size_t words = static_cast<size_t>((n_rows + 63) / 64);
+        if (w.size() < words) w.resize(words, 0);
+        for (const int64_t* p = begin; p != end; ++p) w[static_cast<size_t>(*p >> 6)] |= uint64_t{1} << (*p & 63);
+        a = begin;
+        e = end;
+        return w.data();
+    }
+    void clear() {
+        for (const int64_t* p = a; p != e; ++p) w[static_cast<size_t>(*p >> 6)] = 0;
+        a = e = nullptr;
+    }
+};
+
+std::pair<const int64_t*, const int64_t*> csr_row(const Csr& c, int64_t q) {
+    if (c.rows == 0) return {nullptr, nullptr};
+    const int64_t r = c.rows == 1 ? 0 : q;
+    return {c.indices + c.indptr[r], c.indices + c.indptr[r + 1]};
+}
+
+void check_rows(const Csr& c, int64_t n_rows, const char* name) {
+    if (c.rows == 0) return;
+    for (int64_t j = 0; j < c.indptr[c.rows]; ++j) {
+        const int64_t v = c.indices[j];
+        if (v < 0 || v >= n_rows)
+            throw std::invalid_argument(std::string(name) + "_indices holds " + std::to_string(v) +
+                                        ", outside the row range [0, " + std::to_string(n_rows) + ")");
+    }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------- PhaseLock
+void PhaseLock::lock_read() {
+    std::unique_lock<std::mutex> l(m_);
+    if (writers_ == 0 && wait_w_ == 0) {
+        ++readers_;
+        return;
+    }
+    ++wait_r_;
+    const uint64_t gen = gen_;
+    cv_.wait(l, [&] { return writers_ == 0 && (wait_w_ == 0 || gen_ != gen); });
+    --wait_r_;
+    if (gen_ != gen && admitted_ > 0) --admitted_;
+    ++readers_;
+}
+
+void PhaseLock::unlock_read() {
+    std::unique_lock<std::mutex> l(m_);
+    if (--readers_ == 0) cv_.notify_all();
+}
+
+void PhaseLock::lock_write() {
+    std::unique_lock<std::mutex> l(m_);
+    ++wait_w_;
+    cv_.wait(l, [&] { return readers_ == 0 && admitted_ == 0 && (writers_ == 0 || wait_r_ == 0); });
+    --wait_w_;
+    ++writers_;
+}
+
+void PhaseLock::unlock_write() {
+    std::unique_lock<std::mutex> l(m_);
+    if (--writers_ == 0) {
+        if (wait_r_ > 0) {  // the readers waiting now go before any writer
+            admitted_ = wait_r_;
+            ++gen_;
+        }
+        cv_.notify_all();
+    }
+}
+
+// ---------------------------------------------------------------------------------- HnswIndex
+HnswIndex::HnswIndex(int64_t dim, int64_t capacity, int64_t M, int64_t ef_construction, int64_t seed)
+    : dim_(dim), space_(new IpSpace(static_cast<size_t>(dim + 1))) {
+    hnsw_.reset(new hnswlib::HierarchicalNSW<float>(space_.get(), static_cast<size_t>(std::max<int64_t>(capacity, 1)),
+                                                    static_cast<size_t>(M), static_cast<size_t>(ef_construction),
+                                                    static_cast<size_t>(seed)));
+}
+
+HnswIndex::HnswIndex(int64_t dim, const std::string& path, int64_t capacity)
+    : dim_(dim), space_(new IpSpace(static_cast<size_t>(dim + 1))) {
+    hnsw_.reset(new hnswlib::HierarchicalNSW<float>(space_.get(), path, false,
+                                                    static_cast<size_t>(std::max<int64_t>(capacity, 1))));
+    if (hnsw_->data_size_ != static_cast<size_t>(dim + 1) * sizeof(float))
+        throw std::invalid_argument(path + ": the index holds vectors of " +
+                                    std::to_string(hnsw_->data_size_ / sizeof(float)) + " floats, expected dim + 1 = " +
+                                    std::to_string(dim + 1));
+    for (size_t i = 0; i < hnsw_->cur_element_count; ++i) {
+        const auto label = hnsw_->getExternalLabel(static_cast<hnswlib::tableint>(i));
+        if (label >= static_cast<size_t>(std::max<int64_t>(capacity, 1)))
+            throw std::invalid_argument(path + ": element " + std::to_string(i) + " has row " + std::to_string(label) +
+                                        ", outside [0, " + std::to_string(capacity) + ")");
+    }
+}
+
+HnswIndex::~HnswIndex() = default;
+
+int64_t HnswIndex::size() const { return static_cast<int64_t>(hnsw_->getCurrentElementCount()); }
+int64_t HnswIndex::capacity() const { return static_cast<int64_t>(hnsw_->getMaxElements()); }
+
+void HnswIndex::set_ef(int64_t ef) {
+    WriteGuard g(lock_);
+    hnsw_->setEf(static_cast<size_t>(ef));
+}
+
+void HnswIndex::save(const std::string& path) {
+    ReadGuard g(lock_);  // excludes inserts; searches may go on
+    hnsw_->saveIndex(path);
+}
+
+void HnswIndex::add(const float* vecs, const float* bias, const int64_t* rows, int64_t n, int num_threads) {
+    if (n <= 0) return;
+    const int64_t need = size() + n;
+    if (need > capacity()) {
+        WriteGuard g(lock_);
+        hnsw_->resizeIndex(static_cast<size_t>(std::max<int64_t>(need, capacity() + capacity() / 2)));
+    }
+    const int64_t D = dim_ + 1;
+    auto insert = [&](int64_t j, float* buf) {
+        std::copy(vecs + j * dim_, vecs + (j + 1) * dim_, buf);
+        buf[dim_] = bias ? bias[j] : 0.f;
+        hnsw_->addPoint(buf, static_cast<hnswlib::labeltype>(rows[j]));
+    };
+    int64_t start = 0;
+    if (size() == 0) {  // hnswlib: the first element must go in alone
+        std::vector<float> buf(static_cast<size_t>(D));
+        WriteGuard g(lock_);
+        insert(0, buf.data());
+        start = 1;
+    }
+    constexpr int64_t CHUNK = 8;  // inserts per hold of the write side: readers wait for one chunk at most
+    const int64_t n_chunks = (n - start + CHUNK - 1) / CHUNK;
+    parallel_for(n_chunks, resolve_threads(num_threads), [&](int64_t c) {
+        std::vector<float> buf(static_cast<size_t>(D));
+        const int64_t a = start + c * CHUNK, e = std::min(n, a + CHUNK);
+        WriteGuard g(lock_);
+        for (int64_t j = a; j < e; ++j) insert(j, buf.data());
+    });
+}
+
+void HnswIndex::search(const SearchArgs& args, int64_t b, TopKOut out, int num_threads, int8_t* plans) {
+    const ScoreSpec& sp = args.spec;
+    const int64_t n_rows = args.live.n;
+    check_rows(args.exclude, n_rows, "exclude");
+    check_rows(args.allow, n_rows, "allow");
+    const int64_t words = (n_rows + 63) / 64;
+    int64_t eligible = args.n_live;
+    if (args.mask.present()) {
+        eligible = 0;
+        for (int64_t i = 0; i < words; ++i) eligible += __builtin_popcountll(args.live.w[i] & args.mask.w[i]);
+    }
+    const bool plain = !args.mask.present() && args.exclude.rows == 0 && args.allow.rows == 0 && args.n_live == size();
+    const int64_t n_cand = std::max(args.n_candidates, out.K);
+    const int nt = resolve_threads(num_threads);
+
+    parallel_for(b, nt, [&](int64_t q) {
+        thread_local Scratch ex_bits, al_bits;
+        TopKHeap heap(out.K);
+        std::vector<int64_t> ids;
+        std::vector<float> s;
+        auto flush = [&]() {
+            s.resize(ids.size());
+            score_list(sp, q, ids.data(), static_cast<int64_t>(ids.size()), s.data());
+            push_scores(heap, q, ids.data(), s.data(), static_cast<int64_t>(ids.size()));
+            ids.clear();
+        };
+        const auto ex = csr_row(args.exclude, q);
+        const auto al = csr_row(args.allow, q);
+        const uint64_t* exw = ex.first != ex.second ? ex_bits.set(ex.first, ex.second, n_rows) : nullptr;
+        int64_t count = al.first ? (al.second - al.first) : eligible;
+        count -= (ex.second - ex.first);
+        const bool exact = count <= args.exact_below || size() == 0;
+        if (plans) plans[q] = exact ? 1 : 0;
+        RowFilter f;
+        f.live = args.live;
+        f.mask = args.mask;
+        f.excluded = exw;
+        if (exact) {
+            constexpr size_t BATCH = 512;
+            ids.reserve(BATCH);
+            if (al.first) {
+                for (const int64_t* p = al.first; p != al.second; ++p) {
+                    if (!f(static_cast<hnswlib::labeltype>(*p))) continue;
+                    ids.push_back(*p);
+                    if (ids.size() == BATCH) flush();
+                }
+            } else {
+                for (int64_t i = 0; i < words; ++i) {
+                    uint64_t w = args.live.w[i];
+                    if (args.mask.w) w &= args.mask.w[i];
+                    if (exw) w &= ~exw[i];
+                    while (w) {
+                        const int64_t r = i * 64 + __builtin_ctzll(w);
+                        w &= w - 1;
+                        if (r >= n_rows) break;
+                        ids.push_back(r);
+                        if (ids.size() == BATCH) flush();
+                    }
+                }
+            }
+            if (!ids.empty()) flush();
+        } else {
+            if (al.first) f.allowed = al_bits.set(al.first, al.second, n_rows);
+            std::vector<float> aug(static_cast<size_t>(dim_ + 1));
+            std::copy(sp.queries + q * sp.k, sp.queries + (q + 1) * sp.k, aug.begin());
+            aug[static_cast<size_t>(dim_)] = sp.bias ? 1.f : 0.f;
+            std::priority_queue<std::pair<float, hnswlib::labeltype>> found;
+            {
+                ReadGuard g(lock_);
+                found = hnsw_->searchKnn(aug.data(), static_cast<size_t>(n_cand), plain ? nullptr : &f);
+            }
+            if (al.first) al_bits.clear();
+            ids.reserve(found.size());
+            while (!found.empty()) {
+                const int64_t r = static_cast<int64_t>(found.top().second);
+                found.pop();
+                if (r < n_rows) ids.push_back(r);  // plain search: a row past the snapshot is not yet visible
+            }
+            if (plain) ids.erase(std::remove_if(ids.begin(), ids.end(), [&](int64_t r) { return !args.live.test(r); }),
+                                 ids.end());
+            flush();
+        }
+        if (exw) ex_bits.clear();
+        heap.write(out.ids + q * out.K, out.scores + q * out.K);
+    });
+}
+
+}  // namespace ctxrec

@@ -1,0 +1,87 @@
+// ctxrec HNSW engine core: hnswlib's graph search with the engine's filters applied inside
+// the traversal, followed by exact rescoring (rescore.hpp's score) and top-K, in one call.
+//
+// Rows are hnswlib labels. The graph indexes [item_vec, item_bias] under inner product, so
+// a query [q, 1] retrieves by q . v + b (and [q, 0] by q . v alone, for item-item similarity).
+// Visibility is the caller's: a `live` bitset says which rows a request may return, so a
+// batch of catalog changes becomes visible at once when the caller publishes a new bitset.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "rescore.hpp"
+
+namespace hnswlib {
+template <typename T>
+class HierarchicalNSW;
+template <typename T>
+class SpaceInterface;
+}  // namespace hnswlib
+
+namespace ctxrec {
+
+// Readers share the index with each other and writers (inserting threads) with each other,
+// never readers with writers: hnswlib's search is not safe against a concurrent insert.
+// Phase-fair: a waiting writer stops new readers; readers waiting when the writers leave
+// go next, before any new writer. A writer holds it per small chunk of inserts, so no reader
+// waits for a whole write batch.
+class PhaseLock {
+public:
+    void lock_read();
+    void unlock_read();
+    void lock_write();
+    void unlock_write();
+
+private:
+    std::mutex m_;
+    std::condition_variable cv_;
+    int64_t readers_ = 0, writers_ = 0, wait_r_ = 0, wait_w_ = 0, admitted_ = 0;
+    uint64_t gen_ = 0;
+};
+
+// A bitset over rows; rows at or past `n` are unset.
+struct Bits {
+    const uint64_t* w = nullptr;
+    int64_t n = 0;
+    bool present() const { return w != nullptr; }
+    bool test(int64_t i) const { return i >= 0 && i < n && ((w[i >> 6] >> (i & 63)) & 1u); }
+};
+
+struct SearchArgs {
+    ScoreSpec spec;           // tables (n_items = rows the tables hold) and queries; bias null = similarity
+    Bits live;                // rows a request may return (required)
+    Bits mask;                // AND of the request's named filters (optional)
+    Csr exclude, allow;       // rows, per query (rows == b) or shared (rows == 1)
+    int64_t n_live = 0;       // popcount of live
+    int64_t n_candidates = 64;
+    int64_t exact_below = 0;  // score the eligible rows exactly when at most this many remain
+};
+
+class HnswIndex {
+public:
+    HnswIndex(int64_t dim, int64_t capacity, int64_t M, int64_t ef_construction, int64_t seed);
+    HnswIndex(int64_t dim, const std::string& path, int64_t capacity);  // hnswlib's file format
+    ~HnswIndex();
+
+    int64_t dim() const { return dim_; }
+    int64_t size() const;
+    int64_t capacity() const;
+    void set_ef(int64_t ef);
+    // Insert rows[j] with vector [vecs[j], bias[j]] (grows the graph when full).
+    void add(const float* vecs, const float* bias, const int64_t* rows, int64_t n, int num_threads);
+    void save(const std::string& path);
+    // Top out.K rows per query; plans[q] = 1 when scored exactly, 0 when searched (may be null).
+    void search(const SearchArgs& args, int64_t b, TopKOut out, int num_threads, int8_t* plans);
+
+private:
+    int64_t dim_;  // factor width; the graph stores dim_ + 1 floats per row
+    std::unique_ptr<hnswlib::SpaceInterface<float>> space_;
+    std::unique_ptr<hnswlib::HierarchicalNSW<float>> hnsw_;
+    PhaseLock lock_;
+};
+
+}  // namespace ctxrec
