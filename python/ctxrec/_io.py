@@ -82,7 +82,8 @@ def atomic_dir(target: str | os.PathLike, fmt: str, version: int, meta: dict[str
         raise
 
 
-def read_manifest(path: str | os.PathLike, fmt: str, version: int, verify: bool = True) -> dict[str, Any]:
+def read_manifest(path: str | os.PathLike, fmt: str, version: int | tuple[int, ...],
+                  verify: bool = True) -> dict[str, Any]:
     """Read and check ``path/manifest.json``; return it.
 
     Raises ``CorruptArtifactError`` when the directory or manifest is missing, the
@@ -99,9 +100,11 @@ def read_manifest(path: str | os.PathLike, fmt: str, version: int, verify: bool 
         raise CorruptArtifactError(f"{mpath}: manifest is not valid JSON ({e})") from None
     if manifest.get("format") != fmt:
         raise CorruptArtifactError(f"{path}: format is {manifest.get('format')!r}, expected {fmt!r}")
-    if manifest.get("version") != version:
+    versions = version if isinstance(version, tuple) else (version,)
+    if manifest.get("version") not in versions:
         raise CorruptArtifactError(
-            f"{path}: {fmt} format version {manifest.get('version')!r}; this ctxrec reads version {version}")
+            f"{path}: {fmt} format version {manifest.get('version')!r}; this ctxrec reads version "
+            f"{' or '.join(map(str, versions))}")
     if verify:
         for rel, info in manifest.get("files", {}).items():
             p = path / rel

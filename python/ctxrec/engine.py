@@ -1,36 +1,55 @@
-"""Serving engine: HNSW candidate retrieval, exact rescoring in ``ctxrec._core``, top-K.
+"""Serving engine: filtered HNSW retrieval, exact rescoring and top-K in one native call; a live catalog.
 
 For a fixed (user, context) the model's pairwise score of item ``i`` is
 ``query · item_vecs[i] + item_bias[i]``. The engine indexes ``[item_vecs[i], item_bias[i]]``
-in an hnswlib inner-product index and searches it with ``[query, 1]``, so HNSW ranks by
-exactly that score. The candidates are then rescored by the compiled core with the
-terms that do not decompose into one inner product (a text-match term and a three-way
-term, each with its weight), filtered (exclusions, allow-lists, duplicates) and cut
-to the top K. Catalogs smaller than ``exact_threshold`` skip HNSW: the core scores
-every item exactly, which is faster there.
+in an inner-product HNSW graph (hnswlib, compiled into ``ctxrec._core``) and searches it with
+``[query, 1]``, so the graph ranks by exactly that score. Each request is one GIL-free call
+to ``_core.HnswIndex.search``: the graph search skips ineligible items inside the traversal
+(removed items, the user's seen items, exclusions, named filters, allow-lists), the
+candidates are rescored exactly with the terms that do not decompose into one inner product
+(a text-match term and a three-way term, each with its weight) and cut to the top K. When a
+filter leaves few items, those items are scored exactly instead of searched for.
+
+The catalog is live. Items are numbered once, in the order they first arrive (their *slot*);
+each version of an item is a *row* of the tables and of the graph, and rows are never
+rewritten: ``update_items`` writes new rows and ``remove_items`` hides rows. A request reads
+one immutable snapshot (the visible rows, the slot → row map), so it sees the catalog before
+or after a write batch, never half of one. When hidden rows pass ``compact_ratio`` of all
+rows, the catalog is rebuilt from its visible rows while the old snapshot keeps serving.
 """
 from __future__ import annotations
 
+import math
 import threading
 import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
-import hnswlib
 import numpy as np
 
 from ctxrec import _core
 from ctxrec._io import CorruptArtifactError, atomic_dir, read_manifest
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "NotFittedError"]
 
 FORMAT = "ctxrec.engine"
-VERSION = 1
+VERSION = 2  # 2: live catalog (slots, visible rows), named filters, seen items; 1 still loads
 
-# Below this many items exact scoring of the whole catalog beats HNSW + rescoring on one
+# Below this many eligible items exact scoring beats the graph search + rescoring on one
 # thread (measured with `python benchmarks/bench_engine.py --crossover`, d = 64 + a 32-d text term:
 # exact 0.12 ms vs HNSW 0.10 ms at 2,000 items, 0.23 vs 0.12 ms at 5,000; see benchmarks/results/engine.md).
 DEFAULT_EXACT_THRESHOLD = 2_000
+
+# A filtered graph search visits about ef / selectivity nodes before it holds ef eligible
+# ones, while exact scoring costs one dot product per eligible item; so exact wins while
+# eligible < sqrt(CROSSOVER * n_items * ef). CROSSOVER is measured by
+# `python benchmarks/bench_engine.py --crossover` (benchmarks/results/engine.md).
+CROSSOVER = 4.0
+
+
+class NotFittedError(RuntimeError, AttributeError):
+    """The engine (or recommender) is used before ``fit`` or ``load``."""
 
 
 def _table(x: Any, name: str, rows: int | None = None) -> np.ndarray:
@@ -58,46 +77,110 @@ def _query(x: Any, name: str, dim: int, batch: bool) -> np.ndarray:
     return np.ascontiguousarray(a.reshape(-1, dim))
 
 
-def _augmented(q: np.ndarray) -> np.ndarray:
-    """[q, 1] per row: the HNSW query whose inner product with [item_vec, item_bias] is the score."""
-    aug = np.empty((q.shape[0], q.shape[1] + 1), np.float32)
-    aug[:, :-1] = q
-    aug[:, -1] = 1.0
-    return aug
+def _words(n: int) -> int:
+    return (n + 63) // 64
+
+
+def _set_bits(bits: np.ndarray, rows: np.ndarray, value: bool = True) -> None:
+    rows = np.asarray(rows, np.int64)
+    if not len(rows):
+        return
+    masks = np.left_shift(np.uint64(1), (rows & 63).astype(np.uint64))
+    if value:
+        np.bitwise_or.at(bits, rows >> 6, masks)
+    else:
+        np.bitwise_and.at(bits, rows >> 6, ~masks)
+
+
+def _bits_of(rows: np.ndarray, words: int) -> np.ndarray:
+    bits = np.zeros(words, np.uint64)
+    _set_bits(bits, rows)
+    return bits
+
+
+def _bit_rows(bits: np.ndarray, n: int) -> np.ndarray:
+    """Rows < n whose bit is set."""
+    return np.flatnonzero(np.unpackbits(bits.view(np.uint8), bitorder="little")[:n])
+
+
+def filter_key(value: Any) -> str:
+    """The one spelling of a filter value: booleans 'true'/'false', integral numbers without
+    a fraction, everything else ``str`` — so ``True``, ``"true"``; ``3``, ``3.0``, ``"3"`` match."""
+    if isinstance(value, (bool, np.bool_)):
+        return "true" if value else "false"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    s = str(value)
+    return s.lower() if s.lower() in ("true", "false") else s
+
+
+def _values_of(v: Any) -> list[str]:
+    """Filter values of one item's attribute: none, one, or several (lists, sets, tuples, arrays)."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return []
+    if isinstance(v, (list, tuple, set, frozenset, np.ndarray)):
+        return [filter_key(x) for x in v if not (x is None or (isinstance(x, float) and math.isnan(x)))]
+    return [filter_key(v)]
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """What one request reads; immutable once published (tables only grow past ``n_rows``)."""
+
+    index: Any                 # _core.HnswIndex (shared until a compaction builds a new one)
+    n_rows: int                # rows written; rows >= n_rows are invisible
+    live: np.ndarray           # uint64 bitset of the visible rows
+    n_live: int
+    slot_row: np.ndarray       # int64 [slots]: current row of each slot, -1 = removed
+    row_slot: np.ndarray       # int64 [capacity]: slot of each row (append-only)
+    vecs: np.ndarray           # float32 [capacity, dim]
+    bias: np.ndarray           # float32 [capacity]
+    text: np.ndarray | None    # float32 [capacity, d] or None
+    tri: np.ndarray | None     # float32 [capacity, t] or None
+    filters: Mapping[str, Mapping[str, np.ndarray]]  # name -> value -> uint64 bitset (append-only)
+    ids: np.ndarray            # [slots capacity] original id of each slot (append-only)
+    n_slots: int
+    identity: bool = True      # row == slot for every slot (no update or removal since fit/compaction)
 
 
 class Engine:
-    """Top-K retrieval over an item table: HNSW candidates, exact compiled rescoring.
+    """Top-K retrieval over a live item catalog: filtered HNSW search, exact compiled rescoring.
 
     Parameters
     ----------
-    M, ef_construction:
+    M, ef_construction : int
         hnswlib graph degree and build-time beam width.
-    ef:
-        Search beam width (raised to the candidate count when that is larger).
-    n_candidates:
-        Candidates taken from HNSW per query before exact rescoring (plus the number
-        of excluded items, so exclusions do not eat into the result).
-    exact_threshold:
-        Catalogs with fewer items are scored exactly (no HNSW index is built).
-    num_threads:
-        Threads for the index build and for batch calls (0 = all cores). Single
-        ``recommend`` calls run on the calling thread.
-    seed:
+    ef : int
+        Search beam width (at least ``n_candidates``).
+    n_candidates : int
+        Candidates the graph search returns per query for exact rescoring (at least k).
+    exact_threshold : int
+        Requests with at most this many eligible items are scored exactly (no graph search);
+        the selectivity rule (:data:`CROSSOVER`) raises it for selective filters.
+    num_threads : int
+        Threads for inserts and for batch calls (0 = all cores). Single ``recommend`` calls
+        run on the calling thread.
+    seed : int
         hnswlib's random seed.
+    compact_ratio : float
+        Rebuild the catalog from its visible rows when hidden rows (removed or replaced
+        items) pass this fraction of all rows.
 
-    Learned attributes (after ``fit``): ``n_items_``, ``dim_``, ``exact_``, ``item_ids_``,
-    ``item_vecs_`` [n, dim], ``item_bias_`` [n], ``item_text_`` [n, d] or None,
-    ``item_tri_`` [n, t] or None, ``text_weight_``, ``tri_weight_``, ``index_``
-    (hnswlib.Index or None).
+    Learned attributes (after ``fit``): ``n_items_`` (visible items), ``dim_``, ``item_ids_``
+    (every item id ever added, by slot), ``item_vecs_`` [slots, dim], ``item_bias_`` [slots],
+    ``item_text_`` [slots, d] or None, ``item_tri_`` [slots, t] or None (current version of
+    each slot), ``text_weight_``, ``tri_weight_``, ``filter_names_``.
 
-    Thread-safe: after ``fit``/``load`` the engine is read-only and any number of threads
-    may call ``recommend``/``recommend_batch`` concurrently (the heavy work releases
-    the GIL).
+    Thread-safe: any number of threads may call ``recommend``/``recommend_batch``/
+    ``similar_items`` while one thread at a time writes (``add_items``, ``update_items``,
+    ``remove_items``, ``set_seen``, ``add_seen``; writers are serialized by a lock).
     """
 
     def __init__(self, M: int = 16, ef_construction: int = 200, ef: int = 64, n_candidates: int = 64,
-                 exact_threshold: int = DEFAULT_EXACT_THRESHOLD, num_threads: int = 0, seed: int = 0) -> None:
+                 exact_threshold: int = DEFAULT_EXACT_THRESHOLD, num_threads: int = 0, seed: int = 0,
+                 compact_ratio: float = 0.25) -> None:
         self.M = M
         self.ef_construction = ef_construction
         self.ef = ef
@@ -105,42 +188,110 @@ class Engine:
         self.exact_threshold = exact_threshold
         self.num_threads = num_threads
         self.seed = seed
-        self._lock = threading.Lock()
+        self.compact_ratio = compact_ratio
+        self._write = threading.RLock()
 
     # ------------------------------------------------------------------ build
     def _check_params(self) -> None:
         for name in ("M", "ef_construction", "ef", "n_candidates"):
             v = getattr(self, name)
-            if not isinstance(v, (int, np.integer)) or v < 1:
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         if not isinstance(self.exact_threshold, (int, np.integer)) or self.exact_threshold < 0:
             raise ValueError(f"exact_threshold must be an integer >= 0, got {self.exact_threshold!r}")
         if not isinstance(self.num_threads, (int, np.integer)) or self.num_threads < 0:
             raise ValueError(f"num_threads must be an integer >= 0 (0 = all cores), got {self.num_threads!r}")
+        if not (isinstance(self.compact_ratio, (int, float)) and 0 < self.compact_ratio <= 1):
+            raise ValueError(f"compact_ratio must be in (0, 1], got {self.compact_ratio!r}")
 
     def fit(self, item_vecs: Any, item_bias: Any = None, item_ids: Sequence[Any] | np.ndarray | None = None, *,
-            item_text: Any = None, item_tri: Any = None, text_weight: float = 1.0,
-            tri_weight: float = 1.0) -> "Engine":
+            item_text: Any = None, item_tri: Any = None, text_weight: float = 1.0, tri_weight: float = 1.0,
+            item_filters: Mapping[str, Sequence[Any]] | None = None) -> "Engine":
         """Build the engine from an item table.
 
-        item_vecs: float [n, dim] item factors. item_bias: float [n] (default zeros).
-        item_ids: n unique original ids (ints or strings; default 0..n-1).
-        item_text: float [n, d] item text embeddings for the text-match term.
-        item_tri: float [n, t] item factors of the three-way term.
-        text_weight / tri_weight: default weights of those terms.
-        Float64 input is converted to float32 once, here. Returns self.
+        Parameters
+        ----------
+        item_vecs : float array [n, dim]
+            Item factors.
+        item_bias : float array [n], optional
+            Item biases (default zeros).
+        item_ids : sequence of n unique ids (ints or strings), optional
+            Default ``0 .. n-1``.
+        item_text : float array [n, d], optional
+            Item text embeddings of the text-match term.
+        item_tri : float array [n, t], optional
+            Item factors of the three-way term.
+        text_weight, tri_weight : float
+            Default weights of those terms.
+        item_filters : mapping name -> sequence of n values, optional
+            Categorical item columns requests can filter on (``filter={"category": ["shoes"]}``):
+            one value per item, a list/set for several, None for none. Values compare by
+            :func:`filter_key` (``True`` matches ``"true"``, ``3`` matches ``"3"``).
+
+        Returns
+        -------
+        Engine
+            self. Float64 input is converted to float32 once, here.
         """
         self._check_params()
         vecs = _table(item_vecs, "item_vecs")
         n, dim = vecs.shape
         if n == 0:
             raise ValueError("item_vecs has no rows: the catalog is empty")
-        bias = np.zeros(n, np.float32) if item_bias is None else np.ascontiguousarray(item_bias, dtype=np.float32)
-        if bias.shape != (n,):
-            raise ValueError(f"item_bias must have shape ({n},), got {bias.shape}")
-        if not np.isfinite(bias).all():
-            i = int(np.flatnonzero(~np.isfinite(bias))[0])
-            raise ValueError(f"item_bias holds a non-finite value {bias[i]} at index {i}")
+        for w, name in ((text_weight, "text_weight"), (tri_weight, "tri_weight")):
+            if not np.isfinite(w):
+                raise ValueError(f"{name} must be finite, got {w!r}")
+        self.dim_ = dim
+        self.text_weight_ = float(text_weight)
+        self.tri_weight_ = float(tri_weight)
+        self._text_dim = None if item_text is None else int(np.shape(item_text)[1]) if np.ndim(item_text) == 2 else -1
+        self._tri_dim = None if item_tri is None else int(np.shape(item_tri)[1]) if np.ndim(item_tri) == 2 else -1
+        ids = self._new_ids(item_ids, n)
+        cols = self._columns(vecs, item_bias, item_text, item_tri, n)
+        names = sorted(item_filters or {})
+        self.filter_names_ = tuple(names)
+        filt = self._filter_values(item_filters or {}, n)
+        index = _core.HnswIndex(dim, n, int(self.M), int(self.ef_construction), int(self.seed))
+        index.add(cols["vecs"], cols["bias"], np.arange(n, dtype=np.int64), _core.resolve_threads(self.num_threads))
+        index.set_ef(max(int(self.ef), int(self.n_candidates)))
+        words = _words(n)
+        filters = {name: {v: _bits_of(np.asarray(rows, np.int64), words) for v, rows in filt[name].items()}
+                   for name in names}
+        self._seen: dict[Any, np.ndarray] = {}
+        self._sorted_ids, self._sorted_slots = self._sort_ids(ids, n)
+        self._recent: dict[Any, int] = {}  # ids added since _sorted_ids was built -> slot
+        self._snap = _Snapshot(index=index, n_rows=n, live=_bits_of(np.arange(n), words), n_live=n,
+                               slot_row=np.arange(n, dtype=np.int64), row_slot=np.arange(n, dtype=np.int64),
+                               vecs=cols["vecs"], bias=cols["bias"], text=cols["text"], tri=cols["tri"],
+                               filters=filters, ids=ids, n_slots=n)
+        return self
+
+    def _columns(self, vecs: np.ndarray, bias: Any, text: Any, tri: Any, n: int) -> dict[str, np.ndarray | None]:
+        """Validated float32 columns of n new rows (vecs already checked)."""
+        if vecs.shape != (n, self.dim_):
+            raise ValueError(f"item_vecs must have shape ({n}, {self.dim_}), got {vecs.shape}")
+        b = np.zeros(n, np.float32) if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
+        if b.shape != (n,):
+            raise ValueError(f"item_bias must have shape ({n},), got {b.shape}")
+        if not np.isfinite(b).all():
+            i = int(np.flatnonzero(~np.isfinite(b))[0])
+            raise ValueError(f"item_bias holds a non-finite value {b[i]} at index {i}")
+        out: dict[str, np.ndarray | None] = {"vecs": vecs, "bias": b}
+        for key, x, width, name in (("text", text, self._text_dim, "item_text"), ("tri", tri, self._tri_dim, "item_tri")):
+            if width is None:
+                if x is not None:
+                    raise ValueError(f"{name} given but the engine was fitted without an {name} table")
+                out[key] = None
+                continue
+            if x is None:
+                raise ValueError(f"{name} is required: the engine was fitted with an {name} table")
+            t = _table(x, name, n)
+            if t.shape[1] != width and width >= 0:
+                raise ValueError(f"{name} has {t.shape[1]} columns, expected {width}")
+            out[key] = t
+        return out
+
+    def _new_ids(self, item_ids: Any, n: int) -> np.ndarray:
         ids = np.arange(n) if item_ids is None else np.asarray(item_ids)
         if ids.shape != (n,):
             raise ValueError(f"item_ids must have {n} entries (one per row of item_vecs), got shape {ids.shape}")
@@ -148,270 +299,701 @@ class Engine:
             raise ValueError(f"item_ids must be integers or strings, got dtype {ids.dtype}")
         if ids.dtype.kind == "O":
             ids = ids.astype(str)
-        lookup = {v: i for i, v in enumerate(ids.tolist())}
-        if len(lookup) != n:
-            uniq, counts = np.unique(ids, return_counts=True)
+        if ids.dtype.kind == "u":
+            ids = ids.astype(np.int64)
+        uniq, counts = np.unique(ids, return_counts=True)
+        if len(uniq) != n:
             raise ValueError(f"item_ids must be unique; duplicated: {uniq[counts > 1][:5].tolist()}")
-        for w, name in ((text_weight, "text_weight"), (tri_weight, "tri_weight")):
-            if not np.isfinite(w):
-                raise ValueError(f"{name} must be finite, got {w!r}")
+        return ids
 
-        self.item_vecs_ = vecs
-        self.item_bias_ = bias
-        self.item_text_ = None if item_text is None else _table(item_text, "item_text", n)
-        self.item_tri_ = None if item_tri is None else _table(item_tri, "item_tri", n)
-        self.text_weight_ = float(text_weight)
-        self.tri_weight_ = float(tri_weight)
-        self.item_ids_ = ids
-        self._lookup = lookup
-        self.n_items_ = n
-        self.dim_ = dim
-        self.exact_ = n < self.exact_threshold
-        self.index_ = None if self.exact_ else self._build_index()
-        return self
-
-    def _build_index(self) -> hnswlib.Index:
-        index = hnswlib.Index(space="ip", dim=self.dim_ + 1)
-        index.init_index(max_elements=self.n_items_, ef_construction=self.ef_construction, M=self.M,
-                         random_seed=self.seed)
-        data = np.empty((self.n_items_, self.dim_ + 1), np.float32)
-        data[:, :-1] = self.item_vecs_
-        data[:, -1] = self.item_bias_
-        index.add_items(data, np.arange(self.n_items_), num_threads=_core.resolve_threads(self.num_threads))
-        index.set_ef(self.ef)
-        return index
-
-    def _fitted(self) -> None:
-        if not hasattr(self, "item_vecs_"):
-            raise RuntimeError("Engine is not fitted: call fit(item_vecs, ...) or Engine.load(path) first")
-
-    # ------------------------------------------------------------------ ids
-    def _dense(self, raw: Iterable[Any] | None, name: str) -> np.ndarray | None:
-        """Original ids → sorted unique dense indices; unknown ids are dropped with a warning."""
-        if raw is None:
-            return None
-        if isinstance(raw, (str, bytes)) or np.ndim(raw) == 0:
-            raise ValueError(f"{name} must be a sequence of item ids, got {raw!r}")
-        items = np.asarray(raw).tolist()
-        if self.item_ids_.dtype.kind == "U":
-            items = [str(x) for x in items]
-        idx, unknown = [], []
-        for x in items:
-            i = self._lookup.get(x)
-            (unknown if i is None else idx).append(x if i is None else i)
-        if unknown:
-            warnings.warn(f"{name}: {len(unknown)} unknown item id(s) ignored, e.g. {unknown[:3]}", stacklevel=3)
-        return np.unique(np.asarray(idx, dtype=np.int64))
-
-    def item_index(self, item_id: Any) -> int:
-        """Dense index (row of the item table) of an original item id; KeyError when unknown."""
-        self._fitted()
-        key = str(item_id) if self.item_ids_.dtype.kind == "U" else item_id
-        i = self._lookup.get(key)
-        if i is None:
-            raise KeyError(f"unknown item id {item_id!r}")
-        return int(i)
-
-    def _raw(self, idx: np.ndarray) -> np.ndarray:
-        out = self.item_ids_[np.maximum(idx, 0)]
-        if (idx < 0).any():
-            out = out.astype(object) if out.dtype.kind == "U" else out.copy()
-            out[idx < 0] = None if out.dtype == object else -1
+    def _filter_values(self, item_filters: Mapping[str, Sequence[Any]], n: int) -> dict[str, dict[str, list[int]]]:
+        out: dict[str, dict[str, list[int]]] = {}
+        for name, col in item_filters.items():
+            vals = list(col)
+            if len(vals) != n:
+                raise ValueError(f"item_filters[{name!r}] has {len(vals)} values, expected one per item ({n})")
+            groups: dict[str, list[int]] = {}
+            for r, v in enumerate(vals):
+                for key in _values_of(v):
+                    groups.setdefault(key, []).append(r)
+            out[str(name)] = groups
         return out
 
+    @staticmethod
+    def _sort_ids(ids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        order = np.argsort(ids[:n], kind="stable")
+        return ids[:n][order], order.astype(np.int64)
+
+    def _fitted(self) -> _Snapshot:
+        snap = getattr(self, "_snap", None)
+        if snap is None:
+            raise NotFittedError("Engine is not fitted: call fit(item_vecs, ...) or Engine.load(path) first")
+        return snap
+
+    # ------------------------------------------------------------------ ids
+    def _ids_key(self, raw: Any) -> np.ndarray:
+        """Raw ids as an array comparable with the catalog's ids (strings stay strings)."""
+        a = np.asarray(raw)
+        if self._snap.ids.dtype.kind == "U":
+            return a.astype(str)
+        if a.dtype.kind in "iu":
+            return a.astype(np.int64)
+        if a.dtype.kind == "b":
+            raise ValueError(f"item ids are integers, got booleans {a[:3].tolist()}")
+        if a.dtype.kind == "U":
+            try:
+                return a.astype(np.int64)  # ids over HTTP/CLI arrive as strings: one vectorised parse
+            except (ValueError, OverflowError):
+                pass
+        out = np.full(a.shape, -1, np.int64)
+        for j, x in enumerate(a.tolist()):  # mixed or string input for an integer catalog: per-id rule
+            if isinstance(x, (int, np.integer)) and not isinstance(x, bool):
+                out[j] = int(x)
+            elif isinstance(x, str) and x.lstrip("-").isdigit() and abs(int(x)) < 2 ** 63:
+                out[j] = int(x)
+            else:
+                out[j] = np.iinfo(np.int64).min  # matches no item
+        return out
+
+    def _slots(self, raw: Iterable[Any], name: str, *, warn: bool = True) -> np.ndarray:
+        """Slots of original ids (int64, -1 = unknown), resolved with one vectorised search."""
+        if isinstance(raw, (str, bytes)) or np.ndim(raw) == 0:
+            raise ValueError(f"{name} must be a sequence of item ids, got {raw!r}")
+        keys = self._ids_key(raw if isinstance(raw, np.ndarray) else list(raw))
+        srt, slots = self._sorted_ids, self._sorted_slots
+        out = np.full(len(keys), -1, np.int64)
+        if len(srt) and len(keys):
+            pos = np.minimum(np.searchsorted(srt, keys), len(srt) - 1)
+            hit = srt[pos] == keys
+            out[hit] = slots[pos[hit]]
+        recent = self._recent
+        if recent and (out < 0).any():
+            for j in np.flatnonzero(out < 0):
+                out[j] = recent.get(keys[j].item(), -1)
+        if warn and (out < 0).any():
+            bad = keys[out < 0][:3].tolist()
+            warnings.warn(f"{name}: {int((out < 0).sum())} unknown item id(s) ignored, e.g. {bad}", stacklevel=4)
+        return out
+
+    def _rows(self, snap: _Snapshot, raw: Iterable[Any] | None, name: str) -> np.ndarray | None:
+        """Sorted unique visible rows of original ids in snapshot ``snap``."""
+        if raw is None:
+            return None
+        slots = self._slots(raw, name)
+        return self._slot_rows(snap, slots)
+
+    @staticmethod
+    def _slot_rows(snap: _Snapshot, slots: np.ndarray) -> np.ndarray:
+        slots = slots[(slots >= 0) & (slots < len(snap.slot_row))]
+        rows = snap.slot_row[slots]
+        return np.unique(rows[(rows >= 0) & (rows < snap.n_rows)])
+
+    def item_index(self, item_id: Any) -> int:
+        """Slot (stable position in ``item_ids_``) of an original item id; KeyError when unknown or removed."""
+        snap = self._fitted()
+        s = int(self._slots([item_id], "item", warn=False)[0])
+        if s < 0 or s >= snap.n_slots or snap.slot_row[s] < 0:
+            raise KeyError(f"unknown item id {item_id!r}")
+        return s
+
+    def contains(self, item_id: Any) -> bool:
+        """Whether ``item_id`` is in the catalog now (added and not removed)."""
+        try:
+            self.item_index(item_id)
+            return True
+        except KeyError:
+            return False
+
+    def _ids_of_rows(self, snap: _Snapshot, rows: np.ndarray) -> np.ndarray:
+        ids = snap.ids[snap.row_slot[np.maximum(rows, 0)]]
+        if (rows < 0).any():
+            ids = ids.astype(object) if ids.dtype.kind == "U" else ids.copy()
+            ids[rows < 0] = None if ids.dtype == object else -1
+        return ids
+
+    # ------------------------------------------------------------------ learned attributes
+    def _column(self, key: str) -> np.ndarray | None:
+        snap = self._fitted()
+        table = getattr(snap, key)
+        if table is None:
+            return None
+        if snap.identity:
+            return table[:snap.n_rows]  # no update or removal since fit/compaction: a view
+        rows = snap.slot_row[:snap.n_slots]
+        last = np.where(rows >= 0, rows, self._last_rows(snap))
+        return table[last]
+
+    def _last_rows(self, snap: _Snapshot) -> np.ndarray:
+        """Latest row of every slot, removed ones included."""
+        last = np.full(snap.n_slots, -1, np.int64)
+        last[snap.row_slot[:snap.n_rows]] = np.arange(snap.n_rows)
+        return np.maximum(last, 0)
+
+    item_vecs_ = property(lambda self: self._column("vecs"), doc="float32 [slots, dim]: vectors by slot")
+    item_bias_ = property(lambda self: self._column("bias"), doc="float32 [slots]: biases by slot")
+    item_text_ = property(lambda self: self._column("text"), doc="float32 [slots, d] or None")
+    item_tri_ = property(lambda self: self._column("tri"), doc="float32 [slots, t] or None")
+    item_ids_ = property(lambda self: self._fitted().ids[:self._snap.n_slots], doc="ids by slot")
+    n_items_ = property(lambda self: self._fitted().n_live, doc="items visible now")
+    n_slots_ = property(lambda self: self._fitted().n_slots, doc="items ever added (slots)")
+    live_ = property(lambda self: self._fitted().slot_row[:self._snap.n_slots] >= 0,
+                     doc="bool [slots]: whether each slot's item is in the catalog now")
+
+    def item_vector(self, item_id: Any) -> tuple[np.ndarray, float]:
+        """(vector float32 [dim], bias) of a current item; KeyError when unknown or removed."""
+        snap = self._snap
+        r = int(snap.slot_row[self.item_index(item_id)])
+        return np.array(snap.vecs[r]), float(snap.bias[r])
+
     # ------------------------------------------------------------------ serve
-    def _extras(self, text_q: Any, tri_q: Any, b: int, batch: bool, text_weight: float | None,
+    def _extras(self, snap: _Snapshot, text_q: Any, tri_q: Any, b: int, batch: bool, text_weight: float | None,
                 tri_weight: float | None) -> dict[str, Any]:
         kw: dict[str, Any] = {}
-        if text_q is None and tri_q is None:
-            return kw
         if text_q is not None:
-            if self.item_text_ is None:
+            if snap.text is None:
                 raise ValueError("text_query given but the engine has no item_text table")
-            kw.update(text_queries=_query(text_q, "text_query", self.item_text_.shape[1], batch),
-                      item_text=self.item_text_,
+            kw.update(text_queries=_query(text_q, "text_query", snap.text.shape[1], batch), item_text=snap.text,
                       text_weight=self.text_weight_ if text_weight is None else float(text_weight))
         if tri_q is not None:
-            if self.item_tri_ is None:
+            if snap.tri is None:
                 raise ValueError("tri_query given but the engine has no item_tri table")
-            kw.update(tri_queries=_query(tri_q, "tri_query", self.item_tri_.shape[1], batch),
-                      item_tri=self.item_tri_,
+            kw.update(tri_queries=_query(tri_q, "tri_query", snap.tri.shape[1], batch), item_tri=snap.tri,
                       tri_weight=self.tri_weight_ if tri_weight is None else float(tri_weight))
         for key in ("text_queries", "tri_queries"):
             if key in kw and kw[key].shape[0] != b:
                 raise ValueError(f"{key} has {kw[key].shape[0]} rows but there are {b} queries")
         return kw
 
-    def _search(self, q: np.ndarray, k: int, kw: dict[str, Any], excl: tuple[np.ndarray, np.ndarray] | None,
-                allow: np.ndarray | None, n_excluded: int, threads: int) -> tuple[np.ndarray, np.ndarray]:
-        """Dense top-k for queries q [b, dim]."""
-        if excl is not None:
-            kw["exclude_indptr"], kw["exclude_indices"] = excl
+    def _mask(self, snap: _Snapshot, filter: Mapping[str, Any] | None) -> np.ndarray | None:
+        """AND over fields of (OR over the field's values) of the named-filter bitsets."""
+        if not filter:
+            return None
+        if not isinstance(filter, Mapping):
+            raise ValueError(f"filter must be a dict of filter name -> value(s), got {type(filter).__name__}")
+        words = _words(snap.n_rows)
+        out = None
+        for name, want in filter.items():
+            if name not in snap.filters:
+                raise ValueError(f"filter: unknown filter {name!r}; this catalog has {sorted(snap.filters)}")
+            values = want if isinstance(want, (list, tuple, set, frozenset)) else [want]
+            sets = [snap.filters[name].get(filter_key(v)) for v in values]
+            sets = [s[:words] for s in sets if s is not None]
+            field = np.zeros(words, np.uint64) if not sets else sets[0] if len(sets) == 1 \
+                else np.bitwise_or.reduce(sets)
+            out = field if out is None else out & field
+        return np.ascontiguousarray(out)
+
+    def exact_below(self, n_eligible: int | None = None) -> int:
+        """Eligible-item count at or below which a request is scored exactly instead of searched.
+
+        max(exact_threshold, sqrt(CROSSOVER * n_items * ef)); see :data:`CROSSOVER`.
+        """
+        snap = self._fitted()
+        n = snap.n_live if n_eligible is None else n_eligible
+        ef = max(int(self.ef), int(self.n_candidates))
+        return int(max(self.exact_threshold, math.sqrt(CROSSOVER * max(n, 1) * ef)))
+
+    def _excluded(self, snap: _Snapshot, rows: np.ndarray | None, users: Any) -> np.ndarray | None:
+        seen = None
+        if users is not None:
+            s = self._seen.get(users)
+            if s is not None and len(s):
+                seen = self._slot_rows(snap, s)
+        if rows is None:
+            return seen
+        return rows if seen is None else np.union1d(rows, seen)
+
+    def _call(self, snap: _Snapshot, q: np.ndarray, k: int, kw: dict[str, Any], excl: list[np.ndarray | None] | None,
+              allow: np.ndarray | None, mask: np.ndarray | None, threads: int, bias: bool = True,
+              return_plans: bool = False) -> tuple[np.ndarray, ...]:
+        if excl is not None and any(e is not None and len(e) for e in excl):
+            lists = [np.zeros(0, np.int64) if e is None else e for e in excl]
+            indptr = np.zeros(len(lists) + 1, np.int64)
+            np.cumsum([len(e) for e in lists], out=indptr[1:])
+            kw["exclude_indptr"], kw["exclude_indices"] = indptr, np.concatenate(lists).astype(np.int64, copy=False)
         if allow is not None:
-            kw["allow_indptr"] = np.array([0, len(allow)], np.int64)
-            kw["allow_indices"] = allow
-        n = self.n_items_
-        c = max(self.n_candidates, k) + n_excluded
-        if allow is not None:  # oversample so that enough allowed items survive
-            c = int(c * n / max(len(allow), 1))
-        if allow is not None and len(allow) <= max(self.exact_threshold, 16 * self.n_candidates):
-            # A short allow-list is cheaper to score exactly than to search for.
-            cand = np.ascontiguousarray(np.broadcast_to(allow, (q.shape[0], len(allow))))
-            return _core.rescore(q, self.item_vecs_, self.item_bias_, cand, k, num_threads=threads, **kw)
-        if self.exact_ or c >= n // 4:
-            # Small catalog, or so many candidates needed that a full exact pass is cheaper.
-            return _core.topk_full(q, self.item_vecs_, self.item_bias_, k, num_threads=threads, **kw)
-        try:
-            labels, _ = self.index_.knn_query(_augmented(q), k=c, num_threads=threads)
-        except RuntimeError:  # the graph could not produce c results (tiny or degenerate index)
-            return _core.topk_full(q, self.item_vecs_, self.item_bias_, k, num_threads=threads, **kw)
-        return _core.rescore(q, self.item_vecs_, self.item_bias_, labels.view(np.int64), k,
-                             num_threads=threads, **kw)
+            kw["allow_indptr"], kw["allow_indices"] = np.array([0, len(allow)], np.int64), allow
+        return snap.index.search(q, snap.vecs, snap.bias if bias else None, int(k), live=snap.live,
+                                 n_rows=snap.n_rows, n_live=snap.n_live, mask=mask,
+                                 n_candidates=int(self.n_candidates), exact_below=self.exact_below(),
+                                 num_threads=threads, return_plans=return_plans, **kw)
+
+    @staticmethod
+    def _check_k(k: Any) -> int:
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 0:
+            raise ValueError(f"k must be an integer >= 0, got {k!r}")
+        return int(k)
 
     def recommend(self, query: Any, k: int = 10, *, exclude: Iterable[Any] | None = None,
-                  allow: Iterable[Any] | None = None, text_query: Any = None, tri_query: Any = None,
-                  text_weight: float | None = None, tri_weight: float | None = None,
-                  exclude_index: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  allow: Iterable[Any] | None = None, filter: Mapping[str, Any] | None = None,
+                  user: Any = None, text_query: Any = None, tri_query: Any = None,
+                  text_weight: float | None = None, tri_weight: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k items for one query.
 
-        query: float [dim]; text_query: float [d] (text-match term); tri_query: float [t]
-        (three-way term); exclude / allow: original item ids (unknown ids are ignored with
-        a warning); text_weight / tri_weight override the fitted weights; exclude_index:
-        int64 rows of the item table to exclude as well (e.g. a user history kept as
-        indices: no id lookups).
-        Returns (ids [m] original ids, scores [m] float32), m = min(k, eligible items),
-        sorted by score descending (ties: smaller item index first).
+        Parameters
+        ----------
+        query : float array [dim]
+        k : int
+        exclude, allow : sequences of original item ids, optional
+            Never return / only return these (unknown ids are ignored with a warning).
+        filter : mapping name -> value or list of values, optional
+            Named item filters (``fit(item_filters=...)``): an item passes when, for every
+            name, one of its values is listed.
+        user : hashable, optional
+            Leave out the items recorded for this key with ``set_seen``/``add_seen``.
+        text_query : float array [d], optional
+            Text-match term; tri_query: float array [t], three-way term.
+        text_weight, tri_weight : float, optional
+            Override the fitted weights.
+
+        Returns
+        -------
+        ids : array [m]
+            Original ids, m = min(k, eligible items), by score descending (ties: lower row first).
+        scores : float32 array [m]
         """
-        self._fitted()
-        if not isinstance(k, (int, np.integer)) or k < 0:
-            raise ValueError(f"k must be an integer >= 0, got {k!r}")
+        snap = self._fitted()
+        k = self._check_k(k)
         q = _query(query, "query", self.dim_, batch=False)
-        kw = self._extras(text_query, tri_query, 1, False, text_weight, tri_weight)
-        ex = self._dense(exclude, "exclude")
-        if exclude_index is not None:
-            rows = np.asarray(exclude_index, dtype=np.int64).reshape(-1)
-            ex = rows if ex is None else np.concatenate([ex, rows])
-        al = self._dense(allow, "allow")
-        excl = None if ex is None else (np.array([0, len(ex)], np.int64), ex)
-        ids, scores = self._search(q, int(k), kw, excl, al, 0 if ex is None else len(ex), 1)
-        m = int(np.count_nonzero(ids[0] >= 0))
-        return self.item_ids_[ids[0, :m]], scores[0, :m]
+        kw = self._extras(snap, text_query, tri_query, 1, False, text_weight, tri_weight)
+        excl = self._excluded(snap, self._rows(snap, exclude, "exclude"), user)
+        rows, scores = self._call(snap, q, k, kw, [excl], self._rows(snap, allow, "allow"), self._mask(snap, filter), 1)
+        m = int(np.count_nonzero(rows[0] >= 0))
+        return self._ids_of_rows(snap, rows[0, :m]), scores[0, :m]
 
     def recommend_batch(self, queries: Any, k: int = 10, *, exclude: Sequence[Iterable[Any] | None] | None = None,
-                        allow: Iterable[Any] | None = None, text_queries: Any = None, tri_queries: Any = None,
+                        allow: Iterable[Any] | None = None, filter: Mapping[str, Any] | None = None,
+                        users: Sequence[Any] | None = None, text_queries: Any = None, tri_queries: Any = None,
                         text_weight: float | None = None, tri_weight: float | None = None,
                         num_threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k items for each of b queries, multi-threaded.
+        """Top-k items for each of b queries in one native call, multi-threaded.
 
         queries: float [b, dim]; text_queries: float [b, d]; tri_queries: float [b, t];
-        exclude: one sequence of original ids per query (or None); allow: one list of
-        original ids for every query. num_threads defaults to the engine's.
-        Returns (ids [b, k], scores [b, k] float32); rows with fewer than k eligible items
-        are padded with score -inf and id -1 (integer ids) or None (string ids).
+        exclude: one sequence of original ids per query (or None); users: one seen-items key
+        per query (or None); allow / filter: shared by every query. num_threads defaults to
+        the engine's.
+
+        Returns
+        -------
+        ids : array [b, k]
+            Rows with fewer than k eligible items are padded with -1 (integer ids) or None.
+        scores : float32 array [b, k]
+            Padding is -inf.
         """
-        self._fitted()
-        if not isinstance(k, (int, np.integer)) or k < 0:
-            raise ValueError(f"k must be an integer >= 0, got {k!r}")
+        snap = self._fitted()
+        k = self._check_k(k)
         q = _query(queries, "queries", self.dim_, batch=True)
         b = q.shape[0]
-        kw = self._extras(text_queries, tri_queries, b, True, text_weight, tri_weight)
-        excl, longest = None, 0
-        if exclude is not None:
-            if len(exclude) != b:
-                raise ValueError(f"exclude has {len(exclude)} lists but there are {b} queries")
-            rows = [np.zeros(0, np.int64) if e is None else self._dense(e, f"exclude[{i}]")
-                    for i, e in enumerate(exclude)]
-            indptr = np.zeros(b + 1, np.int64)
-            indptr[1:] = np.cumsum([len(r) for r in rows])
-            excl = (indptr, np.concatenate(rows) if rows else np.zeros(0, np.int64))
-            longest = max((len(r) for r in rows), default=0)
-        al = self._dense(allow, "allow")
+        kw = self._extras(snap, text_queries, tri_queries, b, True, text_weight, tri_weight)
+        for name, seq in (("exclude", exclude), ("users", users)):
+            if seq is not None and len(seq) != b:
+                raise ValueError(f"{name} has {len(seq)} entries but there are {b} queries")
+        excl = [self._excluded(snap, None if exclude is None or exclude[i] is None else
+                               self._rows(snap, exclude[i], f"exclude[{i}]"), None if users is None else users[i])
+                for i in range(b)]
         threads = _core.resolve_threads(self.num_threads if num_threads is None else num_threads)
-        ids, scores = self._search(q, int(k), kw, excl, al, longest, threads)
-        return self._raw(ids), scores
+        rows, scores = self._call(snap, q, k, kw, excl, self._rows(snap, allow, "allow"), self._mask(snap, filter),
+                                  threads)
+        return self._ids_of_rows(snap, rows), scores
+
+    def similar_items(self, item: Any, k: int = 10, *, by: str = "vectors", filter: Mapping[str, Any] | None = None,
+                      exclude: Iterable[Any] | None = None, allow: Iterable[Any] | None = None,
+                      text_weight: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Items most similar to ``item`` (never itself), with the same filters as ``recommend``.
+
+        Parameters
+        ----------
+        item : original item id
+        k : int
+        by : {"vectors", "both", "text"}
+            "vectors": inner product of item vectors (the graph search); "both": that plus
+            ``text_weight`` x the text embeddings' inner product (graph search, text term at
+            rescoring); "text": the text embeddings alone (exact scan of the eligible items).
+        filter, exclude, allow : as in :meth:`recommend`.
+
+        Returns
+        -------
+        ids : array [m]; scores : float32 array [m] (m <= k).
+        """
+        snap = self._fitted()
+        k = self._check_k(k)
+        if by not in ("vectors", "both", "text"):
+            raise ValueError(f"by must be 'vectors', 'both' or 'text', got {by!r}")
+        s = self.item_index(item)
+        r = int(snap.slot_row[s])
+        ex = self._rows(snap, exclude, "exclude")
+        excl = np.union1d(np.array([r], np.int64), ex if ex is not None else np.zeros(0, np.int64))
+        allow_rows, mask = self._rows(snap, allow, "allow"), self._mask(snap, filter)
+        if by != "vectors" and snap.text is None:
+            raise ValueError(f"by={by!r} needs item text embeddings; this engine has none")
+        if by == "text":
+            scan = _core.HnswIndex(snap.text.shape[1], 1)  # empty graph: the eligible rows are scored exactly
+            view = replace(snap, index=scan, vecs=snap.text)
+            rows, scores = Engine._call(self, view, np.ascontiguousarray(snap.text[r:r + 1]), k, {}, [excl], allow_rows,
+                                        mask, 1, bias=False)
+        else:
+            kw = {} if by == "vectors" else dict(text_queries=np.ascontiguousarray(snap.text[r:r + 1]),
+                                                 item_text=snap.text,
+                                                 text_weight=self.text_weight_ if text_weight is None else
+                                                 float(text_weight))
+            rows, scores = self._call(snap, np.ascontiguousarray(snap.vecs[r:r + 1]), k, kw, [excl], allow_rows, mask,
+                                      1, bias=False)
+        m = int(np.count_nonzero(rows[0] >= 0))
+        return self._ids_of_rows(snap, rows[0, :m]), scores[0, :m]
+
+    # ------------------------------------------------------------------ seen items
+    def set_seen(self, user: Any, items: Iterable[Any]) -> None:
+        """Record the items ``recommend(user=user)`` leaves out (replacing earlier ones)."""
+        self._fitted()
+        slots = self._slots(items, "items")
+        with self._write:
+            self._seen[user] = np.unique(slots[slots >= 0])
+
+    def add_seen(self, user: Any, items: Iterable[Any]) -> None:
+        """Add items to those ``recommend(user=user)`` leaves out."""
+        self._fitted()
+        slots = self._slots(items, "items")
+        with self._write:
+            old = self._seen.get(user)
+            new = np.unique(slots[slots >= 0])
+            self._seen[user] = new if old is None else np.union1d(old, new)
+
+    def seen(self, user: Any) -> np.ndarray:
+        """Original ids recorded as seen for ``user`` (current items only)."""
+        snap = self._fitted()
+        s = self._seen.get(user, np.zeros(0, np.int64))
+        s = s[snap.slot_row[s] >= 0]
+        return snap.ids[s]
+
+    def set_seen_slots(self, seen: Mapping[Any, np.ndarray]) -> None:
+        """Replace every user's seen items at once: user key -> int slots (``item_index`` values)."""
+        self._fitted()
+        with self._write:
+            self._seen = {u: np.unique(np.asarray(s, np.int64)) for u, s in seen.items()}
+
+    # ------------------------------------------------------------------ live catalog
+    def add_items(self, item_vecs: Any, item_bias: Any = None, item_ids: Sequence[Any] | None = None, *,
+                  item_text: Any = None, item_tri: Any = None, item_filters: Mapping[str, Sequence[Any]] | None = None,
+                  num_threads: int | None = None) -> None:
+        """Add new items (ids not in the catalog now); visible to requests once the call returns.
+
+        Shapes as in :meth:`fit`; item_ids is required. Filter columns left out give the new
+        items no value for that filter. Raises ValueError (and changes nothing) for an id
+        already in the catalog, a duplicate id, or a bad table.
+        """
+        self._write_items(item_vecs, item_bias, item_ids, item_text, item_tri, item_filters, "add", num_threads)
+
+    def update_items(self, item_vecs: Any, item_bias: Any = None, item_ids: Sequence[Any] | None = None, *,
+                     item_text: Any = None, item_tri: Any = None, item_filters: Mapping[str, Sequence[Any]] | None = None,
+                     num_threads: int | None = None) -> None:
+        """Replace items in the catalog (new vectors, text, filters); same arguments as :meth:`add_items`.
+
+        Raises KeyError (and changes nothing) for an id not in the catalog now.
+        """
+        self._write_items(item_vecs, item_bias, item_ids, item_text, item_tri, item_filters, "update", num_threads)
+
+    def upsert_items(self, item_vecs: Any, item_bias: Any = None, item_ids: Sequence[Any] | None = None, *,
+                     item_text: Any = None, item_tri: Any = None, item_filters: Mapping[str, Sequence[Any]] | None = None,
+                     num_threads: int | None = None) -> dict[str, int]:
+        """Add the new ids and replace the existing ones in one batch; returns {"added": a, "updated": u}."""
+        return self._write_items(item_vecs, item_bias, item_ids, item_text, item_tri, item_filters, "upsert",
+                                 num_threads)
+
+    def remove_items(self, item_ids: Iterable[Any]) -> int:
+        """Remove items; they are never returned once the call returns. Returns how many were removed.
+
+        Raises KeyError (and changes nothing) for an id not in the catalog now.
+        """
+        snap = self._fitted()
+        with self._write:
+            snap = self._snap
+            raw = item_ids if isinstance(item_ids, np.ndarray) else list(item_ids)
+            slots = self._slots(raw, "item_ids", warn=False)
+            rows = snap.slot_row[np.clip(slots, 0, None)] if len(slots) else np.zeros(0, np.int64)
+            bad = (slots < 0) | (rows < 0)
+            if bad.any():
+                raise KeyError(f"item_ids: not in the catalog: {np.asarray(raw, dtype=object)[bad][:5].tolist()}")
+            slots = np.unique(slots)
+            if not len(slots):
+                return 0
+            live = snap.live.copy()
+            _set_bits(live, snap.slot_row[slots], False)
+            slot_row = snap.slot_row.copy()
+            slot_row[slots] = -1
+            self._publish(replace(snap, live=live, n_live=snap.n_live - len(slots), slot_row=slot_row,
+                                  identity=False))
+            return len(slots)
+
+    def _write_items(self, item_vecs: Any, item_bias: Any, item_ids: Any, item_text: Any, item_tri: Any,
+                     item_filters: Mapping[str, Sequence[Any]] | None, mode: str,
+                     num_threads: int | None) -> dict[str, int]:
+        self._fitted()
+        if item_ids is None:
+            raise ValueError("item_ids is required")
+        vecs = _table(item_vecs, "item_vecs")
+        n = vecs.shape[0]
+        with self._write:
+            snap = self._snap
+            ids = np.asarray(item_ids)
+            if ids.shape != (n,):
+                raise ValueError(f"item_ids must have {n} entries (one per row of item_vecs), got shape {ids.shape}")
+            keys = self._ids_key(ids)
+            if snap.ids.dtype.kind in "iu" and (keys == np.iinfo(np.int64).min).any():
+                raise ValueError(f"item_ids: this catalog has integer ids, got {ids[keys == np.iinfo(np.int64).min][:3].tolist()}")
+            uniq, counts = np.unique(keys, return_counts=True)
+            if len(uniq) != n:
+                raise ValueError(f"item_ids must be unique; duplicated: {uniq[counts > 1][:5].tolist()}")
+            cols = self._columns(vecs, item_bias, item_text, item_tri, n)
+            unknown = [name for name in (item_filters or {}) if name not in snap.filters]
+            if unknown:
+                raise ValueError(f"item_filters: unknown filter(s) {unknown}; this catalog has {sorted(snap.filters)}")
+            filt = self._filter_values(item_filters or {}, n)
+            slots = self._slots(keys, "item_ids", warn=False)
+            current = (slots >= 0) & (snap.slot_row[np.clip(slots, 0, None)] >= 0) if len(slots) else slots >= 0
+            if mode == "add" and current.any():
+                raise ValueError(f"item_ids: already in the catalog: {ids[current][:5].tolist()} "
+                                 "(use update_items to replace them)")
+            if mode == "update" and not current.all():
+                raise KeyError(f"item_ids: not in the catalog: {ids[~current][:5].tolist()}")
+            self._publish(self._append(snap, keys, slots, current, cols, filt, num_threads))
+            return {"added": int((~current).sum()), "updated": int(current.sum())}
+
+    def _grow(self, snap: _Snapshot, rows_needed: int, slots_needed: int, id_keys: np.ndarray) -> _Snapshot:
+        """A snapshot whose appendable arrays have room for the new rows/slots (copies when they must grow)."""
+        def room(a: np.ndarray | None, need: int) -> np.ndarray | None:
+            if a is None:
+                return None
+            if len(a) >= need and a.flags.writeable:
+                return a
+            cap = max(need, len(a) + len(a) // 2, 16)
+            out = np.zeros((cap,) + a.shape[1:], a.dtype)
+            out[:len(a)] = a
+            return out
+
+        ids = snap.ids
+        if ids.dtype.kind == "U" and id_keys.dtype.itemsize > ids.dtype.itemsize:
+            ids = ids.astype(id_keys.dtype)
+        ids = room(ids, slots_needed)
+        words = _words(rows_needed)
+        filters = {name: {v: room(bits, words) for v, bits in vals.items()} for name, vals in snap.filters.items()}
+        return replace(snap, vecs=room(snap.vecs, rows_needed), bias=room(snap.bias, rows_needed),
+                       text=room(snap.text, rows_needed), tri=room(snap.tri, rows_needed),
+                       row_slot=room(snap.row_slot, rows_needed), ids=ids, filters=filters)
+
+    def _append(self, snap: _Snapshot, keys: np.ndarray, slots: np.ndarray, current: np.ndarray,
+                cols: dict[str, np.ndarray | None], filt: dict[str, dict[str, list[int]]],
+                num_threads: int | None) -> _Snapshot:
+        """Write n new rows past the snapshot's rows (invisible until published) and return the new snapshot."""
+        n = len(keys)
+        new = slots < 0
+        n_slots = snap.n_slots + int(new.sum())
+        r0 = snap.n_rows
+        g = self._grow(snap, r0 + n, n_slots, keys)
+        slots = slots.copy()
+        slots[new] = np.arange(snap.n_slots, n_slots)
+        g.ids[snap.n_slots:n_slots] = keys[new]
+        rows = np.arange(r0, r0 + n, dtype=np.int64)
+        for key in ("vecs", "bias", "text", "tri"):
+            if cols[key] is not None:
+                getattr(g, key)[r0:r0 + n] = cols[key]
+        g.row_slot[r0:r0 + n] = slots
+        filters = {name: dict(vals) for name, vals in g.filters.items()}
+        words = _words(r0 + n)
+        for name, groups in filt.items():
+            for v, local in groups.items():
+                bits = filters[name].get(v)
+                if bits is None:
+                    bits = filters[name][v] = np.zeros(max(words, len(g.row_slot) // 64 + 1), np.uint64)
+                _set_bits(bits, rows[np.asarray(local, np.int64)])
+        threads = _core.resolve_threads(self.num_threads if num_threads is None else num_threads)
+        g.index.add(np.ascontiguousarray(g.vecs[r0:r0 + n]), np.ascontiguousarray(g.bias[r0:r0 + n]), rows, threads)
+        slot_row = np.full(n_slots, -1, np.int64)
+        slot_row[:snap.n_slots] = snap.slot_row[:snap.n_slots]
+        old_rows = slot_row[slots[current]]
+        slot_row[slots] = rows
+        live = np.zeros(max(words, len(snap.live)), np.uint64)
+        live[:len(snap.live)] = snap.live
+        _set_bits(live, old_rows, False)
+        _set_bits(live, rows)
+        for k_, s in zip(keys[new].tolist(), slots[new].tolist()):
+            self._recent[k_] = s
+        return replace(g, n_rows=r0 + n, live=live, n_live=snap.n_live + int(new.sum()), slot_row=slot_row,
+                       filters=filters, n_slots=n_slots,
+                       identity=snap.identity and r0 == snap.n_slots and not current.any())
+
+    def _publish(self, snap: _Snapshot) -> None:
+        """Make ``snap`` the snapshot new requests read; compact when hidden rows pass the ratio."""
+        self._snap = snap  # one reference assignment: a request reads the old or the new snapshot
+        if len(self._recent) > max(4096, snap.n_slots // 16):
+            self._sorted_ids, self._sorted_slots = self._sort_ids(snap.ids, snap.n_slots)
+            self._recent = {}
+        hidden = snap.n_rows - snap.n_live
+        if snap.n_rows >= 64 and hidden > self.compact_ratio * snap.n_rows:
+            self.compact()
+
+    def compact(self) -> None:
+        """Rebuild the graph and tables from the visible rows only (readers keep the old snapshot meanwhile)."""
+        snap = self._fitted()
+        with self._write:
+            snap = self._snap
+            slots = np.flatnonzero(snap.slot_row[:snap.n_slots] >= 0)
+            old = snap.slot_row[slots]
+            n = len(old)
+            index = _core.HnswIndex(self.dim_, max(n, 1), int(self.M), int(self.ef_construction), int(self.seed))
+            vecs = np.ascontiguousarray(snap.vecs[old])
+            bias = np.ascontiguousarray(snap.bias[old])
+            index.add(vecs, bias, np.arange(n, dtype=np.int64), _core.resolve_threads(self.num_threads))
+            index.set_ef(max(int(self.ef), int(self.n_candidates)))
+            words = _words(n)
+            filters = {}
+            for name, vals in snap.filters.items():
+                filters[name] = {}
+                for v, bits in vals.items():
+                    keep = np.unpackbits(bits.view(np.uint8), bitorder="little")[old].astype(bool)
+                    filters[name][v] = _bits_of(np.flatnonzero(keep), words)
+            slot_row = np.full(snap.n_slots, -1, np.int64)
+            slot_row[slots] = np.arange(n)
+            self._snap = (replace(
+                snap, index=index, n_rows=n, live=_bits_of(np.arange(n), words), n_live=n, slot_row=slot_row,
+                row_slot=slots.astype(np.int64), vecs=vecs, bias=bias,
+                text=None if snap.text is None else np.ascontiguousarray(snap.text[old]),
+                tri=None if snap.tri is None else np.ascontiguousarray(snap.tri[old]), filters=filters,
+                ids=np.array(snap.ids[:snap.n_slots]), identity=bool(n == snap.n_slots)))
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
-        """Write the engine to directory ``path`` atomically (arrays, index, manifest with checksums)."""
-        self._fitted()
-        params = {k: int(getattr(self, k)) for k in
-                  ("M", "ef_construction", "ef", "n_candidates", "exact_threshold", "num_threads", "seed")}
-        meta = {"params": params, "n_items": self.n_items_, "dim": self.dim_, "exact": self.exact_,
-                "text_weight": self.text_weight_, "tri_weight": self.tri_weight_}
-        with atomic_dir(path, FORMAT, VERSION, meta) as tmp:
-            np.save(tmp / "item_vecs.npy", self.item_vecs_)
-            np.save(tmp / "item_bias.npy", self.item_bias_)
-            np.save(tmp / "item_ids.npy", self.item_ids_, allow_pickle=False)
-            if self.item_text_ is not None:
-                np.save(tmp / "item_text.npy", self.item_text_)
-            if self.item_tri_ is not None:
-                np.save(tmp / "item_tri.npy", self.item_tri_)
-            if self.index_ is not None:
-                self.index_.save_index(str(tmp / "hnsw.bin"))
+        """Write the engine to directory ``path`` atomically (arrays, hnswlib index, manifest with checksums)."""
+        with self._write:
+            snap = self._fitted()
+            params = {k: getattr(self, k) for k in
+                      ("M", "ef_construction", "ef", "n_candidates", "exact_threshold", "num_threads", "seed",
+                       "compact_ratio")}
+            filters = {name: sorted(vals) for name, vals in snap.filters.items()}
+            seen_keys = list(self._seen)
+            meta = {"params": params, "n_rows": snap.n_rows, "n_slots": snap.n_slots, "n_live": snap.n_live,
+                    "dim": self.dim_, "text_weight": self.text_weight_, "tri_weight": self.tri_weight_,
+                    "text_dim": self._text_dim, "tri_dim": self._tri_dim, "filters": filters,
+                    "seen_keys": [k if isinstance(k, (int, str)) else int(k) for k in seen_keys]}
+            n, w = snap.n_rows, _words(snap.n_rows)
+            with atomic_dir(path, FORMAT, VERSION, meta) as tmp:
+                np.save(tmp / "item_vecs.npy", snap.vecs[:n])
+                np.save(tmp / "item_bias.npy", snap.bias[:n])
+                np.save(tmp / "item_ids.npy", snap.ids[:snap.n_slots], allow_pickle=False)
+                np.save(tmp / "slot_row.npy", snap.slot_row[:snap.n_slots])
+                np.save(tmp / "row_slot.npy", snap.row_slot[:n])
+                if snap.text is not None:
+                    np.save(tmp / "item_text.npy", snap.text[:n])
+                if snap.tri is not None:
+                    np.save(tmp / "item_tri.npy", snap.tri[:n])
+                for j, (name, values) in enumerate(filters.items()):
+                    np.save(tmp / f"filter.{j}.npy", np.stack([snap.filters[name][v][:w] for v in values]) if values
+                            else np.zeros((0, w), np.uint64))
+                lens = np.array([len(self._seen[k]) for k in seen_keys], np.int64)
+                np.save(tmp / "seen_indptr.npy", np.concatenate([[0], np.cumsum(lens)]).astype(np.int64))
+                np.save(tmp / "seen_slots.npy", np.concatenate([self._seen[k] for k in seen_keys]).astype(np.int64)
+                        if seen_keys else np.zeros(0, np.int64))
+                snap.index.save(str(tmp / "hnsw.bin"))
 
     @classmethod
     def load(cls, path: str | Path, verify: bool = True, mmap: bool = True) -> "Engine":
-        """Load an engine saved by ``save``; checks format, version and every file's SHA-256.
+        """Load an engine saved by ``save`` (format 2, or 1 from earlier ctxrec); checks every file's SHA-256.
 
         mmap=True maps the arrays read-only (shared between processes that load the same
-        directory). Raises CorruptArtifactError for a missing, truncated or altered file.
+        directory; the first write copies them). Raises CorruptArtifactError for a missing,
+        truncated, altered or inconsistent file.
         """
         path = Path(path)
-        manifest = read_manifest(path, FORMAT, VERSION, verify=verify)
+        manifest = read_manifest(path, FORMAT, (1, 2), verify=verify)
         meta = manifest["meta"]
-        eng = cls(**meta["params"])
+        v1 = manifest["version"] == 1
+        params = dict(meta["params"])
+        eng = cls(**params)
         mode = "r" if mmap else None
 
-        def arr(name: str) -> np.ndarray | None:
+        def arr(name: str, required: bool = True) -> np.ndarray | None:
             p = path / name
             if name not in manifest["files"]:
+                if required:
+                    raise CorruptArtifactError(f"{p}: missing from the manifest")
                 return None
             try:
                 return np.load(p, mmap_mode=mode, allow_pickle=False)
             except (ValueError, OSError) as e:
                 raise CorruptArtifactError(f"{p}: unreadable array ({e})") from None
 
-        eng.item_vecs_ = arr("item_vecs.npy")
-        eng.item_bias_ = arr("item_bias.npy")
-        eng.item_text_ = arr("item_text.npy")
-        eng.item_tri_ = arr("item_tri.npy")
-        eng.item_ids_ = np.load(path / "item_ids.npy", allow_pickle=False)
+        dim = int(meta["dim"])
+        n = int(meta["n_items"] if v1 else meta["n_rows"])
+        n_slots = n if v1 else int(meta["n_slots"])
+        vecs, bias = arr("item_vecs.npy"), arr("item_bias.npy")
+        text, tri = arr("item_text.npy", False), arr("item_tri.npy", False)
+        ids = np.load(path / "item_ids.npy", allow_pickle=False)
+        for name, a, shape in (("item_vecs", vecs, (n, dim)), ("item_bias", bias, (n,)), ("item_ids", ids, (n_slots,))):
+            if a.shape != shape:
+                raise CorruptArtifactError(f"{path}: {name}.npy has shape {a.shape}, the manifest says {shape}")
+        for name, a in (("item_text", text), ("item_tri", tri)):
+            if a is not None and (a.ndim != 2 or a.shape[0] != n):
+                raise CorruptArtifactError(f"{path}: {name}.npy has shape {a.shape}, expected ({n}, d)")
+        if v1:
+            slot_row, row_slot = np.arange(n, dtype=np.int64), np.arange(n, dtype=np.int64)
+            filters: dict[str, dict[str, np.ndarray]] = {}
+            seen: dict[Any, np.ndarray] = {}
+        else:
+            slot_row, row_slot = np.array(arr("slot_row.npy")), np.array(arr("row_slot.npy"))
+            if slot_row.shape != (n_slots,) or row_slot.shape != (n,) or (slot_row >= n).any() \
+                    or (row_slot < 0).any() or (row_slot >= n_slots).any():
+                raise CorruptArtifactError(f"{path}: slot_row.npy / row_slot.npy do not match the manifest's shapes")
+            filters = {}
+            for j, (name, values) in enumerate(meta["filters"].items()):
+                bits = np.array(arr(f"filter.{j}.npy"))
+                if bits.shape != (len(values), _words(n)):
+                    raise CorruptArtifactError(f"{path}: filter.{j}.npy has shape {bits.shape}")
+                filters[name] = {v: bits[i] for i, v in enumerate(values)}
+            indptr, sl = np.array(arr("seen_indptr.npy")), np.array(arr("seen_slots.npy"))
+            keys = meta["seen_keys"]
+            if len(indptr) != len(keys) + 1 or indptr[-1] != len(sl) or (sl < 0).any() or (sl >= n_slots).any():
+                raise CorruptArtifactError(f"{path}: seen_indptr.npy / seen_slots.npy are inconsistent")
+            seen = {k: sl[indptr[i]:indptr[i + 1]] for i, k in enumerate(keys)}
+        live_rows = slot_row[slot_row >= 0]
+        try:
+            index = _core.HnswIndex.load(str(path / "hnsw.bin"), dim, max(n, 1)) if (path / "hnsw.bin").exists() \
+                else None
+        except (RuntimeError, ValueError) as e:
+            raise CorruptArtifactError(f"{path / 'hnsw.bin'}: cannot load the HNSW index ({e})") from None
+        if index is None:  # a format-1 engine small enough to have been exact-only: build its graph now
+            index = _core.HnswIndex(dim, max(n, 1), int(eng.M), int(eng.ef_construction), int(eng.seed))
+            index.add(np.ascontiguousarray(vecs), np.ascontiguousarray(bias), np.arange(n, dtype=np.int64),
+                      _core.resolve_threads(eng.num_threads))
+        if index.size != n:
+            raise CorruptArtifactError(f"{path / 'hnsw.bin'}: holds {index.size} rows, the manifest says {n}")
+        index.set_ef(max(int(eng.ef), int(eng.n_candidates)))
+        eng.dim_ = dim
         eng.text_weight_ = float(meta["text_weight"])
         eng.tri_weight_ = float(meta["tri_weight"])
-        eng.n_items_, eng.dim_, eng.exact_ = int(meta["n_items"]), int(meta["dim"]), bool(meta["exact"])
-        if eng.item_vecs_ is None or eng.item_vecs_.shape != (eng.n_items_, eng.dim_):
-            raise CorruptArtifactError(f"{path}: item_vecs.npy does not match the manifest's shape")
-        eng._lookup = {v: i for i, v in enumerate(eng.item_ids_.tolist())}
-        eng.index_ = None
-        if not eng.exact_:
-            index = hnswlib.Index(space="ip", dim=eng.dim_ + 1)
-            try:
-                index.load_index(str(path / "hnsw.bin"), max_elements=eng.n_items_)
-            except RuntimeError as e:
-                raise CorruptArtifactError(f"{path / 'hnsw.bin'}: cannot load HNSW index ({e})") from None
-            index.set_ef(eng.ef)
-            eng.index_ = index
+        eng._text_dim = None if text is None else int(text.shape[1])
+        eng._tri_dim = None if tri is None else int(tri.shape[1])
+        eng.filter_names_ = tuple(sorted(filters))
+        eng._seen = seen
+        eng._sorted_ids, eng._sorted_slots = cls._sort_ids(ids, n_slots)
+        eng._recent = {}
+        eng._snap = _Snapshot(index=index, n_rows=n, live=_bits_of(live_rows, _words(n)), n_live=len(live_rows),
+                              slot_row=slot_row, row_slot=row_slot, vecs=vecs, bias=bias, text=text, tri=tri,
+                              filters=filters, ids=ids, n_slots=n_slots,
+                              identity=bool(n == n_slots and np.array_equal(slot_row, np.arange(n))))
         return eng
 
     def set_ef(self, ef: int) -> None:
-        """Change the HNSW search beam width (takes effect for later queries)."""
+        """Change the graph search beam width (takes effect for later queries)."""
         if not isinstance(ef, (int, np.integer)) or ef < 1:
             raise ValueError(f"ef must be a positive integer, got {ef!r}")
-        with self._lock:
+        with self._write:
             self.ef = int(ef)
-            if getattr(self, "index_", None) is not None:
-                self.index_.set_ef(self.ef)
+            if getattr(self, "_snap", None) is not None:
+                self._snap.index.set_ef(max(self.ef, int(self.n_candidates)))
 
     def __repr__(self) -> str:
-        state = f"n_items={self.n_items_}, dim={self.dim_}, exact={self.exact_}" if hasattr(self, "n_items_") \
-            else "unfitted"
+        snap = getattr(self, "_snap", None)
+        state = f"n_items={snap.n_live}, dim={self.dim_}" if snap is not None else "unfitted"
         return f"Engine(M={self.M}, ef={self.ef}, n_candidates={self.n_candidates}, {state})"
 
     def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        del state["_lock"]
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
+        raise TypeError("Engine does not pickle (it holds a native index): use save(path) / Engine.load(path)")
