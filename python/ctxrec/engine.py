@@ -817,7 +817,7 @@ class Engine:
         _set_bits(live, rows)
         for k_, s in zip(keys[new].tolist(), slots[new].tolist()):
             self._recent[k_] = s
-        return replace(g, n_rows=r0 + n, live=live, n_live=snap.n_live + int(new.sum()), slot_row=slot_row,
+        return replace(g, n_rows=r0 + n, live=live, n_live=snap.n_live + int((~current).sum()), slot_row=slot_row,
                        filters=filters, n_slots=n_slots,
                        identity=snap.identity and r0 == snap.n_slots and not current.any())
 
