@@ -2,6 +2,7 @@
 save/load, errors; a short real-data smoke test on MovieLens 100K when the data is there."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -373,6 +374,41 @@ def test_text_gives_cold_items_a_vector():
     m0.fit(Interactions(users[keep], items[keep]), SideInfo(120, 100))
     s0 = m0.predict(Interactions(uu, it))
     assert np.ptp(s0.reshape(120, -1), axis=1).max() < 1e-9
+
+
+@pytest.mark.parametrize("tri", [0, 3])
+def test_item_vectors_cold_start_equals_export_without_the_id_factor(tri):
+    X, side = _random_problem(2)
+    m = ContextFM(n_factors=6, n_tri_factors=tri, loss="bpr", epochs=2, batch_size=64, init_std=0.3).fit(X, side)
+    attrs, text = side.item_attrs, side.item_text
+    tab = m.export()
+    # with their id factors, the fitted items' rows are export()'s rows
+    full = m.item_vectors(attrs, text, items=np.arange(25))
+    assert np.allclose(full.item_vecs, tab.item_vecs, atol=1e-6)
+    assert np.allclose(full.item_bias, tab.item_bias, atol=1e-6)
+    if tri:
+        assert np.array_equal(full.item_tri, tab.item_tri)
+    # without: export() of a model whose id factors (and linear weights) are zeroed
+    cold = m.item_vectors(attrs[3:5], text[3:5])
+    z = copy.deepcopy(m)
+    z.V_[z.item_off_:z.item_off_ + 25] = 0
+    z.w_[z.item_off_:z.item_off_ + 25] = 0
+    ref = z.export()
+    assert np.abs(cold.item_vecs - tab.item_vecs[3:5]).max() > 1e-3  # the id factor mattered
+    assert np.allclose(cold.item_vecs, ref.item_vecs[3:5], atol=1e-6)
+    assert np.allclose(cold.item_bias, ref.item_bias[3:5], atol=1e-6)
+    if tri:
+        assert cold.item_tri.shape == (2, tri) and not cold.item_tri.any()
+    # text only, attributes only, nothing
+    assert np.allclose(m.item_vectors(None, text[:2]).item_vecs,
+                       m.item_vectors(np.zeros((2, 5), np.float32), text[:2]).item_vecs)
+    assert not m.item_vectors(np.zeros((1, 5), np.float32), None).item_vecs.any()
+    with pytest.raises(ValueError, match="item_attrs: 4 columns"):
+        m.item_vectors(np.ones((1, 4), np.float32), None)
+    with pytest.raises(ValueError, match="item_text: width 3"):
+        m.item_vectors(None, np.ones((1, 3), np.float32))
+    with pytest.raises(ValueError, match=r"items: index \[25\]"):
+        m.item_vectors(None, text[:1], items=[25])
 
 
 def _context_flips(seed: int = 0, nU: int = 80, nI: int = 40, n: int = 8000):

@@ -31,6 +31,7 @@ import pandas as pd
 from ctxrec._io import atomic_dir, read_manifest
 from ctxrec.context import ContextSpec, encode_texts
 from ctxrec.data import Dataset
+from ctxrec.data import _scalar_str
 from ctxrec.engine import Engine
 from ctxrec.events import EventLog, default_log_path
 from ctxrec.evaluate import EvaluationReport, Factors, evaluate_ranking
@@ -42,7 +43,7 @@ __all__ = ["Recommender", "Recommendation"]
 log = logging.getLogger("ctxrec.recommender")
 
 FORMAT = "ctxrec.recommender"
-VERSION = 1
+VERSION = 2  # 2: live catalog (added items' rows and texts), item attribute vocabularies; 1 still loads
 
 
 @dataclass
@@ -122,6 +123,26 @@ def _copy_encoder(enc: Any, dest: Path) -> None:
             shutil.copy2(src / name, dest / name)
 
 
+def _missing(v: Any) -> bool:
+    """A cell that holds no value (None, NaN, NaT)."""
+    if v is None or isinstance(v, (list, tuple, set, np.ndarray)):
+        return v is None
+    try:
+        return bool(pd.isna(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def _attr_values(v: Any) -> list[str]:
+    """An item attribute cell as value strings (lists for several values), as the data loaders read them."""
+    if _missing(v):
+        return []
+    if isinstance(v, (list, tuple, set, np.ndarray)):
+        return sorted({_scalar_str(x) for x in v if not _missing(x) and _scalar_str(x) != ""})
+    s = _scalar_str(v)
+    return [s] if s != "" else []
+
+
 def _histories(ds: Dataset) -> list[list[int]]:
     """Each user's distinct positive items, oldest first (by timestamp, ties by row order).
 
@@ -186,8 +207,17 @@ class Recommender:
     fold_in_history : int
         How many of a user's latest items ``feedback`` refits the user's vector on.
 
-    Learned attributes: ``context_`` (fitted spec), ``model_``, ``engine_``, ``item_ids_``,
-    ``user_ids_``, ``text_match_weight_``, ``items_`` (item table), ``item_text_``.
+    Learned attributes: ``context_`` (fitted spec), ``model_``, ``engine_``, ``item_ids_``
+    (every item id ever in the catalog, by slot: the engine's), ``user_ids_``,
+    ``text_match_weight_``, ``items_`` (item table by slot, added items included),
+    ``item_text_`` (unit text embeddings by slot), ``item_attrs_`` (name -> vocabulary of the
+    categorical item attributes the model and the named filters use).
+
+    The catalog is live: :meth:`add_items` / :meth:`update_items` / :meth:`upsert_items` /
+    :meth:`remove_items` change what ``recommend`` returns at once. Items are numbered by
+    *slot*, in the order they first arrived; the fitted items' slots are their dense indices
+    in the training data. An item added after fit has no id factor: its vector is the model's
+    cold-start vector (attribute factors + text projection).
     """
 
     def __init__(self, context: ContextSpec | None = None, *, model: ContextFM | None = None,
@@ -260,18 +290,24 @@ class Recommender:
 
         self.context_ = spec
         self.model_ = model
-        self.item_ids_ = dataset.item_ids
         self.user_ids_ = dataset.user_ids
         self.items_ = dataset.item_table.assign(text=dataset.item_text)
         self.item_text_ = None if item_emb is None else _unit_rows(item_emb)
-        self._seen = _histories(dataset)
+        self.item_attrs_ = {str(name): list(a.vocab) for name, a in dataset.item_attrs.items()}
+        self._history = _histories(dataset)
         self.training_source_ = dataset.meta.get("source")
         self._event_origin: tuple[str, int] | None = None
-        self._build_serving()
+        filters = {name: [a.values(r) for r in range(a.n_rows)] for name, a in dataset.item_attrs.items()}
+        self._build_serving(dataset.item_ids, filters)
         return self
 
-    def _build_serving(self) -> None:
-        """Engine over the model's item table; users index; text-match weight."""
+    @property
+    def item_ids_(self) -> np.ndarray:
+        """Every item id ever in the catalog, by slot (removed ones included: see ``engine_.live_``)."""
+        return self.engine_.item_ids_
+
+    def _build_serving(self, item_ids: np.ndarray, filters: Mapping[str, Sequence[Any]]) -> None:
+        """Engine over the model's item table with the named filters; users index; text-match weight."""
         tables = self.model_.export()
         w = self.text_match_weight
         if w == "auto":
@@ -280,9 +316,22 @@ class Recommender:
             raise ValueError(f"text_match_weight must be a finite number or 'auto', got {w!r}")
         self.text_match_weight_ = float(w)
         self.engine_ = Engine(**dict(self.engine_params or {})).fit(
-            tables.joined(), tables.item_bias, item_ids=self.item_ids_,
-            item_text=self.item_text_ if self.text_match_weight_ else None, text_weight=self.text_match_weight_)
+            tables.joined(), tables.item_bias, item_ids=item_ids,
+            item_text=self.item_text_ if self.text_match_weight_ else None, text_weight=self.text_match_weight_,
+            item_filters=filters)
+        self._sync_seen()
         self._index_users()
+
+    def _sync_seen(self) -> None:
+        """The engine's seen items (what ``recommend`` leaves out), from the users' histories.
+
+        The history (time-ordered, the fold-in's input) is the one record; the engine holds
+        its set, keyed by dense user index, kept in step by ``feedback``.
+        """
+        self.engine_.set_seen_slots({u: np.asarray(h, np.int64) for u, h in enumerate(self._history) if h})
+
+    def _engine_has_text(self) -> bool:
+        return bool(self.text_match_weight_) and self.item_text_ is not None
 
     def _index_users(self) -> None:
         self._user_pos = {u: i for i, u in enumerate(self.user_ids_.tolist())}
@@ -352,31 +401,56 @@ class Recommender:
 
     def recommend(self, user: Any, context: Mapping[str, Any] | None = None, k: int = 10, *,
                   exclude_seen: bool = True, exclude: Iterable[Any] | None = None,
-                  allow: Iterable[Any] | None = None) -> Recommendation:
+                  allow: Iterable[Any] | None = None, filter: Mapping[str, Any] | None = None) -> Recommendation:
         """Top-k items for ``user`` in ``context`` (a dict of context fields incl. free text).
 
-        Unknown users get the cold-start path (context + request text + popularity), marked
-        ``cold_start=True``. exclude_seen leaves out the user's known items; exclude/allow
-        are original item ids (unknown ones are ignored with a warning).
+        Parameters
+        ----------
+        user : int or str
+            Raw user id; unknown users get the cold-start path (context + request text +
+            popularity), marked ``cold_start=True``.
+        context : mapping or None
+            Context fields, free text included.
+        k : int
+        exclude_seen : bool
+            Leave out the items the user interacted with.
+        exclude, allow : sequences of raw item ids, optional
+            Never return / only return these (unknown ids are ignored with a warning).
+        filter : mapping attribute -> value or list of values, optional
+            Named item filters over the item attributes (``item_attrs_``), e.g.
+            ``{"genres": ["Comedy", "Drama"], "decade": "1990s"}``: an item passes when, for
+            every attribute, it has one of the listed values.
+
+        Returns
+        -------
+        Recommendation
+
+        Raises
+        ------
+        ValueError
+            Invalid context, k, or filter (an unknown attribute is named).
         """
         self._fitted()
         u = self._user(user)
         q, const, tq = self._query(u, context)
-        seen = None
-        if exclude_seen and u >= 0:
-            with self._lock:
-                seen = np.array(self._seen[u], np.int64)
-        ids, scores = self.engine_.recommend(q, k, exclude=exclude, allow=allow, text_query=tq, exclude_index=seen)
+        ids, scores = self.engine_.recommend(q, k, exclude=exclude, allow=allow, filter=filter, text_query=tq,
+                                             user=u if exclude_seen and u >= 0 else None)
         return Recommendation(user, ids.tolist(), (scores + const).tolist(), u < 0, dict(context or {}))
 
     def recommend_batch(self, users: Sequence[Any], contexts: Sequence[Mapping[str, Any] | None] | None = None,
-                        k: int = 10, *, exclude_seen: bool = True, num_threads: int = 1) -> list[Recommendation]:
+                        k: int = 10, *, exclude_seen: bool = True, filter: Mapping[str, Any] | None = None,
+                        num_threads: int = 1) -> list[Recommendation]:
         """recommend() for many (user, context) pairs, batched, with identical answers.
 
-        Contexts are featurised once per distinct context, queries are built in one batch,
-        and the engine is called once per group of requests that share its search plan
-        (candidate count, request text or not), so every request is answered exactly as a
-        single ``recommend`` call would answer it. num_threads: threads of the engine calls.
+        Contexts are featurised once per distinct context, queries are built in one batch
+        and the engine answers all of them in one native call (each request's seen items
+        left out by its user key). ``filter`` (as in :meth:`recommend`) applies to every
+        request; num_threads: threads of the engine call.
+
+        Returns
+        -------
+        list of Recommendation
+            One per request, in order.
         """
         self._fitted()
         if not isinstance(k, (int, np.integer)) or k < 0:
@@ -405,33 +479,20 @@ class Recommender:
                                          for t in texts]).astype(np.float32)
         with self._lock:
             qb = self.model_.build_queries(uidx, context=ctx_rows, context_text=model_text)
-            seen = [np.array(self._seen[u], np.int64) if exclude_seen and u >= 0 else None for u in uidx]
         tq = [_unit_rows(t)[0] if t is not None and self.text_match_weight_ and np.any(t) else None for t in texts]
-        eng = self.engine_
-        base = max(eng.n_candidates, int(k))
-        groups: dict[tuple[Any, bool], list[int]] = {}
+        text_queries = None
+        if any(t is not None for t in tq):  # a request without text gets a zero row: a zero text term
+            d = next(t.shape[0] for t in tq if t is not None)
+            text_queries = np.stack([np.zeros(d, np.float32) if t is None else t for t in tq])
+        keys = [int(u) if exclude_seen and u >= 0 else None for u in uidx]
+        ids, scores = self.engine_.recommend_batch(np.ascontiguousarray(qb.joined(), dtype=np.float32), int(k),
+                                                   users=keys, filter=filter, text_queries=text_queries,
+                                                   num_threads=int(num_threads))
+        out = []
         for j in range(b):
-            n_ex = 0 if seen[j] is None else len(seen[j])
-            plan = "exact" if (eng.exact_ or base + n_ex >= eng.n_items_ // 4) else n_ex  # Engine._search's choice
-            groups.setdefault((plan, tq[j] is not None), []).append(j)
-        queries = np.ascontiguousarray(qb.joined(), dtype=np.float32)
-        out: list[Any] = [None] * b
-        for (plan, has_text), rows in groups.items():
-            q = np.ascontiguousarray(queries[np.asarray(rows)])
-            kw = eng._extras(np.stack([tq[j] for j in rows]) if has_text else None, None, len(rows), True, None, None)
-            ex = [seen[j] if seen[j] is not None else np.zeros(0, np.int64) for j in rows]
-            excl = None
-            if any(seen[j] is not None for j in rows):
-                indptr = np.zeros(len(rows) + 1, np.int64)
-                indptr[1:] = np.cumsum([len(e) for e in ex])
-                excl = (indptr, np.concatenate(ex))
-            n_ex = max(len(e) for e in ex) if plan == "exact" else int(plan)
-            ids, scores = eng._search(q, int(k), kw, excl, None, n_ex, int(num_threads))
-            for r, j in enumerate(rows):
-                m = int(np.count_nonzero(ids[r] >= 0))
-                out[j] = Recommendation(users[j], eng.item_ids_[ids[r, :m]].tolist(),
-                                        (scores[r, :m] + qb.const[j]).tolist(), bool(uidx[j] < 0),
-                                        dict((contexts[j] if contexts is not None else None) or {}))
+            m = int(np.count_nonzero(np.isfinite(scores[j])))
+            out.append(Recommendation(users[j], ids[j, :m].tolist(), (scores[j, :m] + qb.const[j]).tolist(),
+                                      bool(uidx[j] < 0), dict((contexts[j] if contexts is not None else None) or {})))
         return out
 
     def evaluate(self, train: Dataset, test: Dataset, *, ks: Sequence[int] = (1, 5, 10, 20), group: str = "row",
@@ -472,8 +533,8 @@ class Recommender:
         i = self._item(item)
         u = self._user(user)
         ctx, text = self._features(context)
-        vec = np.asarray(self.engine_.item_vecs_[i], np.float64)
-        bias = float(self.engine_.item_bias_[i])
+        vec, bias = self.engine_.item_vector(self.item_ids_[i])
+        vec = np.asarray(vec, np.float64)
         uses_text = bool(self._model_text_dim()) and text is not None
 
         def score(user_idx: int, c: np.ndarray | None, t: np.ndarray | None) -> float:
@@ -574,12 +635,16 @@ class Recommender:
         u = self._user(user)
         new = u < 0
         with self._lock:
-            history = [] if new else list(self._seen[u])
+            history = [] if new else list(self._history[u])
         if label > 0:
             history = [x for x in history if x != i] + [i]  # time order: the item is now the latest
-        items = np.array(history[-int(self.fold_in_history):] or [i], np.int64)
+        # the fold-in learns from the items the model has id factors for; an item added to the
+        # catalog after fit (no id factor) is recorded (history, seen) but teaches the model nothing
+        known = self.model_.n_items_
+        window = [x for x in history if x < known][-int(self.fold_in_history):]
+        items = np.array(window or ([i] if i < known else []), np.int64)
         labels = np.ones(len(items), np.float32)
-        if self.model_.loss in ("mse", "logloss"):
+        if self.model_.loss in ("mse", "logloss") and len(items) and items[-1] == i:
             labels[-1] = label
         kw = dict(user=None if new else u, label=labels)
         if copy_model:
@@ -591,11 +656,12 @@ class Recommender:
             if new:
                 self.user_ids_ = new_ids
                 self._user_pos[user] = u2
-                self._seen.append([])
+                self._history.append([])
             if label > 0:
-                self._seen[u2] = history
+                self._history[u2] = history
+                self.engine_.add_seen(u2, self.item_ids_[[i]])
         return {"user": _jsonable(user), "item_id": _jsonable(self.item_ids_[i]), "new_user": new,
-                "known_items": len(self._seen[u2])}
+                "known_items": len(self._history[u2])}
 
     # ------------------------------------------------------------------ event log
     def open_event_log(self, path: str | os.PathLike | EventLog, *, replay: bool = True) -> int:
@@ -773,6 +839,243 @@ class Recommender:
                 "log_position": self._events.position(), "applied_position": int(origin[1]),
                 "applied": int(self._events_applied)}
 
+    def filter_mask(self, filter: Mapping[str, Any] | None) -> np.ndarray:
+        """bool [slots]: which items are in the catalog now and pass ``filter`` (as in :meth:`recommend`).
+
+        Raises
+        ------
+        ValueError
+            An unknown filter name or a filter that is not a mapping (the engine's message).
+        """
+        self._fitted()
+        eng = self.engine_
+        mask = np.zeros(eng.n_slots_, bool)
+        # every eligible item: a zero query scores them all alike (the engine owns the filter rule)
+        ids, _ = eng.recommend(np.zeros(eng.dim_, np.float32), eng.n_items_, filter=filter)
+        mask[[eng.item_index(x) for x in ids.tolist()]] = True
+        return mask
+
+    # ------------------------------------------------------------------ live catalog
+    def _catalog_id(self, raw: Any, row: int) -> Any:
+        """A raw id from an item frame as the catalog's id type (int catalogs accept digit strings)."""
+        if _missing(raw) or isinstance(raw, bool):
+            raise ValueError(f"item_id: row {row} has no valid id ({raw!r})")
+        if self.item_ids_.dtype.kind in "iu":
+            if isinstance(raw, (int, np.integer)):
+                return int(raw)
+            if isinstance(raw, (float, np.floating)) and float(raw).is_integer():
+                return int(raw)
+            if isinstance(raw, str) and raw.strip().lstrip("-").isdigit():
+                return int(raw.strip())
+            raise ValueError(f"item_id: this catalog has integer ids, got {raw!r} (row {row})")
+        if not isinstance(raw, (str, int, np.integer)):
+            raise ValueError(f"item_id: an id must be a str or an int, got {type(raw).__name__} {raw!r} (row {row})")
+        return str(raw)
+
+    def _write_items(self, frame: Any, mode: str) -> dict[str, int]:
+        """Validate, vectorise and write a batch of items (see :meth:`upsert_items`)."""
+        self._fitted()
+        if not isinstance(frame, pd.DataFrame):
+            raise TypeError(f"items must be a pandas DataFrame, got {type(frame).__name__}")
+        if self.item_attrs_ is None:
+            raise ValueError("this model was saved by a ctxrec without live catalogs (no item attribute "
+                             "vocabularies): fit it again to add or update items")
+        if "item_id" not in frame.columns:
+            raise ValueError(f"items: no 'item_id' column (columns: {list(map(str, frame.columns))})")
+        allowed = set(map(str, self.items_.columns)) | set(self.item_attrs_)
+        unknown = [str(c) for c in frame.columns if str(c) not in allowed]
+        if unknown:
+            raise ValueError(f"items: unknown column(s) {unknown}; the item table has {sorted(allowed)}")
+        if "text" in frame.columns:
+            bad = [(r, v) for r, v in enumerate(frame["text"].tolist()) if not _missing(v) and not isinstance(v, str)]
+            if bad:
+                raise ValueError(f"text: row {bad[0][0]} holds {type(bad[0][1]).__name__} {bad[0][1]!r}, "
+                                 "expected a string")
+        ids = [self._catalog_id(x, r) for r, x in enumerate(frame["item_id"].tolist())]
+        if len(set(ids)) != len(ids):
+            dup = sorted({x for x in ids if ids.count(x) > 1}, key=str)[:5]
+            raise ValueError(f"item_id: duplicated in the batch: {dup}")
+        if not ids:
+            return {"added": 0, "updated": 0}
+        with self._write_lock:  # one catalog writer at a time (and never beside a feedback's swap)
+            current = [self.engine_.contains(x) for x in ids]
+            if mode == "add" and any(current):
+                raise ValueError(f"item_id: already in the catalog: {[x for x, c in zip(ids, current) if c][:5]} "
+                                 "(use update_items or upsert_items)")
+            if mode == "update" and not all(current):
+                raise KeyError(f"item_id: not in the catalog: {[x for x, c in zip(ids, current) if not c][:5]}")
+            cols = [str(c) for c in self.items_.columns]
+            given = [str(c) for c in frame.columns]
+            rows = []
+            for r, rec_row in enumerate(frame.to_dict("records")):
+                rec_row = {str(c): v for c, v in rec_row.items()}
+                if current[r]:  # an update keeps the values it does not give
+                    old = self.items_.iloc[self.engine_.item_index(ids[r])].to_dict()
+                    row = {c: (old.get(c) if c not in given or _missing(rec_row.get(c)) else rec_row[c]) for c in
+                           set(cols) | set(given)}
+                else:
+                    row = {c: (None if c not in given or _missing(rec_row.get(c)) else rec_row[c])
+                           for c in set(cols) | set(given)}
+                row["item_id"] = ids[r]
+                row["text"] = "" if _missing(row.get("text")) else str(row["text"])
+                rows.append(row)
+            tables, unit = self._item_tables(rows, ids)
+            filters = {name: [_attr_values(row.get(name)) for row in rows] for name in self.engine_.filter_names_}
+            kw = dict(item_text=unit if self._engine_has_text() else None, item_filters=filters)
+            out = self.engine_.upsert_items(tables.joined(), tables.item_bias, np.asarray(ids, dtype=object)
+                                            if self.item_ids_.dtype.kind == "U" else np.asarray(ids, np.int64), **kw)
+            slots = np.array([self.engine_.item_index(x) for x in ids], np.int64)
+            self._store_rows(slots, rows, unit)
+        log.info("catalog: %d item(s) added, %d updated", out["added"], out["updated"])
+        return out
+
+    def _item_tables(self, rows: list[dict[str, Any]], ids: list[Any]) -> tuple[Any, np.ndarray | None]:
+        """(ServingTables, unit text embeddings [m, d] or None) of item rows: the cold-start vectors."""
+        enc = getattr(self, "_encoder", None)
+        texts = [row["text"] for row in rows]
+        emb = encode_texts(texts, enc) if enc is not None and self.item_text_ is not None else None
+        indptr, indices, off = [0], [], 0
+        per_row: list[list[int]] = [[] for _ in rows]
+        for name, vocab in self.item_attrs_.items():
+            pos = {v: j for j, v in enumerate(vocab)}
+            for r, row in enumerate(rows):
+                per_row[r].extend(off + pos[v] for v in _attr_values(row.get(name)) if v in pos)
+            off += len(vocab)
+        for p in per_row:
+            indices.extend(p)
+            indptr.append(len(indices))
+        csr = (np.asarray(indptr, np.int64), np.asarray(indices, np.int64), np.ones(len(indices), np.float32), off) \
+            if self.model_.n_item_attrs_ else None
+        known = self.model_.n_items_
+        slots = [self.engine_.item_index(x) if self.engine_.contains(x) else -1 for x in ids]
+        items = np.array([s if 0 <= s < known else -1 for s in slots], np.int64)
+        tables = self.model_.item_vectors(csr, emb if self.model_.item_text_.shape[1] else None, items=items)
+        return tables, (None if emb is None else _unit_rows(emb))
+
+    def _store_rows(self, slots: np.ndarray, rows: list[dict[str, Any]], unit: np.ndarray | None) -> None:
+        """Write item rows (table, text) at their slots (new slots at the end), swapping whole tables."""
+        n = self.engine_.n_slots_
+        cols = {str(c): self.items_[c].tolist() for c in self.items_.columns}
+        for c, vals in cols.items():
+            vals.extend([None] * (n - len(vals)))
+            for s, row in zip(slots.tolist(), rows):
+                vals[s] = row.get(c)
+        items = pd.DataFrame(cols)
+        text = self.item_text_
+        if text is not None and unit is not None:
+            text = np.concatenate([text, np.zeros((n - len(text), text.shape[1]), np.float32)]) if n > len(text) \
+                else text.copy()
+            text[slots] = unit
+        with self._lock:
+            self.items_, self.item_text_ = items, text
+
+    def add_items(self, items: pd.DataFrame) -> dict[str, int]:
+        """Add items to the catalog; they can be recommended once the call returns.
+
+        Parameters
+        ----------
+        items : pandas.DataFrame
+            One row per item: ``item_id`` (required, new ids), ``text`` (encoded with this
+            recommender's encoder: the item text the model and the text-match term read),
+            the categorical attributes (``item_attrs_``: a value or a list of values; they
+            feed the model's attribute factors and the named filters) and any other column
+            of the item table (stored for ``item_info``). Unknown columns are refused.
+
+        Returns
+        -------
+        dict
+            ``{"added": n, "updated": 0}``.
+
+        Raises
+        ------
+        ValueError
+            An id already in the catalog, a duplicated or invalid id, an unknown column, a
+            non-string text: nothing is changed.
+        """
+        return self._write_items(items, "add")
+
+    def update_items(self, items: pd.DataFrame) -> dict[str, int]:
+        """Replace items in the catalog (columns as in :meth:`add_items`; missing cells keep their values).
+
+        A fitted item keeps its id factor; its vector is recomputed from it and the new
+        attributes and text. Raises KeyError (and changes nothing) for an id not in the catalog.
+
+        Returns
+        -------
+        dict
+            ``{"added": 0, "updated": n}``.
+        """
+        return self._write_items(items, "update")
+
+    def upsert_items(self, items: pd.DataFrame) -> dict[str, int]:
+        """:meth:`add_items` for the new ids and :meth:`update_items` for the others, as one batch.
+
+        Returns
+        -------
+        dict
+            ``{"added": a, "updated": u}``.
+        """
+        return self._write_items(items, "upsert")
+
+    def remove_items(self, item_ids: Iterable[Any]) -> int:
+        """Remove items from the catalog: never recommended once the call returns.
+
+        Their rows stay in ``items_`` (slots are permanent) but ``item_info``, ``feedback``
+        and ``similar_items`` treat them as unknown; adding the id again brings it back.
+
+        Returns
+        -------
+        int
+            How many were removed.
+
+        Raises
+        ------
+        KeyError
+            An id not in the catalog now (nothing is removed).
+        """
+        self._fitted()
+        if isinstance(item_ids, (str, bytes)) or np.ndim(item_ids) == 0:
+            raise ValueError(f"item_ids must be a sequence of item ids, got {item_ids!r}")
+        raw = list(item_ids)
+        with self._write_lock:
+            slots = []
+            for x in raw:
+                slots.append(self._item(x))  # KeyError names the id; digit strings match int ids
+            n = self.engine_.remove_items(self.item_ids_[np.asarray(slots, np.int64)]) if slots else 0
+        log.info("catalog: %d item(s) removed", n)
+        return n
+
+    def similar_items(self, item: Any, k: int = 10, *, by: str = "vectors", filter: Mapping[str, Any] | None = None,
+                      exclude: Iterable[Any] | None = None, allow: Iterable[Any] | None = None) -> dict[str, Any]:
+        """Items most similar to ``item`` (never itself).
+
+        Parameters
+        ----------
+        item : int or str
+            Raw item id.
+        k : int
+        by : {"vectors", "both", "text"}
+            The model's item vectors (inner product), those plus the text-match term, or the
+            item texts alone (cosine); "both"/"text" need item text.
+        filter, exclude, allow : as in :meth:`recommend`.
+
+        Returns
+        -------
+        dict
+            ``{"item_id": id, "by": by, "items": [{"item_id", "score"}, ...]}``, best first.
+
+        Raises
+        ------
+        KeyError
+            Unknown or removed item. ValueError: bad k, by or filter.
+        """
+        self._fitted()
+        i = self._item(item)
+        raw = self.item_ids_[i]
+        ids, scores = self.engine_.similar_items(raw, k, by=by, filter=filter, exclude=exclude, allow=allow)
+        return {"item_id": _jsonable(raw), "by": by,
+                "items": [{"item_id": _jsonable(x), "score": float(s)} for x, s in zip(ids.tolist(), scores)]}
+
     def item_info(self, item: Any, fields: Sequence[str] | None = None) -> dict[str, Any]:
         """The stored attributes and text of an item, as plain JSON types.
 
@@ -807,7 +1110,7 @@ class Recommender:
 
     def summary(self) -> dict[str, Any]:
         self._fitted()
-        return {"n_items": int(len(self.item_ids_)), "n_users": int(len(self.user_ids_)),
+        return {"n_items": int(self.engine_.n_items_), "n_users": int(len(self.user_ids_)),
                 "context_fields": self.context_.columns, "text_match_weight": self.text_match_weight_,
                 "engine": repr(self.engine_),
                 "encoder_provider": getattr(getattr(self, "_encoder", None), "provider", None),
@@ -829,24 +1132,25 @@ class Recommender:
         meta = {"params": params, "text_match_weight_": self.text_match_weight_,
                 "has_encoder": getattr(self, "_encoder", None) is not None,
                 "training_source": getattr(self, "training_source_", None),
+                "item_attrs": self.item_attrs_,
                 "event_log": None if origin is None else {"log_id": origin[0], "position": int(origin[1])}}
         with atomic_dir(path, FORMAT, VERSION, meta) as d:
             (d / "context.json").write_text(self.context_.to_json())
             self.model_.save(d / "model")
-            self.engine_.save(d / "engine")
-            items = self.items_.copy()
+            with self._lock:  # one consistent catalog: the engine, the item rows and texts by slot
+                self.engine_.save(d / "engine")
+                items, item_text = self.items_.copy(), self.item_text_
+                history = [list(h) for h in self._history]
             items["item_id"] = items["item_id"].astype(str) if items["item_id"].dtype == object else items["item_id"]
             items.to_parquet(d / "items.parquet")
-            np.save(d / "item_ids.npy", np.asarray(self.item_ids_).astype(str)
-                    if self.item_ids_.dtype == object else self.item_ids_, allow_pickle=False)
             np.save(d / "user_ids.npy", np.asarray(self.user_ids_).astype(str)
                     if self.user_ids_.dtype == object else self.user_ids_, allow_pickle=False)
-            lens = np.array([len(s) for s in self._seen], np.int64)
+            lens = np.array([len(s) for s in history], np.int64)
             np.save(d / "seen_indptr.npy", np.concatenate([[0], np.cumsum(lens)]).astype(np.int64))
-            np.save(d / "seen_indices.npy", np.concatenate([np.asarray(s, np.int64) for s in self._seen])
-                    if self._seen else np.zeros(0, np.int64))
-            if self.item_text_ is not None:
-                np.save(d / "item_text.npy", self.item_text_)
+            np.save(d / "seen_indices.npy", np.concatenate([np.asarray(s, np.int64) for s in history])
+                    if history else np.zeros(0, np.int64))
+            if item_text is not None:
+                np.save(d / "item_text.npy", item_text)
             enc = getattr(self, "_encoder", None)
             if enc is not None:
                 _copy_encoder(enc, d / "encoder")
@@ -871,16 +1175,16 @@ class Recommender:
             The loaded recommender, with the log's later events applied.
         """
         path = Path(path).expanduser()
-        man = read_manifest(path, FORMAT, VERSION)
+        man = read_manifest(path, FORMAT, (1, VERSION))
         meta = man["meta"]
         rec = cls(ContextSpec.from_json((path / "context.json").read_text()), **meta["params"])
         rec.context_ = rec.context
         rec.model_ = ContextFM.load(path / "model")
         rec.items_ = pd.read_parquet(path / "items.parquet")
-        rec.item_ids_ = np.load(path / "item_ids.npy", allow_pickle=False)
+        rec.item_attrs_ = meta.get("item_attrs")  # None: saved by ctxrec before live catalogs
         rec.user_ids_ = np.load(path / "user_ids.npy", allow_pickle=False)
         ip, ix = np.load(path / "seen_indptr.npy"), np.load(path / "seen_indices.npy")
-        rec._seen = [ix[ip[u]:ip[u + 1]].tolist() for u in range(len(ip) - 1)]
+        rec._history = [ix[ip[u]:ip[u + 1]].tolist() for u in range(len(ip) - 1)]
         rec.item_text_ = np.load(path / "item_text.npy") if (path / "item_text.npy").is_file() else None
         if meta["has_encoder"]:
             from ctxrec.encoder import TextEncoder
@@ -890,6 +1194,7 @@ class Recommender:
             rec.encoder = None
         rec.text_match_weight_ = float(meta["text_match_weight_"])
         rec.engine_ = Engine.load(path / "engine", verify=False)  # verified above with the whole directory
+        rec._sync_seen()
         rec.training_source_ = meta.get("training_source")
         origin = meta.get("event_log")
         rec._event_origin = None if not origin else (str(origin["log_id"]), int(origin["position"]))
@@ -901,6 +1206,6 @@ class Recommender:
         return rec
 
     def __repr__(self) -> str:
-        state = f"n_users={len(self.user_ids_)}, n_items={len(self.item_ids_)}" if hasattr(self, "engine_") \
+        state = f"n_users={len(self.user_ids_)}, n_items={self.engine_.n_items_}" if hasattr(self, "engine_") \
             else "unfitted"
         return f"Recommender({self.context!r}, {state})"

@@ -475,7 +475,8 @@ class Session:
     context : structured context fields; a free-text field of the recommender's spec (e.g.
         "query") becomes the first turn of the conversation text.
     bank : QuestionBank (default: ``QuestionBank.for_recommender(recommender)``)
-    k : top-K size; exclude_seen / exclude / allow as in ``Recommender.recommend``.
+    k : top-K size; exclude_seen / exclude / allow / filter as in ``Recommender.recommend``
+        (removed items are never in a session's top-K).
     temperature : belief temperature as a multiple of the base scores' std (default 1).
     answer_noise : ε, the chance an answer is not what the target's attributes say (0.05).
     text_decay : weight of each older free-text turn relative to the next newer one (0.5).
@@ -497,7 +498,7 @@ class Session:
     def __init__(self, recommender: Any, user: Any = None, context: Mapping[str, Any] | None = None, *,
                  bank: QuestionBank | None = None, k: int = 10, exclude_seen: bool = True,
                  exclude: Iterable[Any] | None = None, allow: Iterable[Any] | None = None,
-                 temperature: float = 1.0, answer_noise: float = 0.05, text_decay: float = 0.5,
+                 filter: Mapping[str, Any] | None = None, temperature: float = 1.0, answer_noise: float = 0.05, text_decay: float = 0.5,
                  text_weight: float | None = None, confidence: float = 0.5, min_gain: float = 0.02,
                  max_questions: int | None = None, text_choice_temperature: float = 0.1,
                  prior_mix: float = 0.1, pool: int = 2000, llm: ChatLLM | None = None) -> None:
@@ -540,12 +541,16 @@ class Session:
         feats = rec.context_.transform(ctx)  # raises naming the field on invalid values
         self._ctx = feats.indices if rec.context_.slots else None
         self._texts: list[np.ndarray] = []
+        # the catalog as this session started: item vectors and biases by slot (one copy per session)
+        self._vecs = np.asarray(rec.engine_.item_vecs_, np.float64)
+        self._bias = np.asarray(rec.engine_.item_bias_, np.float64)
         self._loglik = np.zeros(n, np.float64)
         self._answer_ll: list[tuple[int, np.ndarray]] = []  # (turn index, log-likelihood [n]) per answer
-        mask = np.ones(n, bool)
+        mask = np.array(rec.engine_.live_, bool)  # removed items are never recommended
         if exclude_seen and self._u >= 0:
-            with rec._lock:
-                mask[np.asarray(rec._seen[self._u], np.int64)] = False
+            mask[self._indices(rec.engine_.seen(self._u))] = False
+        if filter:
+            mask &= rec.filter_mask(filter)
         if allow is not None:
             keep = np.zeros(n, bool)
             keep[self._indices(allow)] = True
@@ -594,8 +599,7 @@ class Session:
         rec = self.rec
         tv = self.text_vector()
         q, const = self._model_parts(self._u, self._ctx, tv)
-        base = np.asarray(rec.engine_.item_vecs_, np.float64) @ q + np.asarray(rec.engine_.item_bias_, np.float64) \
-            + const
+        base = self._vecs @ q + self._bias + const
         self._match = None
         if tv is not None and self.text_weight and rec.item_text_ is not None:
             self._match = self.text_weight * (np.asarray(rec.item_text_, np.float64) @ tv)
@@ -791,8 +795,7 @@ class Session:
         with self._lock:
             rec = self.rec
             i = rec._item(item)
-            vec = np.asarray(rec.engine_.item_vecs_[i], np.float64)
-            bias = float(rec.engine_.item_bias_[i])
+            vec, bias = self._vecs[i], float(self._bias[i])
             tv = self.text_vector()
             uses_text = bool(rec._model_text_dim()) and tv is not None
 
@@ -844,7 +847,7 @@ class Session:
                 reasons.append((parts["context"], "suits the moment (time, place, device)" if parts["context"] > 0
                                 else "less suited to the moment"))
             reasons.append((parts["popularity"], "popular overall" if parts["popularity"] >= float(
-                np.median(rec.engine_.item_bias_)) else "less known"))
+                np.median(self._bias[self._mask] if self._mask.any() else self._bias)) else "less known"))
             reasons.sort(key=lambda t: -abs(t[0]))
             order = np.argsort(-self._score, kind="stable")
             rank = int(np.flatnonzero(order == i)[0]) + 1 if self._mask[i] else None

@@ -249,15 +249,22 @@ def _item_side(i, V, w, P, a, item_off, ia_ptr, ia_idx, ia_val, itext, t0, out, 
 
     Returns (linear part, intra part) of the item side as float64.
     """
+    return _side_of_row(item_off + i, i, V, w, P, a, ia_ptr, ia_idx, ia_val, itext, t0, out, tout)
+
+
+@_jit(inline="always")
+def _side_of_row(r, i, V, w, P, a, ia_ptr, ia_idx, ia_val, itext, t0, out, tout):
+    """Item side of attribute/text row ``i`` with id row ``r`` of V (r < 0: no id factor, a
+    cold-start item); as :func:`_item_side`."""
     k = V.shape[1]
     lin = 0.0
     sq = 0.0
-    r = item_off + i
     for f in range(k):
-        out[f] = V[r, f]
+        out[f] = V[r, f] if r >= 0 else 0.0
         tout[f] = 0.0
-        sq += V[r, f] * V[r, f]
-    lin += w[r]
+        sq += out[f] * out[f]
+    if r >= 0:
+        lin += w[r]
     for p in range(ia_ptr[i], ia_ptr[i + 1]):
         lin, sq = _add_row(V, w, ia_idx[p], ia_val[p], out, lin, sq)
     lin, sq = _add_text(itext, i, t0, a, P, tout, out, lin, sq)
@@ -921,6 +928,18 @@ def item_table(V, w, P, a, item_off, ia_ptr, ia_idx, ia_val, itext, t0, vecs, bi
         tmp = np.empty(k, dtype=np.float32)
         lin, intra = _item_side(i, V, w, P, a, item_off, ia_ptr, ia_idx, ia_val, itext, t0,
                                 vecs[i], tmp)
+        bias[i] = lin + intra
+
+
+@_jit(parallel=True, nogil=True)
+def item_table_rows(rows, V, w, P, a, ia_ptr, ia_idx, ia_val, itext, t0, vecs, bias):
+    """item_table for given items: row i has id row ``rows[i]`` of V (-1: none, a cold-start
+    item), attributes ``ia_*[i]`` and text ``itext[i]``; vecs[i], bias[i] as in item_table."""
+    n = vecs.shape[0]
+    k = V.shape[1]
+    for i in prange(n):
+        tmp = np.empty(k, dtype=np.float32)
+        lin, intra = _side_of_row(rows[i], i, V, w, P, a, ia_ptr, ia_idx, ia_val, itext, t0, vecs[i], tmp)
         bias[i] = lin + intra
 
 

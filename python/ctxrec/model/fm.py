@@ -844,6 +844,77 @@ class ContextFM:
             tri = np.ascontiguousarray(self.T_[self.item_off_:self.item_off_ + self.n_items_])
         return ServingTables(vecs, bias, item_tri=tri)
 
+    def item_vectors(self, item_attrs: Any = None, item_text: np.ndarray | None = None, *,
+                     items: np.ndarray | None = None) -> ServingTables:
+        """Serving rows for items described by attributes and text: the cold-start path.
+
+        An item's vector is the sum of its attribute factors, the projection of its text
+        embedding and, where it has one, its id factor; the bias likewise (linear weights +
+        pairwise terms within the item side), exactly as :meth:`export` computes them for
+        the fitted items. An item added after training has no id factor: its vector comes
+        from attributes and text alone.
+
+        Parameters
+        ----------
+        item_attrs : CSR [m, n_item_attrs] or None
+            Attribute columns as in ``SideInfo.item_attrs`` at fit (same column order;
+            scipy CSR, ``(indptr, indices, data, n_cols)``, dense, or None for none).
+            Weights are normalized as at fit (``normalize_attrs``).
+        item_text : float32 [m, d_item] or None
+            Item text embeddings as given to fit (zero rows: no text; None: no text at all).
+        items : int [m] or None
+            The fitted item index whose id factor (and three-way factors) each row uses,
+            -1 for none (default: -1 for every row).
+
+        Returns
+        -------
+        ServingTables
+            item_vecs f32 [m, k], item_bias f32 [m], item_tri f32 [m, n_tri_factors] (zeros
+            for rows without an id) or None.
+
+        Raises
+        ------
+        ValueError
+            Shapes that do not match the fitted model, or an ``items`` index out of range.
+        """
+        self._check_fitted()
+        if item_text is not None:
+            m = int(np.shape(item_text)[0])
+        elif items is not None:
+            m = len(np.atleast_1d(items))
+        elif item_attrs is not None:
+            m = len(item_attrs[0]) - 1 if isinstance(item_attrs, tuple) else int(item_attrs.shape[0])
+        else:
+            raise ValueError("item_vectors: give item_attrs, item_text or items (the number of rows)")
+        ptr, idx, val, n_cols = _as_csr(item_attrs, m, "item_attrs")
+        if item_attrs is not None and n_cols != self.n_item_attrs_:
+            raise ValueError(f"item_attrs: {n_cols} columns, the model was fitted with {self.n_item_attrs_}")
+        if self.normalize_attrs:
+            val = _row_normalize(ptr, val)
+        d = self.item_text_.shape[1]
+        text = np.zeros((m, d), np.float32) if item_text is None else _dense(item_text, m, "item_text")
+        if text.shape[1] != d:
+            raise ValueError(f"item_text: width {text.shape[1]}, the model was fitted with {d}")
+        rows = np.full(m, -1, np.int64) if items is None else np.asarray(items, np.int64).reshape(-1)
+        if rows.shape != (m,):
+            raise ValueError(f"items: {len(rows)} entries, expected {m}")
+        if len(rows) and (rows.min() < -1 or rows.max() >= self.n_items_):
+            bad = rows[(rows < -1) | (rows >= self.n_items_)][:3].tolist()
+            raise ValueError(f"items: index {bad} out of range [-1, {self.n_items_})")
+        k = self.V_.shape[1]
+        vecs = np.zeros((m, k), np.float32)
+        bias = np.zeros(m, np.float32)
+        id_rows = np.where(rows >= 0, rows + self.item_off_, -1)
+        K.item_table_rows(id_rows, self.V_, self.w_, self.P_, self.a_, ptr, idx + self.iattr_off_,
+                          np.ascontiguousarray(val, np.float32), np.ascontiguousarray(text), int(self.toff_[0]),
+                          vecs, bias)
+        tri = None
+        if self.T_.shape[1]:
+            tri = np.zeros((m, self.T_.shape[1]), np.float32)
+            has = rows >= 0
+            tri[has] = self.T_[id_rows[has]]
+        return ServingTables(vecs, bias, item_tri=tri)
+
     def to_engine(self, item_ids: Any = None, **engine_params: Any) -> Any:
         """A :class:`ctxrec.engine.Engine` fitted on :meth:`export`'s item table, three-way
         factors appended (``ServingTables.joined``), so HNSW retrieves on the whole score.
