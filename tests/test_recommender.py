@@ -163,3 +163,132 @@ def test_three_way_model_served_exactly_end_to_end(tmp_path, dataset):
     rec.save(tmp_path / "rec")
     loaded = Recommender.load(tmp_path / "rec")
     assert loaded.recommend("u0", MORNING, k=10).scores == rec.recommend("u0", MORNING, k=10).scores
+
+
+# ------------------------------------------------------------------ named filters and the live catalog
+def test_named_filters_from_item_attributes(rec):
+    assert rec.engine_.filter_names_ == ("kind",) and list(rec.item_attrs_) == ["kind"]
+    night = rec.recommend("u2", MORNING, k=10, filter={"kind": "night"})
+    assert len(night.item_ids) == 10 and not is_morning(night.item_ids).any()
+    both = rec.recommend("u2", MORNING, k=10, filter={"kind": ["night", "morning"]})
+    assert both.item_ids == rec.recommend("u2", MORNING, k=10).item_ids
+    batch = rec.recommend_batch(["u2", "u0"], [MORNING, NIGHT], k=5, filter={"kind": "night"})
+    for b, u, c in zip(batch, ["u2", "u0"], [MORNING, NIGHT]):
+        assert b.item_ids == rec.recommend(u, c, k=5, filter={"kind": "night"}).item_ids
+    assert rec.recommend("u2", MORNING, k=10, filter={"kind": "no-such-kind"}).item_ids == []
+    with pytest.raises(ValueError, match="unknown filter 'genre'"):
+        rec.recommend("u2", MORNING, filter={"genre": "x"})
+    assert rec.filter_mask({"kind": "night"}).sum() == 100
+
+
+@pytest.fixture()
+def live(dataset):
+    spec = ContextSpec(time=["timestamp"], text=["query"])
+    return Recommender(spec, model=ContextFM(n_factors=8, epochs=3, random_state=4),
+                       encoder=HashingEncoder()).fit(dataset)
+
+
+def _new_items():
+    import pandas as pd
+    return pd.DataFrame({"item_id": ["new1", "new2"], "title": ["Zebra", "Night owl"],
+                         "text": ["zebra unicorn banana", "owl jazz midnight"], "kind": ["brunch", "night"]})
+
+
+def test_added_items_are_recommendable_at_once(live):
+    n = live.engine_.n_items_
+    assert live.add_items(_new_items()) == {"added": 2, "updated": 0}
+    assert live.engine_.n_items_ == n + 2 and live.item_ids_[-2:].tolist() == ["new1", "new2"]
+    # a new attribute value is a filter value at once; the request text finds the item
+    assert live.recommend("u2", MORNING, k=5, filter={"kind": "brunch"}).item_ids == ["new1"]
+    assert live.recommend("u2", {"query": "zebra unicorn banana"}, k=3).item_ids[0] == "new1"
+    # its vector is the model's cold-start vector: attributes ('night' is a known value) + text
+    enc = HashingEncoder()
+    kind = live.item_attrs_["kind"]
+    csr = (np.array([0, 1]), np.array([kind.index("night")]), np.ones(1, np.float32), len(kind))
+    want = live.model_.item_vectors(csr, enc.encode(["owl jazz midnight"]))
+    vec, bias = live.engine_.item_vector("new2")
+    np.testing.assert_allclose(vec, want.item_vecs[0], atol=1e-6)
+    assert bias == pytest.approx(float(want.item_bias[0]), abs=1e-6)
+    assert live.item_info("new1") == {"item_id": "new1", "title": "Zebra", "kind": "brunch",
+                                      "text": "zebra unicorn banana"}
+    sim = live.similar_items("new2", k=5, by="text")
+    assert sim["item_id"] == "new2" and len(sim["items"]) == 5 and "new2" not in [x["item_id"] for x in sim["items"]]
+    assert live.similar_items("new1", k=3, filter={"kind": "night"})["items"][0]["item_id"] in live.item_ids_
+
+
+def test_feedback_on_an_added_item_is_recorded(live):
+    live.add_items(_new_items())
+    before = live.model_.V_.copy()
+    out = live.feedback("brand-new", "new1")  # a new user whose only item has no id factor
+    assert out["new_user"] and out["known_items"] == 1
+    assert "new1" not in live.recommend("brand-new", {}, k=300).item_ids  # seen now
+    out = live.feedback("u0", "new2")
+    assert out["known_items"] == len(live._history[live._user("u0")])
+    assert live._history[live._user("u0")][-1] == live._item("new2")
+    assert "new2" in live.engine_.seen(live._user("u0")).tolist()
+    assert live.model_.V_.shape[0] == before.shape[0] + 1  # the new user joined the model
+
+
+def test_update_and_remove_items_take_effect_at_once(live):
+    import pandas as pd
+    live.add_items(_new_items())
+    assert live.update_items(pd.DataFrame({"item_id": ["new1"], "kind": ["night"]})) == {"added": 0, "updated": 1}
+    assert live.recommend("u2", MORNING, k=5, filter={"kind": "brunch"}).item_ids == []
+    assert live.item_info("new1")["kind"] == "night" and live.item_info("new1")["title"] == "Zebra"  # kept
+    # a fitted item keeps its id factor when its text changes
+    v0, _ = live.engine_.item_vector("i3")
+    live.update_items(pd.DataFrame({"item_id": ["i3"], "text": ["zebra unicorn banana"]}))
+    v1, _ = live.engine_.item_vector("i3")
+    assert not np.allclose(v0, v1)
+    assert live.upsert_items(pd.DataFrame({"item_id": ["i3", "new3"], "kind": ["morning", "brunch"]})) == \
+        {"added": 1, "updated": 1}
+    assert live.remove_items(["new3", "i4"]) == 2
+    top = live.recommend("u2", MORNING, k=300, exclude_seen=False).item_ids
+    assert "new3" not in top and "i4" not in top
+    assert live.recommend("u2", MORNING, k=5, filter={"kind": "brunch"}).item_ids == []
+    for fn in (lambda: live.item_info("i4"), lambda: live.feedback("u0", "i4"), lambda: live.remove_items(["i4"]),
+               lambda: live.similar_items("i4")):
+        with pytest.raises(KeyError, match="i4"):
+            fn()
+
+
+def test_bad_catalog_writes_change_nothing(live):
+    import pandas as pd
+    live.add_items(_new_items())
+    n, table = live.engine_.n_items_, live.items_.copy()
+    with pytest.raises(ValueError, match=r"already in the catalog: \['new1'\]"):
+        live.add_items(pd.DataFrame({"item_id": ["new9", "new1"]}))
+    with pytest.raises(ValueError, match=r"unknown column\(s\) \['colour'\]"):
+        live.add_items(pd.DataFrame({"item_id": ["new9"], "colour": ["red"]}))
+    with pytest.raises(ValueError, match="duplicated in the batch"):
+        live.add_items(pd.DataFrame({"item_id": ["new9", "new9"]}))
+    with pytest.raises(ValueError, match="text: row 0 holds int 5"):
+        live.add_items(pd.DataFrame({"item_id": ["new9"], "text": [5]}))
+    with pytest.raises(KeyError, match="not in the catalog"):
+        live.update_items(pd.DataFrame({"item_id": ["nope"]}))
+    with pytest.raises(ValueError, match="no 'item_id' column"):
+        live.add_items(pd.DataFrame({"id": ["x"]}))
+    with pytest.raises(KeyError, match="nope"):
+        live.remove_items(["new1", "nope"])
+    assert live.engine_.n_items_ == n and live.items_.equals(table) and live.engine_.contains("new1")
+
+
+def test_live_catalog_survives_save_load(tmp_path, dataset):
+    import pandas as pd
+    live = Recommender(ContextSpec(time=["timestamp"]), model=ContextFM(n_factors=8, epochs=3, random_state=4),
+                       encoder=None).fit(dataset)  # (the test encoder has no export directory to save)
+    live.add_items(_new_items())
+    live.update_items(pd.DataFrame({"item_id": ["new1"], "title": ["Zebra II"]}))
+    live.remove_items(["i7"])
+    live.feedback("u1", "new2")
+    live.save(tmp_path / "rec")
+    back = Recommender.load(tmp_path / "rec", event_log=None)
+    assert back.item_info("new1")["title"] == "Zebra II" and not back.engine_.contains("i7")
+    for user, ctx, f in [("u1", MORNING, None), ("u2", NIGHT, None), ("new", NIGHT, {"kind": ["brunch", "night"]})]:
+        a, b = live.recommend(user, ctx, k=10, filter=f), back.recommend(user, ctx, k=10, filter=f)
+        assert a.item_ids == b.item_ids
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
+    assert "new2" in back.engine_.seen(back._user("u1")).tolist()
+    assert back.recommend("u9", MORNING, k=5, filter={"kind": "brunch"}).item_ids == ["new1"]
+    back.add_items(pd.DataFrame({"item_id": ["new4"], "kind": ["brunch"]}))  # the loaded model adds items too
+    assert set(back.recommend("u9", MORNING, k=5, filter={"kind": "brunch"}).item_ids) == {"new1", "new4"}

@@ -933,7 +933,14 @@ class Recommender:
         """(ServingTables, unit text embeddings [m, d] or None) of item rows: the cold-start vectors."""
         enc = getattr(self, "_encoder", None)
         texts = [row["text"] for row in rows]
-        emb = encode_texts(texts, enc) if enc is not None and self.item_text_ is not None else None
+        emb = None
+        if self.item_text_ is not None:  # the model reads item text
+            if enc is not None:
+                emb = encode_texts(texts, enc)
+            else:  # loaded without its encoder: the new items' texts cannot be read
+                if any(texts):
+                    log.warning("catalog: no text encoder loaded; the new items' texts are not encoded")
+                emb = np.zeros((len(texts), self.item_text_.shape[1]), np.float32)
         indptr, indices, off = [0], [], 0
         per_row: list[list[int]] = [[] for _ in rows]
         for name, vocab in self.item_attrs_.items():
