@@ -1,9 +1,14 @@
 """HTTP service (``ctxrec serve``): a FastAPI app around a saved Recommender directory.
 
 Endpoints: ``POST /recommend``, ``POST /recommend/batch``, ``POST /feedback``,
-``GET /items/{item_id}``, ``GET /healthz``, ``GET /metrics`` (Prometheus text),
-``POST /admin/reload`` (bearer token from ``CTXREC_ADMIN_TOKEN``), OpenAPI docs at
-``/docs``. Interactive sessions (``ctxrec.session``): ``POST /session`` starts one (top-K +
+``GET /items/{item_id}``, ``GET /items/{item_id}/similar``, ``GET /healthz``, ``GET /metrics``
+(Prometheus text), ``POST /admin/reload``, the live catalog ``PUT /items`` (batch upsert) and
+``DELETE /items/{item_id}`` (the admin endpoints: bearer token from ``CTXREC_ADMIN_TOKEN``;
+unset = 403), OpenAPI docs at ``/docs``. ``/recommend`` takes ``filter`` (named item filters
+over the item attributes, ``{"genres": ["Comedy"]}``); ``/items/{id}/similar`` takes it as a
+JSON string in the query (``?filter={"genres":["Comedy"]}``). Catalog changes apply at once
+to the served model, in memory: a reload or restart serves the directory's catalog again
+(save the model to keep them). Interactive sessions (``ctxrec.session``): ``POST /session`` starts one (top-K +
 the first clarifying question), ``POST /session/{id}/answer`` answers (option index, label,
 free text or null to skip), ``POST /session/{id}/explain``, ``DELETE /session/{id}``; sessions
 live in a bounded store (``max_sessions``, least recently used dropped first) and expire
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import os
 import signal
@@ -27,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Union
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -39,6 +45,7 @@ log = logging.getLogger("ctxrec.service")
 
 Id = Union[int, str]
 Scalar = Union[str, int, float, bool, None]
+FilterValue = Union[str, int, float, bool, list[Union[str, int, float, bool]]]
 
 
 class RecommendRequest(BaseModel):
@@ -50,6 +57,8 @@ class RecommendRequest(BaseModel):
     exclude_seen: bool = Field(True, description="leave out items the user interacted with")
     exclude: list[Id] = Field(default_factory=list, max_length=100_000, description="item ids never to return")
     allow: list[Id] | None = Field(None, max_length=100_000, description="if given, only these items may be returned")
+    filter: dict[str, FilterValue] | None = Field(
+        None, description='named item filters: attribute -> value or list of values, e.g. {"genres": ["Comedy"]}')
     fields: list[str] = Field(default_factory=list, max_length=64,
                               description='item fields to include with each item, e.g. ["title"]')
 
@@ -86,6 +95,18 @@ class AnswerRequest(BaseModel):
 class ExplainRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     item: Id
+
+
+class ItemIn(BaseModel):
+    """One catalog item: its id, its text and any item-table columns (attributes: a value or a list)."""
+    model_config = ConfigDict(extra="allow")
+    id: Id = Field(description="original item id (new: added; existing: updated, absent fields kept)")
+    text: str | None = Field(None, description="the item text the model reads (encoded by the served encoder)")
+
+
+class ItemsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    items: list[ItemIn] = Field(min_length=1, max_length=10_000)
 
 
 class ReloadRequest(BaseModel):
@@ -230,9 +251,17 @@ def create_app(model_dir: str | os.PathLike, *, loader: Callable[[str], Any] | N
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
         return _error(exc.status_code, str(exc.detail))
 
-    def bad_input(e: Exception) -> JSONResponse:
-        field = getattr(e, "field", None)
-        return _error(422, str(e), field)
+    def bad_input(e: Exception, field: str | None = None) -> JSONResponse:
+        return _error(422, str(e), getattr(e, "field", None) or _field_of(str(e)) or field)
+
+    def admin_denied(request: Request, what: str) -> JSONResponse | None:
+        """The admin endpoints' check: 403 without a configured token, 401 for a missing or wrong one."""
+        if not token:
+            return _error(403, f"{what} is disabled: set CTXREC_ADMIN_TOKEN to enable it")
+        auth = request.headers.get("authorization", "")
+        if not hmac.compare_digest(auth.encode(), f"Bearer {token}".encode()):
+            return _error(401, "missing or wrong bearer token", "authorization")
+        return None
 
     async def run(fn: Callable[[], Any]) -> Any:
         # Heavy work runs off the event loop (the engine releases the GIL).
@@ -240,7 +269,7 @@ def create_app(model_dir: str | os.PathLike, *, loader: Callable[[str], Any] | N
 
     def answer(model: Any, r: RecommendRequest) -> dict[str, Any]:
         rec = model.recommend(r.user, context=r.context, k=r.k, exclude_seen=r.exclude_seen,
-                              exclude=r.exclude, allow=r.allow)
+                              exclude=r.exclude, allow=r.allow, filter=r.filter)
         out = rec.to_dict()
         if r.fields:
             for it in out["items"]:
@@ -275,6 +304,70 @@ def create_app(model_dir: str | os.PathLike, *, loader: Callable[[str], Any] | N
             return _error(404, str(e.args[0]) if e.args else str(e), "item")
         except ValueError as e:
             return bad_input(e)
+
+    @app.put("/items", summary="add or update catalog items (admin; batch upsert, live at once)")
+    async def put_items(request: Request) -> Any:
+        denied = admin_denied(request, "catalog writes")  # before the body is read, as for /admin
+        if denied is not None:
+            return denied
+        import pandas as pd
+        from pydantic import ValidationError
+        try:
+            req = ItemsRequest.model_validate_json(await request.body())
+        except ValidationError as e:
+            return await invalid(request, RequestValidationError(e.errors()))
+        rows = []
+        for j, it in enumerate(req.items):
+            row = {"item_id": it.id, "text": it.text}
+            for name, v in (it.model_extra or {}).items():
+                ok = isinstance(v, (str, int, float, bool)) or v is None or (
+                    isinstance(v, list) and all(isinstance(x, (str, int, float, bool)) for x in v))
+                if not ok or name == "item_id":
+                    why = "use 'id'" if name == "item_id" else "expected a value or a list of values"
+                    return _error(422, f"items.{j}.{name}: {why}, got {_jsonable(v)}", f"items.{j}.{name}")
+                row[name] = v
+            rows.append(row)
+        frame = pd.DataFrame(rows)
+
+        def work() -> dict[str, Any]:
+            return state.feedback(lambda model: {**model.upsert_items(frame), "n_items": int(model.engine_.n_items_)})
+        try:
+            return await run(work)
+        except KeyError as e:
+            return _error(404, str(e.args[0]) if e.args else str(e), "items")
+        except (ValueError, TypeError) as e:
+            return bad_input(e, "items")
+
+    @app.delete("/items/{item_id}", summary="remove an item from the catalog (admin; live at once)")
+    async def delete_item(request: Request, item_id: str) -> Any:
+        denied = admin_denied(request, "catalog writes")
+        if denied is not None:
+            return denied
+        try:
+            await run(lambda: state.feedback(lambda model: model.remove_items([item_id])))
+        except KeyError:
+            return _error(404, f"unknown item id {item_id!r}", "item_id")
+        return {"status": "removed", "item_id": item_id}
+
+    @app.get("/items/{item_id}/similar", summary="items most similar to an item")
+    async def similar(item_id: str, k: int = Query(10, ge=1, le=1000), by: str = "vectors",
+                      filter: str | None = Query(None, description='JSON object, e.g. {"genres": ["Comedy"]}')) -> Any:
+        try:
+            filt = None if filter in (None, "") else json.loads(filter)
+        except json.JSONDecodeError as e:
+            return _error(422, f"filter: not valid JSON ({e.msg}): {filter[:200]!r}", "filter")
+        if filt is not None and not isinstance(filt, dict):
+            return _error(422, f"filter: expected a JSON object of attribute -> value(s), got {filter[:200]!r}",
+                          "filter")
+        if by not in ("vectors", "both", "text"):
+            return _error(422, f"by: expected 'vectors', 'both' or 'text', got {by!r}", "by")
+        model = state.model
+        try:
+            return await run(lambda: model.similar_items(item_id, k, by=by, filter=filt))
+        except KeyError:
+            return _error(404, f"unknown item id {item_id!r}", "item_id")
+        except ValueError as e:
+            return bad_input(e, "by" if by != "vectors" and "text" in str(e) else None)
 
     @app.get("/items/{item_id}", summary="an item's stored attributes and text")
     async def item(item_id: str) -> Any:
@@ -350,11 +443,9 @@ def create_app(model_dir: str | os.PathLike, *, loader: Callable[[str], Any] | N
 
     @app.post("/admin/reload", summary="load a model directory and swap it in atomically")
     async def reload(request: Request, body: ReloadRequest | None = None) -> Any:
-        if not token:
-            return _error(403, "reload is disabled: set CTXREC_ADMIN_TOKEN to enable it")
-        auth = request.headers.get("authorization", "")
-        if not hmac.compare_digest(auth.encode(), f"Bearer {token}".encode()):
-            return _error(401, "missing or wrong bearer token", "authorization")
+        denied = admin_denied(request, "reload")
+        if denied is not None:
+            return denied
         try:
             info = await run(lambda: state.reload(body.path if body else None))
         except Exception as e:  # the old model keeps serving
@@ -387,6 +478,13 @@ def _warm(model: Any) -> None:
     except Exception as e:  # a warm-up must never keep the service from starting
         log.warning("warm-up request failed: %s: %s", type(e).__name__, e)
     log.info("warm-up took %.2f s", time.perf_counter() - t0)
+
+
+def _field_of(message: str) -> str | None:
+    """The field an error message names first ("filter: unknown filter ..." -> "filter"), or None."""
+    head = message.split(":", 1)[0].strip()
+    return head if head and len(head) <= 64 and head.replace("_", "").replace(".", "").isalnum() and ":" in message \
+        else None
 
 
 def _jsonable(v: Any) -> Any:
