@@ -386,3 +386,20 @@ def test_session_store_is_bounded_and_expires(rec, bank):
     assert store.remove(c.id) and not store.remove(c.id) and len(store) == 0
     with pytest.raises(ValueError):
         SessionStore(max_sessions=0)
+
+
+def test_filter_and_the_live_catalog(dataset):
+    import pandas as pd
+    rec = Recommender(ContextSpec(time=["timestamp"], text=["query"]), model=ContextFM(n_factors=8, epochs=2),
+                      encoder=HashingEncoder()).fit(dataset)
+    s = Session(rec, "u0", MORNING, k=20, filter={"kind": "night"})
+    assert not is_morning(s.recommend().item_ids).any()
+    with pytest.raises(ValueError, match="unknown filter 'colour'"):
+        Session(rec, "u0", MORNING, filter={"colour": "red"})
+    rec.add_items(pd.DataFrame({"item_id": ["new1"], "text": ["zebra unicorn banana"], "kind": ["brunch"]}))
+    rec.remove_items(["i3"])
+    s = Session(rec, "u0", MORNING, k=300, exclude_seen=False)  # its bank is built on the catalog now
+    got = s.recommend().item_ids
+    assert "new1" in got and "i3" not in got
+    assert Session(rec, "u0", MORNING, filter={"kind": "brunch"}).recommend().item_ids == ["new1"]
+    assert s.explain("new1")["item_id"] == "new1"

@@ -214,13 +214,15 @@ class QuestionBank:
 
     @classmethod
     def for_recommender(cls, rec: Any) -> "QuestionBank":
-        """The default bank of ``rec``, built once and cached (per recommender object)."""
+        """The default bank of ``rec``, built once per catalog and cached (per recommender object:
+        a catalog write swaps ``rec.items_``, and the next call builds the bank again)."""
         with cls._cache_lock:
-            bank = cls._cache.get(rec)
-            if bank is None:
-                bank = cls.from_recommender(rec)
-                cls._cache[rec] = bank
-            return bank
+            got = cls._cache.get(rec)
+            items = getattr(rec, "items_", None)
+            if got is None or got[0] is not items:
+                got = (items, cls.from_recommender(rec))
+                cls._cache[rec] = got
+            return got[1]
 
     @classmethod
     def from_recommender(cls, rec: Any, *, attributes: Sequence[str] | None = None, n_clusters: int = 6,
@@ -350,7 +352,9 @@ def _cluster_questions(rec: Any, emb: np.ndarray, k: int, k_sub: int, seed: int)
     if len(has) < 2 * k:
         return []
     x = _unit(emb[has])
-    titles = _title_column(rec.items_).tolist()
+    ids = rec.items_["item_id"].tolist() if "item_id" in rec.items_.columns else list(range(n))
+    titles = [t if isinstance(t, str) and t else str(i)  # an added item may come without a title
+              for t, i in zip(_title_column(rec.items_).tolist(), ids)]
     bias = np.asarray(rec.engine_.item_bias_, np.float64)
     texts = rec.items_["text"].astype(str).tolist() if "text" in rec.items_.columns else titles
     words = [{w for w in _WORD.findall(t.lower()) if len(w) >= 4 and w not in _STOP} for t in texts]
