@@ -240,6 +240,11 @@ def test_update_and_remove_items_take_effect_at_once(live):
     live.update_items(pd.DataFrame({"item_id": ["i3"], "text": ["zebra unicorn banana"]}))
     v1, _ = live.engine_.item_vector("i3")
     assert not np.allclose(v0, v1)
+    assert live.filter_mask({"kind": "morning"})[live._item("i3")]  # its attribute is kept
+    kind = live.item_attrs_["kind"]
+    csr = (np.array([0, 1]), np.array([kind.index("morning")]), np.ones(1, np.float32), len(kind))
+    want = live.model_.item_vectors(csr, HashingEncoder().encode(["zebra unicorn banana"]), items=[live._item("i3")])
+    np.testing.assert_allclose(v1, want.item_vecs[0], atol=1e-6)  # id factor + kept attribute + new text
     assert live.upsert_items(pd.DataFrame({"item_id": ["i3", "new3"], "kind": ["morning", "brunch"]})) == \
         {"added": 1, "updated": 1}
     assert live.remove_items(["new3", "i4"]) == 2

@@ -297,8 +297,10 @@ class Recommender:
         self._history = _histories(dataset)
         self.training_source_ = dataset.meta.get("source")
         self._event_origin: tuple[str, int] | None = None
-        filters = {name: [a.values(r) for r in range(a.n_rows)] for name, a in dataset.item_attrs.items()}
-        self._build_serving(dataset.item_ids, filters)
+        # each item's attribute values by slot: what the model's attribute factors and the named
+        # filters read (an attribute may be derived, or split from a column: not always a cell of items_)
+        self._attr_rows = {str(name): [a.values(r) for r in range(a.n_rows)] for name, a in dataset.item_attrs.items()}
+        self._build_serving(dataset.item_ids, self._attr_rows)
         return self
 
     @property
@@ -877,7 +879,7 @@ class Recommender:
         self._fitted()
         if not isinstance(frame, pd.DataFrame):
             raise TypeError(f"items must be a pandas DataFrame, got {type(frame).__name__}")
-        if self.item_attrs_ is None:
+        if self.item_attrs_ is None or self._attr_rows is None:
             raise ValueError("this model was saved by a ctxrec without live catalogs (no item attribute "
                              "vocabularies): fit it again to add or update items")
         if "item_id" not in frame.columns:
@@ -918,9 +920,13 @@ class Recommender:
                            for c in set(cols) | set(given)}
                 row["item_id"] = ids[r]
                 row["text"] = "" if _missing(row.get("text")) else str(row["text"])
+                slot = self.engine_.item_index(ids[r]) if current[r] else -1
+                row["__attrs__"] = {  # attribute values: given, else kept (an update), else none
+                    name: _attr_values(rec_row[name]) if name in given and not _missing(rec_row.get(name))
+                    else list(vals[slot]) if slot >= 0 else [] for name, vals in self._attr_rows.items()}
                 rows.append(row)
             tables, unit = self._item_tables(rows, ids)
-            filters = {name: [_attr_values(row.get(name)) for row in rows] for name in self.engine_.filter_names_}
+            filters = {name: [row["__attrs__"][name] for row in rows] for name in self.engine_.filter_names_}
             kw = dict(item_text=unit if self._engine_has_text() else None, item_filters=filters)
             out = self.engine_.upsert_items(tables.joined(), tables.item_bias, np.asarray(ids, dtype=object)
                                             if self.item_ids_.dtype.kind == "U" else np.asarray(ids, np.int64), **kw)
@@ -946,7 +952,7 @@ class Recommender:
         for name, vocab in self.item_attrs_.items():
             pos = {v: j for j, v in enumerate(vocab)}
             for r, row in enumerate(rows):
-                per_row[r].extend(off + pos[v] for v in _attr_values(row.get(name)) if v in pos)
+                per_row[r].extend(off + pos[v] for v in row["__attrs__"][name] if v in pos)
             off += len(vocab)
         for p in per_row:
             indices.extend(p)
@@ -968,13 +974,19 @@ class Recommender:
             for s, row in zip(slots.tolist(), rows):
                 vals[s] = row.get(c)
         items = pd.DataFrame(cols)
+        attr_rows = {}
+        for name, vals in self._attr_rows.items():
+            vals = vals + [[] for _ in range(n - len(vals))]
+            for s, row in zip(slots.tolist(), rows):
+                vals[s] = row["__attrs__"][name]
+            attr_rows[name] = vals
         text = self.item_text_
         if text is not None and unit is not None:
             text = np.concatenate([text, np.zeros((n - len(text), text.shape[1]), np.float32)]) if n > len(text) \
                 else text.copy()
             text[slots] = unit
         with self._lock:
-            self.items_, self.item_text_ = items, text
+            self.items_, self.item_text_, self._attr_rows = items, text, attr_rows
 
     def add_items(self, items: pd.DataFrame) -> dict[str, int]:
         """Add items to the catalog; they can be recommended once the call returns.
@@ -1146,7 +1158,7 @@ class Recommender:
             self.model_.save(d / "model")
             with self._lock:  # one consistent catalog: the engine, the item rows and texts by slot
                 self.engine_.save(d / "engine")
-                items, item_text = self.items_.copy(), self.item_text_
+                items, item_text, attr_rows = self.items_.copy(), self.item_text_, self._attr_rows
                 history = [list(h) for h in self._history]
             items["item_id"] = items["item_id"].astype(str) if items["item_id"].dtype == object else items["item_id"]
             items.to_parquet(d / "items.parquet")
@@ -1158,6 +1170,7 @@ class Recommender:
                     if history else np.zeros(0, np.int64))
             if item_text is not None:
                 np.save(d / "item_text.npy", item_text)
+            (d / "item_attr_values.json").write_text(json.dumps(attr_rows))
             enc = getattr(self, "_encoder", None)
             if enc is not None:
                 _copy_encoder(enc, d / "encoder")
@@ -1189,6 +1202,8 @@ class Recommender:
         rec.model_ = ContextFM.load(path / "model")
         rec.items_ = pd.read_parquet(path / "items.parquet")
         rec.item_attrs_ = meta.get("item_attrs")  # None: saved by ctxrec before live catalogs
+        values = path / "item_attr_values.json"
+        rec._attr_rows = json.loads(values.read_text()) if values.is_file() else None
         rec.user_ids_ = np.load(path / "user_ids.npy", allow_pickle=False)
         ip, ix = np.load(path / "seen_indptr.npy"), np.load(path / "seen_indices.npy")
         rec._history = [ix[ip[u]:ip[u + 1]].tolist() for u in range(len(ip) - 1)]
