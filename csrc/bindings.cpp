@@ -228,23 +228,33 @@ PYBIND11_MODULE(_core, m) {
 
 
     py::class_<HnswIndex>(m, "HnswIndex", R"(
-    hnswlib graph over [item_vec, item_bias] rows (inner product), searched with the engine's
+    hnswlib graph over [item_vec, item_bias] rows (maximum inner product as nearest neighbours
+    on a sphere of radius max_norm, see index.hpp), searched with the engine's
     filters inside the traversal and rescored exactly, in one GIL-free call per request or batch.
     Rows are hnswlib labels; the file format is hnswlib's (save / HnswIndex.load).
-    Searches run concurrently with each other; inserts (add) interleave with searches per chunk
-    of 8 rows (hnswlib's search is not safe against a concurrent insert).)")
-        .def(py::init<int64_t, int64_t, int64_t, int64_t, int64_t>(), py::arg("dim"), py::arg("capacity"),
-             py::arg("M") = 16, py::arg("ef_construction") = 200, py::arg("seed") = 0,
-             "Empty graph for rows of dim factors (+ the bias column), room for capacity rows (grows on add).")
+    Searches run concurrently with each other; inserts (add) interleave with searches one row
+    at a time (hnswlib's search is not safe against a concurrent insert).)")
+        .def(py::init([](int64_t dim, int64_t capacity, int64_t M, int64_t ef_construction, int64_t seed,
+                         float max_norm) {
+                 EXPECT(dim >= 1 && M >= 2 && ef_construction >= 1 && capacity >= 0,
+                        "dim >= 1, M >= 2, ef_construction >= 1 and capacity >= 0 are required");
+                 EXPECT(std::isfinite(max_norm) && max_norm >= 0, "max_norm must be finite and >= 0");
+                 return std::make_unique<HnswIndex>(dim, capacity, M, ef_construction, seed, max_norm);
+             }),
+             py::arg("dim"), py::arg("capacity"), py::arg("M") = 16, py::arg("ef_construction") = 200,
+             py::arg("seed") = 0, py::arg("max_norm") = 0.0f,
+             "Empty graph for rows of dim factors (+ the bias column), room for capacity rows (grows on add).\n"
+             "max_norm: the largest |[v, b]| of the rows (they are placed on a sphere of that radius).")
         .def_static(
             "load",
-            [](const std::string& path, int64_t dim, int64_t capacity) {
+            [](const std::string& path, int64_t dim, int64_t capacity, float max_norm) {
                 py::gil_scoped_release release;
-                return std::make_unique<HnswIndex>(dim, path, capacity);
+                return std::make_unique<HnswIndex>(dim, path, capacity, max_norm);
             },
-            py::arg("path"), py::arg("dim"), py::arg("capacity"),
+            py::arg("path"), py::arg("dim"), py::arg("capacity"), py::arg("max_norm"),
             "Read hnswlib's file at path; every row must be < capacity and the vectors dim + 1 wide.")
         .def_property_readonly("dim", &HnswIndex::dim)
+        .def_property_readonly("max_norm", &HnswIndex::max_norm)
         .def_property_readonly("size", &HnswIndex::size, "Rows in the graph (visible or not).")
         .def_property_readonly("capacity", &HnswIndex::capacity)
         .def("set_ef", [](HnswIndex& ix, int64_t ef) {
@@ -286,8 +296,8 @@ PYBIND11_MODULE(_core, m) {
                py::object live, int64_t n_rows, int64_t n_live, py::object text_queries, py::object item_text,
                float text_weight, py::object tri_queries, py::object item_tri, float tri_weight, py::object mask,
                py::object exclude_indptr, py::object exclude_indices, py::object allow_indptr,
-               py::object allow_indices, int64_t n_candidates, int64_t exact_below, int num_threads,
-               bool return_plans) {
+               py::object allow_indices, py::object always, int64_t n_candidates, int64_t exact_below,
+               int num_threads, bool return_plans) {
                 Inputs in = parse(queries, item_vecs, item_bias, text_queries, item_text, text_weight, tri_queries,
                                   item_tri, tri_weight, exclude_indptr, exclude_indices, allow_indptr, allow_indices);
                 EXPECT(in.spec.k == ix.dim(), "queries have " + std::to_string(in.spec.k) +
@@ -303,6 +313,13 @@ PYBIND11_MODULE(_core, m) {
                 EXPECT(a.live.present(), "live is required");
                 a.mask = bits_arg(mask, n_rows, "mask");
                 a.n_live = n_live;
+                if (!always.is_none()) {
+                    a.always = view<int64_t>(always, "always", 1, "int64");
+                    a.n_always = dim(always, 0);
+                    for (int64_t j = 0; j < a.n_always; ++j)
+                        EXPECT(a.always[j] >= 0 && a.always[j] < n_rows,
+                               "always holds " + std::to_string(a.always[j]) + ", outside [0, n_rows)");
+                }
                 a.n_candidates = std::max<int64_t>(1, n_candidates);
                 a.exact_below = exact_below;
                 py::array_t<int8_t> plans(in.b);
@@ -317,6 +334,7 @@ PYBIND11_MODULE(_core, m) {
                          "    item_bias None scores without the bias (item-item similarity: the graph is\n"
                          "    searched with [q, 0]). allow_* rows must be sorted and unique. When at most\n"
                          "    exact_below rows are eligible, they are scored exactly instead of searched.\n"
+                         "    always: int64 rows a graph search also scores (when eligible): rows past max_norm.\n"
                          "    return_plans adds an int8 [b] array: 1 = scored exactly, 0 = graph search.\n") +
              kScoreDoc)
                 .c_str(),
@@ -326,7 +344,7 @@ PYBIND11_MODULE(_core, m) {
             py::arg("item_tri") = py::none(), py::arg("tri_weight") = 1.0f, py::arg("mask") = py::none(),
             py::arg("exclude_indptr") = py::none(), py::arg("exclude_indices") = py::none(),
             py::arg("allow_indptr") = py::none(), py::arg("allow_indices") = py::none(),
-            py::arg("n_candidates") = 64, py::arg("exact_below") = 0, py::arg("num_threads") = 1,
+            py::arg("always") = py::none(), py::arg("n_candidates") = 64, py::arg("exact_below") = 0, py::arg("num_threads") = 1,
             py::arg("return_plans") = false);
 
     m.def("resolve_threads", &ctxrec::resolve_threads, py::arg("num_threads"),

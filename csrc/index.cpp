@@ -11,24 +11,27 @@ using namespace detail;
 
 namespace {
 
-// Inner-product distance 1 - <a, b>, as hnswlib's InnerProductSpace, compiled for several
-// x86-64 levels (the portable build still runs AVX-512/AVX2 where the CPU has them).
+// Squared L2 distance, compiled for several x86-64 levels (the portable build still runs
+// AVX-512/AVX2 where the CPU has them).
 CTXREC_CLONES
-float ip_distance(const void* a, const void* b, const void* param) {
+float l2_distance(const void* a, const void* b, const void* param) {
     const int64_t n = static_cast<int64_t>(*static_cast<const size_t*>(param));
     const float* __restrict x = static_cast<const float*>(a);
     const float* __restrict y = static_cast<const float*>(b);
     float acc = 0.f;
 #pragma omp simd reduction(+ : acc)
-    for (int64_t i = 0; i < n; ++i) acc += x[i] * y[i];
-    return 1.f - acc;
+    for (int64_t i = 0; i < n; ++i) {
+        const float t = x[i] - y[i];
+        acc += t * t;
+    }
+    return acc;
 }
 
-class IpSpace : public hnswlib::SpaceInterface<float> {
+class L2Space : public hnswlib::SpaceInterface<float> {
 public:
-    explicit IpSpace(size_t dim) : dim_(dim) {}
+    explicit L2Space(size_t dim) : dim_(dim) {}
     size_t get_data_size() override { return dim_ * sizeof(float); }
-    hnswlib::DISTFUNC<float> get_dist_func() override { return &ip_distance; }
+    hnswlib::DISTFUNC<float> get_dist_func() override { return &l2_distance; }
     void* get_dist_func_param() override { return &dim_; }
 
 private:
@@ -139,21 +142,21 @@ void PhaseLock::unlock_write() {
 }
 
 // ---------------------------------------------------------------------------------- HnswIndex
-HnswIndex::HnswIndex(int64_t dim, int64_t capacity, int64_t M, int64_t ef_construction, int64_t seed)
-    : dim_(dim), space_(new IpSpace(static_cast<size_t>(dim + 1))) {
+HnswIndex::HnswIndex(int64_t dim, int64_t capacity, int64_t M, int64_t ef_construction, int64_t seed, float max_norm)
+    : dim_(dim), max_norm_(max_norm), space_(new L2Space(static_cast<size_t>(dim + 2))) {
     hnsw_.reset(new hnswlib::HierarchicalNSW<float>(space_.get(), static_cast<size_t>(std::max<int64_t>(capacity, 1)),
                                                     static_cast<size_t>(M), static_cast<size_t>(ef_construction),
                                                     static_cast<size_t>(seed)));
 }
 
-HnswIndex::HnswIndex(int64_t dim, const std::string& path, int64_t capacity)
-    : dim_(dim), space_(new IpSpace(static_cast<size_t>(dim + 1))) {
+HnswIndex::HnswIndex(int64_t dim, const std::string& path, int64_t capacity, float max_norm)
+    : dim_(dim), max_norm_(max_norm), space_(new L2Space(static_cast<size_t>(dim + 2))) {
     hnsw_.reset(new hnswlib::HierarchicalNSW<float>(space_.get(), path, false,
                                                     static_cast<size_t>(std::max<int64_t>(capacity, 1))));
-    if (hnsw_->data_size_ != static_cast<size_t>(dim + 1) * sizeof(float))
+    if (hnsw_->data_size_ != static_cast<size_t>(dim + 2) * sizeof(float))
         throw std::invalid_argument(path + ": the index holds vectors of " +
-                                    std::to_string(hnsw_->data_size_ / sizeof(float)) + " floats, expected dim + 1 = " +
-                                    std::to_string(dim + 1));
+                                    std::to_string(hnsw_->data_size_ / sizeof(float)) + " floats, expected dim + 2 = " +
+                                    std::to_string(dim + 2));
     for (size_t i = 0; i < hnsw_->cur_element_count; ++i) {
         const auto label = hnsw_->getExternalLabel(static_cast<hnswlib::tableint>(i));
         if (label >= static_cast<size_t>(std::max<int64_t>(capacity, 1)))
@@ -184,10 +187,14 @@ void HnswIndex::add(const float* vecs, const float* bias, const int64_t* rows, i
         WriteGuard g(lock_);
         hnsw_->resizeIndex(static_cast<size_t>(std::max<int64_t>(need, capacity() + capacity() / 2)));
     }
-    const int64_t D = dim_ + 1;
+    const int64_t D = dim_ + 2;
+    const double phi2 = static_cast<double>(max_norm_) * max_norm_;
     auto insert = [&](int64_t j, float* buf) {
         std::copy(vecs + j * dim_, vecs + (j + 1) * dim_, buf);
         buf[dim_] = bias ? bias[j] : 0.f;
+        double sq = 0;
+        for (int64_t i = 0; i <= dim_; ++i) sq += static_cast<double>(buf[i]) * buf[i];
+        buf[dim_ + 1] = static_cast<float>(std::sqrt(std::max(phi2 - sq, 0.0)));  // |row| = max_norm
         hnsw_->addPoint(buf, static_cast<hnswlib::labeltype>(rows[j]));
     };
     int64_t start = 0;
@@ -197,7 +204,7 @@ void HnswIndex::add(const float* vecs, const float* bias, const int64_t* rows, i
         insert(0, buf.data());
         start = 1;
     }
-    constexpr int64_t CHUNK = 8;  // inserts per hold of the write side: readers wait for one chunk at most
+    constexpr int64_t CHUNK = 1;  // inserts per hold of the write side: a reader waits for one insert at most
     const int64_t n_chunks = (n - start + CHUNK - 1) / CHUNK;
     parallel_for(n_chunks, resolve_threads(num_threads), [&](int64_t c) {
         std::vector<float> buf(static_cast<size_t>(D));
@@ -270,9 +277,9 @@ void HnswIndex::search(const SearchArgs& args, int64_t b, TopKOut out, int num_t
             if (!ids.empty()) flush();
         } else {
             if (al.first) f.allowed = al_bits.set(al.first, al.second, n_rows);
-            std::vector<float> aug(static_cast<size_t>(dim_ + 1));
+            std::vector<float> aug(static_cast<size_t>(dim_ + 2), 0.f);
             std::copy(sp.queries + q * sp.k, sp.queries + (q + 1) * sp.k, aug.begin());
-            aug[static_cast<size_t>(dim_)] = sp.bias ? 1.f : 0.f;
+            aug[static_cast<size_t>(dim_)] = sp.bias ? 1.f : 0.f;  // [q, 1, 0]: nearest row = best q.v + b
             std::priority_queue<std::pair<float, hnswlib::labeltype>> found;
             {
                 ReadGuard g(lock_);
@@ -287,6 +294,14 @@ void HnswIndex::search(const SearchArgs& args, int64_t b, TopKOut out, int num_t
             }
             if (plain) ids.erase(std::remove_if(ids.begin(), ids.end(), [&](int64_t r) { return !args.live.test(r); }),
                                  ids.end());
+            if (args.n_always) {
+                if (al.first) f.allowed = al_bits.set(al.first, al.second, n_rows);
+                for (int64_t j = 0; j < args.n_always; ++j)
+                    if (f(static_cast<hnswlib::labeltype>(args.always[j]))) ids.push_back(args.always[j]);
+                if (al.first) al_bits.clear();
+                std::sort(ids.begin(), ids.end());
+                ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+            }
             flush();
         }
         if (exw) ex_bits.clear();

@@ -1,8 +1,14 @@
 // ctxrec HNSW engine core: hnswlib's graph search with the engine's filters applied inside
 // the traversal, followed by exact rescoring (rescore.hpp's score) and top-K, in one call.
 //
-// Rows are hnswlib labels. The graph indexes [item_vec, item_bias] under inner product, so
-// a query [q, 1] retrieves by q . v + b (and [q, 0] by q . v alone, for item-item similarity).
+// Rows are hnswlib labels. Maximum inner product is reduced to nearest neighbours: a row
+// [v, b] is stored as [v, b, sqrt(max_norm^2 - |v|^2 - b^2)] under squared L2, so for the
+// query [q, 1, 0] the distance is max_norm^2 + |q|^2 + 1 - 2 (q . v + b): the nearest row has
+// the best score (and [q, 0, 0] ranks by q . v alone, for item-item similarity). An
+// inner-product graph leaves rows with small norms nearly unreachable, which a filtered
+// search needs; on the sphere every row is reachable. Rows added later with a larger norm
+// than max_norm get a 0 last coordinate, so the graph places them approximately: the caller
+// passes them as `always` rows, scored exactly on every graph search, until it rebuilds.
 // Visibility is the caller's: a `live` bitset says which rows a request may return, so a
 // batch of catalog changes becomes visible at once when the caller publishes a new bitset.
 #pragma once
@@ -27,8 +33,8 @@ namespace ctxrec {
 // Readers share the index with each other and writers (inserting threads) with each other,
 // never readers with writers: hnswlib's search is not safe against a concurrent insert.
 // Phase-fair: a waiting writer stops new readers; readers waiting when the writers leave
-// go next, before any new writer. A writer holds it per small chunk of inserts, so no reader
-// waits for a whole write batch.
+// go next, before any new writer. A writer holds it per insert, so no reader waits for a
+// whole write batch.
 class PhaseLock {
 public:
     void lock_read();
@@ -56,6 +62,8 @@ struct SearchArgs {
     Bits live;                // rows a request may return (required)
     Bits mask;                // AND of the request's named filters (optional)
     Csr exclude, allow;       // rows, per query (rows == b) or shared (rows == 1)
+    const int64_t* always = nullptr;  // rows the graph plan scores besides its candidates (if eligible):
+    int64_t n_always = 0;             // rows whose norm exceeds max_norm, which the graph places approximately
     int64_t n_live = 0;       // popcount of live
     int64_t n_candidates = 64;
     int64_t exact_below = 0;  // score the eligible rows exactly when at most this many remain
@@ -63,11 +71,12 @@ struct SearchArgs {
 
 class HnswIndex {
 public:
-    HnswIndex(int64_t dim, int64_t capacity, int64_t M, int64_t ef_construction, int64_t seed);
-    HnswIndex(int64_t dim, const std::string& path, int64_t capacity);  // hnswlib's file format
+    HnswIndex(int64_t dim, int64_t capacity, int64_t M, int64_t ef_construction, int64_t seed, float max_norm);
+    HnswIndex(int64_t dim, const std::string& path, int64_t capacity, float max_norm);  // hnswlib's format
     ~HnswIndex();
 
     int64_t dim() const { return dim_; }
+    float max_norm() const { return max_norm_; }
     int64_t size() const;
     int64_t capacity() const;
     void set_ef(int64_t ef);
@@ -78,7 +87,8 @@ public:
     void search(const SearchArgs& args, int64_t b, TopKOut out, int num_threads, int8_t* plans);
 
 private:
-    int64_t dim_;  // factor width; the graph stores dim_ + 1 floats per row
+    int64_t dim_;  // factor width; the graph stores dim_ + 2 floats per row
+    float max_norm_;
     std::unique_ptr<hnswlib::SpaceInterface<float>> space_;
     std::unique_ptr<hnswlib::HierarchicalNSW<float>> hnsw_;
     PhaseLock lock_;

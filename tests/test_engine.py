@@ -145,6 +145,14 @@ def test_exclude_allow_and_seen_match_brute_force(catalog, plan):
         assert np.mean(recs) >= 0.95, (kw.keys(), np.mean(recs))
 
 
+def test_filter_mask_matches_the_filter(catalog):
+    eng = build(catalog)
+    want = (catalog["filters"]["category"] == "hats") & catalog["filters"]["in_stock"]
+    np.testing.assert_array_equal(eng.filter_mask({"category": "hats", "in_stock": True}), want)
+    eng.remove_items(["item1"])
+    assert eng.filter_mask().sum() == 2999 and not eng.filter_mask()[1]
+
+
 def test_batch_equals_single_and_pads(engine, catalog):
     Q, TQ = catalog["Q"][:12], catalog["TQ"][:12]
     engine.set_seen(5, list(catalog["ids"][:50]))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import threading
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -46,6 +46,10 @@ DEFAULT_EXACT_THRESHOLD = 2_000
 # eligible < sqrt(CROSSOVER * n_items * ef). CROSSOVER is measured by
 # `python benchmarks/bench_engine.py --crossover` (benchmarks/results/engine.md).
 CROSSOVER = 4.0
+
+# Rows added after a build with a norm past the graph's radius are scored exactly on every
+# graph search (``_Snapshot.overflow``); past this many (or 1 % of the rows) the graph is rebuilt.
+OVERFLOW_LIMIT = 1024
 
 
 class NotFittedError(RuntimeError, AttributeError):
@@ -143,6 +147,7 @@ class _Snapshot:
     ids: np.ndarray            # [slots capacity] original id of each slot (append-only)
     n_slots: int
     identity: bool = True      # row == slot for every slot (no update or removal since fit/compaction)
+    overflow: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # rows past the graph's radius: scored on every search
 
 
 class Engine:
@@ -251,9 +256,7 @@ class Engine:
         names = sorted(item_filters or {})
         self.filter_names_ = tuple(names)
         filt = self._filter_values(item_filters or {}, n)
-        index = _core.HnswIndex(dim, n, int(self.M), int(self.ef_construction), int(self.seed))
-        index.add(cols["vecs"], cols["bias"], np.arange(n, dtype=np.int64), _core.resolve_threads(self.num_threads))
-        index.set_ef(max(int(self.ef), int(self.n_candidates)))
+        index = self._new_index(cols["vecs"], cols["bias"])
         words = _words(n)
         filters = {name: {v: _bits_of(np.asarray(rows, np.int64), words) for v, rows in filt[name].items()}
                    for name in names}
@@ -265,6 +268,21 @@ class Engine:
                                vecs=cols["vecs"], bias=cols["bias"], text=cols["text"], tri=cols["tri"],
                                filters=filters, ids=ids, n_slots=n)
         return self
+
+    def _new_index(self, vecs: np.ndarray, bias: np.ndarray, capacity: int | None = None,
+                   max_norm: float = 0.0) -> Any:
+        """A graph over rows 0..n-1 = [vecs, bias] on a sphere of radius >= every row's norm."""
+        n = len(vecs)
+        norms = np.sqrt(np.einsum("ij,ij->i", vecs, vecs, dtype=np.float64) + bias.astype(np.float64) ** 2) \
+            if n else np.zeros(1)
+        # Radius = the largest norm: a larger one (headroom for later items) costs recall
+        # (0.92 -> 0.82 at ef = 64 on 100k clustered items with twice the radius).
+        index = _core.HnswIndex(self.dim_, max(capacity or n, 1), int(self.M), int(self.ef_construction),
+                                int(self.seed), float(max(max_norm, norms.max() * (1 + 1e-6), 1e-6)))
+        index.add(np.ascontiguousarray(vecs), np.ascontiguousarray(bias), np.arange(n, dtype=np.int64),
+                  _core.resolve_threads(self.num_threads))
+        index.set_ef(max(int(self.ef), int(self.n_candidates)))
+        return index
 
     def _columns(self, vecs: np.ndarray, bias: Any, text: Any, tri: Any, n: int) -> dict[str, np.ndarray | None]:
         """Validated float32 columns of n new rows (vecs already checked)."""
@@ -483,6 +501,25 @@ class Engine:
             out = field if out is None else out & field
         return np.ascontiguousarray(out)
 
+    def filter_mask(self, filter: Mapping[str, Any] | None = None) -> np.ndarray:
+        """Which items pass ``filter`` now.
+
+        Returns
+        -------
+        numpy.ndarray of bool, shape [slots]
+            True where the slot's item is in the catalog and passes every named filter
+            (aligned with ``item_ids_``).
+        """
+        snap = self._fitted()
+        bits = snap.live[:_words(snap.n_rows)]
+        mask = self._mask(snap, filter)
+        if mask is not None:
+            bits = bits & mask
+        rows = _bit_rows(bits, snap.n_rows)
+        out = np.zeros(snap.n_slots, bool)
+        out[snap.row_slot[rows]] = True
+        return out
+
     def exact_below(self, n_eligible: int | None = None) -> int:
         """Eligible-item count at or below which a request is scored exactly instead of searched.
 
@@ -515,6 +552,7 @@ class Engine:
             kw["allow_indptr"], kw["allow_indices"] = np.array([0, len(allow)], np.int64), allow
         return snap.index.search(q, snap.vecs, snap.bias if bias else None, int(k), live=snap.live,
                                  n_rows=snap.n_rows, n_live=snap.n_live, mask=mask,
+                                 always=snap.overflow if len(snap.overflow) else None,
                                  n_candidates=int(self.n_candidates), exact_below=self.exact_below(),
                                  num_threads=threads, return_plans=return_plans, **kw)
 
@@ -817,8 +855,11 @@ class Engine:
         _set_bits(live, rows)
         for k_, s in zip(keys[new].tolist(), slots[new].tolist()):
             self._recent[k_] = s
+        v, b = g.vecs[r0:r0 + n].astype(np.float64), g.bias[r0:r0 + n].astype(np.float64)
+        past = rows[np.sqrt(np.einsum("ij,ij->i", v, v) + b * b) > g.index.max_norm]
+        overflow = np.concatenate([snap.overflow, past]) if len(past) else snap.overflow
         return replace(g, n_rows=r0 + n, live=live, n_live=snap.n_live + int((~current).sum()), slot_row=slot_row,
-                       filters=filters, n_slots=n_slots,
+                       filters=filters, n_slots=n_slots, overflow=overflow,
                        identity=snap.identity and r0 == snap.n_slots and not current.any())
 
     def _publish(self, snap: _Snapshot) -> None:
@@ -828,7 +869,8 @@ class Engine:
             self._sorted_ids, self._sorted_slots = self._sort_ids(snap.ids, snap.n_slots)
             self._recent = {}
         hidden = snap.n_rows - snap.n_live
-        if snap.n_rows >= 64 and hidden > self.compact_ratio * snap.n_rows:
+        if snap.n_rows >= 64 and (hidden > self.compact_ratio * snap.n_rows or
+                                  len(snap.overflow) > max(OVERFLOW_LIMIT, snap.n_rows // 100)):
             self.compact()
 
     def compact(self) -> None:
@@ -839,11 +881,9 @@ class Engine:
             slots = np.flatnonzero(snap.slot_row[:snap.n_slots] >= 0)
             old = snap.slot_row[slots]
             n = len(old)
-            index = _core.HnswIndex(self.dim_, max(n, 1), int(self.M), int(self.ef_construction), int(self.seed))
             vecs = np.ascontiguousarray(snap.vecs[old])
             bias = np.ascontiguousarray(snap.bias[old])
-            index.add(vecs, bias, np.arange(n, dtype=np.int64), _core.resolve_threads(self.num_threads))
-            index.set_ef(max(int(self.ef), int(self.n_candidates)))
+            index = self._new_index(vecs, bias)
             words = _words(n)
             filters = {}
             for name, vals in snap.filters.items():
@@ -858,7 +898,8 @@ class Engine:
                 row_slot=slots.astype(np.int64), vecs=vecs, bias=bias,
                 text=None if snap.text is None else np.ascontiguousarray(snap.text[old]),
                 tri=None if snap.tri is None else np.ascontiguousarray(snap.tri[old]), filters=filters,
-                ids=np.array(snap.ids[:snap.n_slots]), identity=bool(n == snap.n_slots)))
+                ids=np.array(snap.ids[:snap.n_slots]), identity=bool(n == snap.n_slots),
+                overflow=np.zeros(0, np.int64)))
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
@@ -873,6 +914,7 @@ class Engine:
             meta = {"params": params, "n_rows": snap.n_rows, "n_slots": snap.n_slots, "n_live": snap.n_live,
                     "dim": self.dim_, "text_weight": self.text_weight_, "tri_weight": self.tri_weight_,
                     "text_dim": self._text_dim, "tri_dim": self._tri_dim, "filters": filters,
+                    "max_norm": float(snap.index.max_norm),
                     "seen_keys": [k if isinstance(k, (int, str)) else int(k) for k in seen_keys]}
             n, w = snap.n_rows, _words(snap.n_rows)
             with atomic_dir(path, FORMAT, VERSION, meta) as tmp:
@@ -954,19 +996,17 @@ class Engine:
                 raise CorruptArtifactError(f"{path}: seen_indptr.npy / seen_slots.npy are inconsistent")
             seen = {k: sl[indptr[i]:indptr[i + 1]] for i, k in enumerate(keys)}
         live_rows = slot_row[slot_row >= 0]
-        try:
-            index = _core.HnswIndex.load(str(path / "hnsw.bin"), dim, max(n, 1)) if (path / "hnsw.bin").exists() \
-                else None
-        except (RuntimeError, ValueError) as e:
-            raise CorruptArtifactError(f"{path / 'hnsw.bin'}: cannot load the HNSW index ({e})") from None
-        if index is None:  # a format-1 engine small enough to have been exact-only: build its graph now
-            index = _core.HnswIndex(dim, max(n, 1), int(eng.M), int(eng.ef_construction), int(eng.seed))
-            index.add(np.ascontiguousarray(vecs), np.ascontiguousarray(bias), np.arange(n, dtype=np.int64),
-                      _core.resolve_threads(eng.num_threads))
-        if index.size != n:
-            raise CorruptArtifactError(f"{path / 'hnsw.bin'}: holds {index.size} rows, the manifest says {n}")
-        index.set_ef(max(int(eng.ef), int(eng.n_candidates)))
         eng.dim_ = dim
+        if v1:  # format 1 held an inner-product graph (or none): build the graph of format 2 from the tables
+            index = eng._new_index(np.asarray(vecs), np.asarray(bias))
+        else:
+            try:
+                index = _core.HnswIndex.load(str(path / "hnsw.bin"), dim, max(n, 1), float(meta["max_norm"]))
+            except (RuntimeError, ValueError) as e:
+                raise CorruptArtifactError(f"{path / 'hnsw.bin'}: cannot load the HNSW index ({e})") from None
+            if index.size != n:
+                raise CorruptArtifactError(f"{path / 'hnsw.bin'}: holds {index.size} rows, the manifest says {n}")
+            index.set_ef(max(int(eng.ef), int(eng.n_candidates)))
         eng.text_weight_ = float(meta["text_weight"])
         eng.tri_weight_ = float(meta["tri_weight"])
         eng._text_dim = None if text is None else int(text.shape[1])
@@ -975,7 +1015,10 @@ class Engine:
         eng._seen = seen
         eng._sorted_ids, eng._sorted_slots = cls._sort_ids(ids, n_slots)
         eng._recent = {}
+        v64, b64 = np.asarray(vecs, np.float64), np.asarray(bias, np.float64)
+        overflow = np.flatnonzero(np.sqrt(np.einsum("ij,ij->i", v64, v64) + b64 * b64) > index.max_norm)
         eng._snap = _Snapshot(index=index, n_rows=n, live=_bits_of(live_rows, _words(n)), n_live=len(live_rows),
+                              overflow=overflow.astype(np.int64),
                               slot_row=slot_row, row_slot=row_slot, vecs=vecs, bias=bias, text=text, tri=tri,
                               filters=filters, ids=ids, n_slots=n_slots,
                               identity=bool(n == n_slots and np.array_equal(slot_row, np.arange(n))))
