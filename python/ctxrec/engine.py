@@ -43,9 +43,10 @@ DEFAULT_EXACT_THRESHOLD = 2_000
 
 # A filtered graph search visits about ef / selectivity nodes before it holds ef eligible
 # ones, while exact scoring costs one dot product per eligible item; so exact wins while
-# eligible < sqrt(CROSSOVER * n_items * ef). CROSSOVER is measured by
-# `python benchmarks/bench_engine.py --crossover` (benchmarks/results/engine.md).
-CROSSOVER = 4.0
+# eligible < sqrt(CROSSOVER * n_items * ef). Measured by `python benchmarks/bench_engine.py
+# --crossover` (benchmarks/results/engine.md): the two paths cross at ~19,800 eligible of 1M
+# items (CROSSOVER ~ 6.1) and ~5,200 of 100k (~ 4.2), ef = 64, d = 64 + a 32-d text term.
+CROSSOVER = 6.0
 
 # Rows added after a build with a norm past the graph's radius are scored exactly on every
 # graph search (``_Snapshot.overflow``); past this many (or 1 % of the rows) the graph is rebuilt.
@@ -147,6 +148,7 @@ class _Snapshot:
     ids: np.ndarray            # [slots capacity] original id of each slot (append-only)
     n_slots: int
     identity: bool = True      # row == slot for every slot (no update or removal since fit/compaction)
+    version: int = 0           # bumped by every publish (keys caches derived from a snapshot)
     overflow: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # rows past the graph's radius: scored on every search
 
 
@@ -261,6 +263,7 @@ class Engine:
         filters = {name: {v: _bits_of(np.asarray(rows, np.int64), words) for v, rows in filt[name].items()}
                    for name in names}
         self._seen: dict[Any, np.ndarray] = {}
+        self._seen_cache: dict[Any, tuple[int, np.ndarray, np.ndarray]] = {}
         self._sorted_ids, self._sorted_slots = self._sort_ids(ids, n)
         self._recent: dict[Any, int] = {}  # ids added since _sorted_ids was built -> slot
         self._snap = _Snapshot(index=index, n_rows=n, live=_bits_of(np.arange(n), words), n_live=n,
@@ -393,18 +396,20 @@ class Engine:
             warnings.warn(f"{name}: {int((out < 0).sum())} unknown item id(s) ignored, e.g. {bad}", stacklevel=4)
         return out
 
-    def _rows(self, snap: _Snapshot, raw: Iterable[Any] | None, name: str) -> np.ndarray | None:
-        """Sorted unique visible rows of original ids in snapshot ``snap``."""
+    def _rows(self, snap: _Snapshot, raw: Iterable[Any] | None, name: str, unique: bool = True) -> np.ndarray | None:
+        """Visible rows of original ids in snapshot ``snap`` (sorted and unique unless ``unique=False``:
+        exclusions become a bitset in the core, so they need neither)."""
         if raw is None:
             return None
         slots = self._slots(raw, name)
-        return self._slot_rows(snap, slots)
+        return self._slot_rows(snap, slots, unique)
 
     @staticmethod
-    def _slot_rows(snap: _Snapshot, slots: np.ndarray) -> np.ndarray:
+    def _slot_rows(snap: _Snapshot, slots: np.ndarray, unique: bool = True) -> np.ndarray:
         slots = slots[(slots >= 0) & (slots < len(snap.slot_row))]
         rows = snap.slot_row[slots]
-        return np.unique(rows[(rows >= 0) & (rows < snap.n_rows)])
+        rows = rows[(rows >= 0) & (rows < snap.n_rows)]
+        return np.unique(rows) if unique else rows
 
     def item_index(self, item_id: Any) -> int:
         """Slot (stable position in ``item_ids_``) of an original item id; KeyError when unknown or removed."""
@@ -530,15 +535,23 @@ class Engine:
         ef = max(int(self.ef), int(self.n_candidates))
         return int(max(self.exact_threshold, math.sqrt(CROSSOVER * max(n, 1) * ef)))
 
-    def _excluded(self, snap: _Snapshot, rows: np.ndarray | None, users: Any) -> np.ndarray | None:
-        seen = None
-        if users is not None:
-            s = self._seen.get(users)
-            if s is not None and len(s):
-                seen = self._slot_rows(snap, s)
+    def _seen_rows(self, snap: _Snapshot, user: Any) -> np.ndarray | None:
+        """The user's seen items as rows of ``snap``, cached until the catalog or the list changes."""
+        s = self._seen.get(user)
+        if s is None or not len(s):
+            return None
+        hit = self._seen_cache.get(user)
+        if hit is not None and hit[0] == snap.version and hit[1] is s:
+            return hit[2]
+        rows = self._slot_rows(snap, s, unique=False)
+        self._seen_cache[user] = (snap.version, s, rows)
+        return rows
+
+    def _excluded(self, snap: _Snapshot, rows: np.ndarray | None, user: Any) -> np.ndarray | None:
+        seen = None if user is None else self._seen_rows(snap, user)
         if rows is None:
             return seen
-        return rows if seen is None else np.union1d(rows, seen)
+        return rows if seen is None else np.concatenate([rows, seen])
 
     def _call(self, snap: _Snapshot, q: np.ndarray, k: int, kw: dict[str, Any], excl: list[np.ndarray | None] | None,
               allow: np.ndarray | None, mask: np.ndarray | None, threads: int, bias: bool = True,
@@ -594,7 +607,7 @@ class Engine:
         k = self._check_k(k)
         q = _query(query, "query", self.dim_, batch=False)
         kw = self._extras(snap, text_query, tri_query, 1, False, text_weight, tri_weight)
-        excl = self._excluded(snap, self._rows(snap, exclude, "exclude"), user)
+        excl = self._excluded(snap, self._rows(snap, exclude, "exclude", unique=False), user)
         rows, scores = self._call(snap, q, k, kw, [excl], self._rows(snap, allow, "allow"), self._mask(snap, filter), 1)
         m = int(np.count_nonzero(rows[0] >= 0))
         return self._ids_of_rows(snap, rows[0, :m]), scores[0, :m]
@@ -627,7 +640,8 @@ class Engine:
             if seq is not None and len(seq) != b:
                 raise ValueError(f"{name} has {len(seq)} entries but there are {b} queries")
         excl = [self._excluded(snap, None if exclude is None or exclude[i] is None else
-                               self._rows(snap, exclude[i], f"exclude[{i}]"), None if users is None else users[i])
+                               self._rows(snap, exclude[i], f"exclude[{i}]", unique=False),
+                               None if users is None else users[i])
                 for i in range(b)]
         threads = _core.resolve_threads(self.num_threads if num_threads is None else num_threads)
         rows, scores = self._call(snap, q, k, kw, excl, self._rows(snap, allow, "allow"), self._mask(snap, filter),
@@ -864,6 +878,7 @@ class Engine:
 
     def _publish(self, snap: _Snapshot) -> None:
         """Make ``snap`` the snapshot new requests read; compact when hidden rows pass the ratio."""
+        snap = replace(snap, version=self._snap.version + 1)
         self._snap = snap  # one reference assignment: a request reads the old or the new snapshot
         if len(self._recent) > max(4096, snap.n_slots // 16):
             self._sorted_ids, self._sorted_slots = self._sort_ids(snap.ids, snap.n_slots)
@@ -894,7 +909,8 @@ class Engine:
             slot_row = np.full(snap.n_slots, -1, np.int64)
             slot_row[slots] = np.arange(n)
             self._snap = (replace(
-                snap, index=index, n_rows=n, live=_bits_of(np.arange(n), words), n_live=n, slot_row=slot_row,
+                snap, version=snap.version + 1, index=index, n_rows=n, live=_bits_of(np.arange(n), words), n_live=n,
+                slot_row=slot_row,
                 row_slot=slots.astype(np.int64), vecs=vecs, bias=bias,
                 text=None if snap.text is None else np.ascontiguousarray(snap.text[old]),
                 tri=None if snap.tri is None else np.ascontiguousarray(snap.tri[old]), filters=filters,
@@ -1013,6 +1029,7 @@ class Engine:
         eng._tri_dim = None if tri is None else int(tri.shape[1])
         eng.filter_names_ = tuple(sorted(filters))
         eng._seen = seen
+        eng._seen_cache = {}
         eng._sorted_ids, eng._sorted_slots = cls._sort_ids(ids, n_slots)
         eng._recent = {}
         v64, b64 = np.asarray(vecs, np.float64), np.asarray(bias, np.float64)

@@ -850,12 +850,7 @@ class Recommender:
             An unknown filter name or a filter that is not a mapping (the engine's message).
         """
         self._fitted()
-        eng = self.engine_
-        mask = np.zeros(eng.n_slots_, bool)
-        # every eligible item: a zero query scores them all alike (the engine owns the filter rule)
-        ids, _ = eng.recommend(np.zeros(eng.dim_, np.float32), eng.n_items_, filter=filter)
-        mask[[eng.item_index(x) for x in ids.tolist()]] = True
-        return mask
+        return self.engine_.filter_mask(filter)
 
     # ------------------------------------------------------------------ live catalog
     def _catalog_id(self, raw: Any, row: int) -> Any:
