@@ -395,13 +395,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         p = str(Path(tmp) / "hnsw.bin")
         eng._snap.index.save(p)
-        hx = hnswlib.Index(space="ip", dim=DIM + 1)
+        # the engine's graph: [v, b, sqrt(R^2 - |v|^2 - b^2)] under squared L2 (see csrc/index.hpp)
+        hx = hnswlib.Index(space="l2", dim=DIM + 2)
         hx.load_index(p, max_elements=n)
     hx.set_ef(max(args.ef, args.candidates))
     hx.set_num_threads(1)
     assert hx.get_current_count() == n
     c = max(args.candidates, K)
-    aug = np.ascontiguousarray(np.hstack([Q, np.ones((nq, 1), np.float32)]))
+    aug = np.ascontiguousarray(np.hstack([Q, np.ones((nq, 1), np.float32)]))  # faiss (inner product on [v, b])
+    aug_l2 = np.ascontiguousarray(np.hstack([Q, np.ones((nq, 1), np.float32), np.zeros((nq, 1), np.float32)]))
     faiss.omp_set_num_threads(threads)
     t0 = time.perf_counter()
     fx = faiss.IndexHNSWFlat(DIM + 1, args.M, faiss.METRIC_INNER_PRODUCT)
@@ -415,7 +417,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # ---- no filter + 2,000 excluded items (interleaved)
     fns = {
         "engine": lambda i: eng.recommend(Q[i], K, text_query=TQ[i])[0],
-        "hnswlib": lambda i: hx.knn_query(aug[i], k=c, num_threads=1)[0][0],
+        "hnswlib": lambda i: hx.knn_query(aug_l2[i], k=c, num_threads=1)[0][0],
         "faiss": lambda i: fx.search(aug[i:i + 1], c)[1][0],
         "seen": lambda i: eng.recommend(Q[i], K, text_query=TQ[i], user=i)[0],
         "exclude": lambda i: eng.recommend(Q[i], K, text_query=TQ[i], exclude=seen[i])[0],
@@ -452,7 +454,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
           flush=True)
 
     # ---- filters keeping 50 / 10 / 1 %: engine named filter, engine allow-list, faiss, hnswlib callback
-    Qf, TQf, augf = Q[:nqf], TQ[:nqf], aug[:nqf]
+    Qf, TQf, augf, augf_l2 = Q[:nqf], TQ[:nqf], aug[:nqf], aug_l2[:nqf]
     fns, keepalive = {}, []
     for s in FILTER_SELS:
         name, ids = f"s{pct(s)}", keep_rows[s]
@@ -467,7 +469,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         fns[f"allow_{pct(s)}"] = (lambda ids: lambda i: eng.recommend(Qf[i], K, text_query=TQf[i], allow=ids)[0])(ids)
         fns[f"faiss_{pct(s)}"] = (lambda params: lambda i: fx.search(augf[i:i + 1], c, params=params)[1][0])(params)
         fns[f"hnswlib_{pct(s)}"] = (lambda allowed: lambda i: hx.knn_query(
-            augf[i], k=c, num_threads=1, filter=allowed.__getitem__)[0][0])(allowed)
+            augf_l2[i], k=c, num_threads=1, filter=allowed.__getitem__)[0][0])(allowed)
     ts, res = time_interleaved(fns, nqf)
     filtered = []
     for s in FILTER_SELS:
