@@ -378,7 +378,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     t_filters = time.perf_counter() - t0
     t0 = time.perf_counter()
     eng = Engine(M=args.M, ef_construction=args.ef_construction, ef=args.ef, n_candidates=args.candidates,
-                 num_threads=threads).fit(cat["V"], cat["bias"], item_text=cat["T"], text_weight=TEXT_W,
+                 num_threads=threads, graph=args.graph).fit(cat["V"], cat["bias"], item_text=cat["T"], text_weight=TEXT_W,
                                           item_filters=filters)
     t_fit = time.perf_counter() - t0
     del filters
@@ -395,15 +395,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         p = str(Path(tmp) / "hnsw.bin")
         eng._snap.index.save(p)
-        # the engine's graph: [v, b, sqrt(R^2 - |v|^2 - b^2)] under squared L2 (see csrc/index.hpp)
-        hx = hnswlib.Index(space="l2", dim=DIM + 2)
+        # the engine's graph: [v, b] under inner product, or ("sphere") [v, b, sqrt(R^2 - |v|^2 - b^2)]
+        # under squared L2 (see csrc/index.hpp)
+        hx = hnswlib.Index(space="l2", dim=DIM + 2) if args.graph == "sphere" else hnswlib.Index(space="ip", dim=DIM + 1)
         hx.load_index(p, max_elements=n)
     hx.set_ef(max(args.ef, args.candidates))
     hx.set_num_threads(1)
     assert hx.get_current_count() == n
     c = max(args.candidates, K)
     aug = np.ascontiguousarray(np.hstack([Q, np.ones((nq, 1), np.float32)]))  # faiss (inner product on [v, b])
-    aug_l2 = np.ascontiguousarray(np.hstack([Q, np.ones((nq, 1), np.float32), np.zeros((nq, 1), np.float32)]))
+    aug_l2 = np.ascontiguousarray(np.hstack([Q, np.ones((nq, 1), np.float32), np.zeros((nq, 1), np.float32)])) \
+        if args.graph == "sphere" else aug  # the query of the engine's graph
     faiss.omp_set_num_threads(threads)
     t0 = time.perf_counter()
     fx = faiss.IndexHNSWFlat(DIM + 1, args.M, faiss.METRIC_INNER_PRODUCT)
@@ -545,7 +547,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "config": {"n_items": n, "kind": "clustered", "dim": DIM, "text_dim": TEXT_DIM, "text_weight": TEXT_W,
                    "M": args.M, "ef": args.ef, "n_candidates": args.candidates, "ef_construction": args.ef_construction,
                    "threads_build": threads, "threads_query": 1, "queries": nq, "filter_queries": nqf,
-                   "crossover_queries": nqc, "k": K, "hnswlib": hnswlib.__version__ if hasattr(hnswlib, "__version__")
+                   "crossover_queries": nqc, "k": K, "graph": args.graph, "hnswlib": hnswlib.__version__ if hasattr(hnswlib, "__version__")
                    else "0.8.0", "faiss": faiss.__version__},
         "build": build, "exact_answers_s": t_exact, "nofilter": nofilter, "excluded": excluded, "filtered": filtered,
         "crossover": cross, "adds": adds, "targets": targets, "total_s": time.perf_counter() - t_all,
@@ -561,7 +563,7 @@ def run_crossover_only(args: argparse.Namespace) -> dict[str, Any]:
     keep = {s: u < s for s in CROSS_SELS}
     truths = {s: exact_topk(cat, Q, TQ, threads, **allow_csr(np.flatnonzero(keep[s]))) for s in CROSS_SELS}
     eng = Engine(M=args.M, ef_construction=args.ef_construction, ef=args.ef, n_candidates=args.candidates,
-                 num_threads=threads).fit(cat["V"], cat["bias"], item_text=cat["T"], text_weight=TEXT_W,
+                 num_threads=threads, graph=args.graph).fit(cat["V"], cat["bias"], item_text=cat["T"], text_weight=TEXT_W,
                                           item_filters={f"s{pct(s)}": [True if x else None for x in keep[s]]
                                                         for s in CROSS_SELS})
     cross = measure_crossover(eng, cat, Q, TQ, truths, n)
@@ -580,6 +582,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--ef", type=int, default=64)
     ap.add_argument("--ef-construction", type=int, default=200)
     ap.add_argument("--candidates", type=int, default=64)
+    ap.add_argument("--graph", choices=("ip", "sphere"), default="ip", help="Engine(graph=...)")
     ap.add_argument("--threads", type=int, default=2, help="build / add threads (queries: one thread)")
     ap.add_argument("--queries", type=int, default=None)
     ap.add_argument("--filter-queries", type=int, default=None)
@@ -611,7 +614,7 @@ def markdown(result: dict[str, Any]) -> str:
     cfg = result["config"]
     lines = ["## Serving engine (v2)", ""]
     lines += [f"Catalog: {cfg['n_items']:,} clustered items, d={cfg['dim']} + bias (+ {cfg.get('text_dim', 32)}-d text "
-              f"term, weight {cfg.get('text_weight', TEXT_W)}, applied at rescoring), M={cfg['M']}, ef={cfg['ef']}, "
+              f"term, weight {cfg.get('text_weight', TEXT_W)}, applied at rescoring), graph={cfg.get('graph', 'ip')!r}, M={cfg['M']}, ef={cfg['ef']}, "
               f"n_candidates={cfg['n_candidates']}, ef_construction={cfg['ef_construction']}. Single queries on "
               "one thread, variants of each table interleaved query by query; recall@10 against the exact "
               "full score (text term included), computed before the timed loops.", ""]

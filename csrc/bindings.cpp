@@ -228,8 +228,8 @@ PYBIND11_MODULE(_core, m) {
 
 
     py::class_<HnswIndex>(m, "HnswIndex", R"(
-    hnswlib graph over [item_vec, item_bias] rows (maximum inner product as nearest neighbours
-    on a sphere of radius max_norm, see index.hpp), searched with the engine's
+    hnswlib graph over [item_vec, item_bias] rows (inner product, or max_norm > 0: nearest
+    neighbours on a sphere of radius max_norm, see csrc/index.hpp), searched with the engine's
     filters inside the traversal and rescored exactly, in one GIL-free call per request or batch.
     Rows are hnswlib labels; the file format is hnswlib's (save / HnswIndex.load).
     Searches run concurrently with each other; inserts (add) interleave with searches one row
@@ -244,7 +244,8 @@ PYBIND11_MODULE(_core, m) {
              py::arg("dim"), py::arg("capacity"), py::arg("M") = 16, py::arg("ef_construction") = 200,
              py::arg("seed") = 0, py::arg("max_norm") = 0.0f,
              "Empty graph for rows of dim factors (+ the bias column), room for capacity rows (grows on add).\n"
-             "max_norm: the largest |[v, b]| of the rows (they are placed on a sphere of that radius).")
+             "max_norm: 0 for an inner-product graph; > 0 places the rows on a sphere of that radius\n"
+             "(at least the largest |[v, b]|) under L2, see csrc/index.hpp.")
         .def_static(
             "load",
             [](const std::string& path, int64_t dim, int64_t capacity, float max_norm) {

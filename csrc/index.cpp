@@ -27,15 +27,28 @@ float l2_distance(const void* a, const void* b, const void* param) {
     return acc;
 }
 
-class L2Space : public hnswlib::SpaceInterface<float> {
+// Inner-product distance 1 - <a, b>, as hnswlib's InnerProductSpace.
+CTXREC_CLONES
+float ip_distance(const void* a, const void* b, const void* param) {
+    const int64_t n = static_cast<int64_t>(*static_cast<const size_t*>(param));
+    const float* __restrict x = static_cast<const float*>(a);
+    const float* __restrict y = static_cast<const float*>(b);
+    float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t i = 0; i < n; ++i) acc += x[i] * y[i];
+    return 1.f - acc;
+}
+
+class Space : public hnswlib::SpaceInterface<float> {
 public:
-    explicit L2Space(size_t dim) : dim_(dim) {}
+    Space(size_t dim, bool l2) : dim_(dim), l2_(l2) {}
     size_t get_data_size() override { return dim_ * sizeof(float); }
-    hnswlib::DISTFUNC<float> get_dist_func() override { return &l2_distance; }
+    hnswlib::DISTFUNC<float> get_dist_func() override { return l2_ ? &l2_distance : &ip_distance; }
     void* get_dist_func_param() override { return &dim_; }
 
 private:
     size_t dim_;
+    bool l2_;
 };
 
 struct ReadGuard {
@@ -143,20 +156,20 @@ void PhaseLock::unlock_write() {
 
 // ---------------------------------------------------------------------------------- HnswIndex
 HnswIndex::HnswIndex(int64_t dim, int64_t capacity, int64_t M, int64_t ef_construction, int64_t seed, float max_norm)
-    : dim_(dim), max_norm_(max_norm), space_(new L2Space(static_cast<size_t>(dim + 2))) {
+    : dim_(dim), max_norm_(max_norm), space_(new Space(static_cast<size_t>(width()), max_norm > 0)) {
     hnsw_.reset(new hnswlib::HierarchicalNSW<float>(space_.get(), static_cast<size_t>(std::max<int64_t>(capacity, 1)),
                                                     static_cast<size_t>(M), static_cast<size_t>(ef_construction),
                                                     static_cast<size_t>(seed)));
 }
 
 HnswIndex::HnswIndex(int64_t dim, const std::string& path, int64_t capacity, float max_norm)
-    : dim_(dim), max_norm_(max_norm), space_(new L2Space(static_cast<size_t>(dim + 2))) {
+    : dim_(dim), max_norm_(max_norm), space_(new Space(static_cast<size_t>(width()), max_norm > 0)) {
     hnsw_.reset(new hnswlib::HierarchicalNSW<float>(space_.get(), path, false,
                                                     static_cast<size_t>(std::max<int64_t>(capacity, 1))));
-    if (hnsw_->data_size_ != static_cast<size_t>(dim + 2) * sizeof(float))
+    if (hnsw_->data_size_ != static_cast<size_t>(width()) * sizeof(float))
         throw std::invalid_argument(path + ": the index holds vectors of " +
-                                    std::to_string(hnsw_->data_size_ / sizeof(float)) + " floats, expected dim + 2 = " +
-                                    std::to_string(dim + 2));
+                                    std::to_string(hnsw_->data_size_ / sizeof(float)) + " floats, expected " +
+                                    std::to_string(width()));
     for (size_t i = 0; i < hnsw_->cur_element_count; ++i) {
         const auto label = hnsw_->getExternalLabel(static_cast<hnswlib::tableint>(i));
         if (label >= static_cast<size_t>(std::max<int64_t>(capacity, 1)))
@@ -187,14 +200,15 @@ void HnswIndex::add(const float* vecs, const float* bias, const int64_t* rows, i
         WriteGuard g(lock_);
         hnsw_->resizeIndex(static_cast<size_t>(std::max<int64_t>(need, capacity() + capacity() / 2)));
     }
-    const int64_t D = dim_ + 2;
+    const int64_t D = width();
     const double phi2 = static_cast<double>(max_norm_) * max_norm_;
     auto insert = [&](int64_t j, float* buf) {
         std::copy(vecs + j * dim_, vecs + (j + 1) * dim_, buf);
         buf[dim_] = bias ? bias[j] : 0.f;
         double sq = 0;
-        for (int64_t i = 0; i <= dim_; ++i) sq += static_cast<double>(buf[i]) * buf[i];
-        buf[dim_ + 1] = static_cast<float>(std::sqrt(std::max(phi2 - sq, 0.0)));  // |row| = max_norm
+        if (max_norm_ > 0)
+            for (int64_t i = 0; i <= dim_; ++i) sq += static_cast<double>(buf[i]) * buf[i];
+        if (max_norm_ > 0) buf[dim_ + 1] = static_cast<float>(std::sqrt(std::max(phi2 - sq, 0.0)));  // |row| = R
         hnsw_->addPoint(buf, static_cast<hnswlib::labeltype>(rows[j]));
     };
     int64_t start = 0;
@@ -277,7 +291,7 @@ void HnswIndex::search(const SearchArgs& args, int64_t b, TopKOut out, int num_t
             if (!ids.empty()) flush();
         } else {
             if (al.first) f.allowed = al_bits.set(al.first, al.second, n_rows);
-            std::vector<float> aug(static_cast<size_t>(dim_ + 2), 0.f);
+            std::vector<float> aug(static_cast<size_t>(width()), 0.f);
             std::copy(sp.queries + q * sp.k, sp.queries + (q + 1) * sp.k, aug.begin());
             aug[static_cast<size_t>(dim_)] = sp.bias ? 1.f : 0.f;  // [q, 1, 0]: nearest row = best q.v + b
             std::priority_queue<std::pair<float, hnswlib::labeltype>> found;

@@ -1,16 +1,18 @@
 // ctxrec HNSW engine core: hnswlib's graph search with the engine's filters applied inside
 // the traversal, followed by exact rescoring (rescore.hpp's score) and top-K, in one call.
 //
-// Rows are hnswlib labels. Maximum inner product is reduced to nearest neighbours: a row
-// [v, b] is stored as [v, b, sqrt(max_norm^2 - |v|^2 - b^2)] under squared L2, so for the
-// query [q, 1, 0] the distance is max_norm^2 + |q|^2 + 1 - 2 (q . v + b): the nearest row has
-// the best score (and [q, 0, 0] ranks by q . v alone, for item-item similarity). An
-// inner-product graph leaves rows with small norms nearly unreachable, which a filtered
-// search needs; on the sphere every row is reachable. Rows added later with a larger norm
-// than max_norm get a 0 last coordinate, so the graph places them approximately: the caller
-// passes them as `always` rows, scored exactly on every graph search, until it rebuilds.
-// Visibility is the caller's: a `live` bitset says which rows a request may return, so a
-// batch of catalog changes becomes visible at once when the caller publishes a new bitset.
+// Rows are hnswlib labels. Two graphs, chosen at construction by max_norm:
+//  - max_norm == 0: an inner-product graph over [v, b]; the query [q, 1] retrieves by q . v + b
+//    (and [q, 0] by q . v alone, for item-item similarity). Best for unfiltered requests:
+//    rows with large norms are hubs the search reaches fast (recall@10 0.978 at ef = 64 on
+//    1M clustered items), but rows with small norms are nearly unreachable, which a filtered
+//    search needs (0.83 for a 10 % filter).
+//  - max_norm > 0 ("sphere"): maximum inner product as nearest neighbours: a row [v, b] is
+//    stored as [v, b, sqrt(max_norm^2 - |v|^2 - b^2)] under squared L2, so for [q, 1, 0] the
+//    distance is max_norm^2 + |q|^2 + 1 - 2 (q . v + b). Every row is reachable (0.99 for a
+//    10 % filter) but unfiltered recall drops (0.85 at ef = 64 on 1M). Rows added later with
+//    a norm past max_norm get a 0 last coordinate, so the graph places them approximately: the
+//    caller passes them as `always` rows, scored exactly on every graph search, until it rebuilds.
 #pragma once
 
 #include <condition_variable>
@@ -77,6 +79,7 @@ public:
 
     int64_t dim() const { return dim_; }
     float max_norm() const { return max_norm_; }
+    int64_t width() const { return dim_ + (max_norm_ > 0 ? 2 : 1); }  // floats per stored row
     int64_t size() const;
     int64_t capacity() const;
     void set_ef(int64_t ef);
@@ -87,7 +90,7 @@ public:
     void search(const SearchArgs& args, int64_t b, TopKOut out, int num_threads, int8_t* plans);
 
 private:
-    int64_t dim_;  // factor width; the graph stores dim_ + 2 floats per row
+    int64_t dim_;  // factor width; the graph stores width() floats per row
     float max_norm_;
     std::unique_ptr<hnswlib::SpaceInterface<float>> space_;
     std::unique_ptr<hnswlib::HierarchicalNSW<float>> hnsw_;

@@ -243,6 +243,57 @@ def test_live_catalog_matches_brute_force_and_survives_save_load(catalog, plan, 
     np.testing.assert_allclose(vec, ref.items["item500"][0])
 
 
+def test_sphere_graph_filters_adds_past_the_radius_and_reload(catalog, tmp_path, monkeypatch):
+    """graph="sphere": filtered graph search against brute force; items added with a norm past
+    the sphere's radius are still found (scored on every search) and survive save/load."""
+    monkeypatch.setattr(engine_mod, "CROSSOVER", 0.0)
+    eng = build(catalog, graph="sphere")
+    ref = Reference(catalog["V"], catalog["bias"], catalog["T"], list(catalog["ids"]), catalog["filters"])
+    rng = np.random.default_rng(5)
+    big = (rng.standard_normal((30, 16)) * 3).astype(np.float32)  # far past the radius
+    T = rng.standard_normal((30, 8)).astype(np.float32)
+    f = {"category": ["shoes"] * 30, "in_stock": [True] * 30, "region": [["eu"]] * 30}
+    eng.add_items(big, np.zeros(30, np.float32), [f"big{i}" for i in range(30)], item_text=T, item_filters=f)
+    ref.upsert(big, np.zeros(30, np.float32), T, [f"big{i}" for i in range(30)], f)
+    assert len(eng._snap.overflow) == 30
+    eng.save(tmp_path / "s")
+    loaded = Engine.load(tmp_path / "s")
+    assert loaded.graph == "sphere" and len(loaded._snap.overflow) == 30
+    for e in (eng, loaded):
+        for kw, keep in (({}, lambda i, f: True), ({"filter": {"category": "shoes"}}, lambda i, f: f["category"] == "shoes")):
+            recs = []
+            for q, tq in zip(catalog["Q"][:15], catalog["TQ"][:15]):
+                got, _ = e.recommend(q, 10, text_query=tq, **kw)
+                want = ref.top(q, tq, 10, keep=keep)
+                assert all(keep(i, ref.items[i][3]) for i in got)
+                recs.append(recall(list(got), want))
+            assert np.mean(recs) >= 0.95, np.mean(recs)
+    with pytest.raises(ValueError, match="graph must be"):
+        Engine(graph="cosine").fit(catalog["V"])
+
+
+def test_format_1_directories_still_load(catalog, tmp_path):
+    """An engine saved by the previous ctxrec (format 1: tables, ids, an inner-product hnsw.bin)."""
+    from ctxrec._io import atomic_dir
+    V, b, T, ids = catalog["V"], catalog["bias"], catalog["T"], catalog["ids"]
+    params = dict(M=16, ef_construction=200, ef=64, n_candidates=64, exact_threshold=2000, num_threads=0, seed=0)
+    meta = {"params": params, "n_items": 3000, "dim": 16, "exact": False, "text_weight": W, "tri_weight": 1.0}
+    with atomic_dir(tmp_path / "v1", "ctxrec.engine", 1, meta) as d:
+        np.save(d / "item_vecs.npy", V)
+        np.save(d / "item_bias.npy", b)
+        np.save(d / "item_ids.npy", ids)
+        np.save(d / "item_text.npy", T)
+        ix = _core.HnswIndex(16, 3000, 16, 200, 0, 0.0)  # the inner-product graph format 1 held
+        ix.add(V, b, np.arange(3000, dtype=np.int64))
+        ix.save(str(d / "hnsw.bin"))
+    eng = Engine.load(tmp_path / "v1")
+    ref = Reference(V, b, T, list(ids), catalog["filters"])
+    q, tq = catalog["Q"][0], catalog["TQ"][0]
+    assert recall(list(eng.recommend(q, 10, text_query=tq)[0]), ref.top(q, tq, 10)) >= 0.9
+    eng.add_items(np.zeros((1, 16), np.float32), None, ["fresh"], item_text=np.zeros((1, 8), np.float32))
+    assert eng.contains("fresh") and eng.n_items_ == 3001
+
+
 def test_compaction_rebuilds_and_keeps_answers(catalog, tmp_path):
     eng = build(catalog, exact_threshold=10 ** 9, compact_ratio=0.2)
     ref = Reference(catalog["V"], catalog["bias"], catalog["T"], list(catalog["ids"]), catalog["filters"])
