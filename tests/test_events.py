@@ -206,3 +206,31 @@ def test_retrain_includes_the_log_and_replays_only_later_events(rec, data, tmp_p
     st = served.event_status()
     assert st["applied"] == 1 and st["applied_position"] == st["log_position"] == 3
     assert served._history[served._user("u2")][-1] == served._item("i8")
+
+
+def test_schema_1_logs_are_upgraded_and_catalog_writes_read_back(tmp_path):
+    import sqlite3
+    p = tmp_path / "old.sqlite"
+    db = sqlite3.connect(p)
+    db.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, user TEXT NOT NULL,
+                             item TEXT NOT NULL, context TEXT NOT NULL, label REAL NOT NULL);
+        INSERT INTO meta VALUES ('log_id', 'abc'), ('schema_version', '1');
+        INSERT INTO events (time, user, item, context, label) VALUES (1.0, '"u1"', '7', '{}', 1.0);
+    """)
+    db.commit()
+    db.close()
+    ro = EventLog(p, readonly=True)  # a version-1 log read as it is
+    assert [(e.user, e.item, e.kind) for e in ro.read()] == [("u1", 7, "feedback")]
+    ro.close()
+    log = EventLog(p)  # opened for writing: upgraded in place
+    assert log.log_id == "abc"
+    seq = log.append_catalog("items_remove", {"items": ["i1"]})
+    assert [(e.seq, e.kind) for e in log.read()] == [(1, "feedback"), (seq, "items_remove")]
+    assert list(log.read())[1].context == {"items": ["i1"]}
+    with pytest.raises(ValueError, match="kind must be"):
+        log.append_catalog("items_explode", {})
+    with pytest.raises(ValueError, match="JSON"):
+        log.append_catalog("items_remove", {"items": [float("nan")]})
+    assert len(log) == 2

@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-__all__ = ["Event", "EventLog", "default_log_path"]
+__all__ = ["CATALOG_KINDS", "Event", "EventLog", "default_log_path"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: a `kind` column (feedback or a catalog write); version-1 logs are upgraded on open
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS events (
     user    TEXT    NOT NULL,
     item    TEXT    NOT NULL,
     context TEXT    NOT NULL,
-    label   REAL    NOT NULL
+    label   REAL    NOT NULL,
+    kind    TEXT    NOT NULL DEFAULT 'feedback'
 );
 CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
     BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END;
@@ -74,9 +75,12 @@ class Event:
     user, item : int or str
         Raw ids as the client sent them.
     context : dict
-        The request context of the interaction (may be empty).
+        The request context of the interaction (may be empty); for a catalog write, its payload.
     label : float
         1 = positive, 0 = negative, or a rating for explicit-feedback models.
+    kind : str
+        "feedback", or a catalog write: "items_upsert" (payload ``{"mode", "items"}``: the
+        item rows as sent) or "items_remove" (payload ``{"items": [ids]}``).
     """
 
     seq: int
@@ -85,6 +89,10 @@ class Event:
     item: Any
     context: dict[str, Any] = field(default_factory=dict)
     label: float = 1.0
+    kind: str = "feedback"
+
+
+CATALOG_KINDS = ("items_upsert", "items_remove")
 
 
 def _dump(v: Any) -> str:
@@ -130,6 +138,13 @@ class EventLog:
                         raise sqlite3.OperationalError(f"cannot switch {self.path} to WAL (got {mode!r})")
                     self._db.execute("PRAGMA synchronous=FULL")
                     self._db.execute("BEGIN IMMEDIATE")
+                    old = self._db.execute("SELECT name FROM sqlite_master WHERE name = 'meta'").fetchone()
+                    version = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() \
+                        if old else None
+                    if version is not None and version[0] == "1":  # upgrade: every old event is feedback
+                        self._db.execute("ALTER TABLE events ADD COLUMN kind TEXT NOT NULL DEFAULT 'feedback'")
+                        self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                                         (str(SCHEMA_VERSION),))
                     for stmt in filter(str.strip, _SCHEMA.split(";\n")):
                         self._db.execute(stmt)
                     self._db.execute("INSERT OR IGNORE INTO meta VALUES ('log_id', ?)", (uuid.uuid4().hex,))
@@ -139,11 +154,12 @@ class EventLog:
         except sqlite3.DatabaseError as e:
             self._db.close()
             raise ValueError(f"event log {self.path}: not a ctxrec event log ({e})") from None
-        if meta.get("schema_version") != str(SCHEMA_VERSION) or "log_id" not in meta:
+        if meta.get("schema_version") not in ("1", str(SCHEMA_VERSION)) or "log_id" not in meta:
             self._db.close()
             raise ValueError(f"event log {self.path}: schema version {meta.get('schema_version')!r}, "
                              f"this ctxrec reads {SCHEMA_VERSION}")
         self.log_id: str = meta["log_id"]
+        self._kind_col = meta.get("schema_version") != "1"  # a read-only version-1 log has no kind column
 
     # ------------------------------------------------------------------ writing
     def append(self, user: Any, item: Any, context: Mapping[str, Any] | None = None, label: float = 1.0,
@@ -182,6 +198,32 @@ class EventLog:
                                    row)  # autocommit: committed (and fsynced) here
             return int(cur.lastrowid)
 
+    def append_catalog(self, kind: str, payload: Mapping[str, Any], *, time_s: float | None = None) -> int:
+        """Write one catalog write (``kind`` in :data:`CATALOG_KINDS`) and commit it before returning.
+
+        Parameters
+        ----------
+        kind : str
+            "items_upsert" or "items_remove".
+        payload : mapping
+            JSON-serialisable: ``{"mode": ..., "items": [row dicts]}`` or ``{"items": [ids]}``.
+
+        Returns
+        -------
+        int
+            The write's sequence number.
+        """
+        if kind not in CATALOG_KINDS:
+            raise ValueError(f"kind must be one of {CATALOG_KINDS}, got {kind!r}")
+        try:
+            row = (float(time.time() if time_s is None else time_s), "null", "null", _dump(dict(payload)), 0.0, kind)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"payload: not JSON-serialisable ({e})") from None
+        with self._lock:
+            cur = self._db.execute("INSERT INTO events (time, user, item, context, label, kind) "
+                                   "VALUES (?, ?, ?, ?, ?, ?)", row)
+            return int(cur.lastrowid)
+
     # ------------------------------------------------------------------ reading
     def position(self) -> int:
         """The sequence number of the last event (0 when empty)."""
@@ -200,7 +242,8 @@ class EventLog:
         last = int(after)
         while True:
             with self._lock:
-                q = "SELECT seq, time, user, item, context, label FROM events WHERE seq > ?"
+                q = "SELECT seq, time, user, item, context, label, " + ("kind" if self._kind_col else "'feedback'") + \
+                    " FROM events WHERE seq > ?"
                 args: list[Any] = [last]
                 if until is not None:
                     q += " AND seq <= ?"
@@ -208,8 +251,8 @@ class EventLog:
                 rows = self._db.execute(q + " ORDER BY seq LIMIT ?", (*args, int(chunk))).fetchall()
             if not rows:
                 return
-            for seq, t, u, i, c, lab in rows:
-                yield Event(int(seq), float(t), json.loads(u), json.loads(i), json.loads(c), float(lab))
+            for seq, t, u, i, c, lab, kind in rows:
+                yield Event(int(seq), float(t), json.loads(u), json.loads(i), json.loads(c), float(lab), str(kind))
             last = int(rows[-1][0])
 
     def close(self) -> None:

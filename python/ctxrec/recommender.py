@@ -338,7 +338,7 @@ class Recommender:
     def _index_users(self) -> None:
         self._user_pos = {u: i for i, u in enumerate(self.user_ids_.tolist())}
         self._lock = threading.RLock()  # readers and the swap of a feedback's result; held briefly
-        self._write_lock = threading.Lock()  # serializes feedback (log order == apply order)
+        self._write_lock = threading.RLock()  # serializes feedback and catalog writes (log order == apply order)
         self._events: EventLog | None = None
         self._events_applied = 0  # events of the attached log this object has applied (replayed + live)
 
@@ -717,8 +717,11 @@ class Recommender:
             elog, after = self._events, self._event_origin[1]
             for ev in elog.read(after=after):
                 try:
-                    self._apply_event(*self._check_event(ev.user, ev.item, ev.context, ev.label),
-                                      copy_model=False)
+                    if ev.kind == "feedback":
+                        self._apply_event(*self._check_event(ev.user, ev.item, ev.context, ev.label),
+                                          copy_model=False)
+                    else:
+                        self._apply_catalog(ev)
                     n += 1
                 except (KeyError, ValueError) as e:
                     skipped += 1
@@ -762,6 +765,12 @@ class Recommender:
                           user_text=self.user_text, text_match_weight=self.text_match_weight,
                           engine_params=self.engine_params, fold_in_history=self.fold_in_history)
         new.fit(ds, validation=validation)
+        for ev in elog.read(until=until):  # catalog writes since the data: applied to the new catalog
+            if ev.kind != "feedback":
+                try:
+                    new._apply_catalog(ev)
+                except (KeyError, ValueError, TypeError) as e:
+                    log.warning("retrain: catalog write %d (%s) not applied: %s", ev.seq, ev.kind, e)
         new.training_source_ = dataset.meta.get("source")
         new._event_origin = (elog.log_id, until)
         return new
@@ -772,6 +781,8 @@ class Recommender:
         skipped = 0
         time_keys = [*self.context_.time_columns, "timestamp"]
         for ev in events:
+            if ev.kind != "feedback":
+                continue  # catalog writes: retrain applies them after the fit
             try:
                 raw_item = self.item_ids_[self._item(ev.item)]
                 di = int(ds.item_index(_jsonable(raw_item), strict=True))
@@ -869,6 +880,28 @@ class Recommender:
             raise ValueError(f"item_id: an id must be a str or an int, got {type(raw).__name__} {raw!r} (row {row})")
         return str(raw)
 
+    def _apply_catalog(self, ev: Any) -> None:
+        """Apply a logged catalog write again (replay), without logging it twice."""
+        self._replaying = True
+        try:
+            if ev.kind == "items_upsert":
+                self._write_items(pd.DataFrame(ev.context["items"]), ev.context["mode"])
+            elif ev.kind == "items_remove":
+                self.remove_items(ev.context["items"])
+            else:
+                raise ValueError(f"unknown event kind {ev.kind!r}")
+        finally:
+            self._replaying = False
+
+    def _log_catalog(self, kind: str, payload: dict[str, Any]) -> None:
+        """Log an applied catalog write in the attached event log (under ``_write_lock``), so a
+        restart, a reload or a retrain replays it in order with the feedback."""
+        if getattr(self, "_events", None) is None or getattr(self, "_replaying", False):
+            return
+        seq = self._events.append_catalog(kind, payload)
+        self._events_applied += 1
+        self._event_origin = (self._events.log_id, seq)
+
     def _write_items(self, frame: Any, mode: str) -> dict[str, int]:
         """Validate, vectorise and write a batch of items (see :meth:`upsert_items`)."""
         self._fitted()
@@ -927,6 +960,8 @@ class Recommender:
                                             if self.item_ids_.dtype.kind == "U" else np.asarray(ids, np.int64), **kw)
             slots = np.array([self.engine_.item_index(x) for x in ids], np.int64)
             self._store_rows(slots, rows, unit)
+            self._log_catalog("items_upsert", {"mode": mode, "items": [
+                {str(c): _plain(v) for c, v in r.items()} for r in frame.to_dict("records")]})
         log.info("catalog: %d item(s) added, %d updated", out["added"], out["updated"])
         return out
 
@@ -1056,6 +1091,8 @@ class Recommender:
             for x in raw:
                 slots.append(self._item(x))  # KeyError names the id; digit strings match int ids
             n = self.engine_.remove_items(self.item_ids_[np.asarray(slots, np.int64)]) if slots else 0
+            if n:
+                self._log_catalog("items_remove", {"items": [_plain(x) for x in raw]})
         log.info("catalog: %d item(s) removed", n)
         return n
 

@@ -7,8 +7,9 @@ Endpoints: ``POST /recommend``, ``POST /recommend/batch``, ``POST /feedback``,
 unset = 403), OpenAPI docs at ``/docs``. ``/recommend`` takes ``filter`` (named item filters
 over the item attributes, ``{"genres": ["Comedy"]}``); ``/items/{id}/similar`` takes it as a
 JSON string in the query (``?filter={"genres":["Comedy"]}``). Catalog changes apply at once
-to the served model, in memory: a reload or restart serves the directory's catalog again
-(save the model to keep them). Interactive sessions (``ctxrec.session``): ``POST /session`` starts one (top-K +
+to the served model and are written to the event log (in order with the feedback) before
+they are answered, so a restart, a reload and ``ctxrec retrain`` replay them (``--no-events``:
+in memory only). Interactive sessions (``ctxrec.session``): ``POST /session`` starts one (top-K +
 the first clarifying question), ``POST /session/{id}/answer`` answers (option index, label,
 free text or null to skip), ``POST /session/{id}/explain``, ``DELETE /session/{id}``; sessions
 live in a bounded store (``max_sessions``, least recently used dropped first) and expire
