@@ -272,8 +272,8 @@ class Engine:
                    for name in names}
         self._seen: dict[Any, np.ndarray] = {}
         self._seen_cache: dict[Any, tuple[int, np.ndarray, np.ndarray]] = {}
-        self._sorted_ids, self._sorted_slots = self._sort_ids(ids, n)
-        self._recent: dict[Any, int] = {}  # ids added since _sorted_ids was built -> slot
+        # the id map, read by requests as one reference: (sorted ids, their slots, ids added since -> slot)
+        self._idmap: tuple[np.ndarray, np.ndarray, dict[Any, int]] = (*self._sort_ids(ids, n), {})
         self._snap = _Snapshot(index=index, n_rows=n, live=_bits_of(np.arange(n), words), n_live=n,
                                slot_row=np.arange(n, dtype=np.int64), row_slot=np.arange(n, dtype=np.int64),
                                vecs=cols["vecs"], bias=cols["bias"], text=cols["text"], tri=cols["tri"],
@@ -390,13 +390,12 @@ class Engine:
         if isinstance(raw, (str, bytes)) or np.ndim(raw) == 0:
             raise ValueError(f"{name} must be a sequence of item ids, got {raw!r}")
         keys = self._ids_key(raw if isinstance(raw, np.ndarray) else list(raw))
-        srt, slots = self._sorted_ids, self._sorted_slots
+        srt, slots, recent = self._idmap
         out = np.full(len(keys), -1, np.int64)
         if len(srt) and len(keys):
             pos = np.minimum(np.searchsorted(srt, keys), len(srt) - 1)
             hit = srt[pos] == keys
             out[hit] = slots[pos[hit]]
-        recent = self._recent
         if recent and (out < 0).any():
             for j in np.flatnonzero(out < 0):
                 out[j] = recent.get(keys[j].item(), -1)
@@ -877,7 +876,7 @@ class Engine:
         _set_bits(live, old_rows, False)
         _set_bits(live, rows)
         for k_, s in zip(keys[new].tolist(), slots[new].tolist()):
-            self._recent[k_] = s
+            self._idmap[2][k_] = s
         overflow = snap.overflow
         if g.index.max_norm > 0:
             v, b = g.vecs[r0:r0 + n].astype(np.float64), g.bias[r0:r0 + n].astype(np.float64)
@@ -891,9 +890,8 @@ class Engine:
         """Make ``snap`` the snapshot new requests read; compact when hidden rows pass the ratio."""
         snap = replace(snap, version=self._snap.version + 1)
         self._snap = snap  # one reference assignment: a request reads the old or the new snapshot
-        if len(self._recent) > max(4096, snap.n_slots // 16):
-            self._sorted_ids, self._sorted_slots = self._sort_ids(snap.ids, snap.n_slots)
-            self._recent = {}
+        if len(self._idmap[2]) > max(4096, snap.n_slots // 16):
+            self._idmap = (*self._sort_ids(snap.ids, snap.n_slots), {})
         hidden = snap.n_rows - snap.n_live
         if snap.n_rows >= 64 and (hidden > self.compact_ratio * snap.n_rows or
                                   len(snap.overflow) > max(OVERFLOW_LIMIT, snap.n_rows // 100)):
@@ -1042,8 +1040,7 @@ class Engine:
         eng.filter_names_ = tuple(sorted(filters))
         eng._seen = seen
         eng._seen_cache = {}
-        eng._sorted_ids, eng._sorted_slots = cls._sort_ids(ids, n_slots)
-        eng._recent = {}
+        eng._idmap = (*cls._sort_ids(ids, n_slots), {})
         overflow = np.zeros(0, np.int64)
         if index.max_norm > 0:
             v64, b64 = np.asarray(vecs, np.float64), np.asarray(bias, np.float64)
