@@ -443,7 +443,7 @@ def cmd_chat(a: argparse.Namespace) -> None:
             continue
         if q is None and not line:
             continue
-        answer: Any = None if not line else int(line) - 1 if q is not None and line.isdigit() \
+        answer: Any = None if not line else int(line) - 1 if q is not None and line.isascii() and line.isdigit() \
             and 1 <= int(line) <= q.n_options else line
         try:
             s.answer(answer)

@@ -305,9 +305,10 @@ def _time_utc_ns(f: TimeField, v: Any) -> int | None:
                 else ts.tz_convert("UTC")
         else:
             raise TypeError(type(v).__name__)
+        return int(ts.tz_convert("UTC").value)  # inside: out-of-range times overflow here too
     except (ValueError, TypeError, OverflowError) as e:
-        raise ContextError(f"field {f.name!r}: invalid timestamp {v!r} ({e})") from None
-    return int(ts.tz_convert("UTC").value)
+        raise ContextError(f"field {f.name!r}: invalid timestamp {v!r} ({e}); times must lie within "
+                           f"{pd.Timestamp.min.isoformat()} .. {pd.Timestamp.max.isoformat()} UTC") from None
 
 
 def _per_unique(values: np.ndarray, fn: Any) -> np.ndarray:

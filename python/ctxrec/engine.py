@@ -379,7 +379,7 @@ class Engine:
         for j, x in enumerate(a.tolist()):  # mixed or string input for an integer catalog: per-id rule
             if isinstance(x, (int, np.integer)) and not isinstance(x, bool):
                 out[j] = int(x)
-            elif isinstance(x, str) and x.lstrip("-").isdigit() and abs(int(x)) < 2 ** 63:
+            elif isinstance(x, str) and x.isascii() and x.lstrip("-").isdigit() and abs(int(x)) < 2 ** 63:
                 out[j] = int(x)
             else:
                 out[j] = np.iinfo(np.int64).min  # matches no item

@@ -367,7 +367,7 @@ class Recommender:
     def _user(self, user: Any) -> int:
         """Dense index of a raw user id, -1 when unknown (cold start)."""
         u = self._user_pos.get(user)
-        if u is None and isinstance(user, str) and user.lstrip("-").isdigit():
+        if u is None and isinstance(user, str) and user.isascii() and user.lstrip("-").isdigit():
             u = self._user_pos.get(int(user))  # ids arrive as strings over HTTP/CLI
         if u is None and not isinstance(user, str):
             u = self._user_pos.get(str(user))
@@ -377,7 +377,7 @@ class Recommender:
         try:
             return self.engine_.item_index(item)
         except KeyError:
-            if isinstance(item, str) and item.lstrip("-").isdigit():
+            if isinstance(item, str) and item.isascii() and item.lstrip("-").isdigit():
                 return self.engine_.item_index(int(item))  # ids arrive as strings over HTTP/CLI
             raise
 
@@ -873,7 +873,7 @@ class Recommender:
                 return int(raw)
             if isinstance(raw, (float, np.floating)) and float(raw).is_integer():
                 return int(raw)
-            if isinstance(raw, str) and raw.strip().lstrip("-").isdigit():
+            if isinstance(raw, str) and raw.isascii() and raw.strip().lstrip("-").isdigit():
                 return int(raw.strip())
             raise ValueError(f"item_id: this catalog has integer ids, got {raw!r} (row {row})")
         if not isinstance(raw, (str, int, np.integer)):

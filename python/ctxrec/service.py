@@ -27,6 +27,7 @@ import asyncio
 import hmac
 import json
 import logging
+import math
 import os
 import signal
 import threading
@@ -489,9 +490,15 @@ def _field_of(message: str) -> str | None:
 
 
 def _jsonable(v: Any) -> Any:
+    """An echoed input as something JSON can always carry (a NaN, an infinity or a lone
+    surrogate would otherwise make the error response itself fail)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return repr(v)
+    if isinstance(v, str):
+        v = v.encode("utf-8", "backslashreplace").decode("utf-8")
     if isinstance(v, (str, int, float, bool)) or v is None:
-        return v
-    text = repr(v)
+        return v if not isinstance(v, str) or len(v) <= 200 else v[:200] + "..."
+    text = repr(v).encode("utf-8", "backslashreplace").decode("utf-8")
     return text if len(text) <= 200 else text[:200] + "..."
 
 
