@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -55,3 +56,15 @@ class HashingEncoder:
                 out[r, h % self.dim] += 1.0 if (h >> 8) % 2 else -1.0
         norm = np.linalg.norm(out, axis=1, keepdims=True)
         return np.where(norm > 0, out / np.maximum(norm, 1e-12), 0).astype(np.float32)
+
+
+def save_planted_model(path: Any, *, n_users: int = 40, n_items: int = 100, per_user: int = 15, epochs: int = 2) -> Any:
+    """A small time-aware Recommender fitted on :func:`planted_dataset` and saved at ``path``
+    (what the HTTP tests serve); returns ``path``."""
+    from ctxrec.context import ContextSpec
+    from ctxrec.model import ContextFM
+    from ctxrec.recommender import Recommender
+    ds = planted_dataset(n_users=n_users, n_items=n_items, per_user=per_user)
+    Recommender(ContextSpec(time=["timestamp"]), model=ContextFM(n_factors=8, epochs=epochs), encoder=None) \
+        .fit(ds).save(path)
+    return path

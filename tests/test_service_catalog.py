@@ -9,11 +9,8 @@ import pytest
 httpx = pytest.importorskip("httpx", reason="the serve extra (fastapi, uvicorn, httpx) is not installed")
 pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn, httpx) is not installed")
 
-from ctxrec.context import ContextSpec  # noqa: E402
-from ctxrec.model import ContextFM  # noqa: E402
-from ctxrec.recommender import Recommender  # noqa: E402
 from _server import start_server, stop_server  # noqa: E402
-from _synthetic_data import planted_dataset  # noqa: E402
+from _synthetic_data import save_planted_model  # noqa: E402
 
 TOKEN = "catalog-token-42"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -22,11 +19,8 @@ http = httpx.Client(timeout=180)
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    d = tmp_path_factory.mktemp("catalog")
-    ds = planted_dataset(n_users=40, n_items=100, per_user=15)
-    Recommender(ContextSpec(time=["timestamp"]), model=ContextFM(n_factors=8, epochs=2), encoder=None) \
-        .fit(ds).save(d / "m")
-    base, proc = start_server(["--model", str(d / "m"), "--no-events"], env={"CTXREC_ADMIN_TOKEN": TOKEN})
+    m = save_planted_model(tmp_path_factory.mktemp("catalog") / "m")
+    base, proc = start_server(["--model", str(m), "--no-events"], env={"CTXREC_ADMIN_TOKEN": TOKEN})
     yield base, proc
     stop_server(proc)
 
@@ -130,9 +124,7 @@ def test_similar_errors(server, params, status, field):
 def test_catalog_writes_survive_a_crash(tmp_path):
     """PUT /items and DELETE /items/{id} are logged before they are answered: after a SIGKILL
     and a restart the served catalog has them."""
-    ds = planted_dataset(n_users=30, n_items=60, per_user=10)
-    Recommender(ContextSpec(time=["timestamp"]), model=ContextFM(n_factors=8, epochs=2), encoder=None) \
-        .fit(ds).save(tmp_path / "m")
+    save_planted_model(tmp_path / "m", n_users=30, n_items=60, per_user=10)
     env = {"CTXREC_ADMIN_TOKEN": TOKEN}
     base, proc = start_server(["--model", str(tmp_path / "m")], env=env)
     try:

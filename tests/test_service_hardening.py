@@ -7,22 +7,16 @@ import pytest
 httpx = pytest.importorskip("httpx", reason="the serve extra (fastapi, uvicorn, httpx) is not installed")
 pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn, httpx) is not installed")
 
-from ctxrec.context import ContextSpec  # noqa: E402
-from ctxrec.model import ContextFM  # noqa: E402
-from ctxrec.recommender import Recommender  # noqa: E402
 from _server import start_server, stop_server  # noqa: E402
-from _synthetic_data import planted_dataset  # noqa: E402
+from _synthetic_data import save_planted_model  # noqa: E402
 
 http = httpx.Client(timeout=120)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    d = tmp_path_factory.mktemp("hostile")
-    ds = planted_dataset(n_users=30, n_items=60, per_user=10)
-    Recommender(ContextSpec(time=["timestamp"]), model=ContextFM(n_factors=8, epochs=2), encoder=None) \
-        .fit(ds).save(d / "m")
-    base, proc = start_server(["--model", str(d / "m"), "--no-events"])
+    m = save_planted_model(tmp_path_factory.mktemp("hostile") / "m", n_users=30, n_items=60, per_user=10)
+    base, proc = start_server(["--model", str(m), "--no-events"])
     yield base
     stop_server(proc)
 
