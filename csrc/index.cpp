@@ -2,6 +2,7 @@
 
 #include <hnswlib/hnswlib.h>
 
+#include <fstream>
 #include <queue>
 
 #include "kernels.hpp"
@@ -162,14 +163,71 @@ HnswIndex::HnswIndex(int64_t dim, int64_t capacity, int64_t M, int64_t ef_constr
                                                     static_cast<size_t>(seed)));
 }
 
+namespace {
+
+// hnswlib's file header, checked against what the caller expects before hnswlib reads the rest
+// (a crafted header would otherwise steer its reads and allocations).
+void check_header(const std::string& path, int64_t width, int64_t capacity) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw std::invalid_argument(path + ": cannot open");
+    in.seekg(0, std::ios::end);
+    const auto file_size = static_cast<uint64_t>(in.tellg());
+    in.seekg(0);
+    size_t offset0, max_el, count, per_el, label_off, data_off, maxM, maxM0, M, efc;
+    int maxlevel;
+    unsigned int entry;
+    double mult;
+    auto rd = [&](auto& v) { in.read(reinterpret_cast<char*>(&v), sizeof(v)); };
+    rd(offset0), rd(max_el), rd(count), rd(per_el), rd(label_off), rd(data_off), rd(maxlevel), rd(entry);
+    rd(maxM), rd(maxM0), rd(M), rd(mult), rd(efc);
+    if (!in) throw std::invalid_argument(path + ": truncated header");
+    const size_t data = static_cast<size_t>(width) * sizeof(float);
+    const size_t links0 = maxM0 * sizeof(unsigned int) + sizeof(unsigned int);
+    auto bad = [&](const std::string& what) { throw std::invalid_argument(path + ": " + what); };
+    if (M < 2 || M > 4096 || maxM != M || maxM0 != 2 * M) bad("implausible M / maxM / maxM0 in the header");
+    if (offset0 != 0 || data_off != links0 || label_off != links0 + data) bad("element layout differs from a " +
+                                                                              std::to_string(width) + "-float index");
+    if (per_el != label_off + sizeof(size_t)) bad("element size differs from the layout");
+    if (count != static_cast<size_t>(capacity)) bad("holds " + std::to_string(count) + " rows, expected " +
+                                                    std::to_string(capacity));
+    if (count > 0 && entry >= count) bad("entry point " + std::to_string(entry) + " outside the rows");
+    if (maxlevel < 0 || maxlevel > 64 || !(mult > 0) || !(mult < 100)) bad("implausible level parameters");
+    if (file_size < 96 + static_cast<uint64_t>(count) * per_el) bad("shorter than its rows");
+    (void)max_el, (void)efc;
+}
+
+}  // namespace
+
 HnswIndex::HnswIndex(int64_t dim, const std::string& path, int64_t capacity, float max_norm)
     : dim_(dim), max_norm_(max_norm), space_(new Space(static_cast<size_t>(width()), max_norm > 0)) {
+    check_header(path, width(), capacity);
     hnsw_.reset(new hnswlib::HierarchicalNSW<float>(space_.get(), path, false,
                                                     static_cast<size_t>(std::max<int64_t>(capacity, 1))));
     if (hnsw_->data_size_ != static_cast<size_t>(width()) * sizeof(float))
         throw std::invalid_argument(path + ": the index holds vectors of " +
                                     std::to_string(hnsw_->data_size_ / sizeof(float)) + " floats, expected " +
                                     std::to_string(width()));
+    // Every link must name a row of the graph that exists at that level, or a search walks off it.
+    const size_t n = hnsw_->cur_element_count;
+    auto bad = [&](const std::string& what) { throw std::invalid_argument(path + ": " + what); };
+    if (n > 0 && (hnsw_->enterpoint_node_ >= n || hnsw_->element_levels_[hnsw_->enterpoint_node_] < hnsw_->maxlevel_))
+        bad("entry point is not a row of the top level");
+    for (size_t i = 0; i < n; ++i) {
+        const auto id = static_cast<hnswlib::tableint>(i);
+        const int levels = hnsw_->element_levels_[i];
+        if (levels < 0 || levels > hnsw_->maxlevel_) bad("row " + std::to_string(i) + " has an implausible level");
+        for (int l = 0; l <= levels; ++l) {
+            hnswlib::linklistsizeint* ll = l == 0 ? hnsw_->get_linklist0(id) : hnsw_->get_linklist(id, l);
+            const size_t cnt = hnsw_->getListCount(ll);
+            if (cnt > (l == 0 ? hnsw_->maxM0_ : hnsw_->maxM_))
+                bad("row " + std::to_string(i) + " has " + std::to_string(cnt) + " links at level " + std::to_string(l));
+            const auto* links = reinterpret_cast<const hnswlib::tableint*>(ll + 1);
+            for (size_t j = 0; j < cnt; ++j)
+                if (links[j] >= n || hnsw_->element_levels_[links[j]] < l)
+                    bad("row " + std::to_string(i) + " links to " + std::to_string(links[j]) + " at level " +
+                        std::to_string(l) + ", not a row of that level");
+        }
+    }
     for (size_t i = 0; i < hnsw_->cur_element_count; ++i) {
         const auto label = hnsw_->getExternalLabel(static_cast<hnswlib::tableint>(i));
         if (label >= static_cast<size_t>(std::max<int64_t>(capacity, 1)))

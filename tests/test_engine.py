@@ -505,3 +505,36 @@ def test_native_search_rejects_bad_arguments():
         ix.search(q, V, None, 3, live=np.zeros(0, np.uint64), n_rows=10, n_live=10)
     with pytest.raises(ValueError, match="vecs holds NaN"):
         ix.add(np.full((1, 3), np.nan, np.float32), None, np.array([10], np.int64))
+
+
+@pytest.mark.parametrize("graph", ["ip", "sphere"])
+def test_crafted_hnsw_files_are_refused_before_a_search(tmp_path, graph):
+    """hnsw.bin edited past its checksum (verify=False here stands for rewritten checksums):
+    header fields, the entry point, a link and the length; refused at load, no crash."""
+    import struct
+    cat = make_catalog(500, "normal", dim=8, text_dim=1, n_queries=1, seed=6)
+    Engine(M=8, exact_threshold=0, graph=graph).fit(cat["V"], cat["bias"]).save(tmp_path / "e")
+    good = (tmp_path / "e" / "hnsw.bin").read_bytes()
+
+    def patched(offset, fmt, value):
+        b = bytearray(good)
+        struct.pack_into(fmt, b, offset, value)
+        return bytes(b)
+
+    first_link = 96 + 4  # element 0: its level-0 link count (4 bytes), then its links
+    variants = {
+        "M": patched(72, "<Q", 9),                        # M no longer matches maxM / maxM0
+        "mult": patched(80, "<d", -1.0),                  # level multiplier
+        "count": patched(16, "<Q", 10 ** 6),              # more rows than the manifest's
+        "entry point": patched(52, "<I", 10 ** 6),        # entry point outside the rows
+        "level": patched(48, "<i", 40),                   # top level no row has
+        "link": patched(first_link, "<I", 10 ** 6),       # a link to no row
+        "truncated": good[:len(good) // 2],
+        "empty": b"",
+    }
+    for name, data in variants.items():
+        (tmp_path / "e" / "hnsw.bin").write_bytes(data)
+        with pytest.raises(CorruptArtifactError, match="hnsw.bin"):
+            Engine.load(tmp_path / "e", verify=False)
+    (tmp_path / "e" / "hnsw.bin").write_bytes(good)
+    assert len(Engine.load(tmp_path / "e", verify=False).recommend(cat["Q"][0], 5)[0]) == 5
