@@ -374,6 +374,15 @@ def test_integer_ids_accept_strings_vectorised():
     assert eng.item_index("150") == 50
 
 
+def test_k_past_the_catalog_is_clamped(engine, catalog):
+    q = catalog["Q"][0]
+    for k in (2 ** 63 - 1, 10 ** 9, engine.n_items_ + 1):
+        ids, scores = engine.recommend(q, k)
+        assert len(ids) == engine.n_items_ == len(set(ids))
+    ids, _ = engine.recommend_batch(catalog["Q"][:2], 10 ** 9)
+    assert ids.shape == (2, engine.n_items_)
+
+
 def test_bad_input_errors_name_the_field(engine):
     q = np.ones(16, np.float32)
     with pytest.raises(ValueError, match="query must have shape"):

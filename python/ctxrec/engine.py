@@ -578,10 +578,11 @@ class Engine:
                                  num_threads=threads, return_plans=return_plans, **kw)
 
     @staticmethod
-    def _check_k(k: Any) -> int:
+    def _check_k(k: Any, snap: _Snapshot) -> int:
+        """k as an int, clamped to the visible items (a k past the catalog cannot allocate [b, 2**62])."""
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 0:
             raise ValueError(f"k must be an integer >= 0, got {k!r}")
-        return int(k)
+        return int(min(int(k), snap.n_live))
 
     def recommend(self, query: Any, k: int = 10, *, exclude: Iterable[Any] | None = None,
                   allow: Iterable[Any] | None = None, filter: Mapping[str, Any] | None = None,
@@ -612,7 +613,7 @@ class Engine:
         scores : float32 array [m]
         """
         snap = self._fitted()
-        k = self._check_k(k)
+        k = self._check_k(k, snap)
         q = _query(query, "query", self.dim_, batch=False)
         kw = self._extras(snap, text_query, tri_query, 1, False, text_weight, tri_weight)
         excl = self._excluded(snap, self._rows(snap, exclude, "exclude", unique=False), user)
@@ -635,12 +636,13 @@ class Engine:
         Returns
         -------
         ids : array [b, k]
-            Rows with fewer than k eligible items are padded with -1 (integer ids) or None.
+            k is clamped to the visible items; rows with fewer eligible items are padded with -1
+            (integer ids) or None.
         scores : float32 array [b, k]
             Padding is -inf.
         """
         snap = self._fitted()
-        k = self._check_k(k)
+        k = self._check_k(k, snap)
         q = _query(queries, "queries", self.dim_, batch=True)
         b = q.shape[0]
         kw = self._extras(snap, text_queries, tri_queries, b, True, text_weight, tri_weight)
@@ -676,7 +678,7 @@ class Engine:
         ids : array [m]; scores : float32 array [m] (m <= k).
         """
         snap = self._fitted()
-        k = self._check_k(k)
+        k = self._check_k(k, snap)
         if by not in ("vectors", "both", "text"):
             raise ValueError(f"by must be 'vectors', 'both' or 'text', got {by!r}")
         s = self.item_index(item)
