@@ -629,3 +629,32 @@ def test_from_dataset_adapter_with_context_spec():
     assert qb.queries.shape == (1, 4)
     with pytest.raises(ValueError, match="label='bogus'"):
         from_dataset(ds, label="bogus")
+
+
+def _rewrite_array(directory, name, array):
+    """Replace an array of a saved artifact and rewrite its manifest entry to match (what a
+    crafted directory looks like: the checksums are consistent)."""
+    import hashlib
+    p = Path(directory) / name
+    np.save(p, array)
+    man = json.loads((Path(directory) / "manifest.json").read_text())
+    man["files"][name] = {"bytes": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+    (Path(directory) / "manifest.json").write_text(json.dumps(man))
+
+
+def test_crafted_arrays_are_refused_at_load(tmp_path):
+    """Issue 16, row 9: an array 5 rows short (checksums consistent) is refused before a kernel reads it."""
+    from _synthetic_data import planted_dataset
+    from ctxrec.model.adapters import from_dataset
+    ds = planted_dataset(n_users=30, n_items=60, per_user=10)
+    fm = ContextFM(n_factors=8, epochs=1).fit(*from_dataset(ds, attrs=list(ds.item_attrs)))
+    fm.save(tmp_path / "m")
+    ContextFM.load(tmp_path / "m")
+    for name, bad, match in (("w.npy", fm.w_[:-5], "w.npy has shape"),
+                             ("ia_idx.npy", fm.ia_idx_ + 10 ** 6, "ia_idx.npy holds indices"),
+                             ("pos_ptr.npy", fm.pos_ptr_[:-1], "pos_ptr.npy is not a valid index pointer"),
+                             ("V.npy", fm.V_.astype(np.float64), "V.npy has dtype")):
+        fm.save(tmp_path / name)
+        _rewrite_array(tmp_path / name, name, bad)
+        with pytest.raises(CorruptArtifactError, match=match):
+            ContextFM.load(tmp_path / name)

@@ -1112,13 +1112,45 @@ class ContextFM:
         m.history_ = meta["history"]
         m._reset_opt_state()
         m.step_ = meta["scalars"]["step_"]
-        if m.V_.shape != (m.n_rows_, m.n_factors):
-            raise CorruptArtifactError(f"{path}: V has shape {m.V_.shape}, expected ({m.n_rows_}, {m.n_factors})")
-        if m.T_.shape != (m.n_rows_, m.n_tri_factors):
-            raise CorruptArtifactError(f"{path}: T has shape {m.T_.shape}, expected ({m.n_rows_}, {m.n_tri_factors})")
+        m._validate_arrays(path)
         m._neg = _neg_tables(np.flatnonzero(m.item_counts_ > 0).astype(np.int64), m.item_counts_,
                              m.negative_sampling, m.popularity_alpha, m.n_items_)
         return m
+
+    def _validate_arrays(self, path: Any) -> None:
+        """Shapes, dtypes and index ranges of loaded arrays, against the scalars and each other,
+        before a numba kernel reads them (a short or altered array would be read out of bounds)."""
+        def bad(msg: str) -> None:
+            raise CorruptArtifactError(f"{path}: {msg}")
+
+        nr, ni, nu, k = int(self.n_rows_), int(self.n_items_), int(self.n_users_), int(self.n_factors)
+        for name in self._ARRAYS:
+            a = getattr(self, name)
+            want = np.float32 if a.dtype.kind == "f" or name in ("V_", "w_", "P_", "a_", "w0_", "T_") else np.int64
+            if a.dtype != want:
+                bad(f"{name.rstrip('_')}.npy has dtype {a.dtype}, expected {np.dtype(want)}")
+        toff = self.toff_
+        if toff.shape != (4,) or (np.diff(toff) < 0).any() or toff[0] < 0:
+            bad(f"toff.npy must be 4 non-decreasing offsets, got {toff.tolist()}")
+        shapes = {"V_": (nr, k), "T_": (nr, int(self.n_tri_factors)), "w_": (nr,), "w0_": (1,),
+                  "a_": (int(toff[-1]),), "P_": (int(toff[-1]), k), "item_counts_": (ni,),
+                  "item_text_": (ni, int(toff[1] - toff[0])), "user_text_": (nu, int(toff[2] - toff[1]))}
+        for name, shape in shapes.items():
+            if getattr(self, name).shape != shape:
+                bad(f"{name.rstrip('_')}.npy has shape {getattr(self, name).shape}, expected {shape}")
+        if not (0 <= self.item_off_ and self.item_off_ + ni <= nr and 0 <= self.user_off_ and self.user_off_ + nu <= nr):
+            bad("item/user offsets outside the factor table")
+        if len(self.ctx_off_) and (self.ctx_off_.min() < 0 or self.ctx_off_.max() > nr):
+            bad("ctx_off.npy holds offsets outside the factor table")
+        for ptr, idx, val, rows, hi in (("ia_ptr_", "ia_idx_", "ia_val_", ni, nr), ("ua_ptr_", "ua_idx_", "ua_val_", nu, nr),
+                                        ("uab_ptr_", "uab_idx_", "uab_val_", nu, nr), ("pos_ptr_", "pos_idx_", None, nu, ni)):
+            p, ix = getattr(self, ptr), getattr(self, idx)
+            if p.shape != (rows + 1,) or p[0] != 0 or (np.diff(p) < 0).any() or p[-1] != len(ix):
+                bad(f"{ptr.rstrip('_')}.npy is not a valid index pointer for {rows} rows and {len(ix)} entries")
+            if val is not None and getattr(self, val).shape != ix.shape:
+                bad(f"{val.rstrip('_')}.npy has {len(getattr(self, val))} entries, expected {len(ix)}")
+            if len(ix) and (ix.min() < 0 or ix.max() >= hi):
+                bad(f"{idx.rstrip('_')}.npy holds indices outside [0, {hi})")
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "V_"):
