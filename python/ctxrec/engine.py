@@ -689,10 +689,12 @@ class Engine:
         if by != "vectors" and snap.text is None:
             raise ValueError(f"by={by!r} needs item text embeddings; this engine has none")
         if by == "text":
-            scan = _core.HnswIndex(snap.text.shape[1], 1)  # empty graph: the eligible rows are scored exactly
+            scan = getattr(self, "_text_scan", None)
+            if scan is None or scan.dim != snap.text.shape[1]:  # an empty graph: the eligible rows are scored exactly
+                scan = self._text_scan = _core.HnswIndex(snap.text.shape[1], 1)
             view = replace(snap, index=scan, vecs=snap.text)
-            rows, scores = Engine._call(self, view, np.ascontiguousarray(snap.text[r:r + 1]), k, {}, [excl], allow_rows,
-                                        mask, 1, bias=False)
+            rows, scores = self._call(view, np.ascontiguousarray(snap.text[r:r + 1]), k, {}, [excl], allow_rows, mask,
+                                      1, bias=False)
         else:
             kw = {} if by == "vectors" else dict(text_queries=np.ascontiguousarray(snap.text[r:r + 1]),
                                                  item_text=snap.text,
