@@ -23,8 +23,7 @@ from typing import Any, Iterator
 MANIFEST = "manifest.json"
 
 
-class CorruptArtifactError(ValueError):
-    """A saved artifact is missing a file, has a wrong checksum, or the wrong format/version."""
+from ctxrec.errors import CorruptArtifactError  # noqa: E402  (re-exported: ctxrec._io.CorruptArtifactError)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:

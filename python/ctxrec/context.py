@@ -68,8 +68,7 @@ TIME_PARTS: dict[str, tuple[str, ...]] = {
 }
 
 
-class ContextError(ValueError):
-    """An invalid context value or a malformed spec; the message names the field and value."""
+from ctxrec.errors import ContextError  # noqa: E402,F401  (re-exported)
 
 
 class TextEncoder(Protocol):

@@ -73,16 +73,7 @@ __all__ = [
 ]
 
 
-class DataError(ValueError):
-    """Input data is malformed: a missing column, an id out of the catalog, a bad value."""
-
-
-class MissingDataError(DataError, FileNotFoundError):
-    """A dataset file (or directory) is not where it should be; the message names it."""
-
-
-class ChecksumError(DataError):
-    """A dataset file's size or SHA-256 differs from the one its README documents."""
+from ctxrec.errors import ChecksumError, DataError, MissingDataError  # noqa: E402,F401  (re-exported)
 
 
 # --------------------------------------------------------------------------------------

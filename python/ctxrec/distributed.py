@@ -212,8 +212,7 @@ def _write_parquet_atomic(table: Any, out: Path, part: int) -> None:
     os.replace(tmp, final)
 
 
-class OutputExistsError(FileExistsError, ValueError):
-    """The output directory already holds files and overwrite was not asked for."""
+from ctxrec.errors import OutputExistsError  # noqa: E402,F401  (re-exported)
 
 
 def _prepare_out(out: str | os.PathLike, overwrite: bool) -> Path:

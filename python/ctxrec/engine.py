@@ -53,8 +53,7 @@ CROSSOVER = 6.0
 OVERFLOW_LIMIT = 1024
 
 
-class NotFittedError(RuntimeError, AttributeError):
-    """The engine (or recommender) is used before ``fit`` or ``load``."""
+from ctxrec.errors import NotFittedError  # noqa: E402,F401  (re-exported: ctxrec.engine.NotFittedError)
 
 
 def _table(x: Any, name: str, rows: int | None = None) -> np.ndarray:

@@ -33,6 +33,7 @@ from ctxrec.context import ContextSpec, encode_texts
 from ctxrec.data import Dataset
 from ctxrec.data import _scalar_str
 from ctxrec.engine import Engine
+from ctxrec.errors import NotFittedError
 from ctxrec.events import EventLog, default_log_path
 from ctxrec.evaluate import EvaluationReport, Factors, evaluate_ranking
 from ctxrec.model import ContextFM, Interactions, SideInfo
@@ -361,7 +362,7 @@ class Recommender:
 
     def _fitted(self) -> None:
         if not hasattr(self, "engine_"):
-            raise RuntimeError("Recommender is not fitted: call fit(dataset) or Recommender.load(path) first")
+            raise NotFittedError("Recommender is not fitted: call fit(dataset) or Recommender.load(path) first")
 
     # ------------------------------------------------------------------ serve
     def _user(self, user: Any) -> int:

@@ -41,8 +41,7 @@ ENV_VAR = "CTXREC_ENCODER_DIR"
 _CHECKOUT_ROOT = Path(__file__).resolve().parents[3]
 
 
-class EncoderNotFoundError(FileNotFoundError):
-    """No encoder export where one was looked for; the message says how to build one."""
+from ctxrec.errors import EncoderNotFoundError  # noqa: E402,F401  (re-exported)
 
 
 def expand(path: str | os.PathLike) -> Path:

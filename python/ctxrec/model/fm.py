@@ -42,6 +42,7 @@ import numba
 import numpy as np
 
 from ctxrec._io import CorruptArtifactError, atomic_dir, read_manifest
+from ctxrec.errors import NotFittedError
 from ctxrec.model import _kernels as K
 from ctxrec.model._metrics import auc_score, logloss_score, ranking_metrics
 
@@ -1154,7 +1155,7 @@ class ContextFM:
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "V_"):
-            raise RuntimeError("ContextFM is not fitted: call fit() first")
+            raise NotFittedError("ContextFM is not fitted: call fit() first")
 
 
 _DEFAULTS = {k: v.default for k, v in __import__("inspect").signature(ContextFM.__init__).parameters.items()
