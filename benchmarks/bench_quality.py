@@ -434,7 +434,7 @@ def task_ml_cold(rows: list[dict[str, Any]], ds: Any, text: np.ndarray, args: An
 def _cold_probe(probe: ContextFM, X_in: Interactions, X_val: Interactions, side: SideInfo, val_items: np.ndarray,
                 ds: Any) -> int:
     """Epoch count maximising Recall@10 among held-out validation items (cold)."""
-    from ctxrec.model._metrics import ranking_metrics
+    from ctxrec.metrics import ranking_metrics_from_topk
     from ctxrec.model.fm import _user_item_csr
     scores: list[float] = []
     allow = np.sort(val_items).astype(np.int64)
@@ -447,7 +447,8 @@ def _cold_probe(probe: ContextFM, X_in: Interactions, X_val: Interactions, side:
         q = probe.build_queries(users).queries
         ids, _ = _core.topk_full(q, tab.item_vecs, tab.item_bias, 10, allow_indptr=np.array([0, len(allow)], np.int64),
                                  allow_indices=allow)
-        scores.append(ranking_metrics(ids, rel_ptr, rel_idx, 10)["recall"])
+        scores.append(ranking_metrics_from_topk(ids, rel_ptr, rel_idx, [10], n_candidates=tab.item_vecs.shape[0],
+                                                metrics=("recall",))["recall@10"])
         return len(scores) - 1 - int(np.argmax(scores)) >= 3  # stop after 3 epochs without improvement
 
     probe.fit(X_in, side, callback=cb)

@@ -12,7 +12,7 @@ import pytest
 
 from ctxrec import CorruptArtifactError
 from ctxrec.model import ContextFM, Interactions, SideInfo
-from ctxrec.model._metrics import auc_score, ranking_metrics
+from ctxrec.metrics import auc as auc_score, ranking_metrics_from_topk
 from ctxrec.model.fm import _user_item_csr
 
 
@@ -563,14 +563,27 @@ def test_errors_name_the_field():
 
 
 def test_ranking_metrics_by_hand():
+    """The metrics early stopping reads are the ones reports print (ctxrec.metrics), MAP@K over min(n_rel, K)."""
     ids = np.array([[3, 1, 2], [5, 6, 7]])
     ptr, idx = _user_item_csr(np.array([0, 0, 1]), np.array([1, 9, 8]), 2)
-    r = ranking_metrics(ids, ptr, idx, 3)
+    r = ranking_metrics_from_topk(ids, ptr, idx, [1, 3], n_candidates=10)
     # user 0: hit at rank 2 of 2 relevant; user 1: no hit
-    assert r["precision"] == pytest.approx((1 / 3) / 2)
-    assert r["recall"] == pytest.approx(0.5 / 2)
-    assert r["ndcg"] == pytest.approx((1 / np.log2(3)) / (1 + 1 / np.log2(3)) / 2)
-    assert r["map"] == pytest.approx((0.5 / 2) / 2)
+    assert r["precision@3"] == pytest.approx((1 / 3) / 2)
+    assert r["recall@3"] == pytest.approx(0.5 / 2)
+    assert r["ndcg@3"] == pytest.approx((1 / np.log2(3)) / (1 + 1 / np.log2(3)) / 2)
+    assert r["map@3"] == pytest.approx((0.5 / 2) / 2)
+    ids1 = np.array([[1, 3, 2]])  # a hit at rank 1, two relevant items: AP@1 / min(2, 1) vs / n_rel
+    r1 = ranking_metrics_from_topk(ids1, np.array([0, 2]), np.array([1, 9]), [1], n_candidates=10)
+    assert r1["map@1"] == pytest.approx(1.0) and r1["map_nrel@1"] == pytest.approx(0.5)
+
+
+def _ndcg10(ids: np.ndarray, ptr: np.ndarray, idx: np.ndarray) -> float:
+    """Mean NDCG@10 over the users that have test items."""
+    q = np.flatnonzero(np.diff(ptr) > 0)
+    sub_ptr = np.concatenate([[0], np.cumsum(np.diff(ptr)[q])]).astype(np.int64)
+    sub_idx = np.concatenate([idx[ptr[u]:ptr[u + 1]] for u in q]).astype(np.int64)
+    return ranking_metrics_from_topk(np.asarray(ids)[q], sub_ptr, sub_idx, [10], n_candidates=int(ids.max()) + 1,
+                                     metrics=("ndcg",))["ndcg@10"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -593,12 +606,12 @@ def test_movielens_smoke_beats_popularity():
                   n_negatives=4, num_threads=1).fit(X, side)
     u, i = ds.users[test].astype(np.int64), ds.items[test].astype(np.int64)
     ptr, idx = _user_item_csr(u, i, ds.n_users)
-    ndcg = ranking_metrics(m.recommend(np.arange(ds.n_users), 10), ptr, idx, 10)["ndcg"]
+    ndcg = _ndcg10(m.recommend(np.arange(ds.n_users), 10), ptr, idx)
     pop = np.argsort(-np.bincount(X.item, minlength=ds.n_items), kind="stable")
     seen_ptr, seen_idx = m.pos_ptr_, m.pos_idx_
     pop_ids = np.array([[j for j in pop if j not in set(seen_idx[seen_ptr[v]:seen_ptr[v + 1]])][:10]
                         for v in range(ds.n_users)])
-    ndcg_pop = ranking_metrics(pop_ids, ptr, idx, 10)["ndcg"]
+    ndcg_pop = _ndcg10(pop_ids, ptr, idx)
     assert ndcg > ndcg_pop + 0.02, (ndcg, ndcg_pop)
 
 

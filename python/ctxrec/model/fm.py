@@ -44,7 +44,7 @@ import numpy as np
 from ctxrec._io import CorruptArtifactError, atomic_dir, read_manifest
 from ctxrec.errors import NotFittedError
 from ctxrec.model import _kernels as K
-from ctxrec.model._metrics import auc_score, logloss_score, ranking_metrics
+from ctxrec.metrics import auc, logloss, ranking_metrics_from_topk
 
 __all__ = ["ContextFM", "Interactions", "SideInfo", "ServingTables", "QueryBatch"]
 
@@ -756,23 +756,22 @@ class ContextFM:
     def _evaluate_rows(self, val: dict[str, np.ndarray], metric: str) -> float:
         if "@" in metric:
             name, kk = metric.split("@")
-            res = self._rank_eval(val, int(kk))
-            if name not in res:
+            if name not in ("ndcg", "recall", "precision", "map", "map_nrel", "hr"):
                 raise ValueError(f"eval_metric={metric!r}: unknown ranking metric {name!r}")
-            return res[name]
+            return self._rank_eval(val, int(kk), name)[f"{name}@{int(kk)}"]
         s = self._predict_rows(val)
         y = val["labels"]
         if metric == "auc":
-            return auc_score(y, s)
+            return auc(y, s)
         if metric == "logloss":
-            return logloss_score(y, 1.0 / (1.0 + np.exp(-s)))
+            return logloss(y, 1.0 / (1.0 + np.exp(-s)))
         if metric == "rmse":
             return float(np.sqrt(np.mean((s - y) ** 2)))
         raise ValueError(f"eval_metric={metric!r}: expected ndcg@K/recall@K/precision@K/map@K/auc/logloss/rmse")
 
-    def _rank_eval(self, val: dict[str, np.ndarray], k: int) -> dict[str, float]:
-        """Full-ranking metrics: one query per distinct (user, context row); training
-        positives of the user are excluded from the ranking."""
+    def _rank_eval(self, val: dict[str, np.ndarray], k: int, metric: str) -> dict[str, float]:
+        """Full-ranking ``metric@k`` (:mod:`ctxrec.metrics`, the definitions reports use): one query
+        per distinct (user, context row); training positives of the user are excluded."""
         users, ctx, qt = val["users"], val["ctx"], val["qtext"]
         keycols = [users[:, None], ctx]
         if qt.shape[1]:
@@ -783,7 +782,7 @@ class ContextFM:
         qb = self._queries(users[first], ctx[first], qt[first])
         ids = self._topk(qb, users[first], k)
         rel_ptr, rel_idx = _user_item_csr(inv, val["items"], len(first))
-        return ranking_metrics(ids, rel_ptr, rel_idx, k)
+        return ranking_metrics_from_topk(ids, rel_ptr, rel_idx, [k], n_candidates=self.n_items_, metrics=(metric,))
 
     def _topk(self, qb: QueryBatch, users: np.ndarray, k: int, exclude_seen: bool = True) -> np.ndarray:
         from ctxrec import _core
