@@ -45,6 +45,7 @@ __all__ = [
     "TextEncoder",
     "TIME_PARTS",
     "UNKNOWN",
+    "check_text",
 ]
 
 UNKNOWN = "<unknown>"
@@ -224,6 +225,40 @@ class ContextFeatures:
 # --------------------------------------------------------------------------------------
 
 
+def check_text(value: str, field: str) -> str:
+    """``value`` unchanged when it is valid Unicode text (UTF-8 encodable), else :class:`ContextError`.
+
+    A lone surrogate (``"\\ud800"``, which JSON's ``\\u`` escapes can carry) is not text: a
+    tokenizer, an encoder, SQLite and a JSON response would each fail on it later with an
+    error that names nothing. Used for free-text values, categorical strings, context keys
+    and (by the recommender) ids.
+
+    Parameters
+    ----------
+    value : str
+        The string to check.
+    field : str
+        The field named in the error (dotted path, e.g. ``"context.query"``, ``"user"``).
+
+    Returns
+    -------
+    str
+        ``value``.
+
+    Raises
+    ------
+    ContextError
+        ``value`` holds a lone surrogate (``field`` and ``value`` set).
+    """
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ContextError(f"{field}: not valid Unicode text (a lone surrogate {value[e.start]!r} at "
+                               f"position {e.start}) in {value[:80]!r}", field=field, value=value) from None
+    return value
+
+
 def _is_missing(v: Any) -> bool:
     if v is None or v is pd.NA or v is pd.NaT:
         return True
@@ -243,17 +278,21 @@ def _cat_str(name: str, v: Any) -> str | None:
     if isinstance(v, np.generic):
         v = v.item()
     if isinstance(v, str):
-        return v
+        return check_text(v, f"context.{name}")
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int):
-        return str(v)
+        try:
+            return str(v)
+        except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+            raise ContextError(f"field {name!r}: invalid categorical value (an integer of {v.bit_length()} bits)",
+                               field=f"context.{name}") from None
     if isinstance(v, float):
         if not math.isfinite(v):
-            raise ContextError(f"field {name!r}: invalid categorical value {v!r}")
+            raise ContextError(f"field {name!r}: invalid categorical value {v!r}", field=f"context.{name}", value=v)
         return str(int(v)) if v.is_integer() else repr(v)
-    raise ContextError(f"field {name!r}: invalid categorical value {v!r} (type {type(v).__name__}); "
-                       "expected a string or a number")
+    raise ContextError(f"field {name!r}: invalid categorical value {_short(v)} (type {type(v).__name__}); "
+                       "expected a string or a number", field=f"context.{name}", value=v)
 
 
 def _num(name: str, v: Any) -> float:
@@ -263,13 +302,16 @@ def _num(name: str, v: Any) -> float:
     if isinstance(v, np.generic):
         v = v.item()
     if isinstance(v, bool) or not isinstance(v, (int, float, str)):
-        raise ContextError(f"field {name!r}: invalid numeric value {v!r} (type {type(v).__name__})")
+        raise ContextError(f"field {name!r}: invalid numeric value {_short(v)} (type {type(v).__name__})",
+                           field=f"context.{name}", value=v)
     try:
         x = float(v)
-    except ValueError:
-        raise ContextError(f"field {name!r}: invalid numeric value {v!r}") from None
+    except (ValueError, OverflowError):
+        raise ContextError(f"field {name!r}: invalid numeric value {_short(v)}", field=f"context.{name}",
+                           value=v) from None
     if math.isinf(x):
-        raise ContextError(f"field {name!r}: invalid numeric value {v!r} (infinite)")
+        raise ContextError(f"field {name!r}: invalid numeric value {v!r} (infinite)", field=f"context.{name}",
+                           value=v)
     return x
 
 
@@ -279,8 +321,15 @@ def _text(name: str, v: Any) -> str:
     if isinstance(v, np.str_):
         v = str(v)
     if not isinstance(v, str):
-        raise ContextError(f"field {name!r}: free text must be a string, got {v!r} (type {type(v).__name__})")
-    return v
+        raise ContextError(f"field {name!r}: free text must be a string, got {_short(v)} (type {type(v).__name__})",
+                           field=f"context.{name}", value=v)
+    return check_text(v, f"context.{name}")
+
+
+def _short(v: Any, n: int = 80) -> str:
+    """``repr(v)``, cut to ``n`` characters (a huge nested value must not make a huge message)."""
+    r = repr(v)
+    return r if len(r) <= n else r[:n] + "..."
 
 
 def _time_utc_ns(f: TimeField, v: Any) -> int | None:
@@ -306,8 +355,9 @@ def _time_utc_ns(f: TimeField, v: Any) -> int | None:
             raise TypeError(type(v).__name__)
         return int(ts.tz_convert("UTC").value)  # inside: out-of-range times overflow here too
     except (ValueError, TypeError, OverflowError) as e:
-        raise ContextError(f"field {f.name!r}: invalid timestamp {v!r} ({e}); times must lie within "
-                           f"{pd.Timestamp.min.isoformat()} .. {pd.Timestamp.max.isoformat()} UTC") from None
+        raise ContextError(f"field {f.name!r}: invalid timestamp {_short(v)} ({e}); times must lie within "
+                           f"{pd.Timestamp.min.isoformat()} .. {pd.Timestamp.max.isoformat()} UTC",
+                           field=f"context.{f.name}", value=v) from None
 
 
 def _per_unique(values: np.ndarray, fn: Any) -> np.ndarray:
@@ -487,6 +537,54 @@ class ContextSpec:
         raise ContextError(f"cannot read context rows from {type(rows).__name__}: give a Dataset, a DataFrame, "
                            "a pyarrow Table, a list of dicts or one dict")
 
+    # ---- live requests ------------------------------------------------------------------
+    def check_request(self, context: Any, *, ignore_unknown: bool = False,
+                      also_known: Sequence[str] = ()) -> dict[str, Any]:
+        """Validate the keys of one live request's context; its values are checked by :meth:`transform`.
+
+        Parameters
+        ----------
+        context : mapping or None
+            The request's context (None: empty).
+        ignore_unknown : bool
+            Let keys the spec does not read through (they are ignored by :meth:`transform`);
+            False (the default): an unknown key is an error, so that a misspelt field
+            (``"event_time"`` for ``"timestamp"``) or free text sent to a model without a text
+            field is not silently dropped.
+        also_known : sequence of str
+            Keys the caller reads itself besides the spec's (e.g. ``"timestamp"``, the event
+            time of a feedback event).
+
+        Returns
+        -------
+        dict
+            The context as a new dict (None -> ``{}``), unknown keys included when ignored.
+
+        Raises
+        ------
+        ContextError
+            ``context`` is not a mapping (field ``"context"``); a key is not a string or not
+            valid Unicode; a key is unknown (field ``"context.<key>"``; the message lists the
+            known keys).
+        """
+        if context is None:
+            return {}
+        if not isinstance(context, Mapping):
+            raise ContextError(f"context must be a dict of field -> value, got {type(context).__name__} "
+                               f"{_short(context)}", field="context", value=context)
+        out = dict(context)
+        known = self.columns
+        for key in out:
+            if not isinstance(key, str):
+                raise ContextError(f"context: keys must be strings, got {type(key).__name__} {_short(key)}",
+                                   field="context", value=key)
+            check_text(key, "context")
+            if not ignore_unknown and key not in known and key not in also_known:
+                raise ContextError(f"context.{key}: unknown context field {key[:80]!r}; this model reads "
+                                   f"{sorted(known)} (pass ignore_unknown=True to ignore other keys)",
+                                   field=f"context.{key}", value=key)
+        return out
+
     # ---- fit / transform ----------------------------------------------------------------
     def fit(self, rows: Any) -> "ContextSpec":
         """Learn categorical vocabularies and numeric quantile edges from training rows."""
@@ -523,7 +621,8 @@ class ContextSpec:
 
         A column/key a field reads that is absent gives unknown for that field (with
         ``strict_columns`` an absent DataFrame column raises instead). Keys the spec does not
-        declare are ignored. With an ``encoder`` the free-text fields are encoded
+        declare are ignored here (training rows carry other columns); a live request's keys
+        are checked by :meth:`check_request`. With an ``encoder`` the free-text fields are encoded
         (``encoder.encode(non-empty texts)`` once per field); without one only ``texts`` is set.
         """
         slots, offsets, luts, edges = self._prepared()

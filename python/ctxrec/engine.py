@@ -426,6 +426,26 @@ class Engine:
             raise KeyError(f"unknown item id {item_id!r}")
         return s
 
+    def item_slots(self, item_ids: Iterable[Any]) -> np.ndarray:
+        """Slots of original item ids, vectorised (the id rule of ``recommend``'s exclude/allow).
+
+        Parameters
+        ----------
+        item_ids : sequence of original ids
+            Digit strings match integer ids.
+
+        Returns
+        -------
+        numpy.ndarray of int64, shape [n]
+            The slot of each id (its position in ``item_ids_``), -1 where the id is unknown
+            or removed.
+        """
+        snap = self._fitted()
+        s = self._slots(item_ids, "item_ids", warn=False)
+        ok = (s >= 0) & (s < snap.n_slots)
+        ok[ok] = snap.slot_row[s[ok]] >= 0
+        return np.where(ok, s, -1)
+
     def contains(self, item_id: Any) -> bool:
         """Whether ``item_id`` is in the catalog now (added and not removed)."""
         try:

@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -29,22 +30,28 @@ import numpy as np
 import pandas as pd
 
 from ctxrec._io import atomic_dir, read_manifest
-from ctxrec.context import ContextSpec, encode_texts
+from ctxrec.context import ContextSpec, check_text, encode_texts
 from ctxrec.data import Dataset
 from ctxrec.data import _scalar_str
 from ctxrec.engine import Engine
-from ctxrec.errors import NotFittedError
+from ctxrec.errors import ContextError, InputError, NotFittedError, UnknownIdError
 from ctxrec.events import EventLog, default_log_path
 from ctxrec.evaluate import EvaluationReport, Factors, evaluate_ranking
 from ctxrec.model import ContextFM, Interactions, SideInfo
 from ctxrec.model.adapters import from_dataset
 
-__all__ = ["Recommender", "Recommendation"]
+__all__ = ["Recommender", "Recommendation", "MAX_ID_LENGTH", "MAX_UNKNOWN_IDS"]
 
 log = logging.getLogger("ctxrec.recommender")
 
 FORMAT = "ctxrec.recommender"
 VERSION = 2  # 2: live catalog (added items' rows and texts), item attribute vocabularies; 1 still loads
+
+#: The longest id (characters) ``feedback`` accepts for a new user.
+MAX_ID_LENGTH = 256
+#: How many unknown ``exclude``/``allow`` ids a result lists (``Recommendation.unknown_ids``); all are counted.
+MAX_UNKNOWN_IDS = 100
+_INT64 = 2 ** 63
 
 
 @dataclass
@@ -53,6 +60,12 @@ class Recommendation:
 
     cold_start is True when the user was unknown: the ranking then comes from the
     context, the request text and item popularity only.
+
+    unknown_ids reports the ``exclude`` / ``allow`` ids that are not in the catalog now
+    (unknown or removed; they were ignored): ``{"exclude": [...], "allow": [...],
+    "count": {"exclude": n, "allow": m}}`` with only the non-empty lists, each cut to
+    :data:`MAX_UNKNOWN_IDS` ids (``count`` has them all); ``{}`` when every id was known.
+    ``to_dict`` carries it as ``"unknown_ids"`` when it is not empty.
     """
 
     user: Any
@@ -60,10 +73,106 @@ class Recommendation:
     scores: list[float]
     cold_start: bool
     context: dict[str, Any] = field(default_factory=dict)
+    unknown_ids: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"user": _jsonable(self.user), "cold_start": self.cold_start,
-                "items": [{"item_id": _jsonable(i), "score": float(s)} for i, s in zip(self.item_ids, self.scores)]}
+        out = {"user": _jsonable(self.user), "cold_start": self.cold_start,
+               "items": [{"item_id": _jsonable(i), "score": float(s)} for i, s in zip(self.item_ids, self.scores)]}
+        if self.unknown_ids:
+            out["unknown_ids"] = self.unknown_ids
+        return out
+
+
+def _unknown_report(**lists: list[Any]) -> dict[str, Any]:
+    """``Recommendation.unknown_ids`` of the unknown ids per argument (empty lists left out)."""
+    lists = {k: v for k, v in lists.items() if v}
+    if not lists:
+        return {}
+    return {**{k: [_jsonable(x) for x in v[:MAX_UNKNOWN_IDS]] for k, v in lists.items()},
+            "count": {k: len(v) for k, v in lists.items()}}
+
+
+def _short(v: Any, n: int = 80) -> str:
+    """``repr(v)`` cut to ``n`` characters (a huge or nested argument must not make a huge message)."""
+    try:
+        r = repr(v)
+    except Exception:  # noqa: BLE001  (a hostile __repr__)
+        r = f"<{type(v).__name__}>"
+    return r if len(r) <= n else r[:n] + "..."
+
+
+def _check_id(v: Any, name: str, *, none_ok: bool = False) -> Any:
+    """An id argument as a plain int or str (numpy scalars unwrapped); InputError naming ``name`` otherwise.
+
+    An id is an int (not a bool) or a str of valid Unicode; None only where ``none_ok``
+    (an anonymous request).
+    """
+    if v is None and none_ok:
+        return None
+    if isinstance(v, np.generic) and not isinstance(v, np.bool_):
+        v = v.item()
+    if isinstance(v, bool) or not isinstance(v, (int, str)):
+        raise InputError(f"{name}: an id must be an int or a str, got {type(v).__name__} {_short(v)}",
+                         field=name, value=v)
+    if isinstance(v, str) and not v.isascii():
+        try:
+            check_text(v, name)
+        except ContextError as e:  # an id is not context: the same message as an InputError
+            raise InputError(str(e), field=name, value=v) from None
+    return v
+
+
+def _int_id(v: Any) -> int | None:
+    """The int64 id an int or a decimal digit string (``"174"``, ``"-3"``; ids arrive as strings
+    over HTTP and the CLI) stands for; None when it stands for none. The recommender's one
+    coercion rule for user and item ids of integer catalogs."""
+    if isinstance(v, str):
+        body = v[1:] if v[:1] == "-" else v
+        if not (body.isascii() and body.isdigit()) or len(body) > 19:
+            return None
+        v = int(v)
+    elif isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        return None
+    v = int(v)
+    return v if -_INT64 <= v < _INT64 else None
+
+
+def _at(e: ContextError, name: str, j: int) -> ContextError:
+    """``e`` (about a request's ``context``) re-addressed to request ``j`` of a batch argument ``name``."""
+    f = e.field or "context"
+    rest = f[len("context"):] if f.startswith("context") else "." + f
+    kw = {"value": e.value} if e.has_value else {}
+    return ContextError(f"{name}.{j}: {e}", field=f"{name}.{j}{rest}", **kw)
+
+
+def _check_k(k: Any, name: str = "k") -> int:
+    """``k`` as an int >= 0 (bools refused); larger than the catalog is fine (the engine clamps it)."""
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 0:
+        raise InputError(f"{name} must be an integer >= 0, got {type(k).__name__} {_short(k)}", field=name, value=k)
+    return int(k)
+
+
+def _check_label(label: Any) -> float:
+    """A feedback label as a finite float: a real number (not a bool, not a string)."""
+    if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, float, np.integer, np.floating)):
+        raise InputError(f"label must be a number, got {type(label).__name__} {_short(label)}",
+                         field="label", value=label)
+    try:
+        out = float(label)
+    except OverflowError:
+        out = float("inf")
+    if not np.isfinite(out):
+        raise InputError(f"label must be finite, got {_short(label)}", field="label", value=label)
+    return out
+
+
+def _id_sequence(ids: Any, name: str) -> list[Any]:
+    """A sequence-of-ids argument as a list (a str, a mapping or a scalar is refused)."""
+    if isinstance(ids, (str, bytes, Mapping)) or not isinstance(ids, Iterable) or \
+            (isinstance(ids, np.ndarray) and ids.ndim != 1):
+        raise InputError(f"{name} must be a sequence of item ids, got {type(ids).__name__} {_short(ids)}",
+                         field=name, value=ids)
+    return list(ids)
 
 
 def _jsonable(v: Any) -> Any:
@@ -207,6 +316,20 @@ class Recommender:
         Keyword arguments of :class:`ctxrec.engine.Engine`.
     fold_in_history : int
         How many of a user's latest items ``feedback`` refits the user's vector on.
+    ignore_unknown_context : bool
+        Default of the methods' ``ignore_unknown``: False (the default) refuses a request
+        context with a key the context spec does not read (``{"event_time": ...}`` on a model
+        whose time field is ``timestamp``) and non-empty free text for a model that cannot
+        read request text, with :class:`~ctxrec.errors.ContextError` naming the key and
+        listing the known ones; True ignores them (the behaviour before ctxrec 0.x hardening).
+    max_new_users : int or None
+        How many users ``feedback`` may add beyond those this object was fitted or loaded
+        with (default 1,000,000; about 0.3 kB of model state each at 64 factors); feedback
+        for yet another unknown user then raises :class:`~ctxrec.errors.InputError`
+        (``field="user"``). None: unbounded. Users the attached event log re-creates on
+        replay count towards it but are never refused (a replayed log cannot fail at
+        start-up); saving the model makes its users the new base. New user ids longer than
+        :data:`MAX_ID_LENGTH` characters are always refused.
 
     Learned attributes: ``context_`` (fitted spec), ``model_``, ``engine_``, ``item_ids_``
     (every item id ever in the catalog, by slot: the engine's), ``user_ids_``,
@@ -224,7 +347,8 @@ class Recommender:
     def __init__(self, context: ContextSpec | None = None, *, model: ContextFM | None = None,
                  encoder: Any = "default", item_text: bool = True, user_text: bool = True,
                  text_match_weight: float | str = "auto", engine_params: Mapping[str, Any] | None = None,
-                 fold_in_history: int = 50) -> None:
+                 fold_in_history: int = 50, ignore_unknown_context: bool = False,
+                 max_new_users: int | None = 1_000_000) -> None:
         self.context = context
         self.model = model
         self.encoder = encoder
@@ -233,6 +357,8 @@ class Recommender:
         self.text_match_weight = text_match_weight
         self.engine_params = engine_params
         self.fold_in_history = fold_in_history
+        self.ignore_unknown_context = ignore_unknown_context
+        self.max_new_users = max_new_users
 
     # ------------------------------------------------------------------ helpers
     def _load_encoder(self) -> Any:
@@ -338,6 +464,7 @@ class Recommender:
 
     def _index_users(self) -> None:
         self._user_pos = {u: i for i, u in enumerate(self.user_ids_.tolist())}
+        self._base_users = len(self.user_ids_)  # max_new_users counts the users feedback adds beyond these
         self._lock = threading.RLock()  # readers and the swap of a feedback's result; held briefly
         self._write_lock = threading.RLock()  # serializes feedback and catalog writes (log order == apply order)
         self._events: EventLog | None = None
@@ -366,27 +493,146 @@ class Recommender:
 
     # ------------------------------------------------------------------ serve
     def _user(self, user: Any) -> int:
-        """Dense index of a raw user id, -1 when unknown (cold start)."""
+        """Dense index of a raw user id (checked by :func:`_check_id`), -1 when unknown (cold start) or None."""
+        if user is None:
+            return -1
         u = self._user_pos.get(user)
-        if u is None and isinstance(user, str) and user.isascii() and user.lstrip("-").isdigit():
-            u = self._user_pos.get(int(user))  # ids arrive as strings over HTTP/CLI
+        if u is None and isinstance(user, str):
+            n = _int_id(user)  # ids arrive as strings over HTTP/CLI
+            u = None if n is None else self._user_pos.get(n)
         if u is None and not isinstance(user, str):
             u = self._user_pos.get(str(user))
         return -1 if u is None else int(u)
 
-    def _item(self, item: Any) -> int:
+    def _item_slots(self, ids: Sequence[Any], name: str) -> np.ndarray:
+        """Slots of raw item ids (int64, -1 = unknown or removed); InputError for a malformed id.
+
+        Ids are checked by :func:`_check_id`; for an integer catalog, digit strings match by
+        :func:`_int_id` (the rule ``feedback`` and ``recommend(user=...)`` use), other strings
+        match nothing. One vectorised engine look-up (:meth:`Engine.item_slots`).
+        """
+        int_catalog = self.item_ids_.dtype.kind in "iu"
         try:
-            return self.engine_.item_index(item)
-        except KeyError:
-            if isinstance(item, str) and item.isascii() and item.lstrip("-").isdigit():
-                return self.engine_.item_index(int(item))  # ids arrive as strings over HTTP/CLI
-            raise
+            a = np.asarray(ids) if len(ids) else np.zeros(0, np.int64)
+        except (ValueError, TypeError, OverflowError):  # ragged or odd: the per-id path names the bad one
+            a = None
+        if a is not None and a.ndim == 1 and (a.dtype.kind == "i" or (a.dtype.kind == "u" and (
+                not len(a) or a.max() < _INT64))):  # the common case, no per-id Python
+            return self.engine_.item_slots(a.astype(np.int64) if int_catalog else a.astype(str))
+        vals = [_check_id(x, f"{name}.{j}") for j, x in enumerate(ids)]
+        out = np.full(len(vals), -1, np.int64)
+        if int_catalog:
+            keys = [_int_id(x) for x in vals]
+            take = np.array([j for j, x in enumerate(keys) if x is not None], np.int64)
+            query = np.array([keys[j] for j in take], np.int64)
+        else:
+            take = np.arange(len(vals))
+            query = np.array([str(x) for x in vals], dtype=str)
+        if len(take):
+            out[take] = self.engine_.item_slots(query)
+        return out
+
+    def _item(self, item: Any, name: str = "item") -> int:
+        """Slot of one raw item id; InputError for a malformed id, UnknownIdError for an unknown or removed one."""
+        s = int(self._item_slots([_check_id(item, name)], name)[0])
+        if s < 0:
+            raise UnknownIdError(f"{name}: unknown item id {_short(item)}", field=name, value=item)
+        return s
+
+    def _known_ids(self, ids: Iterable[Any] | None, name: str) -> tuple[np.ndarray | None, list[Any]]:
+        """(the raw ids of ``ids`` in the catalog now, or None for None; the unknown ones as given).
+
+        Unknown ids are ignored by ``recommend``: they are reported in
+        ``Recommendation.unknown_ids`` and with a warning.
+        """
+        if ids is None:
+            return None, []
+        vals = _id_sequence(ids, name)
+        slots = self._item_slots(vals, name)
+        miss = np.flatnonzero(slots < 0)
+        unknown = [vals[j] for j in miss.tolist()]
+        if unknown:
+            warnings.warn(f"{name}: {len(unknown)} unknown item id(s) ignored, e.g. {_short(unknown[:3])}",
+                          stacklevel=3)
+        return self.item_ids_[slots[slots >= 0]], unknown
+
+    def _check_filter(self, filter: Any) -> Mapping[str, Any] | None:
+        """``filter`` checked against the engine's named filters (InputError naming the field)."""
+        if filter is None:
+            return None
+        if not isinstance(filter, Mapping):
+            raise InputError(f"filter must be a dict of filter name -> value(s), got {type(filter).__name__} "
+                             f"{_short(filter)}", field="filter", value=filter)
+        names = self.engine_.filter_names_
+        for name, want in filter.items():
+            if not isinstance(name, str) or name not in names:
+                raise InputError(f"filter: unknown filter {_short(name)}; this catalog has {sorted(names)}",
+                                 field="filter", value=name)
+            for v in want if isinstance(want, (list, tuple, set, frozenset)) else [want]:
+                if isinstance(v, str):
+                    check_text(v, f"filter.{name}")
+                elif not (v is None or isinstance(v, (bool, int, float, np.generic))) or \
+                        (isinstance(v, int) and not -_INT64 <= v < _INT64):
+                    raise InputError(f"filter.{name}: invalid value {_short(v)}", field=f"filter.{name}", value=v)
+        return filter
+
+    def _reads_request_text(self) -> bool:
+        """Whether request free text changes anything: an encoder, and a model or a text-match term reading it."""
+        return getattr(self, "_encoder", None) is not None and \
+            (self._model_text_dim() > 0 or (bool(self.text_match_weight_) and self.item_text_ is not None))
+
+    def check_context(self, context: Mapping[str, Any] | None, *, ignore_unknown: bool | None = None,
+                      also_known: Sequence[str] = (), text: bool = True) -> dict[str, Any]:
+        """Validate a request context as ``recommend`` does, changing nothing; returns it as a dict.
+
+        Parameters
+        ----------
+        context : mapping or None
+            The request's context fields (free text included).
+        ignore_unknown : bool or None
+            Ignore keys the context spec does not read, and free text this model cannot read
+            (no encoder, or neither the model nor the text-match term uses request text);
+            None: the constructor's ``ignore_unknown_context``.
+        also_known : sequence of str
+            Further keys the caller reads itself (``feedback`` accepts ``"timestamp"``, the
+            event time a retrain reads).
+        text : bool
+            Refuse non-empty free text when this model cannot read it (unless ignored).
+
+        Returns
+        -------
+        dict
+            The context (None -> ``{}``).
+
+        Raises
+        ------
+        ContextError
+            Not a mapping, a non-string or invalid key, an unknown key, unreadable text, or an
+            invalid value (``field`` is ``"context.<key>"``).
+        """
+        self._fitted()
+        ctx = self._check_context(context, ignore_unknown, also_known=also_known, text=text)
+        self.context_.transform(ctx)  # the values (raises naming the field), no encoding
+        return ctx
+
+    def _check_context(self, context: Any, ignore_unknown: bool | None, *, also_known: Sequence[str] = (),
+                       text: bool = True) -> dict[str, Any]:
+        """:meth:`check_context` less the values (``_features``' transform checks them)."""
+        ignore = bool(self.ignore_unknown_context if ignore_unknown is None else ignore_unknown)
+        ctx = self.context_.check_request(context, ignore_unknown=ignore, also_known=also_known)
+        if text and not ignore and not self._reads_request_text():
+            for f in self.context_.fields:
+                v = ctx.get(f.column or f.name) if f.kind == "text" else None
+                if isinstance(v, str) and v:
+                    raise ContextError(f"context.{f.name}: this model cannot read request text (it was loaded "
+                                       "without a text encoder, or neither the model nor the text-match term "
+                                       "uses it); pass ignore_unknown=True to ignore it",
+                                       field=f"context.{f.name}", value=v)
+        return ctx
 
     def _features(self, context: Mapping[str, Any] | None, *,
                   encode: bool = True) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """Context indices and request-text vector; ``encode=False`` only validates the text."""
-        if context is not None and not isinstance(context, Mapping):
-            raise ValueError(f"context must be a dict of field -> value, got {type(context).__name__}")
+        """Context indices and request-text vector of a context checked by :meth:`check_context`."""
         feats = self.context_.transform(dict(context or {}),
                                         encoder=getattr(self, "_encoder", None) if encode else None)
         ctx = feats.indices if self.context_.slots else None
@@ -404,25 +650,34 @@ class Recommender:
 
     def recommend(self, user: Any, context: Mapping[str, Any] | None = None, k: int = 10, *,
                   exclude_seen: bool = True, exclude: Iterable[Any] | None = None,
-                  allow: Iterable[Any] | None = None, filter: Mapping[str, Any] | None = None) -> Recommendation:
+                  allow: Iterable[Any] | None = None, filter: Mapping[str, Any] | None = None,
+                  ignore_unknown: bool | None = None) -> Recommendation:
         """Top-k items for ``user`` in ``context`` (a dict of context fields incl. free text).
+
+        Every argument is checked before anything runs; a rejected request changes nothing.
 
         Parameters
         ----------
-        user : int or str
-            Raw user id; unknown users get the cold-start path (context + request text +
-            popularity), marked ``cold_start=True``.
+        user : int, str or None
+            Raw user id (digit strings match integer ids); unknown users and None get the
+            cold-start path (context + request text + popularity), marked ``cold_start=True``.
         context : mapping or None
             Context fields, free text included.
         k : int
+            How many items (>= 0); more than the catalog holds returns them all.
         exclude_seen : bool
             Leave out the items the user interacted with.
         exclude, allow : sequences of raw item ids, optional
-            Never return / only return these (unknown ids are ignored with a warning).
+            Never return / only return these (digit strings match integer ids). Ids not in
+            the catalog are ignored: reported in ``Recommendation.unknown_ids`` and with a
+            warning.
         filter : mapping attribute -> value or list of values, optional
             Named item filters over the item attributes (``item_attrs_``), e.g.
             ``{"genres": ["Comedy", "Drama"], "decade": "1990s"}``: an item passes when, for
             every attribute, it has one of the listed values.
+        ignore_unknown : bool or None
+            Ignore context keys the spec does not read and free text the model cannot read
+            (:meth:`check_context`); None: the constructor's ``ignore_unknown_context``.
 
         Returns
         -------
@@ -430,48 +685,98 @@ class Recommender:
 
         Raises
         ------
-        ValueError
-            Invalid context, k, or filter (an unknown attribute is named).
+        InputError
+            A malformed user or item id, k, exclude/allow or filter (``field`` names it).
+        ContextError
+            An invalid context: not a mapping, an unknown key, an invalid value.
         """
         self._fitted()
+        user = _check_id(user, "user", none_ok=True)
+        k = _check_k(k)
+        ctx = self._check_context(context, ignore_unknown)
+        filter = self._check_filter(filter)
+        exclude, unknown_ex = self._known_ids(exclude, "exclude")
+        allow, unknown_allow = self._known_ids(allow, "allow")
         u = self._user(user)
-        q, const, tq = self._query(u, context)
+        q, const, tq = self._query(u, ctx)
         ids, scores = self.engine_.recommend(q, k, exclude=exclude, allow=allow, filter=filter, text_query=tq,
                                              user=u if exclude_seen and u >= 0 else None)
-        return Recommendation(user, ids.tolist(), (scores + const).tolist(), u < 0, dict(context or {}))
+        return Recommendation(user, ids.tolist(), (scores + const).tolist(), u < 0, ctx,
+                              _unknown_report(exclude=unknown_ex, allow=unknown_allow))
 
     def recommend_batch(self, users: Sequence[Any], contexts: Sequence[Mapping[str, Any] | None] | None = None,
                         k: int = 10, *, exclude_seen: bool = True, filter: Mapping[str, Any] | None = None,
-                        num_threads: int = 1) -> list[Recommendation]:
+                        num_threads: int = 1, exclude: Sequence[Iterable[Any] | None] | None = None,
+                        allow: Iterable[Any] | None = None, ignore_unknown: bool | None = None) -> list[Recommendation]:
         """recommend() for many (user, context) pairs, batched, with identical answers.
 
         Contexts are featurised once per distinct context, queries are built in one batch
         and the engine answers all of them in one native call (each request's seen items
-        left out by its user key). ``filter`` (as in :meth:`recommend`) applies to every
-        request; num_threads: threads of the engine call.
+        left out by its user key). Every request is checked before any is answered.
+
+        Parameters
+        ----------
+        users : sequence of int, str or None
+            One raw user id per request.
+        contexts : sequence of mappings (or None), optional
+            One context per request.
+        k, exclude_seen, filter, ignore_unknown : as in :meth:`recommend`
+            ``filter`` applies to every request.
+        num_threads : int
+            Threads of the engine call (0: all cores).
+        exclude : sequence of (sequence of raw item ids or None), optional
+            One exclusion list per request.
+        allow : sequence of raw item ids, optional
+            Shared by every request.
 
         Returns
         -------
         list of Recommendation
-            One per request, in order.
+            One per request, in order (``unknown_ids`` per request).
+
+        Raises
+        ------
+        InputError, ContextError
+            As :meth:`recommend`; ``users``/``contexts``/``exclude`` not sequences of the same
+            length (``field`` names the request, e.g. ``"contexts.3.timestamp"``).
         """
         self._fitted()
-        if not isinstance(k, (int, np.integer)) or k < 0:
-            raise ValueError(f"k must be an integer >= 0, got {k!r}")
+        k = _check_k(k)
+        if isinstance(num_threads, (bool, np.bool_)) or not isinstance(num_threads, (int, np.integer)) or \
+                not 0 <= num_threads < 1 << 16:
+            raise InputError(f"num_threads must be an integer >= 0, got {_short(num_threads)}",
+                             field="num_threads", value=num_threads)
+        users = self._batch_seq(users, "users")
         b = len(users)
-        if contexts is not None and len(contexts) != b:
-            raise ValueError(f"contexts has {len(contexts)} entries but users has {b}")
+        contexts = None if contexts is None else self._batch_seq(contexts, "contexts", b)
+        exclude = None if exclude is None else self._batch_seq(exclude, "exclude", b)
+        users = [_check_id(u, f"users.{j}", none_ok=True) for j, u in enumerate(users)]
+        filter = self._check_filter(filter)
+        ctxs = []
+        for j in range(b):
+            try:
+                ctxs.append(self._check_context(None if contexts is None else contexts[j], ignore_unknown))
+            except ContextError as e:
+                raise _at(e, "contexts", j) from None
+        excl, unknown_ex = [], []
+        for j in range(b):
+            known, unk = self._known_ids(None if exclude is None else exclude[j], f"exclude.{j}")
+            excl.append(known)
+            unknown_ex.append(unk)
+        allow, unknown_allow = self._known_ids(allow, "allow")
+        feats: dict[str, tuple[Any, Any]] = {}
+        keys = []
+        for j, ctx in enumerate(ctxs):
+            key = json.dumps(ctx, sort_keys=True, default=repr)
+            if key not in feats:
+                try:
+                    feats[key] = self._features(ctx)
+                except ContextError as e:
+                    raise _at(e, "contexts", j) from None
+            keys.append(key)
         if b == 0:
             return []
         uidx = np.array([self._user(u) for u in users], np.int64)
-        feats: dict[str, tuple[Any, Any]] = {}
-        keys = []
-        for j in range(b):
-            ctx = dict((contexts[j] if contexts is not None else None) or {})
-            key = json.dumps(ctx, sort_keys=True, default=str)
-            if key not in feats:
-                feats[key] = self._features(ctx)
-            keys.append(key)
         ctx_rows = np.concatenate([np.asarray(feats[key][0]).reshape(1, -1) for key in keys]) \
             if self.context_.slots else None
         texts = [feats[key][1] for key in keys]
@@ -490,13 +795,27 @@ class Recommender:
         keys = [int(u) if exclude_seen and u >= 0 else None for u in uidx]
         ids, scores = self.engine_.recommend_batch(np.ascontiguousarray(qb.joined(), dtype=np.float32), int(k),
                                                    users=keys, filter=filter, text_queries=text_queries,
-                                                   num_threads=int(num_threads))
+                                                   num_threads=int(num_threads),
+                                                   exclude=excl if exclude is not None else None, allow=allow)
         out = []
         for j in range(b):
             m = int(np.count_nonzero(np.isfinite(scores[j])))
             out.append(Recommendation(users[j], ids[j, :m].tolist(), (scores[j, :m] + qb.const[j]).tolist(),
-                                      bool(uidx[j] < 0), dict((contexts[j] if contexts is not None else None) or {})))
+                                      bool(uidx[j] < 0), ctxs[j],
+                                      _unknown_report(exclude=unknown_ex[j], allow=unknown_allow)))
         return out
+
+    @staticmethod
+    def _batch_seq(seq: Any, name: str, n: int | None = None) -> Sequence[Any]:
+        """A batch argument as a sequence (of ``n`` entries when given); InputError naming it otherwise."""
+        if isinstance(seq, (str, bytes, Mapping)) or not isinstance(seq, (Sequence, np.ndarray, pd.Series)) or \
+                (isinstance(seq, np.ndarray) and seq.ndim != 1):
+            raise InputError(f"{name} must be a sequence (one entry per request), got {type(seq).__name__} "
+                             f"{_short(seq)}", field=name, value=seq)
+        seq = list(seq)
+        if n is not None and len(seq) != n:
+            raise InputError(f"{name} has {len(seq)} entries but users has {n}", field=name)
+        return seq
 
     def evaluate(self, train: Dataset, test: Dataset, *, ks: Sequence[int] = (1, 5, 10, 20), group: str = "row",
                  name: str = "ctxrec", split: str = "", num_threads: int = 0) -> EvaluationReport:
@@ -523,7 +842,8 @@ class Recommender:
         return evaluate_ranking(model, train, test, ks=ks, group=group, name=name, split=split,
                                 num_threads=num_threads)
 
-    def explain(self, user: Any, item: Any, context: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def explain(self, user: Any, item: Any, context: Mapping[str, Any] | None = None, *,
+                ignore_unknown: bool | None = None) -> dict[str, Any]:
         """Why ``item`` scores what it does for ``user`` in ``context``.
 
         Contributions by successive removal, summing to the total score: ``text_match``
@@ -531,9 +851,14 @@ class Recommender:
         request text), ``context`` (the context fields), ``user_affinity`` (who the user is:
         history, attributes) and ``popularity`` (what is left for an anonymous request with
         no context: item bias and global terms).
+
+        ``user`` (None: anonymous), ``item``, ``context`` and ``ignore_unknown`` are checked as in
+        :meth:`recommend`; an unknown item raises :class:`~ctxrec.errors.UnknownIdError`.
         """
         self._fitted()
+        user = _check_id(user, "user", none_ok=True)
         i = self._item(item)
+        context = self._check_context(context, ignore_unknown)
         u = self._user(user)
         ctx, text = self._features(context)
         vec, bias = self.engine_.item_vector(self.item_ids_[i])
@@ -559,11 +884,13 @@ class Recommender:
                 "score": full + match, "contributions": parts}
 
     def feedback(self, user: Any, item: Any, context: Mapping[str, Any] | None = None,
-                 label: float = 1.0) -> dict[str, Any]:
+                 label: float = 1.0, *, ignore_unknown: bool | None = None) -> dict[str, Any]:
         """Record that ``user`` interacted with ``item``; refits that user's vector (items fixed).
 
-        The event is checked first (item known, label finite, context valid, a new user id
-        representable): a rejected event raises and changes nothing. With an event log
+        The event is checked first (ids well formed, item known, label a finite number,
+        context valid, a new user id representable, at most :data:`MAX_ID_LENGTH` characters
+        and within ``max_new_users``): a rejected event raises and changes nothing (no user
+        is created, nothing is logged). With an event log
         attached (:meth:`open_event_log`) it is then committed to the log, and only then
         applied. The fold-in runs on a copy of the user's rows without the lock that
         ``recommend`` takes; only the swap of the result is under it. A new user is added;
@@ -575,9 +902,14 @@ class Recommender:
         user, item : int or str
             Raw ids (ids arriving as digit strings match integer ids).
         context : mapping or None
-            Context of the interaction.
+            Context of the interaction: the spec's keys, and ``"timestamp"`` (the event time a
+            retrain reads) even when the spec has no such field.
         label : float
-            1 = positive, 0 = negative; a rating for ``loss="mse"`` models.
+            1 = positive, 0 = negative; a rating for ``loss="mse"`` models. A real number
+            (not a string, not a bool), finite.
+        ignore_unknown : bool or None
+            Accept (and log) context keys the spec does not read; None: the constructor's
+            ``ignore_unknown_context``.
 
         Returns
         -------
@@ -587,46 +919,73 @@ class Recommender:
 
         Raises
         ------
-        KeyError
-            Unknown item.
-        ValueError
-            Invalid label, context or user id.
+        UnknownIdError
+            Unknown item (a KeyError).
+        InputError
+            A malformed user or item id, a bad label, an invalid context (ContextError), a
+            new user id too long or not representable, or ``max_new_users`` reached.
         """
         self._fitted()
         with self._write_lock:  # checked under it: a new user's id depends on the users added before
-            checked = self._check_event(user, item, context, label)
-            seq = self._events.append(user, item, dict(context or {}), float(label)) \
-                if self._events is not None else None
-            out = self._apply_event(*checked, copy_model=True)
+            checked = self._check_event(user, item, context, label, ignore_unknown=ignore_unknown)
+            seq = None
+            if self._events is not None:
+                try:
+                    seq = self._events.append(checked[0], _check_id(item, "item"), checked[4], checked[2])
+                except ValueError as e:  # a value the log cannot store (JSON): nothing was written
+                    raise InputError(str(e), field="context") from None
+            out = self._apply_event(*checked[:4], copy_model=True)
             if seq is not None:
                 self._events_applied += 1
                 self._event_origin = (self._events.log_id, seq)
         return {**out, "event": seq}
 
-    def _check_event(self, user: Any, item: Any, context: Mapping[str, Any] | None,
-                     label: float) -> tuple[Any, int, float, np.ndarray | None]:
-        """Validate a feedback event without changing anything: (user, item row, label, new ids)."""
-        if isinstance(user, bool) or not isinstance(user, (int, np.integer, str)):
-            raise ValueError(f"user: an id must be an int or a str, got {type(user).__name__} {user!r}")
+    def _check_event(self, user: Any, item: Any, context: Mapping[str, Any] | None, label: float, *,
+                     ignore_unknown: bool | None = None, replay: bool = False
+                     ) -> tuple[Any, int, float, np.ndarray | None, dict[str, Any]]:
+        """Validate a feedback event without changing anything: (user, item row, label, new ids, context).
+
+        replay: an event of the attached log (accepted when it was logged): its context keys
+        are not checked against the spec and the new-user limits do not apply, so that a
+        replay reproduces the state the live object had.
+        """
+        user = _check_id(user, "user")
         i = self._item(item)
-        try:
-            label = float(label)
-        except (TypeError, ValueError):
-            raise ValueError(f"label must be a number, got {label!r}") from None
-        if not np.isfinite(label):
-            raise ValueError(f"label must be finite, got {label!r}")
-        self._features(context, encode=False)  # raises ValueError naming the field (no text to encode:
+        label = _check_label(label)
+        ctx = self._check_context(context, True if replay else ignore_unknown, also_known=("timestamp",), text=False)
+        self._features(ctx, encode=False)  # raises ContextError naming the field (no text to encode:
         # the fold-in does not read the context)
         new_ids = None
         if self._user(user) < 0:
+            if not replay:
+                self._check_new_user(user)
             ids = self.user_ids_
-            if not (isinstance(user, (int, np.integer)) and ids.dtype.kind in "iu"):
+            if not (isinstance(user, int) and ids.dtype.kind in "iu"):
                 ids = ids.astype(object)  # a new id of another type than the trained ones
             try:
                 new_ids = np.append(ids, np.array([user], dtype=ids.dtype))
             except (OverflowError, ValueError):
-                raise ValueError(f"user: id {user!r} does not fit the user id type {ids.dtype}") from None
-        return user, i, label, new_ids
+                raise InputError(f"user: id {_short(user)} does not fit the user id type {ids.dtype}",
+                                 field="user", value=user) from None
+        return user, i, label, new_ids, ctx
+
+    def _check_new_user(self, user: Any) -> None:
+        """The limits on a user ``feedback`` would add: id length and ``max_new_users``."""
+        if isinstance(user, str) and len(user) > MAX_ID_LENGTH:
+            raise InputError(f"user: a new user id may have at most {MAX_ID_LENGTH} characters, got {len(user)}",
+                             field="user", value=user[:MAX_ID_LENGTH] + "...")
+        limit = self.max_new_users
+        if limit is None:
+            return
+        if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 0:
+            raise InputError(f"max_new_users must be an integer >= 0 or None, got {_short(limit)}",
+                             field="max_new_users", value=limit)
+        added = len(self.user_ids_) - getattr(self, "_base_users", len(self.user_ids_))
+        if added >= limit:
+            raise InputError(f"user: unknown user {_short(user)} refused: this recommender has added "
+                             f"max_new_users={limit} new users since it was fitted or loaded (save it, or "
+                             "retrain, to make them part of the model; or raise max_new_users)",
+                             field="user", value=user)
 
     def _apply_event(self, user: Any, i: int, label: float, new_ids: np.ndarray | None, *,
                      copy_model: bool) -> dict[str, Any]:
@@ -719,8 +1078,8 @@ class Recommender:
             for ev in elog.read(after=after):
                 try:
                     if ev.kind == "feedback":
-                        self._apply_event(*self._check_event(ev.user, ev.item, ev.context, ev.label),
-                                          copy_model=False)
+                        self._apply_event(*self._check_event(ev.user, ev.item, ev.context, ev.label,
+                                                             replay=True)[:4], copy_model=False)
                     else:
                         self._apply_catalog(ev)
                     n += 1
@@ -764,7 +1123,8 @@ class Recommender:
         new = Recommender(copy.deepcopy(self.context), model=ContextFM(**self.model_.get_params()),
                           encoder=getattr(self, "_encoder", None), item_text=self.item_text,
                           user_text=self.user_text, text_match_weight=self.text_match_weight,
-                          engine_params=self.engine_params, fold_in_history=self.fold_in_history)
+                          engine_params=self.engine_params, fold_in_history=self.fold_in_history,
+                          ignore_unknown_context=self.ignore_unknown_context, max_new_users=self.max_new_users)
         new.fit(ds, validation=validation)
         for ev in elog.read(until=until):  # catalog writes since the data: applied to the new catalog
             if ev.kind != "feedback":
@@ -867,18 +1227,18 @@ class Recommender:
     # ------------------------------------------------------------------ live catalog
     def _catalog_id(self, raw: Any, row: int) -> Any:
         """A raw id from an item frame as the catalog's id type (int catalogs accept digit strings)."""
-        if _missing(raw) or isinstance(raw, bool):
-            raise ValueError(f"item_id: row {row} has no valid id ({raw!r})")
+        name = f"items.{row}.item_id"
+        if isinstance(raw, (bool, np.bool_)) or _missing(raw):
+            raise InputError(f"item_id: row {row} has no valid id ({_short(raw)})", field=name, value=raw)
+        if isinstance(raw, (float, np.floating)) and np.isfinite(raw) and float(raw).is_integer():
+            raw = int(raw)  # a pandas column of ints with a missing cell is float
+        raw = _check_id(raw, name)
         if self.item_ids_.dtype.kind in "iu":
-            if isinstance(raw, (int, np.integer)):
-                return int(raw)
-            if isinstance(raw, (float, np.floating)) and float(raw).is_integer():
-                return int(raw)
-            if isinstance(raw, str) and raw.isascii() and raw.strip().lstrip("-").isdigit():
-                return int(raw.strip())
-            raise ValueError(f"item_id: this catalog has integer ids, got {raw!r} (row {row})")
-        if not isinstance(raw, (str, int, np.integer)):
-            raise ValueError(f"item_id: an id must be a str or an int, got {type(raw).__name__} {raw!r} (row {row})")
+            key = _int_id(raw.strip() if isinstance(raw, str) else raw)
+            if key is None:
+                raise InputError(f"item_id: this catalog has integer ids, got {_short(raw)} (row {row})",
+                                 field=name, value=raw)
+            return key
         return str(raw)
 
     def _apply_catalog(self, ev: Any) -> None:
@@ -907,34 +1267,41 @@ class Recommender:
         """Validate, vectorise and write a batch of items (see :meth:`upsert_items`)."""
         self._fitted()
         if not isinstance(frame, pd.DataFrame):
-            raise TypeError(f"items must be a pandas DataFrame, got {type(frame).__name__}")
+            raise InputError(f"items must be a pandas DataFrame, got {type(frame).__name__}", field="items")
         if self.item_attrs_ is None or self._attr_rows is None:
-            raise ValueError("this model was saved by a ctxrec without live catalogs (no item attribute "
-                             "vocabularies): fit it again to add or update items")
+            raise InputError("this model was saved by a ctxrec without live catalogs (no item attribute "
+                             "vocabularies): fit it again to add or update items", field="items")
         if "item_id" not in frame.columns:
-            raise ValueError(f"items: no 'item_id' column (columns: {list(map(str, frame.columns))})")
+            raise InputError(f"items: no 'item_id' column (columns: {_short(list(map(str, frame.columns)), 200)})",
+                             field="items")
         allowed = set(map(str, self.items_.columns)) | set(self.item_attrs_)
         unknown = [str(c) for c in frame.columns if str(c) not in allowed]
         if unknown:
-            raise ValueError(f"items: unknown column(s) {unknown}; the item table has {sorted(allowed)}")
+            raise InputError(f"items: unknown column(s) {_short(unknown, 200)}; the item table has {sorted(allowed)}",
+                             field=f"items.{unknown[0]}" if unknown[0].isprintable() else "items")
+        for c in frame.columns:  # strings that are not text (lone surrogates) in any cell
+            for r, v in enumerate(frame[c].tolist() if frame[c].dtype == object else ()):
+                if isinstance(v, str):
+                    check_text(v, f"items.{r}.{c}")
         if "text" in frame.columns:
             bad = [(r, v) for r, v in enumerate(frame["text"].tolist()) if not _missing(v) and not isinstance(v, str)]
             if bad:
-                raise ValueError(f"text: row {bad[0][0]} holds {type(bad[0][1]).__name__} {bad[0][1]!r}, "
-                                 "expected a string")
+                raise InputError(f"text: row {bad[0][0]} holds {type(bad[0][1]).__name__} {_short(bad[0][1])}, "
+                                 "expected a string", field=f"items.{bad[0][0]}.text", value=bad[0][1])
         ids = [self._catalog_id(x, r) for r, x in enumerate(frame["item_id"].tolist())]
         if len(set(ids)) != len(ids):
             dup = sorted({x for x in ids if ids.count(x) > 1}, key=str)[:5]
-            raise ValueError(f"item_id: duplicated in the batch: {dup}")
+            raise InputError(f"item_id: duplicated in the batch: {dup}", field="items", value=dup)
         if not ids:
             return {"added": 0, "updated": 0}
         with self._write_lock:  # one catalog writer at a time (and never beside a feedback's swap)
             current = [self.engine_.contains(x) for x in ids]
             if mode == "add" and any(current):
-                raise ValueError(f"item_id: already in the catalog: {[x for x, c in zip(ids, current) if c][:5]} "
-                                 "(use update_items or upsert_items)")
+                raise InputError(f"item_id: already in the catalog: {[x for x, c in zip(ids, current) if c][:5]} "
+                                 "(use update_items or upsert_items)", field="items")
             if mode == "update" and not all(current):
-                raise KeyError(f"item_id: not in the catalog: {[x for x, c in zip(ids, current) if not c][:5]}")
+                raise UnknownIdError(f"item_id: not in the catalog: {[x for x, c in zip(ids, current) if not c][:5]}",
+                                     field="items")
             cols = [str(c) for c in self.items_.columns]
             given = [str(c) for c in frame.columns]
             rows = []
@@ -1080,17 +1447,17 @@ class Recommender:
 
         Raises
         ------
-        KeyError
-            An id not in the catalog now (nothing is removed).
+        UnknownIdError
+            An id not in the catalog now (a KeyError; nothing is removed).
+        InputError
+            ``item_ids`` not a sequence, or a malformed id (nothing is removed).
         """
         self._fitted()
-        if isinstance(item_ids, (str, bytes)) or np.ndim(item_ids) == 0:
-            raise ValueError(f"item_ids must be a sequence of item ids, got {item_ids!r}")
-        raw = list(item_ids)
+        raw = _id_sequence(item_ids, "item_ids")
         with self._write_lock:
             slots = []
-            for x in raw:
-                slots.append(self._item(x))  # KeyError names the id; digit strings match int ids
+            for j, x in enumerate(raw):
+                slots.append(self._item(x, f"item_ids.{j}"))  # names the id; digit strings match int ids
             n = self.engine_.remove_items(self.item_ids_[np.asarray(slots, np.int64)]) if slots else 0
             if n:
                 self._log_catalog("items_remove", {"items": [_plain(x) for x in raw]})
@@ -1116,17 +1483,34 @@ class Recommender:
         dict
             ``{"item_id": id, "by": by, "items": [{"item_id", "score"}, ...]}``, best first.
 
+            With ``"unknown_ids"`` (as ``Recommendation.unknown_ids``) when ``exclude``/``allow``
+            named ids not in the catalog.
+
         Raises
         ------
-        KeyError
-            Unknown or removed item. ValueError: bad k, by or filter.
+        UnknownIdError
+            Unknown or removed item (a KeyError).
+        InputError
+            A malformed id, k, by, exclude/allow or filter; ``by`` needing text the model lacks.
         """
         self._fitted()
         i = self._item(item)
+        k = _check_k(k)
+        if by not in ("vectors", "both", "text"):
+            raise InputError(f"by must be 'vectors', 'both' or 'text', got {_short(by)}", field="by", value=by)
+        if by != "vectors" and not self._engine_has_text():
+            raise InputError(f"by={by!r} needs item text embeddings; this model has none", field="by", value=by)
+        filter = self._check_filter(filter)
+        exclude, unknown_ex = self._known_ids(exclude, "exclude")
+        allow, unknown_allow = self._known_ids(allow, "allow")
         raw = self.item_ids_[i]
         ids, scores = self.engine_.similar_items(raw, k, by=by, filter=filter, exclude=exclude, allow=allow)
-        return {"item_id": _jsonable(raw), "by": by,
-                "items": [{"item_id": _jsonable(x), "score": float(s)} for x, s in zip(ids.tolist(), scores)]}
+        out = {"item_id": _jsonable(raw), "by": by,
+               "items": [{"item_id": _jsonable(x), "score": float(s)} for x, s in zip(ids.tolist(), scores)]}
+        unknown = _unknown_report(exclude=unknown_ex, allow=unknown_allow)
+        if unknown:
+            out["unknown_ids"] = unknown
+        return out
 
     def item_info(self, item: Any, fields: Sequence[str] | None = None) -> dict[str, Any]:
         """The stored attributes and text of an item, as plain JSON types.
@@ -1179,7 +1563,8 @@ class Recommender:
         path = Path(path).expanduser()
         params = {"item_text": self.item_text, "user_text": self.user_text,
                   "text_match_weight": self.text_match_weight, "engine_params": dict(self.engine_params or {}),
-                  "fold_in_history": self.fold_in_history}
+                  "fold_in_history": self.fold_in_history, "ignore_unknown_context": self.ignore_unknown_context,
+                  "max_new_users": self.max_new_users}
         origin = getattr(self, "_event_origin", None)
         meta = {"params": params, "text_match_weight_": self.text_match_weight_,
                 "has_encoder": getattr(self, "_encoder", None) is not None,
