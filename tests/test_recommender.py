@@ -325,3 +325,272 @@ def test_catalog_writes_are_logged_and_replayed_after_a_restart(tmp_path, datase
     assert len(EventLog(tmp_path / "rec.events.sqlite", readonly=True)) == 4
     new = rec.retrain(dataset, tmp_path / "rec.events.sqlite")  # a retrain keeps the catalog writes
     assert new.engine_.contains("new1") and not new.engine_.contains("i7")
+
+
+# ------------------------------------------------------------------ hardening (issue 16, API side)
+import warnings  # noqa: E402
+
+import pandas as pd  # noqa: E402
+
+from ctxrec.errors import ContextError, InputError, UnknownIdError  # noqa: E402
+from ctxrec.recommender import MAX_ID_LENGTH, MAX_UNKNOWN_IDS  # noqa: E402
+
+
+def _state(r):
+    """What a rejected call must leave as it was: users, histories, the seen items, the model's users."""
+    return (len(r.user_ids_), r.model_.n_users_, [list(h) for h in r._history], r.engine_.n_items_,
+            list(r.engine_.live_), r.event_status())
+
+
+@pytest.fixture()
+def fresh(dataset):
+    """A small text model (so free text is read) to call with bad arguments."""
+    spec = ContextSpec(time=["timestamp"], categorical=["device"], text=["query"])
+    return Recommender(spec, model=ContextFM(n_factors=8, epochs=2, random_state=1),
+                       encoder=HashingEncoder()).fit(dataset)
+
+
+BAD_CALLS = [  # (call, error class, field)
+    (lambda r: r.recommend(["u1"]), InputError, "user"),
+    (lambda r: r.recommend({"u": 1}), InputError, "user"),
+    (lambda r: r.recommend(float("nan")), InputError, "user"),
+    (lambda r: r.recommend("u1", k=True), InputError, "k"),
+    (lambda r: r.recommend("u1", k=-1), InputError, "k"),
+    (lambda r: r.recommend("u1", k=2.5), InputError, "k"),
+    (lambda r: r.recommend("u1", k="3"), InputError, "k"),
+    (lambda r: r.recommend("u1", context=["timestamp"]), ContextError, "context"),
+    (lambda r: r.recommend("u1", context={1: "x"}), ContextError, "context"),
+    (lambda r: r.recommend("u1", exclude="i1"), InputError, "exclude"),
+    (lambda r: r.recommend("u1", exclude=[["i1"]]), InputError, "exclude.0"),
+    (lambda r: r.recommend("u1", allow=[{"i": 1}]), InputError, "allow.0"),
+    (lambda r: r.recommend("u1", filter=["kind"]), InputError, "filter"),
+    (lambda r: r.recommend("u1", filter={"nope": 1}), InputError, "filter"),
+    (lambda r: r.recommend_batch(None), InputError, "users"),
+    (lambda r: r.recommend_batch("u1"), InputError, "users"),
+    (lambda r: r.recommend_batch(["u1", ["u2"]]), InputError, "users.1"),
+    (lambda r: r.recommend_batch(["u1"], [{}, {}]), InputError, "contexts"),
+    (lambda r: r.recommend_batch(["u1", "u2"], [{}, {"timestamp": "nope"}]), ContextError, "contexts.1.timestamp"),
+    (lambda r: r.recommend_batch(["u1"], k=None), InputError, "k"),
+    (lambda r: r.feedback(float("nan"), "i1"), InputError, "user"),
+    (lambda r: r.feedback(None, "i1"), InputError, "user"),
+    (lambda r: r.feedback(True, "i1"), InputError, "user"),
+    (lambda r: r.feedback("new-user", ["i1"]), InputError, "item"),
+    (lambda r: r.feedback("new-user", "no-such-item"), UnknownIdError, "item"),
+    (lambda r: r.feedback("new-user", "i1", label="1"), InputError, "label"),
+    (lambda r: r.feedback("new-user", "i1", label=None), InputError, "label"),
+    (lambda r: r.feedback("new-user", "i1", label=float("nan")), InputError, "label"),
+    (lambda r: r.feedback("new-user", "i1", label=float("inf")), InputError, "label"),
+    (lambda r: r.feedback("new-user", "i1", label=True), InputError, "label"),
+    (lambda r: r.feedback("new-user", "i1", context="tv"), ContextError, "context"),
+    (lambda r: r.feedback("new-user", "i1", context={"device": ["tv"]}), ContextError, "context.device"),
+    (lambda r: r.similar_items(["i1"]), InputError, "item"),
+    (lambda r: r.similar_items("i1", k=-2), InputError, "k"),
+    (lambda r: r.similar_items("i1", by="words"), InputError, "by"),
+    (lambda r: r.similar_items("nope"), UnknownIdError, "item"),
+    (lambda r: r.explain("u1", {"i": 1}), InputError, "item"),
+    (lambda r: r.explain(["u1"], "i1"), InputError, "user"),
+    (lambda r: r.explain("u1", "i1", context=5), ContextError, "context"),
+    (lambda r: r.add_items(None), InputError, "items"),
+    (lambda r: r.add_items(pd.DataFrame({"item_id": [["x"]], "text": ["t"]})), InputError, "items.0.item_id"),
+    (lambda r: r.upsert_items(pd.DataFrame({"item_id": [None]})), InputError, "items.0.item_id"),
+    (lambda r: r.upsert_items(pd.DataFrame({"item_id": ["n1"], "text": [3]})), InputError, "items.0.text"),
+    (lambda r: r.remove_items("i1"), InputError, "item_ids"),
+    (lambda r: r.remove_items(None), InputError, "item_ids"),
+    (lambda r: r.remove_items(["i1", ["i2"]]), InputError, "item_ids.1"),
+    (lambda r: r.remove_items(["i1", "nope"]), UnknownIdError, "item_ids.1"),
+]
+
+
+@pytest.mark.parametrize("call, err, field", BAD_CALLS)
+def test_malformed_arguments_raise_input_errors_naming_the_field_and_change_nothing(fresh, call, err, field):
+    before = _state(fresh)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(err) as e:
+            call(fresh)
+    assert e.value.field == field
+    assert _state(fresh) == before
+
+
+def test_rejected_feedback_never_creates_the_user(fresh, tmp_path):
+    fresh.open_event_log(tmp_path / "log.sqlite")
+    for kw in (dict(label="1"), dict(label=None), dict(label=float("nan")), dict(label=float("inf")),
+               dict(item=["i1"]), dict(item="no-such-item"), dict(context={"timestamp": "yesterday-ish"}),
+               dict(context={"event_time": 0}), dict(context={"query": "a\ud800"})):
+        args = {"item": "i1", **kw}
+        with pytest.raises((InputError, UnknownIdError)):
+            fresh.feedback("brand-new", args.pop("item"), **args)
+        assert fresh._user("brand-new") < 0 and fresh.event_status()["log_position"] == 0
+    assert fresh.feedback("brand-new", "i1")["new_user"]
+
+
+@pytest.mark.parametrize("call, field", [
+    (lambda r: r.recommend("u1", {"query": "a\ud800"}), "context.query"),
+    (lambda r: r.recommend("u1", {"\ud800": "x"}), "context"),
+    (lambda r: r.recommend("u1", {"device": "tv\udfff"}), "context.device"),
+    (lambda r: r.recommend("u\ud800"), "user"),
+    (lambda r: r.recommend("u1", exclude=["i\ud800"]), "exclude.0"),
+    (lambda r: r.feedback("x\ud800", "i1"), "user"),
+    (lambda r: r.feedback("u1", "i\ud800"), "item"),
+    (lambda r: r.feedback("u1", "i1", {"query": "\ud800"}), "context.query"),
+    (lambda r: r.explain("u1", "i1", {"query": "\udc00ok"}), "context.query"),
+    (lambda r: r.recommend_batch(["u1"], [{"query": "\ud800"}]), "contexts.0.query"),
+    (lambda r: r.add_items(pd.DataFrame({"item_id": ["n1"], "text": pd.Series(["bad \ud800"], dtype=object)})),
+     "items.0.text"),
+])
+def test_lone_surrogates_are_refused_naming_the_field(fresh, call, field):
+    before = _state(fresh)
+    with pytest.raises(InputError) as e:
+        call(fresh)
+    assert e.value.field == field and "surrogate" in str(e.value)
+    assert _state(fresh) == before
+
+
+def test_unknown_context_keys_are_refused_unless_ignored(dataset):
+    rec = Recommender(ContextSpec(time=["timestamp"], categorical=["device"]),
+                      model=ContextFM(n_factors=8, epochs=2, random_state=1), encoder=None).fit(dataset)
+    with pytest.raises(ContextError, match=r"event_time.*\['device', 'timestamp'\]") as e:
+        rec.recommend("u1", {"event_time": MORNING["timestamp"]})
+    assert e.value.field == "context.event_time"
+    with pytest.raises(ContextError) as e:  # free text for a model without a text field
+        rec.recommend("u1", {"query": "something light"})
+    assert e.value.field == "context.query"
+    for call in (lambda **kw: rec.recommend_batch(["u1"], [{"weather": "rain"}], **kw),
+                 lambda **kw: rec.explain("u1", "i1", {"weather": "rain"}, **kw),
+                 lambda **kw: rec.feedback("u1", "i1", {"weather": "rain"}, **kw)):
+        with pytest.raises(ContextError, match="weather"):
+            call()
+    plain = rec.recommend("u1", MORNING, k=10)
+    assert rec.recommend("u1", {**MORNING, "event_time": 1, "query": "x"}, k=10, ignore_unknown=True).item_ids \
+        == plain.item_ids
+    assert rec.recommend_batch(["u1"], [{**MORNING, "x": 1}], k=10, ignore_unknown=True)[0].item_ids == plain.item_ids
+    # the constructor setting is the default of every call, and survives save/load
+    rec.ignore_unknown_context = True
+    assert rec.recommend("u1", {**MORNING, "event_time": 1}, k=10).item_ids == plain.item_ids
+    with pytest.raises(ContextError):
+        rec.recommend("u1", {"event_time": 1}, ignore_unknown=False)
+
+
+def test_legitimate_context_keys_still_pass(fresh, dataset, tmp_path):
+    # the service's warm-up: every text field as ""; feedback's "timestamp" (the event time a
+    # retrain reads) on a model whose time field has another name
+    assert fresh.recommend(None, {"query": ""}, k=3).cold_start
+    spec = ContextSpec(categorical=["device"])
+    rec = Recommender(spec, model=ContextFM(n_factors=4, epochs=1), encoder=None).fit(dataset)
+    assert rec.feedback("u1", "i1", {"timestamp": "2024-04-01T08:00:00Z", "device": "tv"})["user"] == "u1"
+    # a text field on a model that cannot read request text: "" passes, a text is refused
+    no_enc = Recommender(ContextSpec(time=["timestamp"], text=["query"]),
+                         model=ContextFM(n_factors=4, epochs=1), encoder=None).fit(dataset)
+    assert len(no_enc.recommend("u1", {"query": ""}, k=3).item_ids) == 3
+    with pytest.raises(ContextError, match="cannot read request text") as e:
+        no_enc.recommend("u1", {"query": "jazz"})
+    assert e.value.field == "context.query"
+    # logged events are replayed whatever their keys: they were accepted when logged
+    no_enc.ignore_unknown_context = True
+    no_enc.save(tmp_path / "m")
+    live = Recommender.load(tmp_path / "m", event_log=tmp_path / "log.sqlite")
+    live.feedback("walk-in", "i1", {"legacy_key": 1})
+    back = Recommender.load(tmp_path / "m", event_log=None)
+    back.ignore_unknown_context = False
+    assert back.open_event_log(tmp_path / "log.sqlite") == 1 and back._user("walk-in") >= 0
+    assert back.ignore_unknown_context is False and Recommender.load(tmp_path / "m").ignore_unknown_context
+
+
+@pytest.fixture(scope="module")
+def int_rec():
+    from ctxrec.data import Dataset
+    inter = pd.DataFrame({"user_id": np.repeat(np.arange(20), 6), "item_id": np.tile(np.arange(170, 182), 10),
+                          "ts": np.arange(120)})
+    ds = Dataset.from_frames(inter, timestamp_col="ts")
+    return Recommender(ContextSpec(time=["timestamp"]), model=ContextFM(n_factors=4, epochs=2, random_state=0),
+                       encoder=None).fit(ds)
+
+
+def test_digit_string_item_ids_match_integer_ids_everywhere(int_rec):
+    r = int_rec.recommend(3, k=12, exclude_seen=False)
+    assert int_rec.recommend("3", k=12, exclude_seen=False).item_ids == r.item_ids  # the user rule
+    top = r.item_ids[0]
+    as_str = int_rec.recommend(3, k=12, exclude_seen=False, exclude=[str(top)])
+    assert top not in as_str.item_ids and not as_str.unknown_ids
+    assert int_rec.recommend(3, k=5, exclude_seen=False, allow=[str(top), "175"]).item_ids == \
+        int_rec.recommend(3, k=5, exclude_seen=False, allow=[top, 175]).item_ids
+    assert set(int_rec.recommend(3, k=5, allow=np.array(["171", "172"]), exclude_seen=False).item_ids) == {171, 172}
+    b = int_rec.recommend_batch([3, "3"], k=12, exclude=[[str(top)], [top]], exclude_seen=False)
+    assert b[0].item_ids == b[1].item_ids == as_str.item_ids
+    assert [x["item_id"] for x in int_rec.similar_items("171", k=3, exclude=["172"])["items"]] == \
+        [x["item_id"] for x in int_rec.similar_items(171, k=3, exclude=[172])["items"]]
+    assert int_rec.explain("3", "171")["score"] == pytest.approx(int_rec.explain(3, 171)["score"])
+    # strings that are no integer, or out of int64, match nothing (reported), never raise
+    with pytest.warns(UserWarning, match="unknown item id"):
+        odd = int_rec.recommend(3, k=3, exclude=["--5", "17x", "1" * 30, 2 ** 70, " 171"])
+    assert odd.unknown_ids["count"] == {"exclude": 5}
+
+
+def test_unknown_exclude_and_allow_ids_are_reported(rec):
+    with pytest.warns(UserWarning):
+        r = rec.recommend("u0", MORNING, k=5, exclude=["i3", "zz", 5], allow=["i3", "i4", "i150", "nope"])
+    assert r.unknown_ids == {"exclude": ["zz", 5], "allow": ["nope"], "count": {"exclude": 2, "allow": 1}}
+    assert r.to_dict()["unknown_ids"] == r.unknown_ids and set(r.item_ids) <= {"i4", "i150"}
+    clean = rec.recommend("u0", MORNING, k=5, exclude=["i3"])
+    assert clean.unknown_ids == {} and "unknown_ids" not in clean.to_dict()
+    with pytest.warns(UserWarning):
+        many = rec.recommend("u0", MORNING, k=5, exclude=[f"x{j}" for j in range(MAX_UNKNOWN_IDS + 50)])
+    assert len(many.unknown_ids["exclude"]) == MAX_UNKNOWN_IDS and many.unknown_ids["count"]["exclude"] == 150
+    with pytest.warns(UserWarning):
+        batch = rec.recommend_batch(["u0", "u1"], [MORNING, NIGHT], k=5, exclude=[["zz"], None], allow=["i4", "q"])
+    assert batch[0].unknown_ids == {"exclude": ["zz"], "allow": ["q"], "count": {"exclude": 1, "allow": 1}}
+    assert batch[1].unknown_ids == {"allow": ["q"], "count": {"allow": 1}}
+    with pytest.warns(UserWarning):
+        sim = rec.similar_items("i1", k=3, exclude=["zz"])
+    assert sim["unknown_ids"] == {"exclude": ["zz"], "count": {"exclude": 1}}
+
+
+def test_recommend_batch_exclude_and_allow_equal_recommend(rec):
+    users, ctxs = ["u0", "u1", "nobody"], [MORNING, NIGHT, {}]
+    excl = [["i3", "i4"], None, ["i150"]]
+    allow = [f"i{j}" for j in range(0, 200, 3)]
+    got = rec.recommend_batch(users, ctxs, k=7, exclude=excl, allow=allow)
+    for u, c, e, g in zip(users, ctxs, excl, got):
+        want = rec.recommend(u, c, k=7, exclude=e, allow=allow)
+        assert g.item_ids == want.item_ids
+        np.testing.assert_allclose(g.scores, want.scores, rtol=1e-5)
+
+
+def test_max_new_users_bounds_feedback_and_replay_never_fails(dataset, tmp_path):
+    spec = ContextSpec(time=["timestamp"])
+    rec = Recommender(spec, model=ContextFM(n_factors=4, epochs=1), encoder=None, max_new_users=3).fit(dataset)
+    rec.save(tmp_path / "m")
+    log = tmp_path / "log.sqlite"
+    live = Recommender.load(tmp_path / "m", event_log=log)
+    assert live.max_new_users == 3  # a hyper-parameter: saved with the model
+    for j in range(3):
+        assert live.feedback(f"new{j}", "i1")["new_user"]
+    before = _state(live)
+    with pytest.raises(InputError, match="max_new_users=3") as e:
+        live.feedback("one-too-many", "i1")
+    assert e.value.field == "user" and _state(live) == before
+    assert not live.feedback("new0", "i2")["new_user"] and not live.feedback("u1", "i2")["new_user"]
+    # a restart replays the log: the replayed users count towards the bound, so it still holds
+    back = Recommender.load(tmp_path / "m", event_log=log)
+    assert all(back._user(f"new{j}") >= 0 for j in range(3))
+    with pytest.raises(InputError, match="max_new_users"):
+        back.feedback("one-too-many", "i1")
+    # ... and a replay is never refused by the bound, even a tighter one
+    tight = Recommender.load(tmp_path / "m", event_log=None)
+    tight.max_new_users = 1
+    assert tight.open_event_log(log) == 5 and len(tight.user_ids_) == len(rec.user_ids_) + 3
+    # saving makes the users part of the model: the allowance starts again
+    back.save(tmp_path / "m2")
+    again = Recommender.load(tmp_path / "m2", event_log=None)
+    assert again.feedback("one-more", "i1")["new_user"]
+    unbounded = Recommender(spec, model=ContextFM(n_factors=4, epochs=1), encoder=None, max_new_users=None).fit(dataset)
+    assert all(unbounded.feedback(f"n{j}", "i1")["new_user"] for j in range(5))
+
+
+def test_long_new_user_ids_are_refused(fresh):
+    before = _state(fresh)
+    with pytest.raises(InputError, match=str(MAX_ID_LENGTH)) as e:
+        fresh.feedback("x" * (MAX_ID_LENGTH + 1), "i1")
+    assert e.value.field == "user" and _state(fresh) == before
+    assert fresh.feedback("x" * MAX_ID_LENGTH, "i1")["new_user"]
+    assert fresh.recommend("y" * 10_000, k=3).cold_start  # a request with any id is only a cold start

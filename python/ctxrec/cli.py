@@ -383,7 +383,7 @@ def cmd_recommend(a: argparse.Namespace) -> None:
     context = context_arg(a)
     rec = Recommender.load(a.model)
     t0 = time.perf_counter()
-    res = rec.recommend(a.user, context, k=a.k)
+    res = rec.recommend(a.user, context, k=a.k, ignore_unknown=a.ignore_unknown_context)
     ms = (time.perf_counter() - t0) * 1e3
     if a.json:
         print(json.dumps(res.to_dict()))
@@ -402,6 +402,7 @@ def cmd_chat(a: argparse.Namespace) -> None:
     from ctxrec.session import ChatLLM, Session
     context = context_arg(a)
     rec = Recommender.load(a.model)
+    rec.check_context(context, ignore_unknown=a.ignore_unknown_context)  # unknown keys refused as in recommend
     s = Session(rec, a.user, context, k=a.k, max_questions=a.max_questions,
                 llm=ChatLLM(a.llm_url, model=a.llm_model) if a.llm_url else None)
     titles = rec.items_.set_index("item_id")
@@ -553,6 +554,9 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--context", help='context as JSON, e.g. \'{"timestamp": "1998-03-01T22:00"}\'')
         sp.add_argument("--query", help="free-text request")
         sp.add_argument("-k", type=int, default=10)
+        sp.add_argument("--ignore-unknown-context", action="store_true",
+                        help="ignore context keys the model does not read (and --query for a model without text) "
+                             "instead of refusing them")
 
     r = sub.add_parser("recommend", help="top-k for one user and context")
     request_args(r)
