@@ -1,0 +1,94 @@
+"""The catalog: ``GET /items/{item_id}``, ``GET /items/{item_id}/similar``, ``PUT /items``, ``DELETE /items/{item_id}``."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import TypeAdapter, ValidationError
+
+from ctxrec.errors import InputError, UnknownIdError
+from ctxrec.service.deps import context, require_admin, run
+from ctxrec.service.schemas import Filter, IdStr, ItemsRequest, check_value
+
+router = APIRouter()
+_FILTER = TypeAdapter(Filter)
+
+
+@router.put("/items", summary="add or update catalog items (admin; batch upsert, live at once)")
+async def put_items(request: Request) -> Any:
+    require_admin(request, "catalog writes")  # before the body is read, as for /admin
+    import pandas as pd
+    try:
+        req = ItemsRequest.model_validate_json(await request.body())
+    except ValidationError as e:
+        raise RequestValidationError(e.errors()) from None
+    rows = []
+    for j, it in enumerate(req.items):
+        row = {"item_id": it.id, "text": it.text}
+        for name, v in (it.model_extra or {}).items():
+            check_value(name, f"items.{j}", max_chars=128)  # the key itself
+            ok = isinstance(v, (str, int, float, bool)) or v is None or (
+                isinstance(v, list) and all(isinstance(x, (str, int, float, bool)) for x in v))
+            if not ok or name == "item_id":
+                why = "use 'id'" if name == "item_id" else "expected a value or a list of values"
+                from ctxrec.service import _jsonable
+                raise InputError(f"items.{j}.{name}: {why}, got {_jsonable(v)}", field=f"items.{j}.{name}")
+            check_value(v, f"items.{j}.{name}")
+            row[name] = v
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    state = context(request).state
+    try:
+        return await run(lambda: state.feedback(
+            lambda model: {**model.upsert_items(frame), "n_items": int(model.engine_.n_items_)}))
+    except TypeError as e:
+        raise InputError(str(e), field="items") from e
+
+
+@router.delete("/items/{item_id}", summary="remove an item from the catalog (admin; live at once)")
+async def delete_item(request: Request, item_id: IdStr) -> Any:
+    require_admin(request, "catalog writes")
+    state = context(request).state
+    try:
+        await run(lambda: state.feedback(lambda model: model.remove_items([item_id])))
+    except KeyError:
+        raise UnknownIdError(f"unknown item id {item_id!r}", field="item_id") from None
+    return {"status": "removed", "item_id": item_id}
+
+
+@router.get("/items/{item_id}/similar", summary="items most similar to an item")
+async def similar(request: Request, item_id: IdStr, k: int = Query(10, ge=1, le=1000), by: str = "vectors",
+                  filter: str | None = Query(None, description='JSON object, e.g. {"genres": ["Comedy"]}')) -> Any:
+    try:
+        filt = None if filter in (None, "") else json.loads(filter)
+    except json.JSONDecodeError as e:
+        raise InputError(f"filter: not valid JSON ({e.msg}): {filter[:200]!r}", field="filter") from None
+    if filt is not None and not isinstance(filt, dict):
+        raise InputError(f"filter: expected a JSON object of attribute -> value(s), got {filter[:200]!r}",
+                         field="filter")
+    if filt is not None:
+        try:
+            filt = _FILTER.validate_python(filt)
+        except ValidationError as e:
+            raise InputError(f"filter: {e.errors()[0]['msg']}", field="filter") from None
+    if by not in ("vectors", "both", "text"):
+        raise InputError(f"by: expected 'vectors', 'both' or 'text', got {by!r}", field="by")
+    model = context(request).state.model
+    try:
+        return await run(lambda: model.similar_items(item_id, k, by=by, filter=filt))
+    except KeyError:
+        raise UnknownIdError(f"unknown item id {item_id!r}", field="item_id") from None
+    except ValueError as e:
+        if getattr(e, "field", None) is None and by != "vectors" and "text" in str(e):
+            raise InputError(str(e), field="by") from e
+        raise
+
+
+@router.get("/items/{item_id}", summary="an item's stored attributes and text")
+async def item(request: Request, item_id: IdStr) -> Any:
+    try:
+        return context(request).state.model.item_info(item_id)
+    except (KeyError, ValueError):
+        raise UnknownIdError(f"unknown item id {item_id!r}", field="item_id") from None

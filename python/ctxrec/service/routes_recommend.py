@@ -1,0 +1,41 @@
+"""``POST /recommend``, ``POST /recommend/batch`` and ``POST /feedback``."""
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from ctxrec.service.deps import context, run
+from ctxrec.service.schemas import BatchRequest, FeedbackRequest, RecommendRequest
+
+router = APIRouter()
+
+
+def answer(model: Any, r: RecommendRequest) -> dict[str, Any]:
+    """One request's JSON answer (``Recommendation.to_dict()``, ``unknown_ids`` included, plus item fields)."""
+    rec = model.recommend(r.user, context=r.context, k=r.k, exclude_seen=r.exclude_seen,
+                          exclude=r.exclude, allow=r.allow, filter=r.filter)
+    out = rec.to_dict()
+    if r.fields:
+        for it in out["items"]:
+            it["fields"] = model.item_info(it["item_id"], fields=r.fields)
+    return out
+
+
+@router.post("/recommend", summary="top-k items for one user and context")
+async def recommend(request: Request, req: RecommendRequest) -> Any:
+    model = context(request).state.model
+    return await run(lambda: answer(model, req))
+
+
+@router.post("/recommend/batch", summary="top-k items for many requests")
+async def recommend_batch(request: Request, req: BatchRequest) -> Any:
+    model = context(request).state.model
+    return {"results": await run(lambda: [answer(model, r) for r in req.requests])}
+
+
+@router.post("/feedback", summary="record an interaction; the user's next recommendations reflect it")
+async def feedback(request: Request, req: FeedbackRequest) -> Any:
+    state = context(request).state
+    return await run(lambda: state.feedback(
+        lambda model: model.feedback(req.user, req.item, context=req.context, label=req.label)))

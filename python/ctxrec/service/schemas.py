@@ -1,0 +1,152 @@
+"""Request bodies of the HTTP service (pydantic), with the limits every string obeys.
+
+Every string a client sends (an id, a context key or value, free text, a filter, an item
+field, a JSON object key anywhere) is checked here, before any route code runs: a lone
+surrogate (U+D800..U+DFFF, which JSON can carry as ``"\\ud800"`` but UTF-8 cannot) or a string
+over its limit is a 422 naming the field, and nothing changes. The limits:
+
+==========================  ================================================
+:data:`MAX_ID_CHARS`        user, item, session and question ids (256)
+:data:`MAX_KEY_CHARS`       context keys, filter attributes, field names (128)
+:data:`MAX_TEXT_CHARS`      a context value, an answer, a filter value (8 KiB)
+:data:`MAX_ITEM_TEXT_CHARS` an item's text in ``PUT /items`` (64 KiB)
+:data:`MAX_CONTEXT_KEYS`    keys of one context or filter (64)
+==========================  ================================================
+"""
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Union
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from ctxrec.errors import InputError
+
+__all__ = ["MAX_ID_CHARS", "MAX_KEY_CHARS", "MAX_TEXT_CHARS", "MAX_ITEM_TEXT_CHARS", "MAX_CONTEXT_KEYS",
+           "IdStr", "Key", "Text", "Id", "Scalar", "FilterValue", "Filter", "Context", "check_value",
+           "RecommendRequest", "BatchRequest", "FeedbackRequest", "SessionRequest", "AnswerRequest",
+           "ExplainRequest", "ItemIn", "ItemsRequest", "ReloadRequest"]
+
+#: Longest id (user, item, session, question), in characters.
+MAX_ID_CHARS = 256
+#: Longest context key, filter attribute or item field name.
+MAX_KEY_CHARS = 128
+#: Longest free-text value: a context value, an answer, a filter value.
+MAX_TEXT_CHARS = 8192
+#: Longest item text in ``PUT /items``.
+MAX_ITEM_TEXT_CHARS = 65536
+#: Most keys in one context (or filter).
+MAX_CONTEXT_KEYS = 64
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _no_surrogates(s: str) -> str:
+    """``s`` itself; ValueError (pydantic: a 422 naming the field) when it holds a lone surrogate."""
+    if not s.isascii() and _SURROGATE.search(s):
+        raise ValueError("a lone surrogate (U+D800..U+DFFF) is not valid text")
+    return s
+
+
+def _str(max_chars: int) -> Any:
+    return Annotated[str, StringConstraints(max_length=max_chars), AfterValidator(_no_surrogates)]
+
+
+IdStr = _str(MAX_ID_CHARS)
+Key = _str(MAX_KEY_CHARS)
+Text = _str(MAX_TEXT_CHARS)
+ItemText = _str(MAX_ITEM_TEXT_CHARS)
+Id = Union[int, IdStr]
+Scalar = Union[Text, int, float, bool, None]
+FilterValue = Union[Text, int, float, bool, list[Union[Text, int, float, bool]]]
+Filter = Annotated[dict[Key, FilterValue], Field(max_length=MAX_CONTEXT_KEYS)]
+Context = Annotated[dict[Key, Scalar], Field(max_length=MAX_CONTEXT_KEYS)]
+
+
+def check_value(v: Any, field: str, max_chars: int = MAX_TEXT_CHARS) -> None:
+    """Check a value no schema types (an item's extra column): strings as :data:`Text`.
+
+    Parameters
+    ----------
+    v : Any
+        A scalar or a list of scalars.
+    field : str
+        The request field, for the error.
+    max_chars : int
+        The longest string allowed.
+
+    Raises
+    ------
+    InputError
+        A string with a lone surrogate or over ``max_chars`` (``field`` set).
+    """
+    for x in v if isinstance(v, list) else (v,):
+        if isinstance(x, str) and (len(x) > max_chars or (not x.isascii() and _SURROGATE.search(x))):
+            why = f"longer than {max_chars} characters" if len(x) > max_chars else "a lone surrogate (U+D800..U+DFFF)"
+            raise InputError(f"{field}: {why} is not valid text", field=field)
+
+
+class RecommendRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user: Id = Field(description="original user id; unknown users get the cold-start path")
+    context: Context = Field(default_factory=dict,
+                             description='context fields, e.g. {"time": "2024-05-01T21:30", "query": "..."}')
+    k: int = Field(10, ge=1, le=1000, description="number of items to return")
+    exclude_seen: bool = Field(True, description="leave out items the user interacted with")
+    exclude: list[Id] = Field(default_factory=list, max_length=100_000, description="item ids never to return")
+    allow: list[Id] | None = Field(None, max_length=100_000, description="if given, only these items may be returned")
+    filter: Filter | None = Field(
+        None, description='named item filters: attribute -> value or list of values, e.g. {"genres": ["Comedy"]}')
+    fields: list[Key] = Field(default_factory=list, max_length=64,
+                              description='item fields to include with each item, e.g. ["title"]')
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    requests: list[RecommendRequest] = Field(min_length=1, max_length=1000)
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user: Id
+    item: Id
+    context: Context = Field(default_factory=dict)
+    label: float = Field(1.0, description="1 = positive (click, watch, buy), 0 = negative; a rating for MSE models")
+
+
+class SessionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user: Id | None = Field(None, description="original user id; unknown or null = cold start")
+    context: Context = Field(default_factory=dict,
+                             description='context fields; a free-text field (e.g. "query") opens the talk')
+    k: int = Field(10, ge=1, le=1000)
+    exclude_seen: bool = True
+    max_questions: int | None = Field(None, ge=0, le=100, description="ask at most this many questions")
+
+
+class AnswerRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    answer: int | Text | None = Field(description="option index, option label, free text, or null to skip")
+    question: IdStr | None = Field(None, description="question id (default: the pending question)")
+
+
+class ExplainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    item: Id
+
+
+class ItemIn(BaseModel):
+    """One catalog item: its id, its text and any item-table columns (attributes: a value or a list)."""
+    model_config = ConfigDict(extra="allow")
+    id: Id = Field(description="original item id (new: added; existing: updated, absent fields kept)")
+    text: ItemText | None = Field(None, description="the item text the model reads (encoded by the served encoder)")
+
+
+class ItemsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    items: list[ItemIn] = Field(min_length=1, max_length=10_000)
+
+
+class ReloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: Text | None = Field(None, description="model directory to load (default: the one being served)")
