@@ -50,3 +50,117 @@ def test_a_superscript_digit_id_is_unknown_not_500(server):
     assert r.status_code == 404, r.text
     r = http.post(f"{server}/recommend", json={"user": "\u00b2", "k": 3})
     assert r.status_code == 200 and r.json()["cold_start"] is True
+
+
+# ---------------------------------------------------------------- row 3: lone surrogates
+SURROGATE_BODIES = [
+    ("/recommend", '{"user": "\\ud800"}', "user"),
+    ("/recommend", '{"user": "u1", "context": {"query": "a \\ud800 b"}}', "context.query"),
+    ("/recommend", '{"user": "u1", "context": {"\\udfff": "x"}}', "context"),
+    ("/recommend", '{"user": "u1", "exclude": ["i1", "\\ud800"]}', "exclude.1"),
+    ("/recommend", '{"user": "u1", "filter": {"kind": ["\\ud800"]}}', "filter.kind"),
+    ("/recommend", '{"user": "u1", "\\ud800": 1}', "\\ud800"),
+    ("/recommend/batch", '{"requests": [{"user": "u1"}, {"user": "\\ud800"}]}', "requests.1.user"),
+    ("/feedback", '{"user": "fresh-\\ud800", "item": "i1"}', "user"),
+    ("/feedback", '{"user": "fresh-s", "item": "i1", "context": {"\\ud800": "x"}}', "context"),
+    ("/session", '{"user": "u1", "context": {"query": "\\udc00"}}', "context.query"),
+]
+
+
+@pytest.mark.parametrize("path,raw,field", SURROGATE_BODIES)
+def test_lone_surrogates_are_422_naming_the_field(server, path, raw, field):
+    r = post(server, path, raw.encode())
+    assert r.status_code == 422, r.text
+    assert field in r.json()["field"], r.json()
+    assert r.json()["request_id"] == r.headers["x-request-id"]
+
+
+def test_lone_surrogates_change_nothing(server):
+    for raw in ('{"user": "fresh-s", "item": "i1", "context": {"\\ud800": "x"}}',
+                '{"user": "fresh-s", "item": "\\ud800"}'):
+        assert post(server, "/feedback", raw.encode()).status_code == 422
+    r = http.post(f"{server}/recommend", json={"user": "fresh-s", "k": 3})
+    assert r.json()["cold_start"] is True  # the user was not created
+
+
+def test_lone_surrogates_in_sessions_and_path_params(server):
+    sid = http.post(f"{server}/session", json={"user": "u1", "k": 3}).json()["session_id"]
+    r = post(server, f"/session/{sid}/answer", b'{"answer": "\\ud800"}')
+    assert r.status_code == 422 and r.json()["field"] == "answer", r.text
+    r = post(server, f"/session/{sid}/explain", b'{"item": "\\ud800"}')
+    assert r.status_code == 422 and r.json()["field"] == "item", r.text
+    assert http.get(f"{server}/session/{sid}").status_code in (404, 405)  # no such GET; still a JSON answer
+    for url in ("/items/%ED%A0%80", "/items/%ED%A0%80/similar", "/items/%FF"):
+        r = http.get(f"{server}{url}")
+        assert r.status_code == 422 and "item_id" in r.json()["field"], (url, r.text)
+    r = post(server, "/session/%ED%A0%80/answer", b'{"answer": 0}')
+    assert r.status_code == 422 and "session_id" in r.json()["field"], r.text
+    r = http.get(f"{server}/items/i1/similar", params={"filter": '{"kind": "\\ud800"}'})
+    assert r.status_code == 422 and r.json()["field"] == "filter", r.text
+
+
+def test_put_items_refuses_surrogates_before_writing():
+    import os
+    import tempfile
+    from pathlib import Path
+    m = save_planted_model(Path(tempfile.mkdtemp()) / "m", n_users=20, n_items=40, per_user=8)
+    base, proc = start_server(["--model", str(m), "--no-events"], env={**os.environ, "CTXREC_ADMIN_TOKEN": "t"})
+    auth = {"Authorization": "Bearer t", "content-type": "application/json"}
+    try:
+        for raw, field in ((b'{"items": [{"id": "\\ud800"}]}', "items.0.id"),
+                           (b'{"items": [{"id": "n1", "text": "\\ud800"}]}', "items.0.text"),
+                           (b'{"items": [{"id": "n1", "kind": "\\ud800"}]}', "items.0.kind"),
+                           (b'{"items": [{"id": "n1", "kind": ["ok", "\\ud800"]}]}', "items.0.kind"),
+                           (b'{"items": [{"id": "n1", "\\ud800": "x"}]}', "items.0")):
+            r = http.put(f"{base}/items", content=raw, headers=auth)
+            assert r.status_code == 422 and field in (r.json().get("field") or ""), (raw, r.text)
+        assert http.get(f"{base}/items/n1").status_code == 404  # nothing was written
+    finally:
+        stop_server(proc)
+
+
+# ---------------------------------------------------------------- row 12: string limits
+@pytest.mark.parametrize("body,field", [
+    ({"user": "u" * 257}, "user"),
+    ({"user": "u1", "exclude": ["i" * 300]}, "exclude.0"),
+    ({"user": "u1", "context": {"query": "w " * 5000}}, "context.query"),
+    ({"user": "u1", "context": {f"c{i}": 1 for i in range(65)}}, "context"),
+    ({"user": "u1", "context": {"k" * 129: "x"}}, "context"),
+])
+def test_oversized_ids_and_strings_are_422_naming_the_field(server, body, field):
+    r = http.post(f"{server}/recommend", json=body)
+    assert r.status_code == 422 and field in r.json()["field"], r.text
+
+
+def test_huge_session_ids_are_refused(server):
+    r = http.post(f"{server}/session", json={"user": "u" * 900_000})
+    assert r.status_code == 422 and r.json()["field"] == "user", r.text[:300]
+
+
+# ---------------------------------------------------------------- row 5: counted bytes
+def test_a_10_mb_chunked_body_is_413(server):
+    import socket
+    from urllib.parse import urlsplit
+    u = urlsplit(server)
+    s = socket.create_connection((u.hostname, u.port), timeout=30)
+    s.sendall(b"POST /feedback HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Transfer-Encoding: chunked\r\n\r\n")
+    chunk = b" " * 65536
+    try:
+        for _ in range(160):  # 10 MiB
+            s.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        s.sendall(b"0\r\n\r\n")
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    raw = b""
+    while True:
+        try:
+            got = s.recv(65536)
+        except (ConnectionResetError, socket.timeout):
+            break
+        if not got:
+            break
+        raw += got
+    s.close()
+    assert raw.startswith(b"HTTP/1.1 413"), raw[:300]
+    assert http.get(f"{server}/healthz").status_code == 200

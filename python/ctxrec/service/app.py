@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException
 
 from ctxrec.errors import CorruptArtifactError, InputError, NotFittedError, UnknownIdError
 from ctxrec.service.deps import ServiceContext, ServiceError
+from ctxrec.service.schemas import MAX_KEY_CHARS
 from ctxrec.service.limits import REQUEST_ID_KEY, BodyError, BodyLimitMiddleware, error_body, send_json
 
 __all__ = ["create_app"]
@@ -175,6 +176,17 @@ def _field_of(message: str) -> str | None:
         else None
 
 
+#: A pydantic union member's tag in an error location ("int", "function-after[...]", "list[...]").
+_UNION_TAG = re.compile(r"^(int|str|float|bool|none|constrained-str|(function-\w+|list|dict|json-or-python|nullable)\[.*\])$")
+_TYPE_MISMATCH = re.compile(r"_(type|parsing)$")
+
+
+def _loc(err: dict[str, Any]) -> str | None:
+    """The dotted field of a pydantic error, without "body" and union-member tags."""
+    parts = [str(p) for p in err.get("loc", ()) if p != "body" and not _UNION_TAG.match(str(p))]
+    return ".".join(parts) or None
+
+
 def _message(e: BaseException) -> str:
     return str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
 
@@ -200,12 +212,17 @@ def install_error_mapping(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errs = exc.errors()
+        errs = list(exc.errors())
         first = errs[0] if errs else {}
-        field = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
+        field = _loc(first)
+        # a union (``int | str``) reports one error per member: the one that says what is wrong wins
+        same = [e for e in errs if _loc(e) == field]
+        first = next((e for e in same if not _TYPE_MISMATCH.search(str(e.get("type", "")))), first)
         msg = str(first.get("msg", "invalid request"))
-        detail = [{"field": _safe(".".join(str(p) for p in e.get("loc", ()) if p != "body")),
-                   "message": _safe(str(e.get("msg"))), "input": _jsonable(e.get("input"))} for e in errs]
+        if field is None and first.get("type") == "string_unicode" and isinstance(first.get("input"), str):
+            field = str(first["input"])[:MAX_KEY_CHARS]  # an object key pydantic cannot read: name the key
+        detail = [{"field": _safe(_loc(e)), "message": _safe(str(e.get("msg"))), "input": _jsonable(e.get("input"))}
+                  for e in errs]
         return _respond(request, 422, f"{field}: {msg}" if field else msg, field, detail=detail)
 
     async def unprocessable(request: Request, exc: Exception) -> JSONResponse:
