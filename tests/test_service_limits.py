@@ -83,22 +83,37 @@ def status_of(raw: bytes) -> int:
     return int(raw.split(b" ", 2)[1]) if raw.startswith(b"HTTP/") else -1
 
 
-def test_chunked_body_over_the_limit_is_413_by_counted_bytes(served):
-    s = socket.create_connection(("127.0.0.1", served.port), timeout=20)
-    s.sendall(b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-              b"Transfer-Encoding: chunked\r\n\r\n")
-    chunk = b"x" * 16384
+def send_chunked(port: int, path: str, chunk: bytes, n: int) -> bytes:
+    """POST ``n`` chunks of ``chunk`` with ``Transfer-Encoding: chunked`` (no Content-Length); the raw answer."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    s.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Transfer-Encoding: chunked\r\n\r\n" % path.encode())
     try:
-        for _ in range(40):  # 640 KiB, ten times the limit, with no Content-Length
+        for _ in range(n):
             s.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
         s.sendall(b"0\r\n\r\n")
     except (BrokenPipeError, ConnectionResetError):
         pass  # the server answered and closed before the end: what we want
     raw = read_all(s)
     s.close()
+    return raw
+
+
+def test_chunked_body_over_the_limit_is_413_by_counted_bytes(served):
+    raw = send_chunked(served.port, "/recommend", b"x" * 16384, 40)  # 640 KiB, ten times the limit
     assert status_of(raw) == 413, raw[:300]
     assert b'"field": "body"' in raw and b"exceeds the limit" in raw and b"x-request-id" in raw.lower()
     assert http.get(f"{served.base}/healthz").status_code == 200
+
+
+def test_a_10_mb_chunked_body_is_413_at_the_default_limit(model_dirs):
+    s = Served(model_dirs[0], warmup=False)
+    try:
+        raw = send_chunked(s.port, "/feedback", b" " * 65536, 160)  # 10 MiB
+        assert status_of(raw) == 413 and b"limit of 1048576" in raw, raw[:300]
+        assert http.get(f"{s.base}/healthz").status_code == 200
+    finally:
+        s.stop()
 
 
 def test_declared_length_over_the_limit_and_invalid_length(served):
