@@ -188,6 +188,7 @@ def test_required_file_listed_and_present(art: Path) -> None:
     for verify in (True, False):
         with pytest.raises(CorruptArtifactError, match="b.bin: file listed in the manifest is missing"):
             read_manifest(art, FMT, 1, verify=verify, required=("sub/b.bin",))
+    read_manifest(art, FMT, 1, verify=False, required=("a.bin",))  # partial copy: allowed unverified
 
 
 def test_every_listed_file_verified(art: Path) -> None:

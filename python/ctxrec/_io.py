@@ -639,7 +639,9 @@ def read_manifest(path: str | os.PathLike, fmt: str, version: int | tuple[int, .
     version : int or tuple of int
         The format version(s) this reader accepts.
     verify : bool
-        Check every listed file's size and SHA-256 (``False``: only that it exists).
+        Check that every listed file exists with its size and SHA-256. ``False``: only
+        the ``required`` files must exist (unchecked); other listed files may be absent
+        (the encoder loads with ``verify=False`` from partial copies holding one variant).
     required : sequence of str
         File names (relative to ``path``, POSIX ``/``) that must be listed and present.
     meta_schema : mapping str -> MetaField, optional
@@ -701,6 +703,8 @@ def read_manifest(path: str | os.PathLike, fmt: str, version: int | tuple[int, .
             raise CorruptArtifactError(f"{path / rel}: required file is not listed in the manifest",
                                        field=f"files.{rel}")
     for rel, info in files.items():
+        if not verify and rel not in required:
+            continue  # verify=False: a partial copy (e.g. one encoder variant) is allowed
         p = _inside(path, rel)
         if not p.is_file():
             raise CorruptArtifactError(f"{p}: file listed in the manifest is missing", field=f"files.{rel}")
