@@ -332,6 +332,29 @@ def _user_side(e, u, ctx, ctx_off, V, w, P, a, user_off, ua_ptr, ua_idx, ua_val,
     return lin, 0.5 * (tot - sq)
 
 
+_QB = 32  # rows of a text projection one thread accumulates at a time (phase F of train_epoch)
+
+
+@_jit(inline="always")
+def _dense_block(E, erow, R, g, n_src, q0, q1, tb, GP, ga):
+    """Gradient of text-projection rows ``tb + q0 .. tb + q1``: for each source j < n_src with
+    embedding row ``erow[j]`` >= 0, GP[tb + q] += E[erow[j], q] * R[j] and
+    ga[tb + q] += E[erow[j], q] * g[j] (zero embedding entries skipped)."""
+    k = R.shape[1]
+    for j in range(n_src):
+        r = erow[j]
+        if r < 0:
+            continue
+        gj = g[j]
+        for q in range(q0, q1):
+            ev = E[r, q]
+            if ev == 0.0:
+                continue
+            ga[tb + q] += ev * gj
+            for f in range(k):
+                GP[tb + q, f] += ev * R[j, f]
+
+
 @_jit()
 def _tri_query(e, u, ctx, ctx_off, user_off, T3, drop, seed, epoch, tc, out):
     """Three-way query of instance ``e``: tc[t] = sum of T3 over its (kept) context values,
@@ -469,6 +492,11 @@ def train_epoch(
     di = itext.shape[1]
     du = utext.shape[1]
     dq = qtext.shape[1]
+    Ri = np.zeros((S if di > 0 else 0, k), dtype=np.float64)  # residual rows of phase F
+    Ru = np.zeros((B if du > 0 else 0, k), dtype=np.float64)
+    Rq = np.zeros((B if dq > 0 else 0, k), dtype=np.float64)
+    urow = np.full(B, -1, dtype=np.int64)
+    qrow = np.full(B, -1, dtype=np.int64)
     t0 = toff[0]
     t1 = toff[1]
     t2 = toff[2]
@@ -686,44 +714,39 @@ def train_epoch(
                     gw[r] += x * gss
                     for f in range(k):
                         GV[r, f] += x * GI[s_, f] - x * x * V[r, f] * gss
-        # ---- F: dense text projections (row q of P owned by its own iteration) -------
+        # ---- F: dense text projections ---------------------------------------------
+        # GP[t + q] += sum_j E[row_j, q] * R[j] and ga[t + q] += sum_j E[row_j, q] * g[j] per text
+        # field, with the residual rows R[j] = G[j] - t[j] * g[j] formed once (float64, as
+        # always) instead of once per P row; P rows are taken in blocks of _QB by the threads
+        # and each block walks the slots / examples in order (the sums keep their order).
         if train_dense and n_trow > 0:
-            for q in prange(n_trow):
-                gq = 0.0
-                if q >= t0 and q < t0 + di:
-                    qq = q - t0
-                    for s_ in range(ns):
-                        ev = itext[slot_item[s_], qq]
-                        if ev == 0.0:
-                            continue
-                        gss = gs[s_]
-                        gq += ev * gss
-                        for f in range(k):
-                            GP[q, f] += ev * (GI[s_, f] - tIslot[s_, f] * gss)
-                elif q >= t1 and q < t1 + du:
-                    qq = q - t1
-                    for bb in range(nb):
-                        u = users[order[lo + bb]]
-                        if u < 0:
-                            continue
-                        ev = utext[u, qq]
-                        if ev == 0.0:
-                            continue
-                        gsm = gsum[bb]
-                        gq += ev * gsm
-                        for f in range(k):
-                            GP[q, f] += ev * (Gu[bb, f] - tue[bb, f] * gsm)
-                elif q >= t2 and q < t2 + dq:
-                    qq = q - t2
-                    for bb in range(nb):
-                        ev = qtext[order[lo + bb], qq]
-                        if ev == 0.0:
-                            continue
-                        gsm = gsum[bb]
-                        gq += ev * gsm
-                        for f in range(k):
-                            GP[q, f] += ev * (Gu[bb, f] - tqe[bb, f] * gsm)
-                ga[q] = gq
+            for s_ in prange(ns if di > 0 else 0):
+                gss = gs[s_]
+                for f in range(k):
+                    Ri[s_, f] = GI[s_, f] - tIslot[s_, f] * gss
+            for bb in prange(nb):
+                ex = order[lo + bb]
+                u = users[ex]
+                urow[bb] = u if du > 0 else -1
+                qrow[bb] = ex
+                gsm = gsum[bb]
+                for f in range(k if du > 0 else 0):
+                    Ru[bb, f] = Gu[bb, f] - tue[bb, f] * gsm
+                for f in range(k if dq > 0 else 0):
+                    Rq[bb, f] = Gu[bb, f] - tqe[bb, f] * gsm
+            nbi = (di + _QB - 1) // _QB
+            nbu = (du + _QB - 1) // _QB
+            nbq = (dq + _QB - 1) // _QB
+            for blk in prange(nbi + nbu + nbq):
+                if blk < nbi:
+                    q0 = blk * _QB
+                    _dense_block(itext, slot_item, Ri, gs, ns, q0, min(di, q0 + _QB), t0, GP, ga)
+                elif blk < nbi + nbu:
+                    q0 = (blk - nbi) * _QB
+                    _dense_block(utext, urow, Ru, gsum, nb, q0, min(du, q0 + _QB), t1, GP, ga)
+                else:
+                    q0 = (blk - nbi - nbu) * _QB
+                    _dense_block(qtext, qrow, Rq, gsum, nb, q0, min(dq, q0 + _QB), t2, GP, ga)
         # ---- G: optimizer step -----------------------------------------------------
         step += 1
         c1 = 1.0 - b1 ** step
