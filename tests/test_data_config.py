@@ -127,7 +127,10 @@ def test_context_spec_from_the_data_section_works_with_request_only_text(shop):
     assert default_context(ds) == {"time": ["ts"], "text": ["query"]}
     rec = Recommender(ContextSpec(**default_context(ds)), model=ContextFM(**TINY_MODEL), encoder=None).fit(ds)
     assert [f.name for f in rec.context_.fields] == ["ts", "query"]
-    r = rec.recommend("u196", {"ts": "1998-03-01T20:00", "query": "a comedy"}, k=5)
+    from ctxrec.errors import ContextError
+    with pytest.raises(ContextError, match="context.query: this model cannot read request text"):
+        rec.recommend("u196", {"ts": "1998-03-01T20:00", "query": "a comedy"}, k=5)  # no encoder: refused
+    r = rec.recommend("u196", {"ts": "1998-03-01T20:00", "query": "a comedy"}, k=5, ignore_unknown=True)
     assert len(r.item_ids) == 5 and not r.cold_start and all(str(i).startswith("sku-") for i in r.item_ids)
 
 

@@ -89,8 +89,8 @@ def test_put_items_live_then_delete(server):
 @pytest.mark.parametrize("body, status, field", [
     ({"items": []}, 422, "items"),
     ({"items": [{"title": "no id"}]}, 422, "items.0.id"),
-    ({"items": [{"id": "y1", "colour": "red"}]}, 422, "items"),
-    ({"items": [{"id": "y1"}, {"id": "y1"}]}, 422, "item_id"),
+    ({"items": [{"id": "y1", "colour": "red"}]}, 422, "items.colour"),
+    ({"items": [{"id": "y1"}, {"id": "y1"}]}, 422, "items"),
     ({"items": [{"id": "y1", "kind": {"nested": 1}}]}, 422, "items.0.kind"),
     ({"items": [{"id": "y1", "text": 5}]}, 422, "items.0.text"),
     ({"things": []}, 422, "items"),  # the first error: items is required

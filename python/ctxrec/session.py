@@ -540,6 +540,7 @@ class Session:
         self._lock = threading.RLock()
         self._u = rec._user(user) if user is not None else -1
         self._encoder = getattr(rec, "_encoder", None)
+        rec.check_context(context, text=False)  # unknown keys, surrogates: an error naming the field
         text_fields = set(rec.context_.text_fields)
         ctx = dict(context or {})
         first_text = " ".join(str(ctx.pop(f)) for f in list(ctx) if f in text_fields and ctx[f])
