@@ -329,7 +329,8 @@ def test_cli_train_recommend_evaluate_with_a_config(shop, train_config, tmp_path
     ctx = json.loads((tmp_path / "model" / "context.json").read_text())
     assert "ts" in json.dumps(ctx) and "query" in json.dumps(ctx)  # the data section's context kinds
     rec = _ctxrec("recommend", "--model", str(tmp_path / "model"), "--user", "u196", "--context",
-                  '{"ts": "1998-03-01T20:00"}', "--query", "a funny movie", "-k", "5", "--json", cwd=tmp_path)
+                  '{"ts": "1998-03-01T20:00"}', "--query", "a funny movie", "-k", "5", "--json",
+                  "--ignore-unknown-context", cwd=tmp_path)  # trained --no-text: the query is ignored only if asked
     assert rec.returncode == 0, rec.stderr
     res = json.loads(rec.stdout)
     assert res["user"] == "u196" and not res["cold_start"] and len(res["items"]) == 5
