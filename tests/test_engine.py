@@ -547,3 +547,12 @@ def test_crafted_hnsw_files_are_refused_before_a_search(tmp_path, graph):
             Engine.load(tmp_path / "e", verify=False)
     (tmp_path / "e" / "hnsw.bin").write_bytes(good)
     assert len(Engine.load(tmp_path / "e", verify=False).recommend(cat["Q"][0], 5)[0]) == 5
+
+
+def test_malformed_id_strings_match_nothing():
+    """The engine uses the recommender's id rule (ctxrec.ids): '--5', out-of-int64 ints, '²' and bools match no item."""
+    rng = np.random.default_rng(0)
+    eng = Engine(exact_threshold=10_000).fit(rng.standard_normal((6, 4)).astype(np.float32),
+                                             item_ids=np.array([3, 5, 174, 7, 8, 9]))
+    slots = eng.item_slots(np.array(["--5", 2 ** 70, "\u00b2", True, "174", -5], dtype=object))
+    assert slots.tolist() == [-1, -1, -1, -1, eng.item_index(174), -1]

@@ -53,6 +53,7 @@ CROSSOVER = 6.0
 OVERFLOW_LIMIT = 1024
 
 
+from ctxrec.ids import int_id  # noqa: E402
 from ctxrec.errors import NotFittedError  # noqa: E402,F401  (re-exported: ctxrec.engine.NotFittedError)
 
 
@@ -376,12 +377,8 @@ class Engine:
                 pass
         out = np.full(a.shape, -1, np.int64)
         for j, x in enumerate(a.tolist()):  # mixed or string input for an integer catalog: per-id rule
-            if isinstance(x, (int, np.integer)) and not isinstance(x, bool):
-                out[j] = int(x)
-            elif isinstance(x, str) and x.isascii() and x.lstrip("-").isdigit() and abs(int(x)) < 2 ** 63:
-                out[j] = int(x)
-            else:
-                out[j] = np.iinfo(np.int64).min  # matches no item
+            v = int_id(x)  # ctxrec.ids: the rule the recommender uses
+            out[j] = np.iinfo(np.int64).min if v is None else v  # None matches no item
         return out
 
     def _slots(self, raw: Iterable[Any], name: str, *, warn: bool = True) -> np.ndarray:

@@ -35,6 +35,7 @@ from ctxrec.data import Dataset
 from ctxrec.data import _scalar_str
 from ctxrec.engine import Engine
 from ctxrec.errors import ContextError, InputError, NotFittedError, UnknownIdError
+from ctxrec.ids import int_id
 from ctxrec.events import EventLog, default_log_path
 from ctxrec.evaluate import EvaluationReport, Factors, evaluate_ranking
 from ctxrec.model import ContextFM, Interactions, SideInfo
@@ -122,19 +123,7 @@ def _check_id(v: Any, name: str, *, none_ok: bool = False) -> Any:
     return v
 
 
-def _int_id(v: Any) -> int | None:
-    """The int64 id an int or a decimal digit string (``"174"``, ``"-3"``; ids arrive as strings
-    over HTTP and the CLI) stands for; None when it stands for none. The recommender's one
-    coercion rule for user and item ids of integer catalogs."""
-    if isinstance(v, str):
-        body = v[1:] if v[:1] == "-" else v
-        if not (body.isascii() and body.isdigit()) or len(body) > 19:
-            return None
-        v = int(v)
-    elif isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        return None
-    v = int(v)
-    return v if -_INT64 <= v < _INT64 else None
+_int_id = int_id  # the one rule (ctxrec.ids)
 
 
 def _at(e: ContextError, name: str, j: int) -> ContextError:
