@@ -272,3 +272,24 @@ def test_cli_recommend_all_and_encode_catalog(client, rec, model_dir, dataset, t
     p = subprocess.run([sys.executable, "-m", "ctxrec.cli", "recommend-all", "--help"], capture_output=True,
                        text=True, timeout=60)
     assert p.returncode == 0 and "--scheduler" in p.stdout
+
+
+def test_recommend_all_unknown_context_refused_or_ignored(client, rec, model_dir, tmp_path, capsys):
+    """A context field the model does not read fails the job (naming it) unless ignore_unknown
+    is asked for, by the function and by the CLI flag; ignored, the answers are those without it."""
+    from ctxrec.cli import main
+    users = ["u1", "u2", "nobody"]
+    with pytest.raises(Exception, match="weather"):
+        D.recommend_all(model_dir, tmp_path / "a", users=users, context={"timestamp": MORNING, "weather": "rain"},
+                        k=4, client=client, progress=False)
+    D.recommend_all(model_dir, tmp_path / "b", users=users, context={"timestamp": MORNING, "weather": "rain"},
+                    k=4, client=client, progress=False, ignore_unknown=True)
+    req = pd.DataFrame({"user_id": users})
+    _assert_same(D.read_recommendations(tmp_path / "b"), rec, req, 4, {"timestamp": MORNING})
+    main(["recommend-all", "--model", str(model_dir), "--out", str(tmp_path / "c"), "-k", "4",
+          "--context", f'{{"timestamp": "{MORNING}", "weather": "rain"}}', "--ignore-unknown-context",
+          "--scheduler", client.scheduler.address, "--no-progress"])
+    got = D.read_recommendations(tmp_path / "c")
+    assert len(got) == len(rec.user_ids_)
+    want = rec.recommend(got["user_id"][0], {"timestamp": MORNING}, k=4)
+    assert list(got["item_ids"][0]) == want.item_ids

@@ -61,6 +61,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator, Mapping, Sequence
 
+import numpy as np
+
 MANIFEST = "manifest.json"
 MANIFEST_KEYS = ("format", "version", "meta", "files")
 DIGEST_KEY = "digest"
@@ -68,7 +70,7 @@ DIGEST_KEY = "digest"
 from ctxrec.errors import CorruptArtifactError  # noqa: E402  (re-exported: ctxrec._io.CorruptArtifactError)
 
 __all__ = [
-    "MANIFEST", "CorruptArtifactError", "MetaField", "atomic_dir", "check_meta", "clean_leftovers",
+    "MANIFEST", "CorruptArtifactError", "MetaField", "atomic_dir", "check_meta", "clean_leftovers", "jsonable",
     "manifest_digest", "read_manifest", "sha256_file",
 ]
 
@@ -78,6 +80,40 @@ _RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
 #: errno values meaning "this kernel / filesystem cannot exchange": use the two-rename fallback.
 _NO_EXCHANGE = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM})
+
+
+# ---------------------------------------------------------------------------- JSON values
+def jsonable(v: Any) -> Any:
+    """``v`` as plain JSON types, for manifests, logs, reports and API answers.
+
+    numpy scalars and arrays become Python values and lists, tuples lists, mapping keys
+    strings, timestamps ISO 8601 text; NaN, infinities, NaT and other missing values None;
+    anything else its ``str``.
+    """
+    if v is None or type(v) in (bool, int, str):
+        return v
+    if isinstance(v, np.ndarray):
+        return [jsonable(x) for x in v.tolist()]
+    if isinstance(v, (list, tuple)):
+        return [jsonable(x) for x in v]
+    if isinstance(v, Mapping):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    if isinstance(v, np.datetime64) or hasattr(v, "isoformat"):
+        import pandas as pd
+        return None if pd.isna(v) else pd.Timestamp(v).isoformat()
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, (bool, int, str)):
+        return v
+    import pandas as pd
+    try:
+        if pd.isna(v):
+            return None
+    except (TypeError, ValueError):
+        pass
+    return str(v)
 
 
 # ---------------------------------------------------------------------------- checksums

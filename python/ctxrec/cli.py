@@ -456,7 +456,9 @@ def cmd_chat(a: argparse.Namespace) -> None:
 
 def cmd_serve(a: argparse.Namespace) -> None:
     from ctxrec.service import serve
-    serve(a.model, host=a.host, port=a.port, event_log=None if a.no_events else (a.events or "default"))
+    serve(a.model, host=a.host, port=a.port, event_log=None if a.no_events else (a.events or "default"),
+          max_body_bytes=a.max_body_bytes, body_timeout_s=a.body_timeout, max_sessions=a.max_sessions,
+          session_ttl_s=a.session_ttl, max_session_bytes=a.max_session_bytes)
 
 
 def cmd_export(argv: Sequence[str]) -> None:
@@ -489,7 +491,8 @@ def cmd_recommend_all(a: argparse.Namespace) -> None:
     from ctxrec.distributed import recommend_all
     context = context_arg(a)
     res = recommend_all(a.model, a.out, users=a.users, user_col=a.user_col, context=context, k=a.k,
-                        exclude_seen=not a.include_seen, threads=a.threads, ship=a.ship, **_cluster_kw(a))
+                        exclude_seen=not a.include_seen, threads=a.threads, ship=a.ship,
+                        ignore_unknown=a.ignore_unknown_context or None, **_cluster_kw(a))
     s = res.summary()
     print(f"[recommend-all] top-{a.k} for {s['rows']:,} requests in {s['partitions']} partitions on "
           f"{s['workers']} worker(s): {s['seconds']:.1f} s ({s['rows_per_s']:,.0f} users/s) -> {a.out}")
@@ -576,6 +579,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--events", help="SQLite feedback log (default: MODEL.events.sqlite beside the model directory)")
     s.add_argument("--no-events", action="store_true",
                    help="keep feedback in memory only (lost on reload or restart)")
+    s.add_argument("--max-body-bytes", type=int, default=1 << 20,
+                   help="larger request bodies (declared or counted, chunked included) get 413 (default 1 MiB)")
+    s.add_argument("--body-timeout", type=float, default=10.0,
+                   help="seconds within which a request's whole body must arrive, else 408 (default 10)")
+    s.add_argument("--max-sessions", type=int, default=10_000, help="most live interactive sessions (default 10000)")
+    s.add_argument("--session-ttl", type=float, default=1800.0, help="idle seconds before a session expires (default 1800)")
+    s.add_argument("--max-session-bytes", type=int, default=512 << 20,
+                   help="estimated bytes all sessions may hold; the least recently used go first (default 512 MiB)")
     s.set_defaults(fn=cmd_serve)
 
     def cluster_args(sp: argparse.ArgumentParser) -> None:
@@ -606,6 +617,8 @@ def parser() -> argparse.ArgumentParser:
     ra.add_argument("--query", help="free-text request for every user")
     ra.add_argument("-k", type=int, default=10)
     ra.add_argument("--include-seen", action="store_true", help="do not exclude the users' known items")
+    ra.add_argument("--ignore-unknown-context", action="store_true",
+                    help="ignore context fields (and --query text) the model does not use instead of refusing them")
     ra.add_argument("--ship", default="auto", choices=["auto", "path", "bytes"],
                     help="how the model reaches the workers (default: path if they all see it)")
     cluster_args(ra)

@@ -367,7 +367,7 @@ def encode_catalog(items: Any, out: str | os.PathLike | None = None, *, text_col
                    variant: str = "auto", provider: str = "cpu", threads: int = 1, batch_size: int = 32,
                    cache_dir: str | os.PathLike | None = None, partition_rows: int | None = None,
                    client: Any = None, scheduler: str | None = None, n_workers: int | None = None,
-                   overwrite: bool = False, progress: bool = True) -> JobResult:
+                   overwrite: bool = False, progress: bool = True, ignore_unknown: bool | None = None) -> JobResult:
     """Encode the item texts of a catalog partition by partition on a Dask cluster.
 
     items: a Dask DataFrame, a pandas DataFrame (split into ``partition_rows`` rows per
@@ -460,11 +460,13 @@ def _clean_context(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def recommend_frame(rec: Any, users: Sequence[Any], contexts: Sequence[Mapping[str, Any] | None] | None = None,
-                    k: int = 10, *, exclude_seen: bool = True, num_threads: int = 1) -> list[tuple[list, list, bool]]:
+                    k: int = 10, *, exclude_seen: bool = True, num_threads: int = 1,
+                    ignore_unknown: bool | None = None) -> list[tuple[list, list, bool]]:
     """``(item_ids, scores, cold_start)`` per request from ``Recommender.recommend_batch``
-    (batched, identical to ``Recommender.recommend``)."""
+    (batched, identical to ``Recommender.recommend``; ``ignore_unknown`` as there)."""
     return [(r.item_ids, r.scores, r.cold_start)
-            for r in rec.recommend_batch(users, contexts, k, exclude_seen=exclude_seen, num_threads=num_threads)]
+            for r in rec.recommend_batch(users, contexts, k, exclude_seen=exclude_seen, num_threads=num_threads,
+                                         ignore_unknown=ignore_unknown)]
 
 
 @dataclass(frozen=True)
@@ -519,7 +521,7 @@ def _open_model(ref: _ModelRef, blob: bytes | None) -> Any:
 
 def _recommend_partition(part: pd.DataFrame, index: int, offset: int, ref: _ModelRef, blob: Any, user_col: str,
                          context: Mapping[str, Any] | None, k: int, exclude_seen: bool, threads: int,
-                         out: str | None) -> dict[str, Any]:
+                         out: str | None, ignore_unknown: bool | None = None) -> dict[str, Any]:
     rec, load_s = _cached(f"model:{ref.token}", lambda: _load_model(ref, blob))
     t1 = time.perf_counter()
     users = part[user_col].tolist()
@@ -530,7 +532,8 @@ def _recommend_partition(part: pd.DataFrame, index: int, offset: int, ref: _Mode
         contexts = [{**base, **_clean_context(r)} for r in recs]
     else:
         contexts = [base] * len(users)
-    res = recommend_frame(rec, users, contexts, k, exclude_seen=exclude_seen, num_threads=threads)
+    res = recommend_frame(rec, users, contexts, k, exclude_seen=exclude_seen, num_threads=threads,
+                          ignore_unknown=ignore_unknown)
     t2 = time.perf_counter()
     import pyarrow as pa
     lens = np.array([len(r[0]) for r in res], np.int32)
@@ -559,7 +562,7 @@ def recommend_all(model: Any, out: str | os.PathLike, *, users: Any = None, user
                   context: Mapping[str, Any] | None = None, k: int = 10, exclude_seen: bool = True,
                   partition_rows: int | None = None, threads: int = 1, ship: str = "auto",
                   client: Any = None, scheduler: str | None = None, n_workers: int | None = None,
-                  overwrite: bool = False, progress: bool = True) -> JobResult:
+                  overwrite: bool = False, progress: bool = True, ignore_unknown: bool | None = None) -> JobResult:
     """Top-k for every user (or every request row) on a Dask cluster, written to Parquet.
 
     model: a Recommender directory (``Recommender.save`` / ``ctxrec train``) or a fitted
@@ -575,6 +578,9 @@ def recommend_all(model: Any, out: str | os.PathLike, *, users: Any = None, user
         a shared file system or one machine), ``"bytes"`` (a tar archive broadcast once to
         every worker) or ``"auto"`` (path when every current worker sees the same directory).
     threads: engine threads per task (1 suits one single-threaded worker process per core).
+    ignore_unknown: as in ``Recommender.recommend``: False refuses a request whose context
+        has a field the model does not know (or text for a model without an encoder) with
+        an error naming it; True ignores such fields; None: the model's own default.
     """
     from dask import delayed
     from ctxrec.recommender import Recommender
@@ -618,7 +624,7 @@ def recommend_all(model: Any, out: str | os.PathLike, *, users: Any = None, user
             parts = ddf.to_delayed()
             tasks = [delayed(_recommend_partition, pure=False)(
                 p, i, int(offsets[i]), ref, blob, user_col, dict(context or {}), int(k), bool(exclude_seen),
-                int(threads), str(out_dir), dask_key_name=f"ctxrec-recommend-{job}-{i}") for i, p in enumerate(parts)]
+                int(threads), str(out_dir), ignore_unknown, dask_key_name=f"ctxrec-recommend-{job}-{i}") for i, p in enumerate(parts)]
             res = _run_tasks(c, tasks, progress, "recommend")
             workers = _n_workers(c)
     finally:

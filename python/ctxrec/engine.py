@@ -29,7 +29,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from ctxrec import _core
-from ctxrec._io import CorruptArtifactError, atomic_dir, read_manifest
+from ctxrec._io import CorruptArtifactError, MetaField, atomic_dir, check_meta, read_manifest
 
 __all__ = ["Engine", "NotFittedError"]
 
@@ -51,6 +51,30 @@ CROSSOVER = 6.0
 # Rows added after a build with a norm past the graph's radius are scored exactly on every
 # graph search (``_Snapshot.overflow``); past this many (or 1 % of the rows) the graph is rebuilt.
 OVERFLOW_LIMIT = 1024
+
+_BIG = 1 << 40
+#: The saved engine parameters (``meta["params"]``); ``compact_ratio``/``graph`` are newer than format 1.
+_PARAMS_SCHEMA = {
+    "M": MetaField(int, min=1, max=1 << 12), "ef_construction": MetaField(int, min=1, max=1 << 24),
+    "ef": MetaField(int, min=1, max=1 << 24), "n_candidates": MetaField(int, min=1, max=1 << 24),
+    "exact_threshold": MetaField(int, min=0, max=_BIG), "num_threads": MetaField(int, min=0, max=1 << 12),
+    "seed": MetaField(int), "compact_ratio": MetaField(float, min=0.0, max=1.0, required=False),
+    "graph": MetaField(str, choices=("ip", "sphere"), required=False),
+}
+_COMMON_META = {
+    "params": MetaField(dict, fields=_PARAMS_SCHEMA, allow_unknown=False),
+    "dim": MetaField(int, min=1, max=1 << 16),
+    "text_weight": MetaField(float), "tri_weight": MetaField(float),
+}
+#: What ``meta`` must hold, by format version, before any array or the HNSW file is read.
+META_SCHEMAS = {
+    1: {**_COMMON_META, "n_items": MetaField(int, min=0, max=_BIG)},
+    2: {**_COMMON_META, "n_rows": MetaField(int, min=0, max=_BIG), "n_slots": MetaField(int, min=0, max=_BIG),
+        "n_live": MetaField(int, min=0, max=_BIG), "text_dim": MetaField(int, min=1, allow_none=True),
+        "tri_dim": MetaField(int, min=1, allow_none=True),
+        "filters": MetaField(dict, max=1 << 16), "max_norm": MetaField(float, min=0.0),
+        "seen_keys": MetaField(list, items=MetaField((int, str)))},
+}
 
 
 from ctxrec.ids import int_id  # noqa: E402
@@ -991,10 +1015,17 @@ class Engine:
         """
         path = Path(path)
         manifest = read_manifest(path, FORMAT, (1, 2), verify=verify)
-        meta = manifest["meta"]
+        meta = check_meta(manifest["meta"], META_SCHEMAS[manifest["version"]], str(path))
         v1 = manifest["version"] == 1
-        params = dict(meta["params"])
-        eng = cls(**params)
+        for name, values in ({} if v1 else meta["filters"]).items():
+            if not isinstance(values, list):
+                raise CorruptArtifactError(f"{path}: meta['filters'][{name!r}] is {type(values).__name__}, "
+                                           "expected a list of values", field=f"meta.filters.{name}")
+        eng = cls(**meta["params"])
+        try:
+            eng._check_params()
+        except ValueError as e:
+            raise CorruptArtifactError(f"{path}: meta['params']: {e}", field="meta.params") from None
         mode = "r" if mmap else None
 
         def arr(name: str, required: bool = True) -> np.ndarray | None:

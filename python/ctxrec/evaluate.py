@@ -31,6 +31,7 @@ from typing import Any, Callable, Mapping, Sequence, Union
 
 import numpy as np
 
+from ctxrec._io import jsonable
 from ctxrec._log import get_logger, progress as _progress
 from ctxrec.data import DataError, Dataset
 from ctxrec.metrics import (RANKING_METRICS, as_1d, csr_contains, summarize_metrics, auc, logloss, mae,  # noqa: F401
@@ -647,7 +648,7 @@ class EvaluationReport:
         return {k: self.metrics[f"{metric}@{k}"] for k in self.ks if f"{metric}@{k}" in self.metrics}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "split": self.split, "metrics": self.metrics, "info": _jsonable(self.info),
+        return {"name": self.name, "split": self.split, "metrics": self.metrics, "info": jsonable(self.info),
                 "ks": list(self.ks), "curves": self.curves, "timings": self.timings}
 
     @classmethod
@@ -664,18 +665,6 @@ class EvaluationReport:
     def save(self, directory: str | os.PathLike) -> Path:
         """Write report.json, report.md and report.png into ``directory`` (atomic, with manifest)."""
         return save_reports([self], directory)
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    return x
 
 
 def _fmt(v: Any, digits: int) -> str:

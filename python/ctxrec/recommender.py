@@ -29,7 +29,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ctxrec._io import atomic_dir, read_manifest
+from ctxrec._io import CorruptArtifactError, MetaField, atomic_dir, jsonable, read_manifest
 from ctxrec.context import ContextSpec, check_text, encode_texts
 from ctxrec.data import Dataset
 from ctxrec.data import _scalar_str
@@ -52,6 +52,23 @@ VERSION = 2  # 2: live catalog (added items' rows and texts), item attribute voc
 MAX_ID_LENGTH = 256
 #: How many unknown ``exclude``/``allow`` ids a result lists (``Recommendation.unknown_ids``); all are counted.
 MAX_UNKNOWN_IDS = 100
+
+#: What a saved recommender's ``meta`` must hold before its parts are read (:meth:`Recommender.load`).
+META_SCHEMA = {
+    "params": MetaField(dict, allow_unknown=False, fields={
+        "item_text": MetaField(bool), "user_text": MetaField(bool),
+        "text_match_weight": MetaField((float, str)), "engine_params": MetaField(dict, allow_none=True),
+        "fold_in_history": MetaField(int, min=0, max=1 << 20),
+        "ignore_unknown_context": MetaField(bool, required=False),
+        "max_new_users": MetaField(int, min=0, allow_none=True, required=False)}),
+    "text_match_weight_": MetaField(float),
+    "has_encoder": MetaField(bool),
+    "encoder_variant": MetaField(str, max=64, required=False),
+    "item_attrs": MetaField(dict, allow_none=True, required=False),
+    "training_source": MetaField((str, dict), allow_none=True, required=False),
+    "event_log": MetaField(dict, allow_none=True, required=False, fields={
+        "log_id": MetaField(str, max=256), "position": MetaField(int, min=0)}),
+}
 _INT64 = 2 ** 63
 
 
@@ -77,8 +94,8 @@ class Recommendation:
     unknown_ids: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"user": _jsonable(self.user), "cold_start": self.cold_start,
-               "items": [{"item_id": _jsonable(i), "score": float(s)} for i, s in zip(self.item_ids, self.scores)]}
+        out = {"user": jsonable(self.user), "cold_start": self.cold_start,
+               "items": [{"item_id": jsonable(i), "score": float(s)} for i, s in zip(self.item_ids, self.scores)]}
         if self.unknown_ids:
             out["unknown_ids"] = self.unknown_ids
         return out
@@ -89,7 +106,7 @@ def _unknown_report(**lists: list[Any]) -> dict[str, Any]:
     lists = {k: v for k, v in lists.items() if v}
     if not lists:
         return {}
-    return {**{k: [_jsonable(x) for x in v[:MAX_UNKNOWN_IDS]] for k, v in lists.items()},
+    return {**{k: [jsonable(x) for x in v[:MAX_UNKNOWN_IDS]] for k, v in lists.items()},
             "count": {k: len(v) for k, v in lists.items()}}
 
 
@@ -162,34 +179,6 @@ def _id_sequence(ids: Any, name: str) -> list[Any]:
         raise InputError(f"{name} must be a sequence of item ids, got {type(ids).__name__} {_short(ids)}",
                          field=name, value=ids)
     return list(ids)
-
-
-def _jsonable(v: Any) -> Any:
-    return v.item() if isinstance(v, np.generic) else v
-
-
-def _plain(v: Any) -> Any:
-    """``v`` as plain JSON types: numpy scalars and arrays, timestamps, NaN/NaT (-> None)."""
-    if isinstance(v, np.ndarray):
-        return [_plain(x) for x in v.tolist()]
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, Mapping):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, (pd.Timestamp, np.datetime64)) or hasattr(v, "isoformat"):
-        return None if pd.isna(v) else pd.Timestamp(v).isoformat()
-    if isinstance(v, float):
-        return v if np.isfinite(v) else None
-    if v is None or isinstance(v, (bool, int, str)):
-        return v
-    try:
-        if pd.isna(v):
-            return None
-    except (TypeError, ValueError):
-        pass
-    return str(v)
 
 
 def _context_rows(spec: ContextSpec, ds: Dataset) -> pd.DataFrame:
@@ -869,7 +858,7 @@ class Recommender:
             match = self.text_match_weight_ * float(_unit_rows(text)[0] @ self.item_text_[i])
         parts = {"text_match": match, "request_text": full - no_text, "context": no_text - no_ctx,
                  "user_affinity": no_ctx - anon, "popularity": anon}
-        return {"user": _jsonable(user), "item_id": _jsonable(self.item_ids_[i]), "cold_start": u < 0,
+        return {"user": jsonable(user), "item_id": jsonable(self.item_ids_[i]), "cold_start": u < 0,
                 "score": full + match, "contributions": parts}
 
     def feedback(self, user: Any, item: Any, context: Mapping[str, Any] | None = None,
@@ -1011,7 +1000,7 @@ class Recommender:
             if label > 0:
                 self._history[u2] = history
                 self.engine_.add_seen(u2, self.item_ids_[[i]])
-        return {"user": _jsonable(user), "item_id": _jsonable(self.item_ids_[i]), "new_user": new,
+        return {"user": jsonable(user), "item_id": jsonable(self.item_ids_[i]), "new_user": new,
                 "known_items": len(self._history[u2])}
 
     # ------------------------------------------------------------------ event log
@@ -1135,14 +1124,14 @@ class Recommender:
                 continue  # catalog writes: retrain applies them after the fit
             try:
                 raw_item = self.item_ids_[self._item(ev.item)]
-                di = int(ds.item_index(_jsonable(raw_item), strict=True))
+                di = int(ds.item_index(jsonable(raw_item), strict=True))
             except (KeyError, ValueError):
                 skipped += 1
                 continue
             if float(ev.label) <= 0 and ds.label is None and ds.rating is None:
                 continue  # implicit data has no negatives
             u = self._user(ev.user)
-            raw_user = _jsonable(self.user_ids_[u]) if u >= 0 else ev.user
+            raw_user = jsonable(self.user_ids_[u]) if u >= 0 else ev.user
             try:
                 du = int(ds.user_index(raw_user, strict=True))
             except (KeyError, ValueError):
@@ -1318,7 +1307,7 @@ class Recommender:
             slots = np.array([self.engine_.item_index(x) for x in ids], np.int64)
             self._store_rows(slots, rows, unit)
             self._log_catalog("items_upsert", {"mode": mode, "items": [
-                {str(c): _plain(v) for c, v in r.items()} for r in frame.to_dict("records")]})
+                {str(c): jsonable(v) for c, v in r.items()} for r in frame.to_dict("records")]})
         log.info("catalog: %d item(s) added, %d updated", out["added"], out["updated"])
         return out
 
@@ -1449,7 +1438,7 @@ class Recommender:
                 slots.append(self._item(x, f"item_ids.{j}"))  # names the id; digit strings match int ids
             n = self.engine_.remove_items(self.item_ids_[np.asarray(slots, np.int64)]) if slots else 0
             if n:
-                self._log_catalog("items_remove", {"items": [_plain(x) for x in raw]})
+                self._log_catalog("items_remove", {"items": [jsonable(x) for x in raw]})
         log.info("catalog: %d item(s) removed", n)
         return n
 
@@ -1494,8 +1483,8 @@ class Recommender:
         allow, unknown_allow = self._known_ids(allow, "allow")
         raw = self.item_ids_[i]
         ids, scores = self.engine_.similar_items(raw, k, by=by, filter=filter, exclude=exclude, allow=allow)
-        out = {"item_id": _jsonable(raw), "by": by,
-               "items": [{"item_id": _jsonable(x), "score": float(s)} for x, s in zip(ids.tolist(), scores)]}
+        out = {"item_id": jsonable(raw), "by": by,
+               "items": [{"item_id": jsonable(x), "score": float(s)} for x, s in zip(ids.tolist(), scores)]}
         unknown = _unknown_report(exclude=unknown_ex, allow=unknown_allow)
         if unknown:
             out["unknown_ids"] = unknown
@@ -1531,7 +1520,7 @@ class Recommender:
         row = self.items_.iloc[self._item(item)]
         if fields is not None:
             row = row[list(fields)]
-        return {str(k): _plain(v) for k, v in row.to_dict().items()}
+        return {str(k): jsonable(v) for k, v in row.to_dict().items()}
 
     def summary(self) -> dict[str, Any]:
         self._fitted()
@@ -1602,8 +1591,11 @@ class Recommender:
             The loaded recommender, with the log's later events applied.
         """
         path = Path(path).expanduser()
-        man = read_manifest(path, FORMAT, (1, VERSION))
+        man = read_manifest(path, FORMAT, (1, VERSION), meta_schema=META_SCHEMA)
         meta = man["meta"]
+        if meta["has_encoder"] and "encoder_variant" not in meta:
+            raise CorruptArtifactError(f"{path}: meta['encoder_variant'] is missing (the model has an encoder)",
+                                       field="meta.encoder_variant")
         rec = cls(ContextSpec.from_json((path / "context.json").read_text()), **meta["params"])
         rec.context_ = rec.context
         rec.model_ = ContextFM.load(path / "model")
@@ -1623,6 +1615,7 @@ class Recommender:
             rec.encoder = None
         rec.text_match_weight_ = float(meta["text_match_weight_"])
         rec.engine_ = Engine.load(path / "engine", verify=False)  # verified above with the whole directory
+        rec._check_parts(path, ip, ix)
         rec._sync_seen()
         rec.training_source_ = meta.get("training_source")
         origin = meta.get("event_log")
@@ -1633,6 +1626,25 @@ class Recommender:
         if event_log is not None:
             rec.open_event_log(event_log)
         return rec
+
+    def _check_parts(self, path: Path, seen_indptr: np.ndarray, seen_indices: np.ndarray) -> None:
+        """The loaded parts against each other: users, history, items and texts by slot."""
+        def bad(msg: str) -> None:
+            raise CorruptArtifactError(f"{path}: {msg}")
+
+        n_users, n_slots = len(self.user_ids_), len(self.item_ids_)
+        if self.user_ids_.ndim != 1 or n_users != self.model_.n_users_:
+            bad(f"user_ids.npy holds {self.user_ids_.shape} ids, the model has {self.model_.n_users_} users")
+        ip, ix = seen_indptr, seen_indices
+        if ip.shape != (n_users + 1,) or ip.dtype.kind not in "iu" or ix.dtype.kind not in "iu" or ix.ndim != 1 \
+                or ip[0] != 0 or (np.diff(ip) < 0).any() or ip[-1] != len(ix):
+            bad(f"seen_indptr.npy / seen_indices.npy are not a history of {n_users} users")
+        if len(ix) and (ix.min() < 0 or ix.max() >= n_slots):
+            bad(f"seen_indices.npy holds item slots outside [0, {n_slots})")
+        if len(self.items_) != n_slots:
+            bad(f"items.parquet has {len(self.items_)} rows, the engine has {n_slots} item slots")
+        if self.item_text_ is not None and (self.item_text_.ndim != 2 or len(self.item_text_) != n_slots):
+            bad(f"item_text.npy has shape {self.item_text_.shape}, expected ({n_slots}, d)")
 
     def __repr__(self) -> str:
         state = f"n_users={len(self.user_ids_)}, n_items={self.engine_.n_items_}" if hasattr(self, "engine_") \

@@ -52,6 +52,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from ctxrec._io import jsonable
 from ctxrec.errors import InputError, UnknownIdError
 
 __all__ = ["ChatLLM", "Question", "QuestionBank", "Session", "SessionRetiredError", "SessionStore"]
@@ -88,10 +89,6 @@ def _says_more(text: str, labels: Sequence[str]) -> bool:
     used |= {w + "s" for w in used}
     return any(len(w) >= 3 and w not in _STOP and w not in _FILLER and w not in used
                for w in _TOK.findall(text.lower()))
-
-
-def _jsonable(v: Any) -> Any:
-    return v.item() if isinstance(v, np.generic) else v
 
 
 # ============================================================================ questions
@@ -653,7 +650,7 @@ class Session:
             s = self._score
             top = np.argpartition(-s, k - 1)[:k] if k < len(s) else np.arange(len(s))
             top = top[np.lexsort((top, -s[top]))]
-            ids = [_jsonable(x) for x in np.asarray(self.rec.item_ids_)[top]]
+            ids = [jsonable(x) for x in np.asarray(self.rec.item_ids_)[top]]
             return Recommendation(self.user, ids, s[top].tolist(), self._u < 0, dict(self.context))
 
     def top_mass(self, k: int | None = None) -> float:
@@ -862,8 +859,8 @@ class Session:
             for c in ("title", "name", "genres"):
                 if c in rec.items_.columns:
                     v = rec.items_.iloc[i][c]
-                    info[c] = [str(x) for x in v] if isinstance(v, (list, tuple, np.ndarray)) else _jsonable(v)
-            return {"item_id": _jsonable(rec.item_ids_[i]), **info, "rank": rank,
+                    info[c] = [str(x) for x in v] if isinstance(v, (list, tuple, np.ndarray)) else jsonable(v)
+            return {"item_id": jsonable(rec.item_ids_[i]), **info, "rank": rank,
                     "score": float(self._score[i]) if self._mask[i] else None,
                     "probability": float(self._p[i]), "contributions": parts, "answers": per_answer,
                     "said": per_text, "reasons": [r for _, r in reasons]}
@@ -872,7 +869,7 @@ class Session:
         """JSON-ready snapshot: items, the pending question, turns, confidence."""
         with self._lock:
             rec = self.recommend(k)
-            return {"session_id": self.id, "user": _jsonable(self.user), "cold_start": rec.cold_start,
+            return {"session_id": self.id, "user": jsonable(self.user), "cold_start": rec.cold_start,
                     "items": rec.to_dict()["items"],
                     "question": None if self.pending is None else self.pending.to_dict(),
                     "confidence": self.top_mass(k), "asked": list(self.asked),

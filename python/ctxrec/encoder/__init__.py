@@ -29,7 +29,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ctxrec._io import CorruptArtifactError, read_manifest, sha256_file
+from ctxrec._io import CorruptArtifactError, MetaField, read_manifest, sha256_file
 from ctxrec.encoder._paths import FORMAT, FORMAT_VERSION, EncoderNotFoundError, expand, find_model_dir
 from ctxrec.encoder.cache import DiskCache, LRUCache, text_key
 
@@ -45,6 +45,13 @@ _PROVIDERS = {
 # padded tokens per onnxruntime run on the CPU (TextEncoder.load(max_batch_tokens="auto")); chosen by
 # the max_batch_tokens sweep in benchmarks/bench_encoder.py (results/encoder.md)
 CPU_BATCH_TOKENS = 256
+
+#: What an export's ``meta`` must hold before onnxruntime and the tokenizer see its files.
+META_SCHEMA = {
+    "dim": MetaField(int, min=1, max=1 << 16),
+    "max_length": MetaField(int, min=1, max=1 << 16),
+    "variants": MetaField(dict, min=1, max=16),
+}
 # encode(progress=None) shows a bar for more texts than this, when logging is at INFO on a TTY
 PROGRESS_MIN_TEXTS = 1000
 
@@ -128,7 +135,7 @@ class TextEncoder:
         from tokenizers import Tokenizer
 
         path = find_model_dir(path)
-        manifest = read_manifest(path, FORMAT, FORMAT_VERSION, verify=False)
+        manifest = read_manifest(path, FORMAT, FORMAT_VERSION, verify=False, meta_schema=META_SCHEMA)
         meta = manifest["meta"]
         avail = ort.get_available_providers()
         if provider not in ("auto", *_PROVIDERS):
@@ -144,7 +151,11 @@ class TextEncoder:
             variant = "int8" if provider == "cpu" else "fp16"
         if variant not in meta.get("variants", {}):
             raise ValueError(f"variant = {variant!r}: this export has {sorted(meta.get('variants', {}))}")
-        vfile = meta["variants"][variant]["file"]
+        vinfo = meta["variants"][variant]
+        vfile = vinfo.get("file") if isinstance(vinfo, dict) else None
+        if not isinstance(vfile, str) or vfile not in manifest["files"]:
+            raise CorruptArtifactError(f"{path}: meta['variants'][{variant!r}] names no file of the manifest "
+                                       f"(got {vfile!r})", field=f"meta.variants.{variant}.file", value=vfile)
         files = [vfile, "tokenizer.json"]
         if verify:
             for rel in files:

@@ -41,7 +41,7 @@ from typing import Any, Callable, Sequence
 import numba
 import numpy as np
 
-from ctxrec._io import CorruptArtifactError, atomic_dir, read_manifest
+from ctxrec._io import CorruptArtifactError, MetaField, atomic_dir, read_manifest
 from ctxrec.errors import NotFittedError
 from ctxrec.model import _kernels as K
 from ctxrec.metrics import auc, logloss, ranking_metrics_from_topk
@@ -1094,9 +1094,17 @@ class ContextFM:
     def load(cls, path: str | Path) -> "ContextFM":
         """Read a directory written by :meth:`save`; raises CorruptArtifactError on a wrong
         format/version or a missing/altered file."""
-        man = read_manifest(path, FORMAT, FORMAT_VERSION)
+        man = read_manifest(path, FORMAT, FORMAT_VERSION, meta_schema=_meta_schema())
         meta = man["meta"]
+        unknown = sorted(set(meta["params"]) - set(_PARAM_NAMES))
+        if unknown:
+            raise CorruptArtifactError(f"{path}: meta['params'] has unknown key(s) {unknown}",
+                                       field=f"meta.params.{unknown[0]}")
         m = cls(**meta["params"])
+        try:
+            m._check_params()
+        except (TypeError, ValueError) as e:
+            raise CorruptArtifactError(f"{path}: meta['params']: {e}", field="meta.params") from None
         for k_ in cls._ARRAYS:
             p = Path(path) / f"{k_.rstrip('_')}.npy"
             if not p.is_file():
@@ -1160,6 +1168,20 @@ class ContextFM:
 _DEFAULTS = {k: v.default for k, v in __import__("inspect").signature(ContextFM.__init__).parameters.items()
              if k != "self"}
 _PARAM_NAMES = tuple(_DEFAULTS)
+
+
+def _meta_schema() -> dict[str, MetaField]:
+    """What a saved model's ``meta`` must hold before its arrays are read (see :meth:`ContextFM.load`)."""
+    count = MetaField(int, min=0, max=1 << 40)
+    scalars = {k: count for k in ContextFM._SCALARS}
+    for k in ("item_off_", "iattr_off_", "uattr_off_", "hist_off_", "user_off_"):  # -1: the block is absent
+        scalars[k] = MetaField(int, min=-1, max=1 << 40)
+    scalars["fit_time_s_"] = MetaField(float, min=0.0)
+    scalars["best_epoch_"] = MetaField(int, min=-1, max=1 << 40, allow_none=True)
+    return {"params": MetaField(dict),
+            "scalars": MetaField(dict, fields=scalars, allow_unknown=False),
+            "context_cardinalities": MetaField(list, max=1 << 16, items=MetaField(int, min=0, max=1 << 40)),
+            "history": MetaField((list, dict), allow_none=True)}
 
 
 # ----------------------------------------------------------------------------------------

@@ -35,7 +35,6 @@ guard), ``routes_recommend``, ``routes_items``, ``routes_session``, ``routes_adm
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -43,19 +42,6 @@ from typing import Any
 from ctxrec.service.app import create_app
 
 __all__ = ["create_app", "serve"]
-
-
-def _jsonable(v: Any) -> Any:
-    """An echoed input as something JSON can always carry (a NaN, an infinity or a lone
-    surrogate would otherwise make the error response itself fail)."""
-    if isinstance(v, float) and not math.isfinite(v):
-        return repr(v)
-    if isinstance(v, str):
-        v = v.encode("utf-8", "backslashreplace").decode("utf-8")
-    if isinstance(v, (str, int, float, bool)) or v is None:
-        return v if not isinstance(v, str) or len(v) <= 200 else v[:200] + "..."
-    text = repr(v).encode("utf-8", "backslashreplace").decode("utf-8")
-    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, *,

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 
 from ctxrec.errors import CorruptArtifactError, InputError, NotFittedError, UnknownIdError
 from ctxrec.service.deps import ServiceContext, ServiceError
-from ctxrec.service.schemas import MAX_KEY_CHARS
+from ctxrec.service.schemas import MAX_KEY_CHARS, echo
 from ctxrec.service.limits import REQUEST_ID_KEY, BodyError, BodyLimitMiddleware, error_body, send_json
 
 __all__ = ["create_app"]
@@ -208,8 +208,6 @@ def install_error_mapping(app: FastAPI) -> None:
     ``field`` is the error's own ``field`` when it has one, else the one its message starts
     with, else the route's default.
     """
-    from ctxrec.service import _jsonable
-
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errs = list(exc.errors())
@@ -221,7 +219,7 @@ def install_error_mapping(app: FastAPI) -> None:
         msg = str(first.get("msg", "invalid request"))
         if field is None and first.get("type") == "string_unicode" and isinstance(first.get("input"), str):
             field = str(first["input"])[:MAX_KEY_CHARS]  # an object key pydantic cannot read: name the key
-        detail = [{"field": _safe(_loc(e)), "message": _safe(str(e.get("msg"))), "input": _jsonable(e.get("input"))}
+        detail = [{"field": _safe(_loc(e)), "message": _safe(str(e.get("msg"))), "input": echo(e.get("input"))}
                   for e in errs]
         return _respond(request, 422, f"{field}: {msg}" if field else msg, field, detail=detail)
 

@@ -10,7 +10,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from ctxrec.errors import InputError, UnknownIdError
 from ctxrec.service.deps import context, require_admin, run
-from ctxrec.service.schemas import Filter, IdStr, ItemsRequest, check_value
+from ctxrec.service.schemas import Filter, IdStr, ItemsRequest, check_value, echo
 
 router = APIRouter()
 _FILTER = TypeAdapter(Filter)
@@ -38,8 +38,7 @@ async def put_items(request: Request) -> Any:
                 isinstance(v, list) and all(isinstance(x, (str, int, float, bool)) for x in v))
             if not ok or name == "item_id":
                 why = "use 'id'" if name == "item_id" else "expected a value or a list of values"
-                from ctxrec.service import _jsonable
-                raise InputError(f"items.{j}.{name}: {why}, got {_jsonable(v)}", field=f"items.{j}.{name}")
+                raise InputError(f"items.{j}.{name}: {why}, got {echo(v)}", field=f"items.{j}.{name}")
             check_value(v, f"items.{j}.{name}")
             row[name] = v
         rows.append(row)

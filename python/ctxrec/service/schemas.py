@@ -15,6 +15,7 @@ over its limit is a 422 naming the field, and nothing changes. The limits:
 """
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Union
 
@@ -22,7 +23,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 
 from ctxrec.errors import InputError
 
-__all__ = ["MAX_ID_CHARS", "MAX_KEY_CHARS", "MAX_TEXT_CHARS", "MAX_ITEM_TEXT_CHARS", "MAX_CONTEXT_KEYS",
+__all__ = ["echo", "MAX_ID_CHARS", "MAX_KEY_CHARS", "MAX_TEXT_CHARS", "MAX_ITEM_TEXT_CHARS", "MAX_CONTEXT_KEYS",
            "IdStr", "Key", "Text", "Id", "Scalar", "FilterValue", "Filter", "Context", "check_value",
            "RecommendRequest", "BatchRequest", "FeedbackRequest", "SessionRequest", "AnswerRequest",
            "ExplainRequest", "ItemIn", "ItemsRequest", "ReloadRequest"]
@@ -61,6 +62,19 @@ Scalar = Union[Text, int, float, bool, None]
 FilterValue = Union[Text, int, float, bool, list[Union[Text, int, float, bool]]]
 Filter = Annotated[dict[Key, FilterValue], Field(max_length=MAX_CONTEXT_KEYS)]
 Context = Annotated[dict[Key, Scalar], Field(max_length=MAX_CONTEXT_KEYS)]
+
+
+def echo(v: Any) -> Any:
+    """An echoed input as something JSON can always carry (a NaN, an infinity or a lone
+    surrogate would otherwise make the error response itself fail)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return repr(v)
+    if isinstance(v, str):
+        v = v.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v if not isinstance(v, str) or len(v) <= 200 else v[:200] + "..."
+    text = repr(v).encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def check_value(v: Any, field: str, max_chars: int = MAX_TEXT_CHARS) -> None:
