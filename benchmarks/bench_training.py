@@ -8,7 +8,8 @@ excluded). Item text: the catalog's titles + plot overviews encoded by ctxrec's 
 (all-MiniLM-L6-v2 int8, 384-d). Configurations are interleaved rep by rep so that a slow
 moment of a shared machine hits all of them; medians are quoted.
 
-Threads: BPR without text, ``num_threads=None`` (all cores) against ``num_threads=1``, first on
+Threads: BPR without text, ``num_threads=None`` (the adaptive default: pieces of each epoch go to
+all cores or to one, whichever is faster; ``ContextFM`` docs) against ``num_threads=1``, first on
 an otherwise idle machine, then beside a CPU-bound busy-loop process (one per core but one,
 so the default's threads compete with it). Targets (issue 17): item text <= 1.5x the epoch time
 without it; default threads >= 1.6x one thread idle and >= 0.9x beside the busy process.

@@ -157,11 +157,40 @@ def test_deterministic_for_seed_and_thread_count(dropout, window, tri):
     a = ContextFM(random_state=11, num_threads=1, **kw).fit(X, side)
     b = ContextFM(random_state=11, num_threads=2, **kw).fit(X, side)
     c = ContextFM(random_state=12, num_threads=1, **kw).fit(X, side)
+    d = ContextFM(random_state=11, num_threads=None, **kw).fit(X, side)  # adaptive: pieces, 1 or all threads
     for name in ("V_", "w_", "P_", "a_", "w0_", "T_"):
         assert np.array_equal(getattr(a, name), getattr(b, name)), name
+        assert np.array_equal(getattr(a, name), getattr(d, name)), name
+    assert all(h["threads"] >= 1 for h in d.history_) and np.isclose(d.history_[-1]["loss"], a.history_[-1]["loss"])
     assert not np.array_equal(a.V_, c.V_)
     if tri:
         assert not np.array_equal(a.T_, c.T_)
+
+
+@pytest.mark.parametrize("slowdown", [25.0, 1 / 1.7])
+def test_thread_chooser_bounds_probe_cost_and_follows_the_faster(slowdown):
+    """Simulated machine: ``n_max`` threads take ``slowdown`` x one thread's time per example
+    (25: another process holds the cores; 1/1.7: idle). The chooser ends up on the faster
+    choice for most of the work and its probes of the slower one cost <= ~overhead."""
+    from ctxrec.model.fm import ThreadChooser
+    one = 1e-6
+    rate = {2: one * slowdown, 1: one}
+    ch = ThreadChooser(2, chunk=4096, probe=1024, overhead=0.05)
+    spent = {1: 0.0, 2: 0.0}
+    done = {1: 0, 2: 0}
+    while sum(done.values()) < 5_000_000:
+        n, size = ch.next()
+        assert n in (1, 2) and size in (4096, 1024)
+        ch.record(n, size * rate[n], size)
+        spent[n] += size * rate[n]
+        done[n] += size
+    fast = 1 if slowdown > 1 else 2
+    slow = 3 - fast
+    total = sum(done.values())
+    assert done[fast] / total > 0.9
+    ideal = total * rate[fast]
+    assert sum(spent.values()) <= ideal * 1.06, (spent, ideal)
+    assert done[slow] > 0  # the slower choice is still probed now and then
 
 
 def test_dropout_masks_user_side_features_in_training_only():

@@ -284,7 +284,12 @@ class ContextFM:
     random_state : int
         Seed. Training is bit-for-bit deterministic for a seed, whatever ``num_threads``.
     num_threads : int or None
-        numba threads (None = numba's default).
+        numba threads for training. None (the default) adapts: each epoch runs in chunks of
+        whole mini-batches, and :class:`ThreadChooser` gives each chunk either all of numba's
+        threads or one, whichever has been faster per example lately (the other is probed
+        again now and then), so that a machine whose cores are taken by other processes does
+        not stall every mini-batch's parallel regions behind a descheduled thread. An int:
+        exactly that many threads. The parameters learned are identical either way.
     verbose : bool or None
         Show an epoch progress bar (ETA; loss and validation metric as its postfix) on stderr
         and log each epoch (loss, examples/s, validation metric) at INFO to the
@@ -601,6 +606,11 @@ class ContextFM:
         best, best_epoch, since_best, best_params = -np.inf, -1, 0, None
         self.history_ = []
         nthreads = self.num_threads
+        # pieces of whole mini-batches (batches and their random draws are those of one call), big
+        # enough that a kernel call's per-call work (zeroed gradient tables of n_rows) stays small
+        bsz = int(min(self.batch_size, n))
+        chooser = ThreadChooser(numba.get_num_threads(), bsz * max(16, -(-self.n_rows_ // (4 * bsz))), 4 * bsz) \
+            if nthreads is None and numba.get_num_threads() > 1 else None
         t_fit = time.perf_counter()
         import logging  # fit's reporting: one log record per epoch, an epoch bar when verbose
         from ctxrec._log import get_logger, progress
@@ -610,10 +620,22 @@ class ContextFM:
             for epoch in range(int(self.epochs)):
                 t0 = time.perf_counter()
                 order = np.random.default_rng([self.random_state, epoch]).permutation(n).astype(np.int64)
-                tot = self._run_epoch(rows, order, epoch, 0, self.n_rows_, True, self.step_, window=window)
+                if chooser is None:
+                    tot = self._run_epoch(rows, order, epoch, 0, self.n_rows_, True, self.step_, window=window)
+                else:
+                    tot, lo = 0.0, 0
+                    while lo < n:
+                        threads, size = chooser.next()
+                        part, lo = order[lo:lo + size], lo + size
+                        numba.set_num_threads(threads)
+                        t_c = time.perf_counter()
+                        tot += self._run_epoch(rows, part, epoch, 0, self.n_rows_, True, self.step_, window=window)
+                        chooser.record(threads, time.perf_counter() - t_c, len(part))
                 dt = time.perf_counter() - t0
                 rec: dict[str, float] = {"epoch": epoch, "loss": tot / n, "seconds": dt,
                                          "examples_per_s": n / max(dt, 1e-9)}
+                if chooser is not None:
+                    rec["threads"] = chooser.mean_threads(reset=True)
                 if val is not None and (epoch + 1) % max(1, int(self.eval_every)) == 0:
                     m = self._evaluate_rows(val, metric)
                     rec[metric] = m
@@ -1240,6 +1262,86 @@ def _neg_tables(neg_items: np.ndarray, counts: np.ndarray, how: str, alpha: floa
         return neg_items, cdf, logq
     logq[neg_items] = -np.log(len(neg_items))
     return neg_items, np.zeros(0, np.float64), logq
+
+
+class ThreadChooser:
+    """Chooses, chunk by chunk, between ``n_max`` threads and one for a kernel whose result does
+    not depend on the thread count (``ContextFM(num_threads=None)``).
+
+    Each choice is timed (seconds per example). Work goes in ``chunk``-example pieces to the
+    faster choice; the other is probed on a ``probe``-example piece once the time spent since
+    the last probe is ``1 / overhead`` times what that probe would cost beyond the faster
+    choice (so probing costs at most about ``overhead`` of the time, however lopsided the two
+    are). On an idle machine the threads win and a one-thread probe comes every few chunks;
+    beside processes that hold the cores one thread wins (no parallel region waits on a
+    descheduled thread) and the threads are retried about once per ``1 / overhead`` times
+    their measured loss.
+
+    Parameters
+    ----------
+    n_max : int
+        The thread count chosen against one (numba's current count).
+    chunk, probe : int
+        Examples per piece of work and per probe (whole mini-batches).
+    overhead : float
+        The share of time that probes may cost.
+    """
+
+    def __init__(self, n_max: int, chunk: int, probe: int, overhead: float = 0.05) -> None:
+        self.n_max, self.chunk, self.probe, self.overhead = max(1, int(n_max)), int(chunk), int(probe), float(overhead)
+        self.rate: dict[int, float | None] = {self.n_max: None, 1: None}
+        self.best = self.n_max
+        self.since, self.due = 0.0, 0.0
+        self._probing: int | None = None
+        self._used: list[tuple[int, int]] = []
+
+    def next(self) -> tuple[int, int]:
+        """The thread count and the examples of the next piece of work.
+
+        Returns
+        -------
+        (int, int)
+            ``n_max`` or 1, and ``chunk`` or ``probe``.
+        """
+        self._probing = None
+        if self.n_max == 1:
+            return 1, self.chunk
+        for n, r in self.rate.items():
+            if r is None:
+                self._probing = n
+                return n, self.probe
+        if self.since >= self.due:
+            self._probing = 1 if self.best == self.n_max else self.n_max
+            return self._probing, self.probe
+        return self.best, self.chunk
+
+    def record(self, n: int, seconds: float, examples: int) -> None:
+        """Record that ``examples`` took ``seconds`` with ``n`` threads (the piece :meth:`next` gave)."""
+        self.rate[n] = seconds / max(1, examples)
+        self._used.append((n, examples))
+        if any(r is None for r in self.rate.values()):
+            return
+        if self._probing is None:
+            self.since += seconds
+        self.best = min(self.rate, key=lambda m: self.rate[m])  # type: ignore[arg-type, return-value]
+        if self._probing is not None:
+            other = 1 if self.best == self.n_max else self.n_max
+            loss = self.probe * max(0.0, self.rate[other] - self.rate[self.best])  # type: ignore[operator]
+            self.since, self.due = 0.0, loss / self.overhead
+
+    def mean_threads(self, reset: bool = False) -> float:
+        """Threads per example since the last reset (e.g. 1.9 = mostly ``n_max`` threads).
+
+        Returns
+        -------
+        float
+            The example-weighted mean thread count (0.0 when nothing was recorded).
+        """
+        total = sum(e for _, e in self._used)
+        mean = sum(n * e for n, e in self._used) / total if total else 0.0
+        if reset:
+            self._used = []
+        return mean
 
 
 class _threads:
