@@ -256,6 +256,15 @@ def _item_side(i, V, w, P, a, item_off, ia_ptr, ia_idx, ia_val, itext, t0, out, 
 def _side_of_row(r, i, V, w, P, a, ia_ptr, ia_idx, ia_val, itext, t0, out, tout):
     """Item side of attribute/text row ``i`` with id row ``r`` of V (r < 0: no id factor, a
     cold-start item); as :func:`_item_side`."""
+    lin, sq = _side_rows(r, i, V, w, ia_ptr, ia_idx, ia_val, out, tout)
+    lin, sq = _add_text(itext, i, t0, a, P, tout, out, lin, sq)
+    return _side_total(out, lin, sq)
+
+
+@_jit(inline="always")
+def _side_rows(r, i, V, w, ia_ptr, ia_idx, ia_val, out, tout):
+    """The id row ``r`` (r < 0: none) and the attribute rows of item ``i`` into out[k] (tout[k]
+    zeroed); returns the (linear, squared-norm) accumulators."""
     k = V.shape[1]
     lin = 0.0
     sq = 0.0
@@ -267,9 +276,25 @@ def _side_of_row(r, i, V, w, P, a, ia_ptr, ia_idx, ia_val, itext, t0, out, tout)
         lin += w[r]
     for p in range(ia_ptr[i], ia_ptr[i + 1]):
         lin, sq = _add_row(V, w, ia_idx[p], ia_val[p], out, lin, sq)
-    lin, sq = _add_text(itext, i, t0, a, P, tout, out, lin, sq)
+    return lin, sq
+
+
+@_jit(inline="always")
+def _add_projected(z, lz, tv, out, lin, sq):
+    """Add a text vector already projected (z[k] = emb P, lz = emb . a) to a side sum, as
+    :func:`_add_text` does with the projection."""
+    for f in range(z.shape[0]):
+        tv[f] = z[f]
+        out[f] += z[f]
+        sq += z[f] * z[f]
+    return lin + lz, sq
+
+
+@_jit(inline="always")
+def _side_total(out, lin, sq):
+    """(linear part, intra part) of a side sum: intra = (|sum|^2 - sum of |row|^2) / 2."""
     tot = 0.0
-    for f in range(k):
+    for f in range(out.shape[0]):
         tot += out[f] * out[f]
     return lin, 0.5 * (tot - sq)
 
@@ -492,7 +517,8 @@ def train_epoch(
     di = itext.shape[1]
     du = utext.shape[1]
     dq = qtext.shape[1]
-    Ri = np.zeros((S if di > 0 else 0, k), dtype=np.float64)  # residual rows of phase F
+    Ri = np.zeros((S if di > 0 else 0, k), dtype=np.float32)  # residual rows of phase F (BLAS)
+    gs32 = np.zeros(S if di > 0 else 0, dtype=np.float32)
     Ru = np.zeros((B if du > 0 else 0, k), dtype=np.float64)
     Rq = np.zeros((B if dq > 0 else 0, k), dtype=np.float64)
     urow = np.full(B, -1, dtype=np.int64)
@@ -545,9 +571,24 @@ def train_epoch(
                     ns += 1
                 inst_slot[bb, j] = s_
         # ---- B: item sides ------------------------------------------------------
+        # the slots' text embeddings go through the projection as two BLAS products
+        # (Es [ns, di] @ P[t0:t0+di] and @ a[t0:t0+di], float32), not one slot at a time
+        if di > 0:
+            Es = np.empty((ns, di), dtype=np.float32)
+            for s_ in prange(ns):
+                Es[s_] = itext[slot_item[s_]]
+            Zs = np.dot(Es, np.ascontiguousarray(P[t0:t0 + di]))
+            lzs = np.dot(Es, np.ascontiguousarray(a[t0:t0 + di]))
+        else:
+            Es = np.empty((0, 0), dtype=np.float32)
+            Zs = np.empty((0, k), dtype=np.float32)
+            lzs = np.empty(0, dtype=np.float32)
         for s_ in prange(ns):
-            lin, intra = _item_side(slot_item[s_], V, w, P, a, item_off, ia_ptr, ia_idx, ia_val,
-                                    itext, t0, Islot[s_], tIslot[s_])
+            it = slot_item[s_]
+            lin, sq = _side_rows(item_off + it, it, V, w, ia_ptr, ia_idx, ia_val, Islot[s_], tIslot[s_])
+            if di > 0:
+                lin, sq = _add_projected(Zs[s_], np.float64(lzs[s_]), tIslot[s_], Islot[s_], lin, sq)
+            lin, intra = _side_total(Islot[s_], lin, sq)
             ibslot[s_] = lin + intra
             gs[s_] = 0.0
             for f in range(k):
@@ -722,8 +763,17 @@ def train_epoch(
         if train_dense and n_trow > 0:
             for s_ in prange(ns if di > 0 else 0):
                 gss = gs[s_]
+                gs32[s_] = gss
                 for f in range(k):
                     Ri[s_, f] = GI[s_, f] - tIslot[s_, f] * gss
+            if di > 0:  # item text: GP[t0:t0+di] += Es^T R, ga[t0:t0+di] += Es^T g (BLAS, float32)
+                EsT = Es.T
+                GPi = np.dot(EsT, Ri[:ns])
+                gai = np.dot(EsT, gs32[:ns])
+                for q in prange(di):
+                    ga[t0 + q] += gai[q]
+                    for f in range(k):
+                        GP[t0 + q, f] += GPi[q, f]
             for bb in prange(nb):
                 ex = order[lo + bb]
                 u = users[ex]
@@ -734,18 +784,14 @@ def train_epoch(
                     Ru[bb, f] = Gu[bb, f] - tue[bb, f] * gsm
                 for f in range(k if dq > 0 else 0):
                     Rq[bb, f] = Gu[bb, f] - tqe[bb, f] * gsm
-            nbi = (di + _QB - 1) // _QB
             nbu = (du + _QB - 1) // _QB
             nbq = (dq + _QB - 1) // _QB
-            for blk in prange(nbi + nbu + nbq):
-                if blk < nbi:
+            for blk in prange(nbu + nbq):
+                if blk < nbu:
                     q0 = blk * _QB
-                    _dense_block(itext, slot_item, Ri, gs, ns, q0, min(di, q0 + _QB), t0, GP, ga)
-                elif blk < nbi + nbu:
-                    q0 = (blk - nbi) * _QB
                     _dense_block(utext, urow, Ru, gsum, nb, q0, min(du, q0 + _QB), t1, GP, ga)
                 else:
-                    q0 = (blk - nbi - nbu) * _QB
+                    q0 = (blk - nbu) * _QB
                     _dense_block(qtext, qrow, Rq, gsum, nb, q0, min(dq, q0 + _QB), t2, GP, ga)
         # ---- G: optimizer step -----------------------------------------------------
         step += 1

@@ -33,6 +33,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1344,8 +1345,42 @@ class ThreadChooser:
         return mean
 
 
+class _OneBlasThread:
+    """Holds the BLAS libraries (scipy's, which numba's ``np.dot`` calls, and numpy's) to one
+    thread while any holder is inside; the first to enter limits, the last to leave restores
+    (fold-ins run concurrently in request threads)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holders = 0
+        self._limit: Any = None
+        self._blas: Any = None
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._holders == 0:
+                if self._blas is None:  # found once (milliseconds); a limit then costs ~20 us
+                    import scipy.linalg.cython_blas  # noqa: F401  (load the library numba's np.dot uses)
+                    from threadpoolctl import ThreadpoolController
+                    self._blas = ThreadpoolController().select(user_api="blas")
+                self._limit = self._blas.limit(limits=1)
+            self._holders += 1
+
+    def __exit__(self, *exc: Any) -> None:
+        with self._lock:
+            self._holders -= 1
+            if self._holders == 0 and self._limit is not None:
+                self._limit.restore_original_limits()
+                self._limit = None
+
+
+_ONE_BLAS_THREAD = _OneBlasThread()
+
+
 class _threads:
-    """Context manager setting numba's thread count (None = leave as is)."""
+    """Context manager setting numba's thread count (None = leave as is) and holding the BLAS
+    libraries to one thread: the kernels call BLAS from their serial parts, where more BLAS
+    threads would only compete with numba's (and stall on a loaded machine)."""
 
     def __init__(self, n: int | None) -> None:
         self.n = n
@@ -1355,7 +1390,9 @@ class _threads:
         self.old = numba.get_num_threads()
         if self.n:
             numba.set_num_threads(min(int(self.n), numba.config.NUMBA_NUM_THREADS))
+        _ONE_BLAS_THREAD.__enter__()
 
     def __exit__(self, *exc: Any) -> None:
         import numba
+        _ONE_BLAS_THREAD.__exit__(*exc)
         numba.set_num_threads(self.old)
