@@ -594,3 +594,44 @@ def test_long_new_user_ids_are_refused(fresh):
     assert e.value.field == "user" and _state(fresh) == before
     assert fresh.feedback("x" * MAX_ID_LENGTH, "i1")["new_user"]
     assert fresh.recommend("y" * 10_000, k=3).cold_start  # a request with any id is only a cold start
+
+
+# ------------------------------------------------------------------ text-match weight chosen on requests
+def _split_last(ds):
+    """Per user: the last interaction by time is held out; returns (train, held-out) datasets."""
+    order = np.lexsort((np.arange(len(ds)), ds.timestamp, ds.users))
+    last = np.r_[ds.users[order][1:] != ds.users[order][:-1], True]
+    held = np.sort(order[last])
+    return ds.subset(np.setdiff1d(np.arange(len(ds)), held)), ds.subset(held)
+
+
+def test_tune_text_weight_picks_the_weight_that_finds_requested_items():
+    """Requests that name the item ('number 17') are answered best with a large text weight:
+    the tuned weight beats 0 (no text) on the held-out requests' HR@10, fit(validation=...)
+    does the same, and bad calls are refused naming the argument."""
+    ds = planted_dataset(n_users=60, n_items=120, per_user=12, seed=3)
+    train, held = _split_last(ds)
+    held.context = held.context.assign(query=[f"number {int(str(i)[1:])}" for i in held.item_ids[held.items]])
+    spec = ContextSpec(time=["timestamp"], text=["query"])
+    rec = Recommender(spec, model=ContextFM(n_factors=8, epochs=3), encoder=HashingEncoder()).fit(train)
+    before = rec.text_match_weight_
+    res = rec.tune_text_weight(held)
+    assert res["previous"] == before and len(res["hr"]) == len(res["grid"]) == 11
+    j0, jc = res["grid"].index(0.0), res["grid"].index(res["chosen"])
+    assert res["hr"][jc] == max(res["hr"]) and res["hr"][jc] > res["hr"][j0]
+    assert rec.text_match_weight_ == res["chosen"] == rec.engine_.text_weight_ and res["chosen"] > 0
+    # the chosen weight is what recommend now serves
+    users = held.user_ids[held.users].tolist()
+    ctxs = [{"query": q} for q in held.context["query"]]
+    hits = np.mean([t in r.item_ids for r, t in zip(rec.recommend_batch(users, ctxs, 10), held.item_ids[held.items])])
+    assert hits >= res["hr"][j0]
+    # fit(validation=...) tunes when the validation requests carry text
+    rec2 = Recommender(spec, model=ContextFM(n_factors=8, epochs=3), encoder=HashingEncoder()).fit(train, validation=held)
+    assert rec2.tuning_["chosen"] == rec2.text_match_weight_ == res["chosen"]
+    with pytest.raises(InputError, match="no request text"):
+        rec.tune_text_weight(train)
+    with pytest.raises(InputError, match="grid"):
+        rec.tune_text_weight(held, grid=[1.0, float("nan")])
+    plain = Recommender(ContextSpec(time=["timestamp"]), model=ContextFM(n_factors=8, epochs=1), encoder=None).fit(train)
+    with pytest.raises(InputError, match="text-match"):
+        plain.tune_text_weight(held)

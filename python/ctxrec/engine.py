@@ -1103,6 +1103,22 @@ class Engine:
                               identity=bool(n == n_slots and np.array_equal(slot_row, np.arange(n))))
         return eng
 
+    def set_text_weight(self, text_weight: float) -> None:
+        """Change the weight of the text-match term (takes effect for later queries).
+
+        Parameters
+        ----------
+        text_weight : float
+            The new weight (finite); the engine must have been fitted with ``item_text``.
+        """
+        if isinstance(text_weight, bool) or not isinstance(text_weight, (int, float, np.floating)) \
+                or not np.isfinite(text_weight):
+            raise ValueError(f"text_weight must be a finite number, got {text_weight!r}")
+        with self._write:
+            if self._fitted().text is None:
+                raise ValueError("text_weight: this engine was fitted without item_text")
+            self.text_weight_ = float(text_weight)
+
     def set_ef(self, ef: int) -> None:
         """Change the graph search beam width (takes effect for later queries)."""
         if not isinstance(ef, (int, np.integer)) or ef < 1:

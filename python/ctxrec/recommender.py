@@ -363,7 +363,10 @@ class Recommender:
         """Fit the context spec, encode texts, train the model and build the engine; returns self.
 
         dataset: interactions + item table/text (+ user table/text) — see ctxrec.data.Dataset.
-        validation: optional held-out interactions for the model's early stopping.
+        validation: optional held-out interactions for the model's early stopping. When its
+            context carries request text (a text field of the spec, e.g. "query") and
+            ``text_match_weight="auto"``, the text-match weight is then chosen on these
+            requests (:meth:`tune_text_weight`) instead of by matching spreads.
         """
         if not isinstance(dataset, Dataset):
             raise TypeError(f"dataset must be a ctxrec.data.Dataset, got {type(dataset).__name__}")
@@ -406,7 +409,90 @@ class Recommender:
         # filters read (an attribute may be derived, or split from a column: not always a cell of items_)
         self._attr_rows = {str(name): [a.values(r) for r in range(a.n_rows)] for name, a in dataset.item_attrs.items()}
         self._build_serving(dataset.item_ids, self._attr_rows)
+        if validation is not None and self.text_match_weight == "auto" and self._engine_has_text() \
+                and self._request_texts(validation) is not None:
+            self.tuning_ = self.tune_text_weight(validation)
         return self
+
+    def _request_texts(self, requests: Dataset) -> list[dict[str, Any]] | None:
+        """The contexts of ``requests`` (one dict per row, the spec's fields), or None when
+        none of them carries request text."""
+        frame = requests.context_frame()
+        cols = [c for c in self.context_.columns if c in frame.columns]
+        texts = [c for c in self.context_.text_fields if c in frame.columns]
+        if not texts or not any(isinstance(v, str) and v.strip() for c in texts for v in frame[c]):
+            return None
+        return [{c: v for c, v in row.items() if not (v is None or (isinstance(v, float) and np.isnan(v)))}
+                for row in frame[cols].to_dict("records")]
+
+    def tune_text_weight(self, requests: Dataset, *, k: int = 10, grid: Sequence[float] | None = None
+                         ) -> dict[str, Any]:
+        """Choose the text-match weight on held-out requests.
+
+        Every weight of ``grid`` answers every request (``recommend_batch``, seen items left
+        out); the weight whose answers hold the requested item most often in the top ``k``
+        (HR@k; ties: MRR@k) becomes ``text_match_weight_`` and the engine's. A fit-time step:
+        requests answered while it runs see the weights it tries.
+
+        Parameters
+        ----------
+        requests : Dataset
+            Held-out interactions over this catalog whose context carries the request text
+            (a text field of the spec, e.g. ``"query"``): row j is a request (user j,
+            context j) and the item the user then chose.
+        k : int
+            The cut-off of HR@k and MRR@k.
+        grid : sequence of float, optional
+            The weights to try. Default: 0 and the fitted weight (the spread-matching one)
+            times 1/8, 1/4, ..., 64.
+
+        Returns
+        -------
+        dict
+            ``grid``, ``hr`` and ``mrr`` (one per weight), ``chosen``, ``previous``, ``k``,
+            ``n_requests``.
+
+        Raises
+        ------
+        InputError
+            The model has no item text in its engine, ``requests`` carries no request text,
+            or ``grid`` holds a non-finite weight.
+        """
+        self._fitted()
+        if not isinstance(requests, Dataset):
+            raise InputError(f"requests must be a ctxrec.data.Dataset, got {type(requests).__name__}",
+                             field="requests")
+        if not self._engine_has_text():
+            raise InputError("tune_text_weight: this model serves no text-match term (no item text, or "
+                             "text_match_weight=0 at fit)", field="text_match_weight")
+        contexts = self._request_texts(requests)
+        if contexts is None:
+            raise InputError(f"requests: no request text in the context fields {self.context_.text_fields}",
+                             field="requests")
+        k = _check_k(k)
+        previous = self.text_match_weight_
+        if grid is None:
+            grid = [0.0] + [previous * 2.0 ** e for e in range(-3, 7)]
+        grid = [float(w) for w in grid]
+        if not grid or not all(np.isfinite(w) for w in grid):
+            raise InputError(f"grid must hold finite weights, got {grid!r}", field="grid")
+        users = requests.user_ids[requests.users].tolist()
+        targets = requests.item_ids[requests.items].tolist()
+        hr, mrr = [], []
+        try:
+            for w in grid:
+                self.engine_.set_text_weight(w)
+                recs = self.recommend_batch(users, contexts, k)
+                ranks = [r.item_ids.index(t) if t in r.item_ids else -1 for r, t in zip(recs, targets)]
+                hr.append(float(np.mean([x >= 0 for x in ranks])))
+                mrr.append(float(np.mean([1.0 / (x + 1) if x >= 0 else 0.0 for x in ranks])))
+        finally:
+            self.engine_.set_text_weight(previous)
+        best = max(range(len(grid)), key=lambda j: (hr[j], mrr[j], grid[j] == previous, -j))
+        self.text_match_weight_ = grid[best]
+        self.engine_.set_text_weight(grid[best])
+        return {"grid": grid, "hr": hr, "mrr": mrr, "chosen": grid[best], "previous": previous, "k": k,
+                "n_requests": len(users)}
 
     @property
     def item_ids_(self) -> np.ndarray:
