@@ -191,9 +191,11 @@ void check_header(const std::string& path, int64_t width, int64_t capacity) {
     if (count != static_cast<size_t>(capacity)) bad("holds " + std::to_string(count) + " rows, expected " +
                                                     std::to_string(capacity));
     if (count > 0 && entry >= count) bad("entry point " + std::to_string(entry) + " outside the rows");
+    // hnswlib numbers rows with 32-bit ids: a capacity below the rows or past 2^32 is no index it wrote
+    if (max_el < count || max_el > 0xFFFFFFFFull) bad("implausible capacity " + std::to_string(max_el));
     if (maxlevel < 0 || maxlevel > 64 || !(mult > 0) || !(mult < 100)) bad("implausible level parameters");
     if (file_size < 96 + static_cast<uint64_t>(count) * per_el) bad("shorter than its rows");
-    (void)max_el, (void)efc;
+    (void)efc;
 }
 
 }  // namespace

@@ -95,7 +95,36 @@ CASES = {
     "seen_indices out of range": (_npy("seen_indices.npy", lambda a: a + 10_000), "seen_indices"),
     "engine item_vecs short": (_npy("engine/item_vecs.npy", lambda a: a[:-1]), "item_vecs"),
     "engine row_slot out of range": (_npy("engine/row_slot.npy", lambda a: a + 10_000), "row_slot"),
+    "engine M=1": (_edit_meta("engine", _set("params.M", 1)), "params.M"),
+    # unreadable or hostile files
+    "user_ids.npy a pickle": (lambda d: np.save(d / "user_ids.npy", np.array([{"a": 1}], dtype=object),
+                                                allow_pickle=True), "pickle"),
+    "engine item_ids.npy a pickle": (lambda d: np.save(d / "engine" / "item_ids.npy", np.array([None], object),
+                                                       allow_pickle=True), "pickle"),
+    "seen_indptr.npy float": (_npy("seen_indptr.npy", lambda a: a.astype(np.float64)), "seen_indptr"),
+    "seen_indices.npy truncated": (lambda d: _truncate(d / "seen_indices.npy"), "seen_indices.npy"),
+    "model w.npy header of 2^40 rows": (lambda d: _huge_header(d / "model" / "w.npy"), "header"),
+    "model V.npy NaN": (_npy("model/V.npy", lambda a: np.where(np.arange(a.size).reshape(a.shape) == 3, np.nan, a)
+                             .astype(a.dtype)), "NaN"),
+    "engine item_vecs NaN": (_npy("engine/item_vecs.npy", lambda a: np.full_like(a, np.nan)), "NaN"),
+    "items.parquet garbage": (lambda d: (d / "items.parquet").write_bytes(b"not parquet"), "items.parquet"),
+    "context.json garbage": (lambda d: (d / "context.json").write_text("{nope"), "context.json"),
+    "context.json a list": (lambda d: (d / "context.json").write_text("[1, 2]"), "context.json"),
+    "item_attr_values.json garbage": (lambda d: (d / "item_attr_values.json").write_text("{x"), "item_attr_values"),
 }
+
+
+def _truncate(p: Path) -> None:
+    raw = p.read_bytes()
+    p.write_bytes(raw[: len(raw) - 16])
+
+
+def _huge_header(p: Path) -> None:
+    """A valid .npy header that claims 2^40 float32 rows over the file's few bytes."""
+    a = np.load(p)
+    with open(p, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": a.dtype.str, "fortran_order": False, "shape": (1 << 40,)})
+        f.write(a.tobytes())
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -123,7 +152,7 @@ def test_crafted_hnsw_header_refused_in_a_subprocess(saved: Path, tmp_path: Path
     checksums resealed: each load exits 1 with CorruptArtifactError, none by a signal."""
     # hnswlib's header: offsetLevel0 (8), max_elements (8), cur_element_count (8),
     # size_data_per_element (8), label_offset (8), offsetData (8), maxlevel (4), enterpoint (4)
-    edits = {"cur_element_count": (16, 8, 1 << 40), "size_data_per_element": (24, 8, 1 << 33),
+    edits = {"max_elements": (8, 8, 1 << 40), "cur_element_count": (16, 8, 1 << 40), "size_data_per_element": (24, 8, 1 << 33),
              "maxlevel": (48, 4, 1 << 30), "enterpoint": (52, 4, 1 << 30), "truncated": None}
     code = ("import sys\nfrom ctxrec.recommender import Recommender\nfrom ctxrec.errors import CorruptArtifactError\n"
             "try:\n    Recommender.load(sys.argv[1], event_log=None)\nexcept CorruptArtifactError as e:\n"

@@ -70,7 +70,7 @@ DIGEST_KEY = "digest"
 from ctxrec.errors import CorruptArtifactError  # noqa: E402  (re-exported: ctxrec._io.CorruptArtifactError)
 
 __all__ = [
-    "MANIFEST", "CorruptArtifactError", "MetaField", "atomic_dir", "check_meta", "clean_leftovers", "jsonable",
+    "MANIFEST", "CorruptArtifactError", "MetaField", "atomic_dir", "check_meta", "clean_leftovers", "jsonable", "load_array",
     "manifest_digest", "read_manifest", "sha256_file",
 ]
 
@@ -114,6 +114,54 @@ def jsonable(v: Any) -> Any:
     except (TypeError, ValueError):
         pass
     return str(v)
+
+
+# ---------------------------------------------------------------------------- arrays
+def load_array(path: str | os.PathLike, *, mmap: bool = False, finite: bool = False) -> np.ndarray:
+    """A ``.npy`` file, checked before numpy allocates for it.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file.
+    mmap : bool
+        Map it read-only instead of reading it.
+    finite : bool
+        Refuse NaN and infinities in a float array.
+
+    Returns
+    -------
+    numpy.ndarray
+
+    Raises
+    ------
+    CorruptArtifactError
+        The file is missing or unreadable, its header is not a ``.npy`` header, it holds
+        Python objects (a pickle), its size is not what its header's shape and dtype say
+        (a crafted header could otherwise make numpy allocate terabytes), or (``finite``)
+        it holds a non-finite value.
+    """
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            major, _ = np.lib.format.read_magic(f)
+            read = {1: np.lib.format.read_array_header_1_0, 2: np.lib.format.read_array_header_2_0}.get(major)
+            if read is None:
+                raise ValueError(f"unsupported .npy version {major}")
+            shape, _, dtype = read(f)
+            offset = f.tell()
+        if dtype.hasobject:
+            raise ValueError("holds Python objects (a pickle); refused")
+        want = offset + int(np.prod(shape, dtype=object)) * dtype.itemsize
+        size = p.stat().st_size
+        if size != want:
+            raise ValueError(f"{size} bytes, its header ({dtype}, shape {tuple(shape)}) needs {want}")
+        a = np.load(p, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise CorruptArtifactError(f"{p}: unreadable array ({e})", field=f"files.{p.name}") from None
+    if finite and a.dtype.kind == "f" and a.size and not np.isfinite(a).all():
+        raise CorruptArtifactError(f"{p}: holds NaN or infinite values", field=f"files.{p.name}")
+    return a
 
 
 # ---------------------------------------------------------------------------- checksums

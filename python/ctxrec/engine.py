@@ -29,7 +29,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from ctxrec import _core
-from ctxrec._io import CorruptArtifactError, MetaField, atomic_dir, check_meta, read_manifest
+from ctxrec._io import CorruptArtifactError, MetaField, atomic_dir, check_meta, load_array, read_manifest
 
 __all__ = ["Engine", "NotFittedError"]
 
@@ -55,7 +55,7 @@ OVERFLOW_LIMIT = 1024
 _BIG = 1 << 40
 #: The saved engine parameters (``meta["params"]``); ``compact_ratio``/``graph`` are newer than format 1.
 _PARAMS_SCHEMA = {
-    "M": MetaField(int, min=1, max=1 << 12), "ef_construction": MetaField(int, min=1, max=1 << 24),
+    "M": MetaField(int, min=2, max=1 << 12), "ef_construction": MetaField(int, min=1, max=1 << 24),
     "ef": MetaField(int, min=1, max=1 << 24), "n_candidates": MetaField(int, min=1, max=1 << 24),
     "exact_threshold": MetaField(int, min=0, max=_BIG), "num_threads": MetaField(int, min=0, max=1 << 12),
     "seed": MetaField(int), "compact_ratio": MetaField(float, min=0.0, max=1.0, required=False),
@@ -234,6 +234,8 @@ class Engine:
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if self.M < 2:  # hnswlib's level draw divides by log(M)
+            raise ValueError(f"M must be >= 2, got {self.M!r}")
         if not isinstance(self.exact_threshold, (int, np.integer)) or self.exact_threshold < 0:
             raise ValueError(f"exact_threshold must be an integer >= 0, got {self.exact_threshold!r}")
         if not isinstance(self.num_threads, (int, np.integer)) or self.num_threads < 0:
@@ -1026,7 +1028,6 @@ class Engine:
             eng._check_params()
         except ValueError as e:
             raise CorruptArtifactError(f"{path}: meta['params']: {e}", field="meta.params") from None
-        mode = "r" if mmap else None
 
         def arr(name: str, required: bool = True) -> np.ndarray | None:
             p = path / name
@@ -1034,17 +1035,15 @@ class Engine:
                 if required:
                     raise CorruptArtifactError(f"{p}: missing from the manifest")
                 return None
-            try:
-                return np.load(p, mmap_mode=mode, allow_pickle=False)
-            except (ValueError, OSError) as e:
-                raise CorruptArtifactError(f"{p}: unreadable array ({e})") from None
+            return load_array(p, mmap=mmap, finite=name in ("item_vecs.npy", "item_bias.npy", "item_text.npy",
+                                                           "item_tri.npy"))
 
         dim = int(meta["dim"])
         n = int(meta["n_items"] if v1 else meta["n_rows"])
         n_slots = n if v1 else int(meta["n_slots"])
         vecs, bias = arr("item_vecs.npy"), arr("item_bias.npy")
         text, tri = arr("item_text.npy", False), arr("item_tri.npy", False)
-        ids = np.load(path / "item_ids.npy", allow_pickle=False)
+        ids = arr("item_ids.npy")
         for name, a, shape in (("item_vecs", vecs, (n, dim)), ("item_bias", bias, (n,)), ("item_ids", ids, (n_slots,))):
             if a.shape != shape:
                 raise CorruptArtifactError(f"{path}: {name}.npy has shape {a.shape}, the manifest says {shape}")

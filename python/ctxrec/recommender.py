@@ -29,12 +29,12 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ctxrec._io import CorruptArtifactError, MetaField, atomic_dir, jsonable, read_manifest
+from ctxrec._io import CorruptArtifactError, MetaField, atomic_dir, jsonable, load_array, read_manifest
 from ctxrec.context import ContextSpec, check_text, encode_texts
 from ctxrec.data import Dataset
 from ctxrec.data import _scalar_str
 from ctxrec.engine import Engine
-from ctxrec.errors import ContextError, InputError, NotFittedError, UnknownIdError
+from ctxrec.errors import ContextError, CtxrecError, InputError, NotFittedError, UnknownIdError
 from ctxrec.ids import int_id
 from ctxrec.events import EventLog, default_log_path
 from ctxrec.evaluate import EvaluationReport, Factors, evaluate_ranking
@@ -179,6 +179,17 @@ def _id_sequence(ids: Any, name: str) -> list[Any]:
         raise InputError(f"{name} must be a sequence of item ids, got {type(ids).__name__} {_short(ids)}",
                          field=name, value=ids)
     return list(ids)
+
+
+def _read_part(path: Path, read: Any) -> Any:
+    """``read(path)``, a part of a saved recommender; an unreadable part is a CorruptArtifactError."""
+    try:
+        return read(path)
+    except CtxrecError:
+        raise
+    except Exception as e:  # noqa: BLE001  (json, pyarrow, the spec's own parsing: all mean "damaged")
+        raise CorruptArtifactError(f"{path}: unreadable ({type(e).__name__}: {e})",
+                                   field=f"files.{path.name}") from None
 
 
 def _context_rows(spec: ContextSpec, ds: Dataset) -> pd.DataFrame:
@@ -1682,17 +1693,21 @@ class Recommender:
         if meta["has_encoder"] and "encoder_variant" not in meta:
             raise CorruptArtifactError(f"{path}: meta['encoder_variant'] is missing (the model has an encoder)",
                                        field="meta.encoder_variant")
-        rec = cls(ContextSpec.from_json((path / "context.json").read_text()), **meta["params"])
+        rec = cls(_read_part(path / "context.json", lambda p: ContextSpec.from_json(p.read_text())), **meta["params"])
         rec.context_ = rec.context
         rec.model_ = ContextFM.load(path / "model")
-        rec.items_ = pd.read_parquet(path / "items.parquet")
+        rec.items_ = _read_part(path / "items.parquet", pd.read_parquet)
         rec.item_attrs_ = meta.get("item_attrs")  # None: saved by ctxrec before live catalogs
         values = path / "item_attr_values.json"
-        rec._attr_rows = json.loads(values.read_text()) if values.is_file() else None
-        rec.user_ids_ = np.load(path / "user_ids.npy", allow_pickle=False)
-        ip, ix = np.load(path / "seen_indptr.npy"), np.load(path / "seen_indices.npy")
-        rec._history = [ix[ip[u]:ip[u + 1]].tolist() for u in range(len(ip) - 1)]
-        rec.item_text_ = np.load(path / "item_text.npy") if (path / "item_text.npy").is_file() else None
+        rec._attr_rows = _read_part(values, lambda p: json.loads(p.read_text())) if values.is_file() else None
+        if rec._attr_rows is not None and not (isinstance(rec._attr_rows, dict) and all(
+                isinstance(v, list) for v in rec._attr_rows.values())):
+            raise CorruptArtifactError(f"{values}: expected an object of attribute -> list of rows",
+                                       field="files.item_attr_values.json")
+        rec.user_ids_ = load_array(path / "user_ids.npy")
+        ip, ix = load_array(path / "seen_indptr.npy"), load_array(path / "seen_indices.npy")
+        rec.item_text_ = load_array(path / "item_text.npy", finite=True) if (path / "item_text.npy").is_file() \
+            else None
         if meta["has_encoder"]:
             from ctxrec.encoder import TextEncoder
             rec.encoder = str(path / "encoder")
@@ -1702,6 +1717,7 @@ class Recommender:
         rec.text_match_weight_ = float(meta["text_match_weight_"])
         rec.engine_ = Engine.load(path / "engine", verify=False)  # verified above with the whole directory
         rec._check_parts(path, ip, ix)
+        rec._history = [ix[ip[u]:ip[u + 1]].tolist() for u in range(len(ip) - 1)]
         rec._sync_seen()
         rec.training_source_ = meta.get("training_source")
         origin = meta.get("event_log")

@@ -42,7 +42,7 @@ from typing import Any, Callable, Sequence
 import numba
 import numpy as np
 
-from ctxrec._io import CorruptArtifactError, MetaField, atomic_dir, read_manifest
+from ctxrec._io import CorruptArtifactError, MetaField, atomic_dir, load_array, read_manifest
 from ctxrec.errors import NotFittedError
 from ctxrec.model import _kernels as K
 from ctxrec.metrics import auc, logloss, ranking_metrics_from_topk
@@ -1132,10 +1132,7 @@ class ContextFM:
             p = Path(path) / f"{k_.rstrip('_')}.npy"
             if not p.is_file():
                 raise CorruptArtifactError(f"{p}: missing array file")
-            try:
-                setattr(m, k_, np.load(p, allow_pickle=False))
-            except ValueError as e:
-                raise CorruptArtifactError(f"{p}: unreadable ({e})") from None
+            setattr(m, k_, load_array(p, finite=True))
         for k_, v in meta["scalars"].items():
             setattr(m, k_, v)
         m.context_cardinalities_ = tuple(meta["context_cardinalities"])
