@@ -30,6 +30,9 @@ def post(base, path, raw: bytes):
     ("/recommend", '{"user": "u1", "k": %s}'),
     ("/feedback", '{"user": "u1", "item": "i1", "label": %s}'),
     ("/recommend", '{"user": %s}'),
+    ("/recommend", '{"user": "u1", "context": {"timestamp": %s}}'),
+    ("/recommend", '{"user": "u1", "filter": {"kind": %s}}'),
+    ("/feedback", '{"user": "u1", "item": "i1", "context": {"timestamp": %s}}'),
 ])
 def test_non_finite_json_numbers_are_422_not_500(server, literal, path, template):
     r = post(server, path, (template % literal).encode())
@@ -111,7 +114,9 @@ def test_put_items_refuses_surrogates_before_writing():
                            (b'{"items": [{"id": "n1", "text": "\\ud800"}]}', "items.0.text"),
                            (b'{"items": [{"id": "n1", "kind": "\\ud800"}]}', "items.0.kind"),
                            (b'{"items": [{"id": "n1", "kind": ["ok", "\\ud800"]}]}', "items.0.kind"),
-                           (b'{"items": [{"id": "n1", "\\ud800": "x"}]}', "items.0")):
+                           (b'{"items": [{"id": "n1", "\\ud800": "x"}]}', "items.0"),
+                           (b'{"items": [{"id": "n1", "kind": NaN}]}', "items.0.kind"),
+                           (b'{"items": [{"id": "n1", "kind": [1, Infinity]}]}', "items.0.kind")):
             r = http.put(f"{base}/items", content=raw, headers=auth)
             assert r.status_code == 422 and field in (r.json().get("field") or ""), (raw, r.text)
         assert http.get(f"{base}/items/n1").status_code == 404  # nothing was written

@@ -24,7 +24,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from ctxrec.errors import InputError
 
 __all__ = ["echo", "MAX_ID_CHARS", "MAX_KEY_CHARS", "MAX_TEXT_CHARS", "MAX_ITEM_TEXT_CHARS", "MAX_CONTEXT_KEYS",
-           "IdStr", "Key", "Text", "Id", "Scalar", "FilterValue", "Filter", "Context", "check_value",
+           "IdStr", "Key", "Text", "Id", "Number", "Scalar", "FilterValue", "Filter", "Context", "check_value",
            "RecommendRequest", "BatchRequest", "FeedbackRequest", "SessionRequest", "AnswerRequest",
            "ExplainRequest", "ItemIn", "ItemsRequest", "ReloadRequest"]
 
@@ -58,8 +58,10 @@ Key = _str(MAX_KEY_CHARS)
 Text = _str(MAX_TEXT_CHARS)
 ItemText = _str(MAX_ITEM_TEXT_CHARS)
 Id = Union[int, IdStr]
-Scalar = Union[Text, int, float, bool, None]
-FilterValue = Union[Text, int, float, bool, list[Union[Text, int, float, bool]]]
+#: A number of a request: NaN and the infinities (which Python's JSON parser accepts) are refused.
+Number = Annotated[float, Field(allow_inf_nan=False)]
+Scalar = Union[Text, int, Number, bool, None]
+FilterValue = Union[Text, int, Number, bool, list[Union[Text, int, Number, bool]]]
 Filter = Annotated[dict[Key, FilterValue], Field(max_length=MAX_CONTEXT_KEYS)]
 Context = Annotated[dict[Key, Scalar], Field(max_length=MAX_CONTEXT_KEYS)]
 
@@ -92,9 +94,12 @@ def check_value(v: Any, field: str, max_chars: int = MAX_TEXT_CHARS) -> None:
     Raises
     ------
     InputError
-        A string with a lone surrogate or over ``max_chars`` (``field`` set).
+        A string with a lone surrogate or over ``max_chars``, or a NaN / infinite number
+        (``field`` set).
     """
     for x in v if isinstance(v, list) else (v,):
+        if isinstance(x, float) and not math.isfinite(x):
+            raise InputError(f"{field}: {x!r} is not a finite number", field=field)
         if isinstance(x, str) and (len(x) > max_chars or (not x.isascii() and _SURROGATE.search(x))):
             why = f"longer than {max_chars} characters" if len(x) > max_chars else "a lone surrogate (U+D800..U+DFFF)"
             raise InputError(f"{field}: {why} is not valid text", field=field)
