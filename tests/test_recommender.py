@@ -616,15 +616,17 @@ def test_tune_text_weight_picks_the_weight_that_finds_requested_items():
     rec = Recommender(spec, model=ContextFM(n_factors=8, epochs=3), encoder=HashingEncoder()).fit(train)
     before = rec.text_match_weight_
     res = rec.tune_text_weight(held)
-    assert res["previous"] == before and len(res["hr"]) == len(res["grid"]) == 11
-    j0, jc = res["grid"].index(0.0), res["grid"].index(res["chosen"])
-    assert res["hr"][jc] == max(res["hr"]) and res["hr"][jc] > res["hr"][j0]
-    assert rec.text_match_weight_ == res["chosen"] == rec.engine_.text_weight_ and res["chosen"] > 0
-    # the chosen weight is what recommend now serves
+    assert res["previous"] == before and len(res["hr"]) == len(res["grid"]) == 21
+    jc = res["grid"].index(res["chosen"])
     users = held.user_ids[held.users].tolist()
-    ctxs = [{"query": q} for q in held.context["query"]]
-    hits = np.mean([t in r.item_ids for r, t in zip(rec.recommend_batch(users, ctxs, 10), held.item_ids[held.items])])
-    assert hits >= res["hr"][j0]
+    targets = held.item_ids[held.items]
+    no_text = np.mean([t in r.item_ids for r, t in zip(rec.recommend_batch(users, None, 10), targets)])
+    assert res["hr"][jc] == max(res["hr"]) and res["hr"][jc] > no_text and res["hr"][jc] > res["hr"][8]
+    assert rec.text_match_weight_ == res["chosen"] == rec.engine_.text_weight_ and res["chosen"] > before
+    # the chosen weight is what recommend now serves, and requests with text are still read
+    ctxs = [{"query": q, "timestamp": int(t)} for q, t in zip(held.context["query"], held.timestamp)]
+    hits = np.mean([t in r.item_ids for r, t in zip(rec.recommend_batch(users, ctxs, 10), targets)])
+    assert hits == res["hr"][jc]
     # fit(validation=...) tunes when the validation requests carry text
     rec2 = Recommender(spec, model=ContextFM(n_factors=8, epochs=3), encoder=HashingEncoder()).fit(train, validation=held)
     assert rec2.tuning_["chosen"] == rec2.text_match_weight_ == res["chosen"]
@@ -632,6 +634,8 @@ def test_tune_text_weight_picks_the_weight_that_finds_requested_items():
         rec.tune_text_weight(train)
     with pytest.raises(InputError, match="grid"):
         rec.tune_text_weight(held, grid=[1.0, float("nan")])
+    with pytest.raises(InputError, match="grid"):
+        rec.tune_text_weight(held, grid=[0.0])
     plain = Recommender(ContextSpec(time=["timestamp"]), model=ContextFM(n_factors=8, epochs=1), encoder=None).fit(train)
     with pytest.raises(InputError, match="text-match"):
         plain.tune_text_weight(held)

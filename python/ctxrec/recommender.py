@@ -454,8 +454,9 @@ class Recommender:
         k : int
             The cut-off of HR@k and MRR@k.
         grid : sequence of float, optional
-            The weights to try. Default: 0 and the fitted weight (the spread-matching one)
-            times 1/8, 1/4, ..., 64.
+            The weights to try (each > 0: a model without the term is fitted with
+            ``text_match_weight=0``). Default: the fitted weight (the spread-matching one)
+            times 2^(j/2) for j = -8 .. 12 (1/16 .. 64, steps of sqrt 2).
 
         Returns
         -------
@@ -467,7 +468,7 @@ class Recommender:
         ------
         InputError
             The model has no item text in its engine, ``requests`` carries no request text,
-            or ``grid`` holds a non-finite weight.
+            or ``grid`` holds a weight that is not finite and > 0.
         """
         self._fitted()
         if not isinstance(requests, Dataset):
@@ -483,10 +484,10 @@ class Recommender:
         k = _check_k(k)
         previous = self.text_match_weight_
         if grid is None:
-            grid = [0.0] + [previous * 2.0 ** e for e in range(-3, 7)]
+            grid = [previous * 2.0 ** (j / 2) for j in range(-8, 13)]
         grid = [float(w) for w in grid]
-        if not grid or not all(np.isfinite(w) for w in grid):
-            raise InputError(f"grid must hold finite weights, got {grid!r}", field="grid")
+        if not grid or not all(np.isfinite(w) and w > 0 for w in grid):
+            raise InputError(f"grid must hold finite weights > 0, got {grid!r}", field="grid")
         users = requests.user_ids[requests.users].tolist()
         targets = requests.item_ids[requests.items].tolist()
         hr, mrr = [], []
