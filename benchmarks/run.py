@@ -2,6 +2,8 @@
 
     python benchmarks/run.py [--quick] [--only engine ...] [-- extra args for the module]
 
+``make bench`` runs BENCHES; EXTRA (``hardening``) only when named with ``--only``.
+
 Each module ``benchmarks/bench_<name>.py`` exposes ``main(argv) -> dict`` (prints as it
 goes) and ``markdown(result) -> str``. Results are written to
 ``benchmarks/results/<name>[_quick].{json,md}`` together with the machine they ran on.
@@ -20,6 +22,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 BENCHES = ["engine", "feedback", "requests"]  # what `make bench` runs (requests trains a model: ~1 min)
+#: run only when named (``--only hardening``): correctness checks more than timings, several minutes
+EXTRA = ["hardening"]
 
 
 def machine() -> dict:
@@ -44,7 +48,7 @@ def machine() -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description="ctxrec benchmark harness")
     ap.add_argument("--quick", action="store_true", help="small sizes, finishes in about a minute per benchmark")
-    ap.add_argument("--only", nargs="*", default=BENCHES, choices=BENCHES)
+    ap.add_argument("--only", nargs="*", default=BENCHES, choices=BENCHES + EXTRA)
     args, extra = ap.parse_known_args()
     sys.path.insert(0, str(HERE))
     RESULTS.mkdir(exist_ok=True)

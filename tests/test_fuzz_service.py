@@ -5,10 +5,8 @@ Targets: no 5xx, every error response is JSON, no hang (a request past HANG_S)."
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
-from collections import Counter
 
 import pytest
 
@@ -16,56 +14,11 @@ httpx = pytest.importorskip("httpx", reason="the serve extra (fastapi, uvicorn, 
 pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn, httpx) is not installed")
 schemathesis = pytest.importorskip("schemathesis", reason="the dev extra's schemathesis is not installed")
 
+from _fuzz import AUTH, FUZZ_EXAMPLES, HANG_S, TOKEN, fuzz_run  # noqa: E402,F401
 from _server import start_server, stop_server  # noqa: E402
 from _synthetic_data import save_planted_model  # noqa: E402
 
-TOKEN = "fuzz-token"
-AUTH = {"authorization": f"Bearer {TOKEN}"}
-HANG_S = 30.0
-FUZZ_EXAMPLES = int(os.environ.get("CTXREC_FUZZ_EXAMPLES", "30"))
 http = httpx.Client(timeout=HANG_S)
-
-
-def fuzz_run(base: str, max_examples: int = FUZZ_EXAMPLES, hang_s: float = HANG_S) -> dict:
-    """Every operation of the served schema, ``max_examples`` generated cases each (positive and
-    negative modes); returns counts, a status histogram, the 5xx/non-JSON-error/hang cases."""
-    from hypothesis import HealthCheck, given, settings
-    from hypothesis.errors import Unsatisfiable
-    from schemathesis.generation import GenerationMode
-    schema = schemathesis.openapi.from_dict(httpx.get(f"{base}/openapi.json", timeout=hang_s).json())
-    out = {"requests": 0, "status": Counter(), "5xx": [], "non_json_errors": [], "hangs": [], "operations": [], "unsatisfiable": []}
-    for res in schema.get_all_operations():
-        op = res.ok()
-        out["operations"].append(op.label)
-        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            @settings(max_examples=max_examples, deadline=None, database=None, derandomize=True,
-                      suppress_health_check=list(HealthCheck))
-            @given(case=op.as_strategy(generation_mode=mode))
-            def one(case):
-                t0 = time.perf_counter()
-                try:
-                    r = case.call(base_url=base, headers=AUTH, timeout=hang_s)
-                except Exception as e:  # a timeout or a dropped connection: a hang or a crash
-                    out["hangs"].append(f"{op.label} {type(e).__name__}: {e}"[:300])
-                    return
-                out["requests"] += 1
-                out["status"][r.status_code] += 1
-                what = f"{case.method} {case.formatted_path} query={case.query!r} body={case.body!r}"[:400]
-                if r.status_code >= 500:
-                    out["5xx"].append(f"{what} -> {r.status_code} {r.content[:200]!r}")
-                elif r.status_code >= 400:
-                    try:
-                        json.loads(r.content)
-                    except ValueError:
-                        out["non_json_errors"].append(f"{what} -> {r.status_code} {r.content[:200]!r}")
-                if time.perf_counter() - t0 > hang_s:
-                    out["hangs"].append(what)
-            try:
-                one()
-            except Unsatisfiable:  # negative mode of an operation with nothing to violate (GET /healthz)
-                out["unsatisfiable"].append(f"{op.label} {mode.value}")
-    out["status"] = {str(k): v for k, v in sorted(out["status"].items())}
-    return out
 
 
 @pytest.fixture(scope="module")
