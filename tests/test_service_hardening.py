@@ -119,6 +119,12 @@ def test_put_items_refuses_surrogates_before_writing():
                            (b'{"items": [{"id": "n1", "kind": [1, Infinity]}]}', "items.0.kind")):
             r = http.put(f"{base}/items", content=raw, headers=auth)
             assert r.status_code == 422 and field in (r.json().get("field") or ""), (raw, r.text)
+        for raw in (b"[" * 100_000, b'{"items": [{"id": "n1", "kind": ' + b"[" * 5000 + b"]" * 5000 + b"}]}"):
+            r = http.put(f"{base}/items", content=raw, headers=auth)  # RecursionError in the parser: 500 before
+            assert r.status_code == 422 and r.json()["field"] == "body", r.text[:300]
+        for filt in ("[" * 5000, "[" * 3000 + "]" * 3000):
+            r = http.get(f"{base}/items/i1/similar", params={"filter": filt})
+            assert r.status_code == 422 and r.json()["field"] == "filter", r.text[:300]
         assert http.get(f"{base}/items/n1").status_code == 404  # nothing was written
     finally:
         stop_server(proc)

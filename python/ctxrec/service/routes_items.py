@@ -16,19 +16,31 @@ router = APIRouter()
 _FILTER = TypeAdapter(Filter)
 
 
+def _json(raw: str | bytes, field: str) -> Any:
+    """``raw`` parsed as JSON; InputError naming ``field`` when it is not JSON or is nested past
+    the parser's recursion limit (a RecursionError would otherwise answer 500)."""
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        text = raw[:200] if isinstance(raw, str) else raw[:200].decode("utf-8", "backslashreplace")
+        raise InputError(f"{field}: not valid JSON ({e}): {text!r}", field=field) from None
+    except RecursionError:
+        raise InputError(f"{field}: nested too deeply", field=field) from None
+
+
 @router.put("/items", summary="add or update catalog items (admin; batch upsert, live at once)")
 async def put_items(request: Request) -> Any:
     require_admin(request, "catalog writes")  # before the body is read, as for /admin
     import pandas as pd
     raw = await request.body()
-    try:  # the stdlib reader, as FastAPI's for the other bodies: a lone surrogate reaches the schema, named
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"body: not valid JSON ({e})", field="body") from None
+    # the stdlib reader, as FastAPI's for the other bodies: a lone surrogate reaches the schema, named
+    data = _json(raw, "body")
     try:
         req = ItemsRequest.model_validate(data)
     except ValidationError as e:
         raise RequestValidationError(e.errors()) from None
+    except RecursionError:
+        raise InputError("body: nested too deeply", field="body") from None
     rows = []
     for j, it in enumerate(req.items):
         row = {"item_id": it.id, "text": it.text}
@@ -65,10 +77,7 @@ async def delete_item(request: Request, item_id: IdStr) -> Any:
 @router.get("/items/{item_id}/similar", summary="items most similar to an item")
 async def similar(request: Request, item_id: IdStr, k: int = Query(10, ge=1, le=1000), by: str = "vectors",
                   filter: str | None = Query(None, description='JSON object, e.g. {"genres": ["Comedy"]}')) -> Any:
-    try:
-        filt = None if filter in (None, "") else json.loads(filter)
-    except json.JSONDecodeError as e:
-        raise InputError(f"filter: not valid JSON ({e.msg}): {filter[:200]!r}", field="filter") from None
+    filt = None if filter in (None, "") else _json(filter, "filter")
     if filt is not None and not isinstance(filt, dict):
         raise InputError(f"filter: expected a JSON object of attribute -> value(s), got {filter[:200]!r}",
                          field="filter")
