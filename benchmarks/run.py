@@ -22,8 +22,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 BENCHES = ["engine", "feedback", "requests"]  # what `make bench` runs (requests trains a model: ~1 min)
-#: run only when named (``--only hardening``): correctness checks more than timings, several minutes
-EXTRA = ["hardening"]
+#: run only when named (``--only hardening``, ``--only training``): several minutes each
+EXTRA = ["hardening", "training"]
 
 
 def machine() -> dict:
