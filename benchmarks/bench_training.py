@@ -83,7 +83,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     for loss in ("bpr", "softmax"):
         a, b = statistics.median(times[f"{loss}_none"]), statistics.median(times[f"{loss}_text"])
         text_rows.append({"loss": loss, "no_text_s": a, "item_text_s": b, "ratio": b / a, "target": 1.5,
-                          "pass": b / a <= 1.5})
+                          "pass": bool(b / a <= 1.5)})
     out["text"] = {"rows": text_rows, "epoch_seconds": times}
     # ---- default threads vs one, idle and busy ------------------------------------------------
     n_cores = os.cpu_count() or 1
@@ -107,7 +107,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         speedup = one / dflt
         target = 1.6 if load == "idle" else 0.9
         thread_rows.append({"load": load, "one_thread_s": one, "default_s": dflt, "speedup": speedup,
-                            "target": target, "pass": speedup >= target, "epoch_seconds": tt})
+                            "target": target, "pass": bool(speedup >= target), "epoch_seconds": tt})
         print(f"{load}: one thread {one:.2f} s, default {dflt:.2f} s -> {speedup:.2f}x", flush=True)
     out["threads"] = {"rows": thread_rows, "busy_processes": max(1, n_cores - 1)}
     return out

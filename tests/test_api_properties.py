@@ -98,7 +98,7 @@ def test_feedback_returns_or_raises_a_ctxrec_error_and_changes_nothing_when_it_r
     out = _call(rec, lambda r: r.feedback(user, item, context, label, ignore_unknown=ignore))
     if out is not None:
         assert out["new_user"] == (len(rec.user_ids_) == n + 1)
-        assert rec._user(out["user"]) >= 0
+        assert rec.user_index(out["user"]) >= 0
 
 
 @SETTINGS

@@ -167,30 +167,37 @@ def test_deterministic_for_seed_and_thread_count(dropout, window, tri):
         assert not np.array_equal(a.T_, c.T_)
 
 
-@pytest.mark.parametrize("slowdown", [25.0, 1 / 1.7])
-def test_thread_chooser_bounds_probe_cost_and_follows_the_faster(slowdown):
-    """Simulated machine: ``n_max`` threads take ``slowdown`` x one thread's time per example
-    (25: another process holds the cores; 1/1.7: idle). The chooser ends up on the faster
-    choice for most of the work and its probes of the slower one cost <= ~overhead."""
+@pytest.mark.parametrize("machine", ["busy", "idle", "noisy"])
+def test_thread_chooser_bounds_probe_cost_and_follows_the_faster(machine):
+    """Simulated machines, per-example seconds of ``n_max`` = 2 threads against one thread's 1 us:
+    busy (25 us: another process holds the cores), idle (1/1.7 us), noisy (a busy process
+    beside: 0.6 us on a lucky piece one time in three, else 3 us). The chooser does most of the
+    work on the faster choice and costs at most ~6 % (busy, idle) / 10 % (noisy) over the best
+    fixed choice; the slower one is still probed now and then."""
     from ctxrec.model.fm import ThreadChooser
+    rng = np.random.default_rng(0)
     one = 1e-6
-    rate = {2: one * slowdown, 1: one}
-    ch = ThreadChooser(2, chunk=4096, probe=1024, overhead=0.05)
-    spent = {1: 0.0, 2: 0.0}
-    done = {1: 0, 2: 0}
+
+    def rate(n):
+        if n == 1:
+            return one
+        return {"busy": 25 * one, "idle": one / 1.7}.get(machine) or (0.6 * one if rng.random() < 1 / 3 else 3 * one)
+
+    ch = ThreadChooser(2, chunk=16384, probe=1024)
+    spent, done = {1: 0.0, 2: 0.0}, {1: 0, 2: 0}
     while sum(done.values()) < 5_000_000:
         n, size = ch.next()
-        assert n in (1, 2) and size in (4096, 1024)
-        ch.record(n, size * rate[n], size)
-        spent[n] += size * rate[n]
+        assert n in (1, 2) and size in (16384, 8192, 4096, 2048, 1024)
+        t = size * rate(n)
+        ch.record(n, t, size)
+        spent[n] += t
         done[n] += size
-    fast = 1 if slowdown > 1 else 2
-    slow = 3 - fast
     total = sum(done.values())
-    assert done[fast] / total > 0.9
-    ideal = total * rate[fast]
-    assert sum(spent.values()) <= ideal * 1.06, (spent, ideal)
-    assert done[slow] > 0  # the slower choice is still probed now and then
+    best_fixed = total * min(one, {"busy": 25 * one, "idle": one / 1.7, "noisy": (0.6 + 6) / 3 * one}[machine])
+    fast = 2 if machine == "idle" else 1
+    assert done[fast] / total > 0.9, done
+    assert sum(spent.values()) <= best_fixed * (1.10 if machine == "noisy" else 1.06), (spent, best_fixed)
+    assert done[3 - fast] > 0  # the slower choice is still probed now and then
 
 
 def test_dropout_masks_user_side_features_in_training_only():

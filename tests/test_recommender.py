@@ -151,9 +151,9 @@ def test_three_way_model_served_exactly_end_to_end(tmp_path, dataset):
     for user, ctx, b in zip(users, ctxs, batch):
         r = rec.recommend(user, ctx, k=10)
         assert r.item_ids == b.item_ids and r.scores == b.scores
-        u = rec._user(user)
+        u = rec.user_index(user)
         feats, _ = rec._features(ctx)
-        items = np.array([rec._item(i) for i in r.item_ids])
+        items = np.array([rec.item_index(i) for i in r.item_ids])
         p = rec.model_.predict(Interactions(np.full(len(items), u), items, np.repeat(feats.reshape(1, -1), len(items), 0)))
         np.testing.assert_allclose(r.scores, p, atol=1e-4)
         ex = rec.explain(user, r.item_ids[0], ctx)
@@ -223,9 +223,9 @@ def test_feedback_on_an_added_item_is_recorded(live):
     assert out["new_user"] and out["known_items"] == 1
     assert "new1" not in live.recommend("brand-new", {}, k=300).item_ids  # seen now
     out = live.feedback("u0", "new2")
-    assert out["known_items"] == len(live._history[live._user("u0")])
-    assert live._history[live._user("u0")][-1] == live._item("new2")
-    assert "new2" in live.engine_.seen(live._user("u0")).tolist()
+    assert out["known_items"] == len(live._history[live.user_index("u0")])
+    assert live._history[live.user_index("u0")][-1] == live.item_index("new2")
+    assert "new2" in live.engine_.seen(live.user_index("u0")).tolist()
     assert live.model_.V_.shape[0] == before.shape[0] + 1  # the new user joined the model
 
 
@@ -240,10 +240,10 @@ def test_update_and_remove_items_take_effect_at_once(live):
     live.update_items(pd.DataFrame({"item_id": ["i3"], "text": ["zebra unicorn banana"]}))
     v1, _ = live.engine_.item_vector("i3")
     assert not np.allclose(v0, v1)
-    assert live.filter_mask({"kind": "morning"})[live._item("i3")]  # its attribute is kept
+    assert live.filter_mask({"kind": "morning"})[live.item_index("i3")]  # its attribute is kept
     kind = live.item_attrs_["kind"]
     csr = (np.array([0, 1]), np.array([kind.index("morning")]), np.ones(1, np.float32), len(kind))
-    want = live.model_.item_vectors(csr, HashingEncoder().encode(["zebra unicorn banana"]), items=[live._item("i3")])
+    want = live.model_.item_vectors(csr, HashingEncoder().encode(["zebra unicorn banana"]), items=[live.item_index("i3")])
     np.testing.assert_allclose(v1, want.item_vecs[0], atol=1e-6)  # id factor + kept attribute + new text
     assert live.upsert_items(pd.DataFrame({"item_id": ["i3", "new3"], "kind": ["morning", "brunch"]})) == \
         {"added": 1, "updated": 1}
@@ -293,7 +293,7 @@ def test_live_catalog_survives_save_load(tmp_path, dataset):
         a, b = live.recommend(user, ctx, k=10, filter=f), back.recommend(user, ctx, k=10, filter=f)
         assert a.item_ids == b.item_ids
         np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
-    assert "new2" in back.engine_.seen(back._user("u1")).tolist()
+    assert "new2" in back.engine_.seen(back.user_index("u1")).tolist()
     assert back.recommend("u9", MORNING, k=5, filter={"kind": "brunch"}).item_ids == ["new1"]
     back.add_items(pd.DataFrame({"item_id": ["new4"], "kind": ["brunch"]}))  # the loaded model adds items too
     assert set(back.recommend("u9", MORNING, k=5, filter={"kind": "brunch"}).item_ids) == {"new1", "new4"}
@@ -317,7 +317,7 @@ def test_catalog_writes_are_logged_and_replayed_after_a_restart(tmp_path, datase
     back = Recommender.load(tmp_path / "rec")  # the model saved before the writes + its log: a restart
     assert back.engine_.contains("new1") and not back.engine_.contains("i7")
     assert back.item_info("new1")["title"] == "Zebra II"
-    assert "new2" in back.engine_.seen(back._user("u1")).tolist()
+    assert "new2" in back.engine_.seen(back.user_index("u1")).tolist()
     for user, ctx, f in [("u1", MORNING, None), ("new", NIGHT, {"kind": ["brunch", "night"]})]:
         assert back.recommend(user, ctx, k=10, filter=f).item_ids == rec.recommend(user, ctx, k=10, filter=f).item_ids
     with pytest.raises(KeyError):  # a rejected write is not logged
@@ -420,7 +420,7 @@ def test_rejected_feedback_never_creates_the_user(fresh, tmp_path):
         args = {"item": "i1", **kw}
         with pytest.raises((InputError, UnknownIdError)):
             fresh.feedback("brand-new", args.pop("item"), **args)
-        assert fresh._user("brand-new") < 0 and fresh.event_status()["log_position"] == 0
+        assert fresh.user_index("brand-new") < 0 and fresh.event_status()["log_position"] == 0
     assert fresh.feedback("brand-new", "i1")["new_user"]
 
 
@@ -492,7 +492,7 @@ def test_legitimate_context_keys_still_pass(fresh, dataset, tmp_path):
     live.feedback("walk-in", "i1", {"legacy_key": 1})
     back = Recommender.load(tmp_path / "m", event_log=None)
     back.ignore_unknown_context = False
-    assert back.open_event_log(tmp_path / "log.sqlite") == 1 and back._user("walk-in") >= 0
+    assert back.open_event_log(tmp_path / "log.sqlite") == 1 and back.user_index("walk-in") >= 0
     assert back.ignore_unknown_context is False and Recommender.load(tmp_path / "m").ignore_unknown_context
 
 
@@ -572,7 +572,7 @@ def test_max_new_users_bounds_feedback_and_replay_never_fails(dataset, tmp_path)
     assert not live.feedback("new0", "i2")["new_user"] and not live.feedback("u1", "i2")["new_user"]
     # a restart replays the log: the replayed users count towards the bound, so it still holds
     back = Recommender.load(tmp_path / "m", event_log=log)
-    assert all(back._user(f"new{j}") >= 0 for j in range(3))
+    assert all(back.user_index(f"new{j}") >= 0 for j in range(3))
     with pytest.raises(InputError, match="max_new_users"):
         back.feedback("one-too-many", "i1")
     # ... and a replay is never refused by the bound, even a tighter one

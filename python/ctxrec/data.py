@@ -195,7 +195,7 @@ class Categorical:
             elif sep is not None and isinstance(v, str):
                 items = [x.strip() for x in v.split(sep)]
             else:
-                items = [_scalar_str(v)]
+                items = [scalar_str(v)]
             rows.append(sorted({x for x in items if x not in miss}))
         vocab = sorted({x for r in rows for x in r})
         pos = {v: i for i, v in enumerate(vocab)}
@@ -246,7 +246,7 @@ def stack_attrs(attrs: Mapping[str, Categorical], names: Sequence[str] | None = 
     return indptr, c[order], v[order], off, colnames
 
 
-def _scalar_str(v: Any) -> str:
+def scalar_str(v: Any) -> str:
     """Canonical string of a scalar id/category: integral floats print as ints."""
     if isinstance(v, (float, np.floating)) and float(v).is_integer():
         return str(int(v))

@@ -32,7 +32,7 @@ import pandas as pd
 from ctxrec._io import CorruptArtifactError, MetaField, atomic_dir, jsonable, load_array, read_manifest
 from ctxrec.context import ContextSpec, check_text, encode_texts
 from ctxrec.data import Dataset
-from ctxrec.data import _scalar_str
+from ctxrec.data import scalar_str
 from ctxrec.engine import Engine
 from ctxrec.errors import ContextError, CtxrecError, InputError, NotFittedError, UnknownIdError
 from ctxrec.ids import int_id
@@ -237,8 +237,8 @@ def _attr_values(v: Any) -> list[str]:
     if _missing(v):
         return []
     if isinstance(v, (list, tuple, set, np.ndarray)):
-        return sorted({_scalar_str(x) for x in v if not _missing(x) and _scalar_str(x) != ""})
-    s = _scalar_str(v)
+        return sorted({scalar_str(x) for x in v if not _missing(x) and scalar_str(x) != ""})
+    s = scalar_str(v)
     return [s] if s != "" else []
 
 
@@ -470,7 +470,7 @@ class Recommender:
             The model has no item text in its engine, ``requests`` carries no request text,
             or ``grid`` holds a weight that is not finite and > 0.
         """
-        self._fitted()
+        self.check_fitted()
         if not isinstance(requests, Dataset):
             raise InputError(f"requests must be a ctxrec.data.Dataset, got {type(requests).__name__}",
                              field="requests")
@@ -563,13 +563,91 @@ class Recommender:
         """Width of the request-text input the model was trained with (0 = none)."""
         return int(self.model_.toff_[3] - self.model_.toff_[2])
 
-    def _fitted(self) -> None:
+    def check_fitted(self) -> None:
+        """Raise :class:`~ctxrec.errors.NotFittedError` unless the recommender is fitted or loaded."""
         if not hasattr(self, "engine_"):
             raise NotFittedError("Recommender is not fitted: call fit(dataset) or Recommender.load(path) first")
 
+    @property
+    def encoder_(self) -> Any:
+        """The text encoder the fitted recommender reads text with (None: no text)."""
+        return getattr(self, "_encoder", None)
+
+    def query_vector(self, u: int, context: np.ndarray | None = None,
+                     text: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+        """The model's query for a user in a context: the owner of the serving score.
+
+        The score of item ``i`` is ``q @ item_vecs[i] + item_bias[i] + const`` (the engine's
+        tables, ``engine_.item_vector``), plus the text-match term
+        ``text_match_weight_ * cos(text, item_text_[i])`` when there is request text.
+
+        Parameters
+        ----------
+        u : int
+            Dense user index (:meth:`user_index`; -1: anonymous / cold start).
+        context : int array [n_slots] or None
+            Context value indices (``context_.transform(...).indices``); None: no context.
+        text : float array [d] or None
+            The request-text vector; used only when the model reads request text itself.
+
+        Returns
+        -------
+        (float64 array [dim], float)
+            The query vector and the constant of the score.
+        """
+        model_text = None if text is None or not self._model_text_dim() else \
+            np.asarray(text, np.float32).reshape(1, -1)
+        with self._lock:
+            qb = self.model_.build_queries(np.array([u]), context=context, context_text=model_text)
+        return np.asarray(qb.joined()[0], np.float64), float(qb.const[0])
+
+    def model_contributions(self, u: int, context: np.ndarray | None, text: np.ndarray | None,
+                            vec: np.ndarray, bias: float) -> dict[str, float]:
+        """The model part of an item's score split by successive removal (what ``explain`` reports).
+
+        Parameters
+        ----------
+        u, context, text
+            As in :meth:`query_vector`.
+        vec : float array [dim]
+            The item's vector; ``bias`` its bias (the engine's tables, or a session's copy).
+
+        Returns
+        -------
+        dict
+            ``request_text`` (the model's own use of the request text), ``context``,
+            ``user_affinity`` (who the user is), ``popularity`` (an anonymous request with no
+            context) and ``score`` (their sum: the model part of the score).
+        """
+        vec = np.asarray(vec, np.float64)
+
+        def score(user_idx: int, c: np.ndarray | None, t: np.ndarray | None) -> float:
+            q, const = self.query_vector(user_idx, c, t)
+            return float(q @ vec + bias + const)
+
+        uses_text = bool(self._model_text_dim()) and text is not None
+        absent = None if context is None else np.full_like(context, -1)
+        full = score(u, context, text if uses_text else None)
+        no_text = score(u, context, None) if uses_text else full
+        no_ctx = score(u, absent, None)
+        anon = score(-1, absent, None)
+        return {"request_text": full - no_text, "context": no_text - no_ctx, "user_affinity": no_ctx - anon,
+                "popularity": anon, "score": full}
+
     # ------------------------------------------------------------------ serve
-    def _user(self, user: Any) -> int:
-        """Dense index of a raw user id (checked by :func:`_check_id`), -1 when unknown (cold start) or None."""
+    def user_index(self, user: Any) -> int:
+        """The dense index of a raw user id.
+
+        Parameters
+        ----------
+        user : int, str or None
+            A raw user id (checked by ``recommend``'s rules; digit strings match integer ids).
+
+        Returns
+        -------
+        int
+            The user's index (a row of ``user_ids_``), or -1 for an unknown user or None.
+        """
         if user is None:
             return -1
         u = self._user_pos.get(user)
@@ -608,8 +686,28 @@ class Recommender:
             out[take] = self.engine_.item_slots(query)
         return out
 
-    def _item(self, item: Any, name: str = "item") -> int:
-        """Slot of one raw item id; InputError for a malformed id, UnknownIdError for an unknown or removed one."""
+    def item_index(self, item: Any, name: str = "item") -> int:
+        """The slot of one raw item id in the live catalog.
+
+        Parameters
+        ----------
+        item : int or str
+            A raw item id.
+        name : str
+            The argument's name in errors.
+
+        Returns
+        -------
+        int
+            The item's slot (a row of ``items_`` and ``item_text_``).
+
+        Raises
+        ------
+        InputError
+            A malformed id.
+        UnknownIdError
+            An id not in the catalog (unknown or removed).
+        """
         s = int(self._item_slots([_check_id(item, name)], name)[0])
         if s < 0:
             raise UnknownIdError(f"{name}: unknown item id {_short(item)}", field=name, value=item)
@@ -686,7 +784,7 @@ class Recommender:
             Not a mapping, a non-string or invalid key, an unknown key, unreadable text, or an
             invalid value (``field`` is ``"context.<key>"``).
         """
-        self._fitted()
+        self.check_fitted()
         ctx = self._check_context(context, ignore_unknown, also_known=also_known, text=text)
         self.context_.transform(ctx)  # the values (raises naming the field), no encoding
         return ctx
@@ -716,13 +814,11 @@ class Recommender:
 
     def _query(self, u: int, context: Mapping[str, Any] | None) -> tuple[np.ndarray, float, np.ndarray | None]:
         ctx, text = self._features(context)
-        model_text = text if self._model_text_dim() else None
-        with self._lock:
-            qb = self.model_.build_queries(np.array([u]), context=ctx, context_text=model_text)
+        q, const = self.query_vector(u, ctx, text)
         tq = None
         if text is not None and self.text_match_weight_ and np.any(text):
             tq = _unit_rows(text)[0]
-        return qb.joined()[0], float(qb.const[0]), tq
+        return q.astype(np.float32), const, tq
 
     def recommend(self, user: Any, context: Mapping[str, Any] | None = None, k: int = 10, *,
                   exclude_seen: bool = True, exclude: Iterable[Any] | None = None,
@@ -766,14 +862,14 @@ class Recommender:
         ContextError
             An invalid context: not a mapping, an unknown key, an invalid value.
         """
-        self._fitted()
+        self.check_fitted()
         user = _check_id(user, "user", none_ok=True)
         k = _check_k(k)
         ctx = self._check_context(context, ignore_unknown)
         filter = self._check_filter(filter)
         exclude, unknown_ex = self._known_ids(exclude, "exclude")
         allow, unknown_allow = self._known_ids(allow, "allow")
-        u = self._user(user)
+        u = self.user_index(user)
         q, const, tq = self._query(u, ctx)
         ids, scores = self.engine_.recommend(q, k, exclude=exclude, allow=allow, filter=filter, text_query=tq,
                                              user=u if exclude_seen and u >= 0 else None)
@@ -816,7 +912,7 @@ class Recommender:
             As :meth:`recommend`; ``users``/``contexts``/``exclude`` not sequences of the same
             length (``field`` names the request, e.g. ``"contexts.3.timestamp"``).
         """
-        self._fitted()
+        self.check_fitted()
         k = _check_k(k)
         if isinstance(num_threads, (bool, np.bool_)) or not isinstance(num_threads, (int, np.integer)) or \
                 not 0 <= num_threads < 1 << 16:
@@ -852,7 +948,7 @@ class Recommender:
             keys.append(key)
         if b == 0:
             return []
-        uidx = np.array([self._user(u) for u in users], np.int64)
+        uidx = np.array([self.user_index(u) for u in users], np.int64)
         ctx_rows = np.concatenate([np.asarray(feats[key][0]).reshape(1, -1) for key in keys]) \
             if self.context_.slots else None
         texts = [feats[key][1] for key in keys]
@@ -901,7 +997,7 @@ class Recommender:
         group="user": one query per user with no context, relevant = all their test items.
         ``test``/``train`` must share this recommender's catalog (same item ids in the same order).
         """
-        self._fitted()
+        self.check_fitted()
         if len(test.item_ids) != len(self.item_ids_) or not np.array_equal(test.item_ids, self.item_ids_):
             raise ValueError("test: its item catalog differs from the one the recommender was fitted on")
         feats = self.context_.transform(_context_rows(self.context_, test)) if group == "row" else None
@@ -931,33 +1027,20 @@ class Recommender:
         ``user`` (None: anonymous), ``item``, ``context`` and ``ignore_unknown`` are checked as in
         :meth:`recommend`; an unknown item raises :class:`~ctxrec.errors.UnknownIdError`.
         """
-        self._fitted()
+        self.check_fitted()
         user = _check_id(user, "user", none_ok=True)
-        i = self._item(item)
+        i = self.item_index(item)
         context = self._check_context(context, ignore_unknown)
-        u = self._user(user)
+        u = self.user_index(user)
         ctx, text = self._features(context)
         vec, bias = self.engine_.item_vector(self.item_ids_[i])
-        vec = np.asarray(vec, np.float64)
-        uses_text = bool(self._model_text_dim()) and text is not None
-
-        def score(user_idx: int, c: np.ndarray | None, t: np.ndarray | None) -> float:
-            with self._lock:
-                qb = self.model_.build_queries(np.array([user_idx]), context=c, context_text=t)
-            return float(qb.joined()[0] @ vec + bias + qb.const[0])
-
-        absent = None if ctx is None else np.full_like(ctx, -1)
-        full = score(u, ctx, text if uses_text else None)
-        no_text = score(u, ctx, None) if uses_text else full
-        no_ctx = score(u, absent, None)
-        anon = score(-1, absent, None)
+        parts = self.model_contributions(u, ctx, text, vec, float(bias))
+        full = parts.pop("score")
         match = 0.0
         if text is not None and self.text_match_weight_ and self.item_text_ is not None:
             match = self.text_match_weight_ * float(_unit_rows(text)[0] @ self.item_text_[i])
-        parts = {"text_match": match, "request_text": full - no_text, "context": no_text - no_ctx,
-                 "user_affinity": no_ctx - anon, "popularity": anon}
         return {"user": jsonable(user), "item_id": jsonable(self.item_ids_[i]), "cold_start": u < 0,
-                "score": full + match, "contributions": parts}
+                "score": full + match, "contributions": {"text_match": match, **parts}}
 
     def feedback(self, user: Any, item: Any, context: Mapping[str, Any] | None = None,
                  label: float = 1.0, *, ignore_unknown: bool | None = None) -> dict[str, Any]:
@@ -1001,7 +1084,7 @@ class Recommender:
             A malformed user or item id, a bad label, an invalid context (ContextError), a
             new user id too long or not representable, or ``max_new_users`` reached.
         """
-        self._fitted()
+        self.check_fitted()
         with self._write_lock:  # checked under it: a new user's id depends on the users added before
             checked = self._check_event(user, item, context, label, ignore_unknown=ignore_unknown)
             seq = None
@@ -1026,13 +1109,13 @@ class Recommender:
         replay reproduces the state the live object had.
         """
         user = _check_id(user, "user")
-        i = self._item(item)
+        i = self.item_index(item)
         label = _check_label(label)
         ctx = self._check_context(context, True if replay else ignore_unknown, also_known=("timestamp",), text=False)
         self._features(ctx, encode=False)  # raises ContextError naming the field (no text to encode:
         # the fold-in does not read the context)
         new_ids = None
-        if self._user(user) < 0:
+        if self.user_index(user) < 0:
             if not replay:
                 self._check_new_user(user)
             ids = self.user_ids_
@@ -1070,7 +1153,7 @@ class Recommender:
         copy_model: refit on a copy and swap it in (serving); False: update in place (replay
         before the object serves).
         """
-        u = self._user(user)
+        u = self.user_index(user)
         new = u < 0
         with self._lock:
             history = [] if new else list(self._history[u])
@@ -1122,7 +1205,7 @@ class Recommender:
         int
             The number of events replayed.
         """
-        self._fitted()
+        self.check_fitted()
         elog = path if isinstance(path, EventLog) else EventLog(path)
         origin = getattr(self, "_event_origin", None)
         if origin is not None and origin[0] != elog.log_id:
@@ -1192,7 +1275,7 @@ class Recommender:
         Recommender
             Fitted, not yet saved.
         """
-        self._fitted()
+        self.check_fitted()
         elog = event_log if isinstance(event_log, EventLog) else EventLog(event_log, readonly=True)
         until = elog.position()
         ds = self._with_events(dataset, elog.read(until=until))
@@ -1221,14 +1304,14 @@ class Recommender:
             if ev.kind != "feedback":
                 continue  # catalog writes: retrain applies them after the fit
             try:
-                raw_item = self.item_ids_[self._item(ev.item)]
+                raw_item = self.item_ids_[self.item_index(ev.item)]
                 di = int(ds.item_index(jsonable(raw_item), strict=True))
             except (KeyError, ValueError):
                 skipped += 1
                 continue
             if float(ev.label) <= 0 and ds.label is None and ds.rating is None:
                 continue  # implicit data has no negatives
-            u = self._user(ev.user)
+            u = self.user_index(ev.user)
             raw_user = jsonable(self.user_ids_[u]) if u >= 0 else ev.user
             try:
                 du = int(ds.user_index(raw_user, strict=True))
@@ -1297,7 +1380,7 @@ class Recommender:
         ValueError
             An unknown filter name or a filter that is not a mapping (the engine's message).
         """
-        self._fitted()
+        self.check_fitted()
         return self.engine_.filter_mask(filter)
 
     # ------------------------------------------------------------------ live catalog
@@ -1341,7 +1424,7 @@ class Recommender:
 
     def _write_items(self, frame: Any, mode: str) -> dict[str, int]:
         """Validate, vectorise and write a batch of items (see :meth:`upsert_items`)."""
-        self._fitted()
+        self.check_fitted()
         if not isinstance(frame, pd.DataFrame):
             raise InputError(f"items must be a pandas DataFrame, got {type(frame).__name__}", field="items")
         if self.item_attrs_ is None or self._attr_rows is None:
@@ -1528,12 +1611,12 @@ class Recommender:
         InputError
             ``item_ids`` not a sequence, or a malformed id (nothing is removed).
         """
-        self._fitted()
+        self.check_fitted()
         raw = _id_sequence(item_ids, "item_ids")
         with self._write_lock:
             slots = []
             for j, x in enumerate(raw):
-                slots.append(self._item(x, f"item_ids.{j}"))  # names the id; digit strings match int ids
+                slots.append(self.item_index(x, f"item_ids.{j}"))  # names the id; digit strings match int ids
             n = self.engine_.remove_items(self.item_ids_[np.asarray(slots, np.int64)]) if slots else 0
             if n:
                 self._log_catalog("items_remove", {"items": [jsonable(x) for x in raw]})
@@ -1569,8 +1652,8 @@ class Recommender:
         InputError
             A malformed id, k, by, exclude/allow or filter; ``by`` needing text the model lacks.
         """
-        self._fitted()
-        i = self._item(item)
+        self.check_fitted()
+        i = self.item_index(item)
         k = _check_k(k)
         if by not in ("vectors", "both", "text"):
             raise InputError(f"by must be 'vectors', 'both' or 'text', got {_short(by)}", field="by", value=by)
@@ -1609,19 +1692,19 @@ class Recommender:
         KeyError
             Unknown item. ValueError: an unknown field, named.
         """
-        self._fitted()
+        self.check_fitted()
         if fields is not None:
             missing = [f for f in fields if f not in self.items_.columns]
             if missing:
                 raise ValueError(f"fields: unknown item field(s) {missing}; the item table has "
                                  f"{list(map(str, self.items_.columns))}")
-        row = self.items_.iloc[self._item(item)]
+        row = self.items_.iloc[self.item_index(item)]
         if fields is not None:
             row = row[list(fields)]
         return {str(k): jsonable(v) for k, v in row.to_dict().items()}
 
     def summary(self) -> dict[str, Any]:
-        self._fitted()
+        self.check_fitted()
         return {"n_items": int(self.engine_.n_items_), "n_users": int(len(self.user_ids_)),
                 "context_fields": self.context_.columns, "text_match_weight": self.text_match_weight_,
                 "engine": repr(self.engine_),
@@ -1635,7 +1718,7 @@ class Recommender:
         With an event log attached, the directory records the log's id and the position
         this model contains, so loading it with that log replays only later events.
         """
-        self._fitted()
+        self.check_fitted()
         path = Path(path).expanduser()
         params = {"item_text": self.item_text, "user_text": self.user_text,
                   "text_match_weight": self.text_match_weight, "engine_params": dict(self.engine_params or {}),

@@ -234,7 +234,7 @@ class QuestionBank:
         """
         items: pd.DataFrame = rec.items_
         n = len(items)
-        enc = getattr(rec, "_encoder", None)
+        enc = rec.encoder_
         questions: list[Question] = []
         cols = list(attributes) if attributes is not None else [c for c in items.columns
                                                                   if c not in ("item_id", "text")]
@@ -496,6 +496,9 @@ class Session:
     pool : the belief is evaluated on the ``pool`` best items for question choice (2000).
     llm : optional :class:`ChatLLM` that reads free answers first (and can phrase questions,
         ``phrase(question)``); None (default) = the session's own reading only.
+
+    ``lock`` (a re-entrant lock) serializes the session's methods; hold it to make several
+    calls one consistent step (an answer and the state it leads to).
     """
 
     def __init__(self, recommender: Any, user: Any = None, context: Mapping[str, Any] | None = None, *,
@@ -506,7 +509,7 @@ class Session:
                  max_questions: int | None = None, text_choice_temperature: float = 0.1,
                  prior_mix: float = 0.1, pool: int = 2000, llm: ChatLLM | None = None) -> None:
         rec = recommender
-        rec._fitted()
+        rec.check_fitted()
         if context is not None and not isinstance(context, Mapping):
             raise ValueError(f"context must be a dict of field -> value, got {type(context).__name__}")
         if not (isinstance(k, (int, np.integer)) and k >= 1):
@@ -534,9 +537,9 @@ class Session:
         self.turns: list[Turn] = []
         self.asked: list[str] = []
         self.pending: Question | None = None
-        self._lock = threading.RLock()
-        self._u = rec._user(user) if user is not None else -1
-        self._encoder = getattr(rec, "_encoder", None)
+        self.lock = threading.RLock()
+        self._u = rec.user_index(user) if user is not None else -1
+        self._encoder = rec.encoder_
         rec.check_context(context, text=False)  # unknown keys, surrogates: an error naming the field
         text_fields = set(rec.context_.text_fields)
         ctx = dict(context or {})
@@ -572,7 +575,7 @@ class Session:
         out = []
         for i in ids:
             try:
-                out.append(self.rec._item(i))
+                out.append(self.rec.item_index(i))
             except KeyError:
                 pass
         return np.asarray(out, np.int64)
@@ -592,17 +595,10 @@ class Session:
         v = _unit(w @ np.asarray(self._texts))
         return v if np.any(v) else None
 
-    def _model_parts(self, u: int, ctx: np.ndarray | None, text: np.ndarray | None) -> tuple[np.ndarray, float]:
-        rec = self.rec
-        mt = text[None, :].astype(np.float32) if text is not None and rec._model_text_dim() else None
-        with rec._lock:
-            qb = rec.model_.build_queries(np.array([u]), context=ctx, context_text=mt)
-        return np.asarray(qb.joined()[0], np.float64), float(qb.const[0])
-
     def _refresh(self) -> None:
         rec = self.rec
         tv = self.text_vector()
-        q, const = self._model_parts(self._u, self._ctx, tv)
+        q, const = rec.query_vector(self._u, self._ctx, tv)
         base = self._vecs @ q + self._bias + const
         self._match = None
         if tv is not None and self.text_weight and rec.item_text_ is not None:
@@ -641,7 +637,7 @@ class Session:
     def recommend(self, k: int | None = None) -> Any:
         """The top-K now, as a ``Recommendation`` (scores = belief scores, model units)."""
         from ctxrec.recommender import Recommendation
-        with self._lock:
+        with self.lock:
             k = self.k if k is None else int(k)
             allowed = int(self._mask.sum())
             k = min(k, allowed)
@@ -655,13 +651,13 @@ class Session:
 
     def top_mass(self, k: int | None = None) -> float:
         """Share of the belief held by the current top-K."""
-        with self._lock:
+        with self.lock:
             k = self.k if k is None else int(k)
             return float(np.sort(self._p)[::-1][:k].sum())
 
     def question_gains(self) -> dict[str, float]:
         """Expected information gain (nats) of every unasked question over the current belief."""
-        with self._lock:
+        with self.lock:
             p = self._p
             n_pool = min(self.pool, int((p > 0).sum()))
             if n_pool == 0:
@@ -682,7 +678,7 @@ class Session:
         """The unasked question with the highest expected information gain, or None when the
         top-K is confident (``confidence``), nothing gains ``min_gain`` or ``max_questions``
         were asked. The question stays pending until answered or skipped."""
-        with self._lock:
+        with self.lock:
             if self.pending is not None:
                 return self.pending
             if self.max_questions is not None and len(self.asked) >= self.max_questions:
@@ -700,7 +696,7 @@ class Session:
 
     def ask(self, question: Question | str) -> Question:
         """Make ``question`` (or its id) the pending one (e.g. a UI's or a benchmark's own pick)."""
-        with self._lock:
+        with self.lock:
             q = self.bank[question] if isinstance(question, str) else question
             if q.id in self.asked:
                 raise ValueError(f"question {q.id!r} was already asked")
@@ -715,7 +711,7 @@ class Session:
         weights (a named option label wins; else cosine to each option's vector).
         Without a pending question, free text is taken as ``say(text)``.
         """
-        with self._lock:
+        with self.lock:
             q = self.pending if question is None else (self.bank[question] if isinstance(question, str)
                                                        else question)
             if q is None:
@@ -783,7 +779,7 @@ class Session:
     def say(self, text: str) -> Any:
         """Free text outside any question ("something light, for kids"): joins the
         conversation text (newest weighs most). Returns the new top-K."""
-        with self._lock:
+        with self.lock:
             if not isinstance(text, str) or not text.strip():
                 raise ValueError("say: expected non-empty text")
             self._add_text(text.strip())
@@ -796,26 +792,14 @@ class Session:
         (``user_affinity``, ``context``, ``request_text`` (the model's own text input),
         ``text_match`` (with what was said), ``answers``, ``popularity``), per-answer and
         per-text-turn detail, and short sentences a UI can show."""
-        with self._lock:
+        with self.lock:
             rec = self.rec
-            i = rec._item(item)
-            vec, bias = self._vecs[i], float(self._bias[i])
-            tv = self.text_vector()
-            uses_text = bool(rec._model_text_dim()) and tv is not None
-
-            def model_score(u: int, c: np.ndarray | None, t: np.ndarray | None) -> float:
-                q, const = self._model_parts(u, c, t)
-                return float(q @ vec + bias + const)
-
-            absent = None if self._ctx is None else np.full_like(self._ctx, -1)
-            full = model_score(self._u, self._ctx, tv if uses_text else None)
-            no_text = model_score(self._u, self._ctx, None) if uses_text else full
-            no_ctx = model_score(self._u, absent, None)
-            anon = model_score(-1, absent, None)
+            i = rec.item_index(item)
+            model = rec.model_contributions(self._u, self._ctx, self.text_vector(), self._vecs[i],
+                                            float(self._bias[i]))
+            model.pop("score")
             match = float(self._match[i]) if self._match is not None else 0.0
-            answers_total = float(self._T * self._loglik[i])
-            parts = {"user_affinity": no_ctx - anon, "context": no_text - no_ctx, "request_text": full - no_text,
-                     "text_match": match, "answers": answers_total, "popularity": anon}
+            parts = {**model, "text_match": match, "answers": float(self._T * self._loglik[i])}
             reasons: list[tuple[float, str]] = []
             per_answer = []
             for t_idx, ll in self._answer_ll:
@@ -867,7 +851,7 @@ class Session:
 
     def state(self, k: int | None = None) -> dict[str, Any]:
         """JSON-ready snapshot: items, the pending question, turns, confidence."""
-        with self._lock:
+        with self.lock:
             rec = self.recommend(k)
             return {"session_id": self.id, "user": jsonable(self.user), "cold_start": rec.cold_start,
                     "items": rec.to_dict()["items"],

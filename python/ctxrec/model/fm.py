@@ -610,7 +610,7 @@ class ContextFM:
         # pieces of whole mini-batches (batches and their random draws are those of one call), big
         # enough that a kernel call's per-call work (zeroed gradient tables of n_rows) stays small
         bsz = int(min(self.batch_size, n))
-        chooser = ThreadChooser(numba.get_num_threads(), bsz * max(16, -(-self.n_rows_ // (4 * bsz))), 4 * bsz) \
+        chooser = ThreadChooser(numba.get_num_threads(), bsz * max(64, -(-self.n_rows_ // (4 * bsz))), 4 * bsz) \
             if nthreads is None and numba.get_num_threads() > 1 else None
         t_fit = time.perf_counter()
         import logging  # fit's reporting: one log record per epoch, an epoch bar when verbose
@@ -835,7 +835,7 @@ class ContextFM:
 
     def predict(self, X: Interactions) -> np.ndarray:
         """Model score (float64 [n]) per row: the rating for mse, the logit for logloss."""
-        self._check_fitted()
+        self.check_fitted()
         return self._predict_rows(self._check_rows(X, "X", allow_anon=True))
 
     def predict_proba(self, X: Interactions) -> np.ndarray:
@@ -847,7 +847,7 @@ class ContextFM:
                   context_text: np.ndarray | None = None, exclude_seen: bool = True) -> np.ndarray:
         """Top-k item indices (int64 [b, k], -1 padded) for each (user, context) by exact
         full-catalog scoring in ``ctxrec._core``; training positives excluded by default."""
-        self._check_fitted()
+        self.check_fitted()
         users = np.ascontiguousarray(users, dtype=np.int64)
         qb = self.build_queries(users, context=context, context_text=context_text)
         return self._topk(qb, users, k, exclude_seen)
@@ -856,7 +856,7 @@ class ContextFM:
     def export(self) -> ServingTables:
         """Item table for serving: item_vecs f32 [n_items, k], item_bias f32 [n_items] and, with
         three-way factors, item_tri f32 [n_items, n_tri_factors] (else None)."""
-        self._check_fitted()
+        self.check_fitted()
         k = self.V_.shape[1]
         vecs = np.zeros((self.n_items_, k), np.float32)
         bias = np.zeros(self.n_items_, np.float32)
@@ -900,7 +900,7 @@ class ContextFM:
         ValueError
             Shapes that do not match the fitted model, or an ``items`` index out of range.
         """
-        self._check_fitted()
+        self.check_fitted()
         if item_text is not None:
             m = int(np.shape(item_text)[0])
         elif items is not None:
@@ -971,7 +971,7 @@ class ContextFM:
         item) row up to float32 rounding. Shapes: queries f32 [b, k], const f32 [b],
         tri_queries f32 [b, n_tri_factors] or None.
         """
-        self._check_fitted()
+        self.check_fitted()
         users = np.atleast_1d(np.asarray(users, dtype=np.int64))
         X = Interactions(users, np.zeros(len(users), np.int64), context, context_text)
         r = self._check_rows(X, "query", allow_anon=True)
@@ -990,7 +990,7 @@ class ContextFM:
         ``user_text`` f32 [d_user] and ``user_attrs`` attribute indices) and returns its
         index; otherwise the given user is updated in place and returned. Deterministic.
         """
-        self._check_fitted()
+        self.check_fitted()
         items = np.atleast_1d(np.asarray(items, dtype=np.int64))
         if user is None:
             user = self._append_user(user_text, user_attrs)
@@ -1037,7 +1037,7 @@ class ContextFM:
         user : int
             The user's index in ``model`` (a new index when ``user`` is None).
         """
-        self._check_fitted()
+        self.check_fitted()
         m = copy.copy(self)
         m._opt = dict(self._opt)
         if user is not None:  # a new user re-allocates these arrays anyway (_append_user)
@@ -1099,7 +1099,7 @@ class ContextFM:
 
     def save(self, path: str | Path) -> Path:
         """Write the fitted model to the directory ``path`` (atomic; manifest with checksums)."""
-        self._check_fitted()
+        self.check_fitted()
         meta = {
             "params": self.get_params(),
             "scalars": {k_: (float(getattr(self, k_)) if isinstance(getattr(self, k_), float)
@@ -1180,7 +1180,8 @@ class ContextFM:
             if len(ix) and (ix.min() < 0 or ix.max() >= hi):
                 bad(f"{idx.rstrip('_')}.npy holds indices outside [0, {hi})")
 
-    def _check_fitted(self) -> None:
+    def check_fitted(self) -> None:
+        """Raise :class:`~ctxrec.errors.NotFittedError` unless the model is fitted or loaded."""
         if not hasattr(self, "V_"):
             raise NotFittedError("ContextFM is not fitted: call fit() first")
 
@@ -1263,17 +1264,20 @@ def _neg_tables(neg_items: np.ndarray, counts: np.ndarray, how: str, alpha: floa
 
 
 class ThreadChooser:
-    """Chooses, chunk by chunk, between ``n_max`` threads and one for a kernel whose result does
+    """Chooses, piece by piece, between ``n_max`` threads and one for a kernel whose result does
     not depend on the thread count (``ContextFM(num_threads=None)``).
 
-    Each choice is timed (seconds per example). Work goes in ``chunk``-example pieces to the
-    faster choice; the other is probed on a ``probe``-example piece once the time spent since
-    the last probe is ``1 / overhead`` times what that probe would cost beyond the faster
-    choice (so probing costs at most about ``overhead`` of the time, however lopsided the two
-    are). On an idle machine the threads win and a one-thread probe comes every few chunks;
-    beside processes that hold the cores one thread wins (no parallel region waits on a
-    descheduled thread) and the threads are retried about once per ``1 / overhead`` times
-    their measured loss.
+    Each piece is timed (seconds per example). Work goes to the current choice in pieces of
+    ``chunk`` examples with one thread; with ``n_max`` threads the pieces start at ``probe``
+    examples after a switch and double up to ``chunk // 2`` while the threads keep up (so
+    that a slow stretch costs little and is seen soon); the other choice is probed on a ``probe``-example piece once the time spent since
+    the last probe is ``1 / overhead`` times what that probe would cost beyond the current
+    choice, so probing costs about ``overhead`` of the time however lopsided the two are.
+    A probe must beat the current choice by ``margin``; a switch to ``n_max`` threads needs two
+    such probes in a row (beside a busy process a lucky probe is common, a slow stretch of
+    threads costly), a switch to one thread one probe, or the threads' own pieces falling
+    ``margin`` behind one thread's last rate. On an idle machine the threads win; beside
+    processes that hold the cores one thread wins and the threads are retried rarely.
 
     Parameters
     ----------
@@ -1283,15 +1287,23 @@ class ThreadChooser:
         Examples per piece of work and per probe (whole mini-batches).
     overhead : float
         The share of time that probes may cost.
+    margin : float
+        How much faster (relative) the other choice must be to be taken.
     """
 
-    def __init__(self, n_max: int, chunk: int, probe: int, overhead: float = 0.05) -> None:
-        self.n_max, self.chunk, self.probe, self.overhead = max(1, int(n_max)), int(chunk), int(probe), float(overhead)
+    def __init__(self, n_max: int, chunk: int, probe: int, overhead: float = 0.02, margin: float = 0.2) -> None:
+        self.n_max, self.chunk, self.probe = max(1, int(n_max)), int(chunk), int(probe)
+        self.overhead, self.margin = float(overhead), float(margin)
         self.rate: dict[int, float | None] = {self.n_max: None, 1: None}
-        self.best = self.n_max
+        self.best = 1
         self.since, self.due = 0.0, 0.0
         self._probing: int | None = None
+        self._confirm = False
+        self._piece = self.probe  # pieces with n_max threads: from ``probe``, doubling to chunk // 2
         self._used: list[tuple[int, int]] = []
+
+    def _other(self) -> int:
+        return 1 if self.best == self.n_max else self.n_max
 
     def next(self) -> tuple[int, int]:
         """The thread count and the examples of the next piece of work.
@@ -1299,7 +1311,7 @@ class ThreadChooser:
         Returns
         -------
         (int, int)
-            ``n_max`` or 1, and ``chunk`` or ``probe``.
+            ``n_max`` or 1, and the piece's size in examples.
         """
         self._probing = None
         if self.n_max == 1:
@@ -1308,23 +1320,39 @@ class ThreadChooser:
             if r is None:
                 self._probing = n
                 return n, self.probe
-        if self.since >= self.due:
-            self._probing = 1 if self.best == self.n_max else self.n_max
+        if self._confirm or self.since >= self.due:
+            self._probing = self._other()
             return self._probing, self.probe
-        return self.best, self.chunk
+        return self.best, self.chunk if self.best == 1 else self._piece
 
     def record(self, n: int, seconds: float, examples: int) -> None:
         """Record that ``examples`` took ``seconds`` with ``n`` threads (the piece :meth:`next` gave)."""
-        self.rate[n] = seconds / max(1, examples)
+        r = seconds / max(1, examples)
         self._used.append((n, examples))
-        if any(r is None for r in self.rate.values()):
-            return
-        if self._probing is None:
+        if self._probing is None and self.rate[n] is not None:  # a piece of the current choice
+            self.rate[n] = 0.5 * (self.rate[n] + r)  # type: ignore[operator]
             self.since += seconds
-        self.best = min(self.rate, key=lambda m: self.rate[m])  # type: ignore[arg-type, return-value]
-        if self._probing is not None:
-            other = 1 if self.best == self.n_max else self.n_max
-            loss = self.probe * max(0.0, self.rate[other] - self.rate[self.best])  # type: ignore[operator]
+            other = self._other()
+            if n == self.n_max and self.rate[n] > (1 + self.margin) * self.rate[other]:  # type: ignore[operator]
+                # the threads fell behind: back to one, retried once what a probe would lose is paid for
+                self.best, self.since = 1, 0.0
+                self.due = self.probe * (self.rate[n] - self.rate[1]) / self.overhead  # type: ignore[operator]
+            elif n == self.n_max:
+                self._piece = min(2 * self._piece, max(self.probe, self.chunk // 2))
+            return
+        self.rate[n] = r
+        if any(v is None for v in self.rate.values()):
+            return
+        if self._probing is not None and n == self.best:  # (first measurements)
+            return
+        better = (1 + self.margin) * r < self.rate[self.best]  # type: ignore[operator]
+        if better and (n == 1 or self._confirm):
+            self.best, self._confirm, self._piece = n, False, self.probe
+            self.since, self.due = 0.0, 0.0  # probe back soon: the first rates are noisy
+            return
+        self._confirm = bool(better)  # to the threads: probe once more, right away
+        if not better:
+            loss = self.probe * max(0.0, r - self.rate[self.best])  # type: ignore[operator]
             self.since, self.due = 0.0, loss / self.overhead
 
     def mean_threads(self, reset: bool = False) -> float:

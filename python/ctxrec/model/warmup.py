@@ -146,7 +146,7 @@ def warmup(model: ContextFM | None = None, *, losses: Sequence[str] | None = Non
     t0 = time.perf_counter()
     misses0 = _misses()
     if model is not None:
-        model._check_fitted()
+        model.check_fitted()
         di = int(model.toff_[1] - model.toff_[0])
         du = int(model.toff_[2] - model.toff_[1])
         dq = int(model.toff_[3] - model.toff_[2])

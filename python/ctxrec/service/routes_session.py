@@ -48,7 +48,7 @@ async def session_answer(request: Request, session_id: IdStr, req: AnswerRequest
     sess = get_session(request, session_id)
 
     def work() -> dict[str, Any]:
-        with sess._lock:
+        with sess.lock:  # the answer and the state it returns, one consistent step
             try:
                 sess.answer(req.answer, question=req.question)
             except KeyError as e:
