@@ -54,7 +54,8 @@ from ctxrec.data import FRAPPE_CONTEXT_COLUMNS, load_movielens_100k
 from ctxrec.evaluate import (Factors, auc, evaluate_ranking, frappe_nfm_split, item_cold_start,
                              leave_last_out, logloss, stratified_split)
 from ctxrec.model import ContextFM, Interactions, SideInfo
-from ctxrec.model.adapters import attrs_csr, from_dataset
+from ctxrec.data import stack_attrs
+from ctxrec.model.adapters import from_dataset
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
@@ -339,7 +340,7 @@ def task_ml_stratified(rows: list[dict[str, Any]], ds: Any, text: np.ndarray, ar
     X = X_all.subset(full_rows)
     X_in, X_val = X_all.subset(sp.train_rows), X_all.subset(sp.validation_rows)
     train_full = ds.subset(full_rows)
-    genres = attrs_csr(ds.item_attrs, ["genres"], ds.n_items)
+    genres = stack_attrs(ds.item_attrs, ["genres"])[:4]
     ep, pat = (3, 1) if args.quick else (40, 3)
     quick = 2 if args.quick else None
     # name -> (side, parameter overrides, epochs when not selected in the run)
@@ -393,7 +394,7 @@ def task_ml_cold(rows: list[dict[str, Any]], ds: Any, text: np.ndarray, args: An
     sp = item_cold_start(ds, frac=0.1, seed=0)
     X_all, _ = from_dataset(ds, label="none")
     X = X_all.subset(sp.train_rows)
-    genres = attrs_csr(ds.item_attrs, ["genres"], ds.n_items)
+    genres = stack_attrs(ds.item_attrs, ["genres"])[:4]
     side = SideInfo(ds.n_users, ds.n_items, item_attrs=genres, item_text=text)
     # validation for the epoch count: 10 % of the *training* items held out the same way
     tr_items = np.unique(ds.items[sp.train_rows])
@@ -435,11 +436,11 @@ def _cold_probe(probe: ContextFM, X_in: Interactions, X_val: Interactions, side:
                 ds: Any) -> int:
     """Epoch count maximising Recall@10 among held-out validation items (cold)."""
     from ctxrec.metrics import ranking_metrics_from_topk
-    from ctxrec.model.fm import _user_item_csr
+    from ctxrec import csr
     scores: list[float] = []
     allow = np.sort(val_items).astype(np.int64)
     users = np.unique(X_val.user)
-    rel_ptr, rel_idx = _user_item_csr(np.searchsorted(users, X_val.user), X_val.item, len(users))
+    rel_ptr, rel_idx = csr.from_pairs(np.searchsorted(users, X_val.user), X_val.item, len(users), unique=True)
 
     def cb(epoch: int, rec: dict[str, float]) -> bool:
         from ctxrec import _core
@@ -463,7 +464,7 @@ def task_ml_temporal(rows: list[dict[str, Any]], ds: Any, text: np.ndarray, args
     spec = ContextSpec(time=["timestamp"]).fit(ds)
     feats = spec.transform(ds)
     full_rows = np.sort(np.concatenate([sp.train_rows, sp.validation_rows]))
-    genres = attrs_csr(ds.item_attrs, ["genres"], ds.n_items)
+    genres = stack_attrs(ds.item_attrs, ["genres"])[:4]
     ep, pat = (2, 1) if args.quick else (30, 2)
     keys = ["hr@10", "ndcg@10"]
     train_full = ds.subset(full_rows)

@@ -13,7 +13,7 @@ import pytest
 from ctxrec import CorruptArtifactError
 from ctxrec.model import ContextFM, Interactions, SideInfo
 from ctxrec.metrics import auc as auc_score, ranking_metrics_from_topk
-from ctxrec.model.fm import _user_item_csr
+from ctxrec import csr
 
 
 # ---------------------------------------------------------------------------------------
@@ -601,7 +601,7 @@ def test_errors_name_the_field():
 def test_ranking_metrics_by_hand():
     """The metrics early stopping reads are the ones reports print (ctxrec.metrics), MAP@K over min(n_rel, K)."""
     ids = np.array([[3, 1, 2], [5, 6, 7]])
-    ptr, idx = _user_item_csr(np.array([0, 0, 1]), np.array([1, 9, 8]), 2)
+    ptr, idx = csr.from_pairs(np.array([0, 0, 1]), np.array([1, 9, 8]), 2, unique=True)
     r = ranking_metrics_from_topk(ids, ptr, idx, [1, 3], n_candidates=10)
     # user 0: hit at rank 2 of 2 relevant; user 1: no hit
     assert r["precision@3"] == pytest.approx((1 / 3) / 2)
@@ -641,7 +641,7 @@ def test_movielens_smoke_beats_popularity():
     m = ContextFM(n_factors=32, epochs=4, batch_size=512, learning_rate=0.005, l2=1e-3,
                   n_negatives=4, num_threads=1).fit(X, side)
     u, i = ds.users[test].astype(np.int64), ds.items[test].astype(np.int64)
-    ptr, idx = _user_item_csr(u, i, ds.n_users)
+    ptr, idx = csr.from_pairs(u, i, ds.n_users, unique=True)
     ndcg = _ndcg10(m.recommend(np.arange(ds.n_users), 10), ptr, idx)
     pop = np.argsort(-np.bincount(X.item, minlength=ds.n_items), kind="stable")
     seen_ptr, seen_idx = m.pos_ptr_, m.pos_idx_

@@ -39,6 +39,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from ctxrec import csr
 from ctxrec._io import sha256_file
 
 __all__ = [
@@ -170,9 +171,7 @@ class Categorical:
 
     @classmethod
     def from_index_lists(cls, name: str, vocab: Sequence[str], lists: Sequence[np.ndarray]) -> "Categorical":
-        lens = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
-        indptr = np.zeros(len(lists) + 1, dtype=np.int64)
-        np.cumsum(lens, out=indptr[1:])
+        indptr = csr.indptr_of([len(x) for x in lists])
         indices = np.concatenate([np.sort(np.asarray(x, dtype=np.int32)) for x in lists]) if len(lists) else \
             np.zeros(0, np.int32)
         return cls(name, tuple(vocab), indptr, indices.astype(np.int32, copy=False))
@@ -239,11 +238,8 @@ def stack_attrs(attrs: Mapping[str, Categorical], names: Sequence[str] | None = 
         vals.append(w)
         colnames += [f"{nm}={v}" for v in a.vocab]
         off += a.n_values
-    r, c, v = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
-    order = np.lexsort((c, r))
-    indptr = np.zeros(n_rows + 1, dtype=np.int64)
-    np.cumsum(np.bincount(r, minlength=n_rows), out=indptr[1:])
-    return indptr, c[order], v[order], off, colnames
+    indptr, c, v = csr.from_pairs(np.concatenate(rows), np.concatenate(cols), n_rows, values=np.concatenate(vals))
+    return indptr, c, v, off, colnames
 
 
 def scalar_str(v: Any) -> str:
@@ -590,11 +586,7 @@ class Dataset:
         if positive_only and self.label is not None:
             keep = self.label > 0
             u, i = u[keep], i[keep]
-        key = np.unique(u.astype(np.int64) * self.n_items + i)
-        uu = key // self.n_items
-        indptr = np.zeros(self.n_users + 1, dtype=np.int64)
-        np.cumsum(np.bincount(uu, minlength=self.n_users), out=indptr[1:])
-        return indptr, (key % self.n_items).astype(np.int64)
+        return csr.from_pairs(u, i, self.n_users, unique=True)
 
     def item_counts(self, *, positive_only: bool = True) -> np.ndarray:
         """int64 [n_items]: number of interactions per item (label-1 rows only when labelled)."""

@@ -28,7 +28,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ctxrec import _core
+from ctxrec import _core, csr
 from ctxrec._io import CorruptArtifactError, MetaField, atomic_dir, check_meta, load_array, read_manifest
 
 __all__ = ["Engine", "NotFittedError"]
@@ -1001,10 +1001,9 @@ class Engine:
                 for j, (name, values) in enumerate(filters.items()):
                     np.save(tmp / f"filter.{j}.npy", np.stack([snap.filters[name][v][:w] for v in values]) if values
                             else np.zeros((0, w), np.uint64))
-                lens = np.array([len(self._seen[k]) for k in seen_keys], np.int64)
-                np.save(tmp / "seen_indptr.npy", np.concatenate([[0], np.cumsum(lens)]).astype(np.int64))
-                np.save(tmp / "seen_slots.npy", np.concatenate([self._seen[k] for k in seen_keys]).astype(np.int64)
-                        if seen_keys else np.zeros(0, np.int64))
+                ptr, slots = csr.from_lists([self._seen[k] for k in seen_keys])
+                np.save(tmp / "seen_indptr.npy", ptr)
+                np.save(tmp / "seen_slots.npy", slots)
                 snap.index.save(str(tmp / "hnsw.bin"))
 
     @classmethod

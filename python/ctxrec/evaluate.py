@@ -31,6 +31,7 @@ from typing import Any, Callable, Mapping, Sequence, Union
 
 import numpy as np
 
+from ctxrec import csr
 from ctxrec._io import jsonable
 from ctxrec._log import get_logger, progress as _progress
 from ctxrec.data import DataError, Dataset
@@ -379,17 +380,6 @@ def topk_numpy(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return ids, out
 
 
-def _csr_take(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows ``rows`` of a CSR list as a new CSR (int64)."""
-    lens = indptr[rows + 1] - indptr[rows]
-    new_ptr = np.zeros(len(rows) + 1, dtype=np.int64)
-    np.cumsum(lens, out=new_ptr[1:])
-    if new_ptr[-1] == 0:
-        return new_ptr, np.zeros(0, dtype=np.int64)
-    starts = np.repeat(indptr[rows] - new_ptr[:-1], lens)
-    return new_ptr, np.ascontiguousarray(indices[np.arange(new_ptr[-1]) + starts], dtype=np.int64)
-
-
 @dataclass
 class RankingResult:
     """Per-query outputs of :func:`evaluate_ranking` (for further analysis) and the metrics."""
@@ -522,7 +512,7 @@ def evaluate_ranking(
             b = min(a + batch_size, m)
             users = q_users[a:b]
             rows = None if q_rows is None else q_rows[a:b]
-            bex_ptr, bex_idx = _csr_take(ex_ptr, ex_idx, users)
+            bex_ptr, bex_idx = csr.take(ex_ptr, ex_idx, users)
             scores = None
             qv = model.queries(users, rows) if is_factors else None
             if core is not None:

@@ -29,6 +29,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from ctxrec import csr
 from ctxrec._io import CorruptArtifactError, MetaField, atomic_dir, jsonable, load_array, read_manifest
 from ctxrec.context import ContextSpec, check_text, encode_texts
 from ctxrec.data import Dataset
@@ -1741,10 +1742,9 @@ class Recommender:
             items.to_parquet(d / "items.parquet")
             np.save(d / "user_ids.npy", np.asarray(self.user_ids_).astype(str)
                     if self.user_ids_.dtype == object else self.user_ids_, allow_pickle=False)
-            lens = np.array([len(s) for s in history], np.int64)
-            np.save(d / "seen_indptr.npy", np.concatenate([[0], np.cumsum(lens)]).astype(np.int64))
-            np.save(d / "seen_indices.npy", np.concatenate([np.asarray(s, np.int64) for s in history])
-                    if history else np.zeros(0, np.int64))
+            ptr, idx = csr.from_lists(history)
+            np.save(d / "seen_indptr.npy", ptr)
+            np.save(d / "seen_indices.npy", idx)
             if item_text is not None:
                 np.save(d / "item_text.npy", item_text)
             (d / "item_attr_values.json").write_text(json.dumps(attr_rows))

@@ -5,29 +5,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ctxrec.data import stack_attrs
 from ctxrec.model.fm import Interactions, SideInfo
 
-__all__ = ["from_dataset", "attrs_csr", "context_cardinalities"]
-
-
-def attrs_csr(attrs: dict[str, Any], names: Sequence[str], n_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Stack the named :class:`ctxrec.data.Categorical` attributes into one CSR
-    ``(indptr, indices, data, n_cols)`` over rows; column blocks in the order of ``names``."""
-    indptr = np.zeros(n_rows + 1, np.int64)
-    per_row: list[list[int]] = [[] for _ in range(n_rows)]
-    off = 0
-    for name in names:
-        if name not in attrs:
-            raise KeyError(f"attribute {name!r} not in the dataset (have {sorted(attrs)})")
-        a = attrs[name]
-        if a.n_rows != n_rows:
-            raise ValueError(f"attribute {name!r}: {a.n_rows} rows, expected {n_rows}")
-        for r in range(n_rows):
-            per_row[r].extend(int(x) + off for x in a.indices[a.indptr[r]:a.indptr[r + 1]])
-        off += len(a.vocab)
-    indptr[1:] = np.cumsum([len(p) for p in per_row])
-    indices = np.asarray([x for p in per_row for x in p], np.int64)
-    return indptr, indices, np.ones(len(indices), np.float32), off
+__all__ = ["from_dataset", "context_cardinalities"]
 
 
 def from_dataset(ds: Any, *, attrs: Sequence[str] = (), user_attrs: Sequence[str] = (),
@@ -72,8 +53,8 @@ def from_dataset(ds: Any, *, attrs: Sequence[str] = (), user_attrs: Sequence[str
                      None if ds.timestamp is None else np.asarray(ds.timestamp, np.int64))
     side = SideInfo(
         ds.n_users, ds.n_items, cards,
-        item_attrs=attrs_csr(ds.item_attrs, attrs, ds.n_items) if attrs else None,
-        user_attrs=attrs_csr(ds.user_attrs, user_attrs, ds.n_users) if user_attrs else None,
+        item_attrs=stack_attrs(ds.item_attrs, attrs)[:4] if attrs else None,
+        user_attrs=stack_attrs(ds.user_attrs, user_attrs)[:4] if user_attrs else None,
         item_text=item_text, user_text=user_text,
         context_text_dim=0 if context_text is None else int(np.asarray(context_text).shape[1]),
     )

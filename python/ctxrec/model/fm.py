@@ -43,6 +43,7 @@ import numba
 import numpy as np
 
 from ctxrec._io import CorruptArtifactError, MetaField, atomic_dir, load_array, read_manifest
+from ctxrec import csr
 from ctxrec.errors import NotFittedError
 from ctxrec.model import _kernels as K
 from ctxrec.metrics import auc, logloss, ranking_metrics_from_topk
@@ -80,7 +81,7 @@ def _as_csr(m: Any, n_rows: int, name: str) -> tuple[np.ndarray, np.ndarray, np.
         if d.ndim != 2:
             raise ValueError(f"{name}: expected CSR or a 2-D array, got shape {d.shape}")
         rows, cols = np.nonzero(d)
-        indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=d.shape[0]))])
+        indptr = csr.indptr_of(np.bincount(rows, minlength=d.shape[0]))
         indices, data, n_cols = cols, d[rows, cols], d.shape[1]
     indptr = np.ascontiguousarray(indptr, dtype=np.int64)
     indices = np.ascontiguousarray(indices, dtype=np.int64)
@@ -585,7 +586,7 @@ class ContextFM:
         self._train_rows = rows
         # positives per user (for negative rejection and ranking evaluation)
         pos_mask = rows["labels"] > 0 if self.loss == "logloss" else np.ones(n, bool)
-        self.pos_ptr_, self.pos_idx_ = _user_item_csr(rows["users"][pos_mask], rows["items"][pos_mask], self.n_users_)
+        self.pos_ptr_, self.pos_idx_ = csr.from_pairs(rows["users"][pos_mask], rows["items"][pos_mask], self.n_users_, unique=True)
         self._rebuild_user_attrs()
         window = self._history_windows(rows) if self.history_window is not None else None
         # negative sampling distribution over items seen in training
@@ -804,7 +805,7 @@ class ContextFM:
         inv = inv.ravel()
         qb = self._queries(users[first], ctx[first], qt[first])
         ids = self._topk(qb, users[first], k)
-        rel_ptr, rel_idx = _user_item_csr(inv, val["items"], len(first))
+        rel_ptr, rel_idx = csr.from_pairs(inv, val["items"], len(first), unique=True)
         return ranking_metrics_from_topk(ids, rel_ptr, rel_idx, [k], n_candidates=self.n_items_, metrics=(metric,))
 
     def _topk(self, qb: QueryBatch, users: np.ndarray, k: int, exclude_seen: bool = True) -> np.ndarray:
@@ -1230,21 +1231,6 @@ def _check_timestamps(X: Interactions, n: int) -> np.ndarray:
     if not np.issubdtype(ts.dtype, np.number) or (ts.dtype.kind == "f" and not np.all(np.isfinite(ts))):
         raise ValueError(f"X.timestamp: expected finite numbers, got dtype {ts.dtype}")
     return ts.astype(np.int64) if ts.dtype.kind != "f" else ts
-
-
-def _user_item_csr(users: np.ndarray, items: np.ndarray, n_users: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted, de-duplicated item lists per user as CSR (int64)."""
-    users = np.asarray(users, np.int64)
-    items = np.asarray(items, np.int64)
-    if len(users):
-        key = np.unique(users * (int(items.max()) + 1) + items)
-        m = int(items.max()) + 1
-        u, i = key // m, key % m
-    else:
-        u = i = np.zeros(0, np.int64)
-    ptr = np.zeros(n_users + 1, np.int64)
-    ptr[1:] = np.cumsum(np.bincount(u, minlength=n_users))
-    return ptr, i.astype(np.int64)
 
 
 def _neg_tables(neg_items: np.ndarray, counts: np.ndarray, how: str, alpha: float,
