@@ -42,7 +42,7 @@ __all__ = [
     "TextField",
     "ContextSpec",
     "ContextFeatures",
-    "TextEncoder",
+    "TextEncoderLike",
     "TIME_PARTS",
     "UNKNOWN",
     "check_text",
@@ -72,7 +72,7 @@ TIME_PARTS: dict[str, tuple[str, ...]] = {
 from ctxrec.errors import ContextError  # noqa: E402,F401  (re-exported)
 
 
-class TextEncoder(Protocol):
+class TextEncoderLike(Protocol):
     """What :meth:`ContextSpec.transform` needs from a text encoder."""
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:  # float32 [n, d]
@@ -612,10 +612,10 @@ class ContextSpec:
         self._cache = None
         return self
 
-    def fit_transform(self, rows: Any, encoder: TextEncoder | None = None) -> ContextFeatures:
+    def fit_transform(self, rows: Any, encoder: TextEncoderLike | None = None) -> ContextFeatures:
         return self.fit(rows).transform(rows, encoder=encoder)
 
-    def transform(self, rows: Any, encoder: TextEncoder | None = None, *,
+    def transform(self, rows: Any, encoder: TextEncoderLike | None = None, *,
                   strict_columns: bool = False) -> ContextFeatures:
         """Features of ``rows`` (Dataset, DataFrame, pyarrow Table, list of dicts, or one dict).
 
@@ -801,7 +801,7 @@ def _time_parts_one(f: TimeField, v: Any) -> list[int]:
     return [vals[p] for p in f.parts]
 
 
-def encode_texts(texts: Sequence[str], encoder: TextEncoder) -> np.ndarray:
+def encode_texts(texts: Sequence[str], encoder: TextEncoderLike) -> np.ndarray:
     """float32 [n, d]: ``encoder.encode`` of the non-empty texts, zero rows for empty ones.
 
     Distinct texts are encoded once each.

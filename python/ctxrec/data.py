@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from ctxrec import csr
+from ctxrec.ids import int_id
 from ctxrec._io import sha256_file
 
 __all__ = [
@@ -545,12 +546,9 @@ class Dataset:
         else:
             out = index.get_indexer(vals.astype(np.int64)).astype(np.int64)
         if index.dtype != object and scalar and out[0] < 0 and isinstance(raw, (str, float, np.floating)):
-            try:
-                f = float(raw)
-                if f.is_integer():
-                    out = index.get_indexer(np.array([int(f)], dtype=np.int64)).astype(np.int64)
-            except (TypeError, ValueError):
-                pass
+            n = int_id(raw)  # the one id rule (ctxrec.ids): "42" and 42.0 are id 42
+            if n is not None:
+                out = index.get_indexer(np.array([n], dtype=np.int64)).astype(np.int64)
         if strict and (out < 0).any():
             bad = _py(vals[np.flatnonzero(out < 0)[0]])
             raise KeyError(f"unknown {what} id {bad!r}")

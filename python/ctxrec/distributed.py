@@ -57,7 +57,6 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ctxrec._io import load_array
 from ctxrec._log import get_logger, progress as _progress
 
 __all__ = ["encode_catalog", "recommend_all", "recommend_frame", "read_embeddings", "read_recommendations",
@@ -597,7 +596,7 @@ def recommend_all(model: Any, out: str | os.PathLike, *, users: Any = None, user
         raise FileNotFoundError(f"{mpath}: not a Recommender directory (no manifest.json)")
     token = _model_token(mpath)
     if users is None:
-        users = load_array(mpath / "user_ids.npy")
+        users = Recommender.saved_user_ids(mpath)
     if not isinstance(users, (str, os.PathLike, pd.DataFrame)) and not hasattr(users, "to_delayed"):
         users = pd.DataFrame({user_col: np.asarray(users)})
     rows = int(partition_rows or DEFAULT_PARTITION_ROWS["recommend"])

@@ -397,8 +397,10 @@ class Engine:
         if a.dtype.kind == "b":
             raise ValueError(f"item ids are integers, got booleans {a[:3].tolist()}")
         if a.dtype.kind == "U":
-            try:
-                return a.astype(np.int64)  # ids over HTTP/CLI arrive as strings: one vectorised parse
+            try:  # ids over HTTP/CLI arrive as strings: one vectorised parse, kept only where every
+                v = a.astype(np.int64)  # string is the canonical form (numpy also reads " 20", "+20")
+                if (v.astype(str) == a).all():
+                    return v
             except (ValueError, OverflowError):
                 pass
         out = np.full(a.shape, -1, np.int64)

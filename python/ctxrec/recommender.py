@@ -564,6 +564,31 @@ class Recommender:
         """Width of the request-text input the model was trained with (0 = none)."""
         return int(self.model_.toff_[3] - self.model_.toff_[2])
 
+    @staticmethod
+    def saved_user_ids(path: str | os.PathLike) -> np.ndarray:
+        """The user ids of a saved recommender, read without loading the model.
+
+        Parameters
+        ----------
+        path : str or PathLike
+            A directory written by :meth:`save`.
+
+        Returns
+        -------
+        numpy.ndarray [n_users]
+            The raw user ids, in the model's user order.
+
+        Raises
+        ------
+        CorruptArtifactError
+            The file is missing, unreadable or not a 1-d array.
+        """
+        ids = load_array(Path(path).expanduser() / "user_ids.npy")
+        if ids.ndim != 1:
+            raise CorruptArtifactError(f"{path}: user_ids.npy has shape {ids.shape}, expected (n_users,)",
+                                       field="files.user_ids.npy")
+        return ids
+
     def check_fitted(self) -> None:
         """Raise :class:`~ctxrec.errors.NotFittedError` unless the recommender is fitted or loaded."""
         if not hasattr(self, "engine_"):

@@ -173,7 +173,6 @@ class ServingTables:
 
     item_vecs: np.ndarray
     item_bias: np.ndarray
-    item_text: np.ndarray | None = None
     item_tri: np.ndarray | None = None
 
     def joined(self) -> np.ndarray:
@@ -192,7 +191,6 @@ class QueryBatch:
 
     queries: np.ndarray
     const: np.ndarray
-    text_queries: np.ndarray | None = None
     tri_queries: np.ndarray | None = None
 
     def joined(self) -> np.ndarray:
