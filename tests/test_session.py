@@ -67,7 +67,7 @@ def test_bank_is_derived_from_the_catalog(rec, bank):
 
 def test_attribute_detection_numeric_lists_and_years():
     import pandas as pd
-    from ctxrec.session import _attribute_question
+    from ctxrec.session.questions import _attribute_question
     genres = pd.Series([["Comedy"], ["Drama", "Comedy"], [], ["Drama"]] * 5)
     q = _attribute_question("genres", genres, 20, 20, 0.0)
     assert q.prompt == "Which genre are you in the mood for?" and q.options == ("Comedy", "Drama")
