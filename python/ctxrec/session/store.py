@@ -4,7 +4,6 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-
 from ctxrec.errors import InputError, UnknownIdError
 from ctxrec.session.conversation import Session
 
