@@ -396,7 +396,7 @@ class Recommender:
         item_emb = encode_texts(dataset.item_text, enc) if enc is not None and self.item_text else None
         user_emb = encode_texts(dataset.user_text, enc) \
             if enc is not None and self.user_text and dataset.user_text is not None else None
-        label = {"mse": "rating", "logloss": "label"}.get(model.loss, "none")
+        label = {"rating": "rating", "binary": "label"}.get(model.loss_spec.labels, "none")
 
         def interactions(ds: Dataset) -> tuple[Interactions, SideInfo]:
             feats = spec.transform(context_rows(ds), encoder=enc if train_text else None)
@@ -1191,7 +1191,7 @@ class Recommender:
         window = [x for x in history if x < known][-int(self.fold_in_history):]
         items = np.array(window or ([i] if i < known else []), np.int64)
         labels = np.ones(len(items), np.float32)
-        if self.model_.loss in ("mse", "logloss") and len(items) and items[-1] == i:
+        if self.model_.loss_spec.needs_labels and len(items) and items[-1] == i:
             labels[-1] = label
         kw = dict(user=None if new else u, label=labels)
         if copy_model:

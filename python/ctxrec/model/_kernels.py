@@ -622,7 +622,7 @@ def train_epoch(
                         d += ucb[bb, f] * T3[ri, f]
                 sc[j] = base + ibslot[s_] + d
             lb = 0.0
-            if loss == 0:  # BPR: mean over negatives of -log sigma(s_pos - s_neg)
+            if loss == LOSS_BPR:  # BPR: mean over negatives of -log sigma(s_pos - s_neg)
                 g[bb, 0] = 0.0
                 for j in range(1, J):
                     dlt = sc[0] - sc[j]
@@ -630,7 +630,7 @@ def train_epoch(
                     gj = _sigmoid(-dlt) / n_neg
                     g[bb, j] = gj
                     g[bb, 0] -= gj
-            elif loss == 1:  # sampled softmax with logQ correction
+            elif loss == LOSS_SOFTMAX:  # sampled softmax with logQ correction
                 mx = -1e300
                 lnn = math.log(n_neg)
                 for j in range(J):
@@ -645,7 +645,7 @@ def train_epoch(
                 for j in range(J):
                     p = math.exp(sc[j] - mx) / z
                     g[bb, j] = p - (1.0 if j == 0 else 0.0)
-            elif loss == 2:  # MSE (1/2 squared error)
+            elif loss == LOSS_MSE:  # MSE (1/2 squared error)
                 r_ = sc[0] - yinst[bb, 0]
                 lb = 0.5 * r_ * r_
                 g[bb, 0] = r_

@@ -53,7 +53,33 @@ __all__ = ["ContextFM", "Interactions", "SideInfo", "ServingTables", "QueryBatch
 FORMAT = "ctxrec.ContextFM"
 FORMAT_VERSION = 2  # 2: three-way factors (T.npy)
 
-_LOSSES = {"bpr": K.LOSS_BPR, "softmax": K.LOSS_SOFTMAX, "mse": K.LOSS_MSE, "logloss": K.LOSS_LOGLOSS}
+@dataclass(frozen=True)
+class Loss:
+    """What a training loss needs and does: the one place ``ContextFM(loss=...)`` is interpreted.
+
+    code: the training kernel's loss id. sampled: trained on each positive against sampled
+    negatives (positives only; needs >= 1 negative). labels: what ``Interactions.label`` must
+    hold: "none" (implicit: labelled rows with label <= 0 are dropped), "binary" (0/1, the
+    1s are the positives) or "rating" (any finite number; every row is a positive).
+    negatives: the default ``n_negatives``. metric: the default early-stopping metric.
+    """
+
+    code: int
+    sampled: bool
+    labels: str
+    negatives: int
+    metric: str
+
+    @property
+    def needs_labels(self) -> bool:
+        """Training (and fold-in) needs ``Interactions.label``."""
+        return self.labels != "none"
+
+
+LOSSES = {"bpr": Loss(K.LOSS_BPR, True, "none", 1, "ndcg@10"),
+          "softmax": Loss(K.LOSS_SOFTMAX, True, "none", 64, "ndcg@10"),
+          "mse": Loss(K.LOSS_MSE, False, "rating", 0, "rmse"),
+          "logloss": Loss(K.LOSS_LOGLOSS, False, "binary", 0, "auc")}
 _OPTS = {"adam": K.OPT_ADAM, "adagrad": K.OPT_ADAGRAD}
 _EMPTY_F32_2D = np.zeros((0, 0), dtype=np.float32)
 _EMPTY_I64 = np.zeros(0, np.int64)
@@ -374,8 +400,8 @@ class ContextFM:
         return "ContextFM(" + ", ".join(f"{k}={v!r}" for k, v in diff.items()) + ")"
 
     def _check_params(self) -> None:
-        if self.loss not in _LOSSES:
-            raise ValueError(f"loss={self.loss!r}: expected one of {sorted(_LOSSES)}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss={self.loss!r}: expected one of {sorted(LOSSES)}")
         if self.optimizer not in _OPTS:
             raise ValueError(f"optimizer={self.optimizer!r}: expected one of {sorted(_OPTS)}")
         if self.negative_sampling not in ("uniform", "popularity"):
@@ -405,24 +431,29 @@ class ContextFM:
                 raise ValueError(f"history_window={self.history_window!r}: needs user_history=True")
             if int(self.history_window) < 1:
                 raise ValueError(f"history_window={self.history_window!r}: must be >= 1 (or None = off)")
-            if self.loss == "logloss":
-                raise ValueError(f"history_window={self.history_window!r}: loss='logloss' rows with label 0 "
+            if self.loss_spec.labels == "binary":
+                raise ValueError(f"history_window={self.history_window!r}: loss={self.loss!r} rows with label 0 "
                                  "have no place in a user's history; use bpr, softmax or mse")
         nn = self._n_neg()
-        if self.loss in ("bpr", "softmax") and nn < 1:
+        if self.loss_spec.sampled and nn < 1:
             raise ValueError(f"n_negatives={self.n_negatives!r}: loss={self.loss!r} needs >= 1")
-        if self.loss == "mse" and nn != 0:
-            raise ValueError(f"n_negatives={self.n_negatives!r}: loss='mse' takes no sampled negatives")
+        if self.loss_spec.labels == "rating" and nn != 0:
+            raise ValueError(f"n_negatives={self.n_negatives!r}: loss={self.loss!r} takes no sampled negatives")
+
+    @property
+    def loss_spec(self) -> Loss:
+        """The :class:`Loss` entry of ``loss`` (what it needs and does)."""
+        return LOSSES[self.loss]
 
     def _n_neg(self) -> int:
         if self.n_negatives is None:
-            return {"bpr": 1, "softmax": 64}.get(self.loss, 0)
+            return self.loss_spec.negatives
         return int(self.n_negatives)
 
     def _metric_name(self) -> str:
         if self.eval_metric is not None:
             return str(self.eval_metric).lower()
-        return {"bpr": "ndcg@10", "softmax": "ndcg@10", "logloss": "auc", "mse": "rmse"}[self.loss]
+        return self.loss_spec.metric
 
     # --------------------------------------------------------------------- layout --
     def _setup(self, side: SideInfo) -> None:
@@ -549,8 +580,8 @@ class ContextFM:
                 raise ValueError(f"{name}.label: shape {lab.shape}, expected ({n},)")
             if not np.all(np.isfinite(lab)):
                 raise ValueError(f"{name}.label: non-finite values")
-            if self.loss == "logloss" and not np.all((lab == 0) | (lab == 1)):
-                raise ValueError(f"{name}.label: logloss needs labels in {{0, 1}}, got {np.unique(lab)[:5]}")
+            if self.loss_spec.labels == "binary" and not np.all((lab == 0) | (lab == 1)):
+                raise ValueError(f"{name}.label: loss={self.loss!r} needs labels in {{0, 1}}, got {np.unique(lab)[:5]}")
         return dict(users=users, items=items, ctx=ctx, qtext=qt, labels=lab)
 
     # ------------------------------------------------------------------------ fit --
@@ -573,17 +604,17 @@ class ContextFM:
         rows = self._check_rows(X, "X", allow_anon=False)
         if self.history_window is not None:
             rows["ts"] = _check_timestamps(X, len(rows["users"]))
-        if self.loss in ("bpr", "softmax") and X.label is not None:
+        if self.loss_spec.labels == "none" and X.label is not None:
             keep = rows["labels"] > 0
             rows = {k_: v[keep] for k_, v in rows.items()}
-        if self.loss in ("mse", "logloss") and X.label is None:
+        if self.loss_spec.needs_labels and X.label is None:
             raise ValueError(f"X.label: loss={self.loss!r} needs labels")
         n = len(rows["users"])
         if n == 0:
             raise ValueError("X: no training rows")
         self._train_rows = rows
         # positives per user (for negative rejection and ranking evaluation)
-        pos_mask = rows["labels"] > 0 if self.loss == "logloss" else np.ones(n, bool)
+        pos_mask = rows["labels"] > 0 if self.loss_spec.labels == "binary" else np.ones(n, bool)
         self.pos_ptr_, self.pos_idx_ = csr.from_pairs(rows["users"][pos_mask], rows["items"][pos_mask], self.n_users_, unique=True)
         self._rebuild_user_attrs()
         window = self._history_windows(rows) if self.history_window is not None else None
@@ -690,7 +721,7 @@ class ContextFM:
             o["mV"], o["sV"], o["mw"], o["sw"], o["mP"], o["sP"], o["ma"], o["sa"], o["m0"], o["s0"],
             self.T_, o["mT"], o["sT"], l2_rows if self.l2_tri is None else np.full(len(l2_rows), float(self.l2_tri)),
             int(self.uattr_off_),
-            _LOSSES[self.loss], self._n_neg(), int(min(self.batch_size, order.shape[-1])),
+            self.loss_spec.code, self._n_neg(), int(min(self.batch_size, order.shape[-1])),
             float(self.learning_rate), l2_rows, float(self.l2_bias), float(self.l2_text),
             _OPTS[self.optimizer], b1, b2, eps, int(step0),
             int(self.random_state if seed is None else seed), *(() if several else (int(epoch),)),
@@ -1001,10 +1032,10 @@ class ContextFM:
             return user
         X = Interactions(np.full(n, user, np.int64), items, context, context_text, label)
         rows = self._check_rows(X, "fold_in", allow_anon=False)
-        if self.loss in ("mse", "logloss") and label is None:
+        if self.loss_spec.needs_labels and label is None:
             raise ValueError(f"label: loss={self.loss!r} needs labels for fold_in")
         # merge this user's positives into the exclusion CSR
-        new = np.unique(items if self.loss != "logloss" else items[rows["labels"] > 0])
+        new = np.unique(items if self.loss_spec.labels != "binary" else items[rows["labels"] > 0])
         self._set_user_positives(user, new)
         r = self.user_off_ + user
         # one thread: a fold-in is a handful of examples, and a parallel region's barrier per
