@@ -319,7 +319,9 @@ void HnswIndex::search(const SearchArgs& args, int64_t b, TopKOut out, int num_t
         const uint64_t* exw = ex.first != ex.second ? ex_bits.set(ex.first, ex.second, n_rows) : nullptr;
         int64_t count = al.first ? (al.second - al.first) : eligible;
         count -= (ex.second - ex.first);
-        const bool exact = count <= args.exact_below || size() == 0;
+        // a request for a quarter of the eligible rows or more is scored exactly: a graph search that
+        // wide visits most of the graph anyway, and an inner-product graph may not reach every row
+        const bool exact = count <= args.exact_below || size() == 0 || 4 * out.K >= count;
         if (plans) plans[q] = exact ? 1 : 0;
         RowFilter f;
         f.live = args.live;

@@ -435,16 +435,9 @@ def _skip_reason(path: str, case: Case) -> str | None:
     return None
 
 
-_IP_GRAPH_REACH = (
-    "graph='ip' (the default): from its entry point the inner-product HNSW graph reaches only part of the "
-    "catalog, so a graph-plan request with k past the catalog (candidates = k = n_live, index.cpp "
-    "HnswIndex::search) returns {} -- against recommender.py:865 'more than the catalog holds returns them "
-    "all'; the same engine with graph='sphere' returns every eligible item")
-XFAILS = {  # (path, case id) -> what differs
-    ("hnsw_graph", "two_way-k_past_catalog"): _IP_GRAPH_REACH.format("183 of 571 eligible items"),
-    ("hnsw_graph", "two_way-k_past_catalog_cold"): _IP_GRAPH_REACH.format("198 of 600 items"),
-    ("hnsw_graph", "three_way-k_past_catalog"): _IP_GRAPH_REACH.format("255 of 571 eligible items"),
-}
+# (path, case id) -> what differs. Was: graph='ip' with k past the catalog returned 183 of 571 items (the
+# inner-product graph does not reach every row); index.cpp now scores a request for >= 1/4 of the rows exactly.
+XFAILS: dict = {}
 
 
 def _params():
