@@ -97,11 +97,11 @@ Inputs parse(const py::object& queries, const py::object& item_vecs, const py::o
     sp.items = view<float>(item_vecs, "item_vecs", 2, "float32");
     sp.queries = view<float>(queries, "queries", 2, "float32");
     sp.n_items = dim(item_vecs, 0);
-    sp.k = dim(item_vecs, 1);
+    sp.dim = dim(item_vecs, 1);
     in.b = dim(queries, 0);
-    EXPECT(dim(queries, 1) == sp.k, "queries has " + std::to_string(dim(queries, 1)) +
-                                        " columns but item_vecs has " + std::to_string(sp.k));
-    check_finite(sp.queries, in.b, sp.k, "queries");
+    EXPECT(dim(queries, 1) == sp.dim, "queries has " + std::to_string(dim(queries, 1)) +
+                                        " columns but item_vecs has " + std::to_string(sp.dim));
+    check_finite(sp.queries, in.b, sp.dim, "queries");
     if (!item_bias.is_none()) {
         sp.bias = view<float>(item_bias, "item_bias", 1, "float32");
         EXPECT(dim(item_bias, 0) == sp.n_items, "item_bias has length " + std::to_string(dim(item_bias, 0)) +
@@ -301,7 +301,7 @@ PYBIND11_MODULE(_core, m) {
                int num_threads, bool return_plans) {
                 Inputs in = parse(queries, item_vecs, item_bias, text_queries, item_text, text_weight, tri_queries,
                                   item_tri, tri_weight, exclude_indptr, exclude_indices, allow_indptr, allow_indices);
-                EXPECT(in.spec.k == ix.dim(), "queries have " + std::to_string(in.spec.k) +
+                EXPECT(in.spec.dim == ix.dim(), "queries have " + std::to_string(in.spec.dim) +
                                                   " columns, the index has dim = " + std::to_string(ix.dim()));
                 EXPECT(n_rows >= 0 && n_rows <= in.spec.n_items,
                        "n_rows = " + std::to_string(n_rows) + " must be in [0, rows of item_vecs = " +

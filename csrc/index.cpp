@@ -354,7 +354,7 @@ void HnswIndex::search(const SearchArgs& args, int64_t b, TopKOut out, int num_t
         } else {
             if (al.first) f.allowed = al_bits.set(al.first, al.second, n_rows);
             std::vector<float> aug(static_cast<size_t>(width()), 0.f);
-            std::copy(sp.queries + q * sp.k, sp.queries + (q + 1) * sp.k, aug.begin());
+            std::copy(sp.queries + q * sp.dim, sp.queries + (q + 1) * sp.dim, aug.begin());
             aug[static_cast<size_t>(dim_)] = sp.bias ? 1.f : 0.f;  // [q, 1, 0]: nearest row = best q.v + b
             std::priority_queue<std::pair<float, hnswlib::labeltype>> found;
             {

@@ -87,7 +87,7 @@ inline float dot(const float* __restrict a, const float* __restrict b, int64_t n
 }
 
 inline float score_one(const ScoreSpec& sp, int64_t q, int64_t i) {
-    float s = dot(sp.queries + q * sp.k, sp.items + i * sp.k, sp.k);
+    float s = dot(sp.queries + q * sp.dim, sp.items + i * sp.dim, sp.dim);
     if (sp.bias) s += sp.bias[i];
     if (sp.item_text) s += sp.w_text * dot(sp.text_q + q * sp.d, sp.item_text + i * sp.d, sp.d);
     if (sp.item_tri) s += sp.w_tri * dot(sp.tri_q + q * sp.t, sp.item_tri + i * sp.t, sp.t);
@@ -106,7 +106,7 @@ CTXREC_CLONES
 [[maybe_unused]] static void score_list(const ScoreSpec& sp, int64_t q, const int64_t* ids, int64_t m, float* out) {
     for (int64_t j = 0; j < m; ++j) {
         const int64_t i = ids[j];
-        prefetch_row(sp.items + i * sp.k, sp.k);
+        prefetch_row(sp.items + i * sp.dim, sp.dim);
         if (sp.item_text) prefetch_row(sp.item_text + i * sp.d, sp.d);
         if (sp.item_tri) prefetch_row(sp.item_tri + i * sp.t, sp.t);
     }

@@ -17,10 +17,10 @@ namespace ctxrec {
 // Row-major float32 tables and per-query vectors; optional terms have null pointers.
 struct ScoreSpec {
     int64_t n_items = 0;
-    int64_t k = 0;                       // factor dimension
-    const float* items = nullptr;        // [n_items, k]
+    int64_t dim = 0;                     // factor dimension (Python's k is the result count)
+    const float* items = nullptr;        // [n_items, dim]
     const float* bias = nullptr;         // [n_items] or null
-    const float* queries = nullptr;      // [b, k]
+    const float* queries = nullptr;      // [b, dim]
     int64_t d = 0;                       // text dimension
     const float* item_text = nullptr;    // [n_items, d] or null
     const float* text_q = nullptr;       // [b, d] or null
