@@ -367,7 +367,7 @@ def encode_catalog(items: Any, out: str | os.PathLike | None = None, *, text_col
                    variant: str = "auto", provider: str = "cpu", threads: int = 1, batch_size: int = 32,
                    cache_dir: str | os.PathLike | None = None, partition_rows: int | None = None,
                    client: Any = None, scheduler: str | None = None, n_workers: int | None = None,
-                   overwrite: bool = False, progress: bool = True, ignore_unknown: bool | None = None) -> JobResult:
+                   overwrite: bool = False, progress: bool = True) -> JobResult:
     """Encode the item texts of a catalog partition by partition on a Dask cluster.
 
     items: a Dask DataFrame, a pandas DataFrame (split into ``partition_rows`` rows per
@@ -384,6 +384,12 @@ def encode_catalog(items: Any, out: str | os.PathLike | None = None, *, text_col
     cache_dir: the persistent embedding cache (same layout as ``TextEncoder.load(cache_dir=)``):
         texts found there are not encoded again; new ones are added.
     client / scheduler / n_workers: see :func:`local_client`.
+
+    Returns
+    -------
+    JobResult
+        Rows, partitions, workers, seconds, cache hits and per-task timings; with ``out=None``
+        also ``ids`` and ``embeddings`` (float32 [n, d]); :func:`read_embeddings` reads ``out``.
     """
     from dask import delayed
     if isinstance(encoder, (str, os.PathLike)) or encoder is None:
@@ -581,6 +587,12 @@ def recommend_all(model: Any, out: str | os.PathLike, *, users: Any = None, user
     ignore_unknown: as in ``Recommender.recommend``: False refuses a request whose context
         has a field the model does not know (or text for a model without an encoder) with
         an error naming it; True ignores such fields; None: the model's own default.
+
+    Returns
+    -------
+    JobResult
+        Rows, partitions, workers, seconds, the output directory and per-task timings
+        (``summary()`` for a dict); :func:`read_recommendations` reads the output.
     """
     from dask import delayed
     from ctxrec.recommender import Recommender

@@ -95,6 +95,14 @@ class Recommendation:
     unknown_ids: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """The answer as plain JSON types.
+
+        Returns
+        -------
+        dict
+            ``user``, ``cold_start``, ``items`` (``[{"item_id", "score"}]``, best first) and
+            ``unknown_ids`` when some ``exclude`` / ``allow`` ids were not in the catalog.
+        """
         out = {"user": jsonable(self.user), "cold_start": self.cold_start,
                "items": [{"item_id": jsonable(i), "score": float(s)} for i, s in zip(self.item_ids, self.scores)]}
         if self.unknown_ids:
@@ -372,13 +380,30 @@ class Recommender:
 
     # ------------------------------------------------------------------ fit
     def fit(self, dataset: Dataset, *, validation: Dataset | None = None) -> "Recommender":
-        """Fit the context spec, encode texts, train the model and build the engine; returns self.
+        """Fit the context spec, encode texts, train the model and build the engine.
 
-        dataset: interactions + item table/text (+ user table/text) — see ctxrec.data.Dataset.
-        validation: optional held-out interactions for the model's early stopping. When its
-            context carries request text (a text field of the spec, e.g. "query") and
+        Parameters
+        ----------
+        dataset : Dataset
+            Interactions + item table / text (+ user table / text); see :class:`ctxrec.data.Dataset`.
+        validation : Dataset, optional
+            Held-out interactions over the same catalog, for the model's early stopping. When
+            its context carries request text (a text field of the spec, e.g. ``"query"``) and
             ``text_match_weight="auto"``, the text-match weight is then chosen on these
-            requests (:meth:`tune_text_weight`) instead of by matching spreads.
+            requests (:meth:`tune_text_weight`; the table in ``tuning_``) instead of by
+            matching spreads.
+
+        Returns
+        -------
+        Recommender
+            ``self``, fitted.
+
+        Raises
+        ------
+        TypeError
+            ``dataset`` is not a Dataset.
+        ValueError
+            ``dataset`` has no interactions, or a model / engine parameter is invalid.
         """
         if not isinstance(dataset, Dataset):
             raise TypeError(f"dataset must be a ctxrec.data.Dataset, got {type(dataset).__name__}")
@@ -1019,9 +1044,24 @@ class Recommender:
                  name: str = "ctxrec", split: str = "", num_threads: int = 0) -> EvaluationReport:
         """Full-ranking metrics on ``test`` (every item scored exactly; ``train`` items excluded).
 
-        group="row": each test row is one query with its own context (e.g. leave-last-out);
-        group="user": one query per user with no context, relevant = all their test items.
-        ``test``/``train`` must share this recommender's catalog (same item ids in the same order).
+        Parameters
+        ----------
+        train, test : Dataset
+            The split; both over this recommender's catalog (same item ids in the same order).
+        ks : sequence of int
+            Cut-offs of the ranking metrics.
+        group : {"row", "user"}
+            "row": each test row is one query with its own context (e.g. leave-last-out);
+            "user": one query per user with no context, relevant = all their test items.
+        name, split : str
+            Labels of the report.
+        num_threads : int
+            Scoring threads (0 = all cores).
+
+        Returns
+        -------
+        EvaluationReport
+            The metrics (``report.metrics``), with ``name`` and ``split``.
         """
         self.check_fitted()
         if len(test.item_ids) != len(self.item_ids_) or not np.array_equal(test.item_ids, self.item_ids_):
@@ -1051,7 +1091,20 @@ class Recommender:
         no context: item bias and global terms).
 
         ``user`` (None: anonymous), ``item``, ``context`` and ``ignore_unknown`` are checked as in
-        :meth:`recommend`; an unknown item raises :class:`~ctxrec.errors.UnknownIdError`.
+        :meth:`recommend`.
+
+        Returns
+        -------
+        dict
+            ``user``, ``item_id``, ``cold_start``, ``score`` (the serving score) and
+            ``contributions`` (the five parts above, in model units; they sum to ``score``).
+
+        Raises
+        ------
+        UnknownIdError
+            An unknown or removed item.
+        InputError, ContextError
+            As in :meth:`recommend`.
         """
         self.check_fitted()
         user = _check_id(user, "user", none_ok=True)
@@ -1399,7 +1452,12 @@ class Recommender:
                 "applied": int(self._events_applied)}
 
     def filter_mask(self, filter: Mapping[str, Any] | None) -> np.ndarray:
-        """bool [slots]: which items are in the catalog now and pass ``filter`` (as in :meth:`recommend`).
+        """Which items are in the catalog now and pass ``filter`` (as in :meth:`recommend`).
+
+        Returns
+        -------
+        bool array [n_slots]
+            True for each live item slot that passes the filter.
 
         Raises
         ------
@@ -1730,6 +1788,14 @@ class Recommender:
         return {str(k): jsonable(v) for k, v in row.to_dict().items()}
 
     def summary(self) -> dict[str, Any]:
+        """What the fitted recommender holds, for logs and ``/healthz``.
+
+        Returns
+        -------
+        dict
+            Catalog and user counts, context fields, the text-match weight, the engine, the
+            encoder and the training source.
+        """
         self.check_fitted()
         return {"n_items": int(self.engine_.n_items_), "n_users": int(len(self.user_ids_)),
                 "context_fields": self.context_.columns, "text_match_weight": self.text_match_weight_,
