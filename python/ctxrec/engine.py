@@ -1013,8 +1013,17 @@ class Engine:
         """Load an engine saved by ``save`` (format 2, or 1 from earlier ctxrec); checks every file's SHA-256.
 
         mmap=True maps the arrays read-only (shared between processes that load the same
-        directory; the first write copies them). Raises CorruptArtifactError for a missing,
-        truncated, altered or inconsistent file.
+        directory; the first write copies them).
+
+        Returns
+        -------
+        Engine
+            The loaded engine.
+
+        Raises
+        ------
+        CorruptArtifactError
+            A missing, truncated, altered or inconsistent file, or metadata out of range.
         """
         path = Path(path)
         manifest = read_manifest(path, FORMAT, (1, 2), verify=verify)

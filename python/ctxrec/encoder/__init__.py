@@ -130,6 +130,11 @@ class TextEncoder:
             2-core AVX2 machine, runs of 128-256 tokens keep the activations in the core's L2
             cache and encode descriptions >= 1.3x faster than whole batches of 32), no limit
             on a GPU; ``None``: no limit.
+
+        Returns
+        -------
+        TextEncoder
+            The loaded encoder, its session started on the chosen provider.
         """
         import onnxruntime as ort
         from tokenizers import Tokenizer
@@ -306,6 +311,11 @@ class TextEncoder:
         activations share one int8 scale per batch; cosine to the same text encoded alone
         >= 0.996 on the reference set), and the caches return whichever vector was
         computed first.
+
+        Returns
+        -------
+        float32 array [n, dim]
+            Unit rows in input order.
         """
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size = {batch_size!r}: must be a positive int")
@@ -347,6 +357,11 @@ class TextEncoder:
 
         Repeated texts (common queries) are answered from the per-process LRU without
         running the model.
+
+        Returns
+        -------
+        float32 array [dim]
+            The unit embedding (read-only).
         """
         if not isinstance(text, str):
             raise TypeError(f"text is {type(text).__name__}, expected str")

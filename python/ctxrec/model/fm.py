@@ -596,8 +596,13 @@ class ContextFM:
 
         Learned attributes: ``V_`` f32 [n_rows, k], ``w_`` f32 [n_rows], ``P_`` / ``a_`` text
         projections, ``w0_``, ``T_`` f32 [n_rows, n_tri_factors] three-way factors,
-        ``history_`` (per-epoch loss, examples/s, metric),
-        ``best_epoch_``, ``fit_time_s_``.
+        ``history_`` (per-epoch loss, examples/s, metric, and ``threads``: the mean thread count
+        when ``num_threads=None``), ``best_epoch_``, ``fit_time_s_``.
+
+        Returns
+        -------
+        ContextFM
+            ``self``, fitted.
         """
         self._check_params()
         self._setup(side)
@@ -875,8 +880,14 @@ class ContextFM:
 
     def recommend(self, users: np.ndarray, k: int = 10, *, context: np.ndarray | None = None,
                   context_text: np.ndarray | None = None, exclude_seen: bool = True) -> np.ndarray:
-        """Top-k item indices (int64 [b, k], -1 padded) for each (user, context) by exact
-        full-catalog scoring in ``ctxrec._core``; training positives excluded by default."""
+        """Top-k items for each (user, context) by exact full-catalog scoring in ``ctxrec._core``.
+
+        Returns
+        -------
+        int64 array [b, k]
+            Item indices, best first, -1 padded; training positives excluded unless
+            ``exclude_seen=False``.
+        """
         self.check_fitted()
         users = np.ascontiguousarray(users, dtype=np.int64)
         qb = self.build_queries(users, context=context, context_text=context_text)
@@ -884,8 +895,14 @@ class ContextFM:
 
     # ------------------------------------------------------------------- export --
     def export(self) -> ServingTables:
-        """Item table for serving: item_vecs f32 [n_items, k], item_bias f32 [n_items] and, with
-        three-way factors, item_tri f32 [n_items, n_tri_factors] (else None)."""
+        """The item side of the serving score.
+
+        Returns
+        -------
+        ServingTables
+            ``item_vecs`` f32 [n_items, k], ``item_bias`` f32 [n_items] and, with three-way
+            factors, ``item_tri`` f32 [n_items, n_tri_factors] (else None).
+        """
         self.check_fitted()
         k = self.V_.shape[1]
         vecs = np.zeros((self.n_items_, k), np.float32)
@@ -998,8 +1015,13 @@ class ContextFM:
 
         ``queries[q] . item_vecs[i] + item_bias[i] + const[q]`` (+ ``tri_queries[q] .
         item_tri[i]`` with three-way factors) equals ``predict`` of that (user, context, text,
-        item) row up to float32 rounding. Shapes: queries f32 [b, k], const f32 [b],
-        tri_queries f32 [b, n_tri_factors] or None.
+        item) row up to float32 rounding.
+
+        Returns
+        -------
+        QueryBatch
+            ``queries`` f32 [b, k], ``const`` f32 [b], ``tri_queries`` f32 [b, n_tri_factors]
+            or None.
         """
         self.check_fitted()
         users = np.atleast_1d(np.asarray(users, dtype=np.int64))
@@ -1019,6 +1041,11 @@ class ContextFM:
         projections are untouched. ``user=None`` appends a new user (optionally with
         ``user_text`` f32 [d_user] and ``user_attrs`` attribute indices) and returns its
         index; otherwise the given user is updated in place and returned. Deterministic.
+
+        Returns
+        -------
+        int
+            The user's index.
         """
         self.check_fitted()
         items = np.atleast_1d(np.asarray(items, dtype=np.int64))
@@ -1145,8 +1172,19 @@ class ContextFM:
 
     @classmethod
     def load(cls, path: str | Path) -> "ContextFM":
-        """Read a directory written by :meth:`save`; raises CorruptArtifactError on a wrong
-        format/version or a missing/altered file."""
+        """Read a directory written by :meth:`save`.
+
+        Returns
+        -------
+        ContextFM
+            The fitted model.
+
+        Raises
+        ------
+        CorruptArtifactError
+            A wrong format or version, a missing / altered / inconsistent file, or metadata
+            out of range.
+        """
         man = read_manifest(path, FORMAT, FORMAT_VERSION, meta_schema=_meta_schema())
         meta = man["meta"]
         unknown = sorted(set(meta["params"]) - set(_PARAM_NAMES))
