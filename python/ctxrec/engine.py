@@ -60,6 +60,7 @@ _PARAMS_SCHEMA = {
     "exact_threshold": MetaField(int, min=0, max=_BIG), "num_threads": MetaField(int, min=0, max=1 << 12),
     "seed": MetaField(int), "compact_ratio": MetaField(float, min=0.0, max=1.0, required=False),
     "graph": MetaField(str, choices=("ip", "sphere"), required=False),
+    "text_candidates": MetaField(int, min=0, max=1 << 20, required=False),
 }
 _COMMON_META = {
     "params": MetaField(dict, fields=_PARAMS_SCHEMA, allow_unknown=False),
@@ -174,6 +175,7 @@ class _Snapshot:
     identity: bool = True      # row == slot for every slot (no update or removal since fit/compaction)
     version: int = 0           # bumped by every publish (keys caches derived from a snapshot)
     overflow: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # rows past the graph's radius: scored on every search
+    text_index: Any = None     # _core.HnswIndex over the text rows (None: no text, or text_candidates=0)
 
 
 class Engine:
@@ -203,6 +205,11 @@ class Engine:
         clustered items, 0.83 under a 10 % filter). "sphere": maximum inner product as
         nearest neighbours on a sphere, best for filter-heavy traffic (0.99 under a 10 %
         filter, 0.85 without). See csrc/index.hpp and benchmarks/results/engine*.md.
+    text_candidates : int
+        With item text: a second graph over the item-text embeddings; a graph-searched request
+        with a text query also rescores the ``text_candidates`` items nearest to it in that
+        graph, so an item the text favours and the model ranks low is still found (the model
+        graph alone retrieves by the model's score). 0: off.
 
     Learned attributes (after ``fit``): ``n_items_`` (visible items), ``dim_``, ``item_ids_``
     (every item id ever added, by slot), ``item_vecs_`` [slots, dim], ``item_bias_`` [slots],
@@ -216,7 +223,7 @@ class Engine:
 
     def __init__(self, M: int = 16, ef_construction: int = 200, ef: int = 64, n_candidates: int = 64,
                  exact_threshold: int = DEFAULT_EXACT_THRESHOLD, num_threads: int = 0, seed: int = 0,
-                 compact_ratio: float = 0.25, graph: str = "ip") -> None:
+                 compact_ratio: float = 0.25, graph: str = "ip", text_candidates: int = 64) -> None:
         self.M = M
         self.ef_construction = ef_construction
         self.ef = ef
@@ -226,6 +233,7 @@ class Engine:
         self.seed = seed
         self.compact_ratio = compact_ratio
         self.graph = graph
+        self.text_candidates = text_candidates
         self._write = threading.RLock()
 
     # ------------------------------------------------------------------ build
@@ -244,6 +252,9 @@ class Engine:
             raise ValueError(f"compact_ratio must be in (0, 1], got {self.compact_ratio!r}")
         if self.graph not in ("ip", "sphere"):
             raise ValueError(f"graph must be 'ip' or 'sphere', got {self.graph!r}")
+        if not isinstance(self.text_candidates, (int, np.integer)) or isinstance(self.text_candidates, bool) \
+                or self.text_candidates < 0:
+            raise ValueError(f"text_candidates must be an integer >= 0, got {self.text_candidates!r}")
 
     def fit(self, item_vecs: Any, item_bias: Any = None, item_ids: Sequence[Any] | np.ndarray | None = None, *,
             item_text: Any = None, item_tri: Any = None, text_weight: float = 1.0, tri_weight: float = 1.0,
@@ -303,7 +314,7 @@ class Engine:
         self._snap = _Snapshot(index=index, n_rows=n, live=_bits_of(np.arange(n), words), n_live=n,
                                slot_row=np.arange(n, dtype=np.int64), row_slot=np.arange(n, dtype=np.int64),
                                vecs=cols["vecs"], bias=cols["bias"], text=cols["text"], tri=cols["tri"],
-                               filters=filters, ids=ids, n_slots=n)
+                               filters=filters, ids=ids, n_slots=n, text_index=self._new_text_index(cols["text"]))
         return self
 
     def _new_index(self, vecs: np.ndarray, bias: np.ndarray, capacity: int | None = None,
@@ -320,6 +331,18 @@ class Engine:
         index.add(np.ascontiguousarray(vecs), np.ascontiguousarray(bias), np.arange(n, dtype=np.int64),
                   _core.resolve_threads(self.num_threads))
         index.set_ef(max(int(self.ef), int(self.n_candidates)))
+        return index
+
+    def _new_text_index(self, text: np.ndarray | None) -> Any:
+        """The graph over the text rows 0..n-1 (inner product of the unit embeddings), or None."""
+        if text is None or not self.text_candidates:
+            return None
+        n = len(text)
+        index = _core.HnswIndex(int(text.shape[1]), max(n, 1), int(self.M), int(self.ef_construction), int(self.seed),
+                                0.0)
+        index.add(np.ascontiguousarray(text), np.zeros(n, np.float32), np.arange(n, dtype=np.int64),
+                  _core.resolve_threads(self.num_threads))
+        index.set_ef(max(int(self.ef), int(self.text_candidates)))
         return index
 
     def _columns(self, vecs: np.ndarray, bias: Any, text: Any, tri: Any, n: int) -> dict[str, np.ndarray | None]:
@@ -615,9 +638,23 @@ class Engine:
             kw["exclude_indptr"], kw["exclude_indices"] = indptr, np.concatenate(lists).astype(np.int64, copy=False)
         if allow is not None:
             kw["allow_indptr"], kw["allow_indices"] = np.array([0, len(allow)], np.int64), allow
+        always = snap.overflow
+        if snap.text_index is not None and "text_queries" in kw and kw.get("text_weight") \
+                and snap.n_live > self.exact_below() and 4 * int(k) < snap.n_live:
+            # the graph retrieves by the model's score: the items nearest the request text join the
+            # candidates of every query of the call, and all are rescored with the whole score
+            sel = {key: kw[key] for key in ("exclude_indptr", "exclude_indices", "allow_indptr", "allow_indices")
+                   if key in kw}
+            n_text = int(min(self.text_candidates, snap.n_live))
+            rows, _ = snap.text_index.search(kw["text_queries"], snap.text, None, n_text, live=snap.live,
+                                             n_rows=snap.n_rows, n_live=snap.n_live, mask=mask,
+                                             n_candidates=n_text, exact_below=0, num_threads=threads, **sel)
+            rows = rows[rows >= 0]
+            if len(rows):
+                always = np.unique(np.concatenate([snap.overflow, rows.astype(np.int64)]))
         return snap.index.search(q, snap.vecs, snap.bias if bias else None, int(k), live=snap.live,
                                  n_rows=snap.n_rows, n_live=snap.n_live, mask=mask,
-                                 always=snap.overflow if len(snap.overflow) else None,
+                                 always=always if len(always) else None,
                                  n_candidates=int(self.n_candidates), exact_below=self.exact_below(),
                                  num_threads=threads, return_plans=return_plans, **kw)
 
@@ -915,6 +952,8 @@ class Engine:
                 _set_bits(bits, rows[np.asarray(local, np.int64)])
         threads = _core.resolve_threads(self.num_threads if num_threads is None else num_threads)
         g.index.add(np.ascontiguousarray(g.vecs[r0:r0 + n]), np.ascontiguousarray(g.bias[r0:r0 + n]), rows, threads)
+        if g.text_index is not None:
+            g.text_index.add(np.ascontiguousarray(g.text[r0:r0 + n]), np.zeros(n, np.float32), rows, threads)
         slot_row = np.full(n_slots, -1, np.int64)
         slot_row[:snap.n_slots] = snap.slot_row[:snap.n_slots]
         old_rows = slot_row[slots[current]]
@@ -972,7 +1011,8 @@ class Engine:
                 text=None if snap.text is None else np.ascontiguousarray(snap.text[old]),
                 tri=None if snap.tri is None else np.ascontiguousarray(snap.tri[old]), filters=filters,
                 ids=np.array(snap.ids[:snap.n_slots]), identity=bool(n == snap.n_slots),
-                overflow=np.zeros(0, np.int64)))
+                overflow=np.zeros(0, np.int64),
+                text_index=self._new_text_index(None if snap.text is None else np.ascontiguousarray(snap.text[old]))))
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
@@ -981,7 +1021,7 @@ class Engine:
             snap = self._fitted()
             params = {k: getattr(self, k) for k in
                       ("M", "ef_construction", "ef", "n_candidates", "exact_threshold", "num_threads", "seed",
-                       "compact_ratio", "graph")}
+                       "compact_ratio", "graph", "text_candidates")}
             filters = {name: sorted(vals) for name, vals in snap.filters.items()}
             seen_keys = list(self._seen)
             meta = {"params": params, "n_rows": snap.n_rows, "n_slots": snap.n_slots, "n_live": snap.n_live,
@@ -1007,6 +1047,8 @@ class Engine:
                 np.save(tmp / "seen_indptr.npy", ptr)
                 np.save(tmp / "seen_slots.npy", slots)
                 snap.index.save(str(tmp / "hnsw.bin"))
+                if snap.text_index is not None:
+                    snap.text_index.save(str(tmp / "text_hnsw.bin"))
 
     @classmethod
     def load(cls, path: str | Path, verify: bool = True, mmap: bool = True) -> "Engine":
@@ -1105,10 +1147,23 @@ class Engine:
         if index.max_norm > 0:
             v64, b64 = np.asarray(vecs, np.float64), np.asarray(bias, np.float64)
             overflow = np.flatnonzero(np.sqrt(np.einsum("ij,ij->i", v64, v64) + b64 * b64) > index.max_norm)
+        text_index = None
+        if text is not None and eng.text_candidates:
+            if "text_hnsw.bin" in manifest["files"]:
+                try:
+                    text_index = _core.HnswIndex.load(str(path / "text_hnsw.bin"), int(text.shape[1]), max(n, 1), 0.0)
+                except (RuntimeError, ValueError) as e:
+                    raise CorruptArtifactError(f"{path / 'text_hnsw.bin'}: cannot load the text graph ({e})") from None
+                if text_index.size != n:
+                    raise CorruptArtifactError(f"{path / 'text_hnsw.bin'}: holds {text_index.size} rows, "
+                                               f"the manifest says {n}")
+                text_index.set_ef(max(int(eng.ef), int(eng.text_candidates)))
+            else:  # saved before the text graph existed: built here
+                text_index = eng._new_text_index(np.ascontiguousarray(text[:n]))
         eng._snap = _Snapshot(index=index, n_rows=n, live=_bits_of(live_rows, _words(n)), n_live=len(live_rows),
                               overflow=overflow.astype(np.int64),
                               slot_row=slot_row, row_slot=row_slot, vecs=vecs, bias=bias, text=text, tri=tri,
-                              filters=filters, ids=ids, n_slots=n_slots,
+                              filters=filters, ids=ids, n_slots=n_slots, text_index=text_index,
                               identity=bool(n == n_slots and np.array_equal(slot_row, np.arange(n))))
         return eng
 
