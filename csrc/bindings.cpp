@@ -297,8 +297,8 @@ PYBIND11_MODULE(_core, m) {
                py::object live, int64_t n_rows, int64_t n_live, py::object text_queries, py::object item_text,
                float text_weight, py::object tri_queries, py::object item_tri, float tri_weight, py::object mask,
                py::object exclude_indptr, py::object exclude_indices, py::object allow_indptr,
-               py::object allow_indices, py::object always, int64_t n_candidates, int64_t exact_below,
-               int num_threads, bool return_plans) {
+               py::object allow_indices, py::object always, py::object always_indptr, int64_t n_candidates,
+               int64_t exact_below, int num_threads, bool return_plans) {
                 Inputs in = parse(queries, item_vecs, item_bias, text_queries, item_text, text_weight, tri_queries,
                                   item_tri, tri_weight, exclude_indptr, exclude_indices, allow_indptr, allow_indices);
                 EXPECT(in.spec.dim == ix.dim(), "queries have " + std::to_string(in.spec.dim) +
@@ -320,6 +320,16 @@ PYBIND11_MODULE(_core, m) {
                     for (int64_t j = 0; j < a.n_always; ++j)
                         EXPECT(a.always[j] >= 0 && a.always[j] < n_rows,
                                "always holds " + std::to_string(a.always[j]) + ", outside [0, n_rows)");
+                    if (!always_indptr.is_none()) {
+                        a.always_indptr = view<int64_t>(always_indptr, "always_indptr", 1, "int64");
+                        EXPECT(dim(always_indptr, 0) == in.b + 1, "always_indptr must have b + 1 entries");
+                        EXPECT(a.always_indptr[0] == 0 && a.always_indptr[in.b] == a.n_always,
+                               "always_indptr must start at 0 and end at len(always)");
+                        for (int64_t q = 0; q < in.b; ++q)
+                            EXPECT(a.always_indptr[q] <= a.always_indptr[q + 1], "always_indptr must not decrease");
+                    }
+                } else {
+                    EXPECT(always_indptr.is_none(), "always_indptr needs always");
                 }
                 a.n_candidates = std::max<int64_t>(1, n_candidates);
                 a.exact_below = exact_below;
@@ -335,7 +345,9 @@ PYBIND11_MODULE(_core, m) {
                          "    item_bias None scores without the bias (item-item similarity: the graph is\n"
                          "    searched with [q, 0]). allow_* rows must be sorted and unique. When at most\n"
                          "    exact_below rows are eligible, they are scored exactly instead of searched.\n"
-                         "    always: int64 rows a graph search also scores (when eligible): rows past max_norm.\n"
+                         "    always: int64 rows a graph search also scores (when eligible): rows past max_norm,\n"
+                         "    the items nearest a request's text. always_indptr: [b + 1], per-query ranges of always\n"
+                         "    (default: every query scores all of them).\n"
                          "    return_plans adds an int8 [b] array: 1 = scored exactly, 0 = graph search.\n") +
              kScoreDoc)
                 .c_str(),
@@ -345,7 +357,7 @@ PYBIND11_MODULE(_core, m) {
             py::arg("item_tri") = py::none(), py::arg("tri_weight") = 1.0f, py::arg("mask") = py::none(),
             py::arg("exclude_indptr") = py::none(), py::arg("exclude_indices") = py::none(),
             py::arg("allow_indptr") = py::none(), py::arg("allow_indices") = py::none(),
-            py::arg("always") = py::none(), py::arg("n_candidates") = 64, py::arg("exact_below") = 0, py::arg("num_threads") = 1,
+            py::arg("always") = py::none(), py::arg("always_indptr") = py::none(), py::arg("n_candidates") = 64, py::arg("exact_below") = 0, py::arg("num_threads") = 1,
             py::arg("return_plans") = false);
 
     m.def("resolve_threads", &ctxrec::resolve_threads, py::arg("num_threads"),

@@ -370,9 +370,11 @@ void HnswIndex::search(const SearchArgs& args, int64_t b, TopKOut out, int num_t
             }
             if (plain) ids.erase(std::remove_if(ids.begin(), ids.end(), [&](int64_t r) { return !args.live.test(r); }),
                                  ids.end());
-            if (args.n_always) {
+            const int64_t a0 = args.always_indptr ? args.always_indptr[q] : 0;
+            const int64_t a1 = args.always_indptr ? args.always_indptr[q + 1] : args.n_always;
+            if (a1 > a0) {
                 if (al.first) f.allowed = al_bits.set(al.first, al.second, n_rows);
-                for (int64_t j = 0; j < args.n_always; ++j)
+                for (int64_t j = a0; j < a1; ++j)
                     if (f(static_cast<hnswlib::labeltype>(args.always[j]))) ids.push_back(args.always[j]);
                 if (al.first) al_bits.clear();
                 std::sort(ids.begin(), ids.end());

@@ -66,6 +66,8 @@ struct SearchArgs {
     Csr exclude, allow;       // rows, per query (rows == b) or shared (rows == 1)
     const int64_t* always = nullptr;  // rows the graph plan scores besides its candidates (if eligible):
     int64_t n_always = 0;             // rows whose norm exceeds max_norm, which the graph places approximately
+    const int64_t* always_indptr = nullptr;  // [b + 1]: query q's always rows are always[indptr[q]:indptr[q+1]]
+                                             // (null: all n_always rows for every query)
     int64_t n_live = 0;       // popcount of live
     int64_t n_candidates = 64;
     int64_t exact_below = 0;  // score the eligible rows exactly when at most this many remain

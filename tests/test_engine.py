@@ -596,6 +596,11 @@ def test_text_graph_finds_what_the_request_text_favours_live_and_after_save(tmp_
     on = Engine(exact_threshold=0).fit(V, b, ids, item_text=T, text_weight=5.0)
     print("recall@10 model graph only", recall(off), "with the text graph", recall(on))
     assert recall(off) < 0.6 and recall(on) >= 0.95, (recall(off), recall(on))
+    # a batch gives each query its own text candidates: the same answers as one request at a time
+    ids_b, sc_b = on.recommend_batch(np.stack([q for q, _ in qs]), 10, text_queries=np.stack([t for _, t in qs]))
+    for j, (q, tq) in enumerate(qs):
+        ids1, sc1 = on.recommend(q, 10, text_query=tq)
+        assert ids_b[j].tolist() == ids1.tolist() and np.allclose(sc_b[j], sc1)
     # live: new items found through the text graph too
     Vn, bn, _, Tn = _text_catalog(200, seed=9)
     on.add_items(Vn, bn, [f"n{i}" for i in range(200)], item_text=Tn)

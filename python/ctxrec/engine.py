@@ -638,23 +638,23 @@ class Engine:
             kw["exclude_indptr"], kw["exclude_indices"] = indptr, np.concatenate(lists).astype(np.int64, copy=False)
         if allow is not None:
             kw["allow_indptr"], kw["allow_indices"] = np.array([0, len(allow)], np.int64), allow
-        always = snap.overflow
+        always, always_ptr = snap.overflow, None
         if snap.text_index is not None and "text_queries" in kw and kw.get("text_weight") \
                 and snap.n_live > self.exact_below() and 4 * int(k) < snap.n_live:
-            # the graph retrieves by the model's score: the items nearest the request text join the
-            # candidates of every query of the call, and all are rescored with the whole score
+            # the graph retrieves by the model's score: each query's candidates also get the items
+            # nearest its request text, and all are rescored with the whole score
             sel = {key: kw[key] for key in ("exclude_indptr", "exclude_indices", "allow_indptr", "allow_indices")
                    if key in kw}
             n_text = int(min(self.text_candidates, snap.n_live))
             rows, _ = snap.text_index.search(kw["text_queries"], snap.text, None, n_text, live=snap.live,
                                              n_rows=snap.n_rows, n_live=snap.n_live, mask=mask,
                                              n_candidates=n_text, exact_below=0, num_threads=threads, **sel)
-            rows = rows[rows >= 0]
-            if len(rows):
-                always = np.unique(np.concatenate([snap.overflow, rows.astype(np.int64)]))
+            lists = [np.concatenate([snap.overflow, r[r >= 0].astype(np.int64)]) for r in rows]
+            always_ptr, always = csr.from_lists(lists)
         return snap.index.search(q, snap.vecs, snap.bias if bias else None, int(k), live=snap.live,
                                  n_rows=snap.n_rows, n_live=snap.n_live, mask=mask,
                                  always=always if len(always) else None,
+                                 always_indptr=always_ptr if len(always) else None,
                                  n_candidates=int(self.n_candidates), exact_below=self.exact_below(),
                                  num_threads=threads, return_plans=return_plans, **kw)
 
