@@ -51,3 +51,12 @@ def test_from_lists_keeps_order_and_take_selects_rows():
     p3, i3 = csr.take(ptr, idx, np.array([1]))
     assert p3.tolist() == [0, 0] and i3.tolist() == []
     assert csr.indptr_of([2, 0, 3]).tolist() == [0, 2, 2, 5]
+
+
+def test_problem_names_what_is_wrong():
+    ptr, idx = csr.from_lists([[0, 2], [], [1]])
+    assert csr.problem(ptr, idx, 3, 3) is None
+    assert "index pointer" in csr.problem(ptr[:-1], idx, 3, 3)
+    assert "index pointer" in csr.problem(ptr[::-1].copy(), idx, 3, 3)
+    assert "outside [0, 2)" in csr.problem(ptr, idx, 3, 2, names=("p.npy", "i.npy"))
+    assert csr.problem(ptr.astype(np.float64), idx, 3, 3).startswith("indptr is not an integer vector")

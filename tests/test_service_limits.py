@@ -252,3 +252,26 @@ def test_integer_ids_given_as_strings_in_exclude_and_allow(int_id_model):
     unknown = r.json()["unknown_ids"]
     assert unknown["exclude"] == ["99999", "abc"] and unknown["allow"] == [123456], unknown
     assert [x["item_id"] for x in r.json()["items"]] == [top[2]]
+
+
+def test_ctxrec_serve_flags_set_the_limits(model_dirs):
+    """`ctxrec serve --max-body-bytes N --body-timeout S`, as a user types it (a subprocess):
+    a body over N is 413 naming the limit, a stalled body 408 after S seconds."""
+    from _server import start_server, stop_server
+    base, proc = start_server(["--model", str(model_dirs[1]), "--no-events", "--max-body-bytes", "2000",
+                               "--body-timeout", "1", "--max-sessions", "5", "--session-ttl", "60",
+                               "--max-session-bytes", str(64 << 20)])
+    try:
+        port = int(base.rsplit(":", 1)[1])
+        r = http.post(f"{base}/recommend", content=b'{"user": "u1", "text": "' + b"x" * 5000 + b'"}',
+                      headers={"content-type": "application/json"})
+        assert r.status_code == 413 and "2000" in r.json()["error"], r.text
+        t0 = time.time()
+        s, raw = raw_request(port, "POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                   "Content-Length: 500", b'{"user": ')
+        s.close()
+        assert status_of(raw) == 408 and b"within 1 s" in raw, raw[:300]
+        assert time.time() - t0 < 8
+        assert http.post(f"{base}/recommend", json={"user": "u1", "k": 3}).status_code == 200
+    finally:
+        stop_server(proc)

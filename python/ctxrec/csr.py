@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["indptr_of", "from_pairs", "from_lists", "take"]
+__all__ = ["indptr_of", "from_pairs", "from_lists", "take", "problem"]
 
 
 def indptr_of(counts: np.ndarray | Sequence[int]) -> np.ndarray:
@@ -105,3 +105,35 @@ def take(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray) -> tuple[np.
         return new_ptr, np.zeros(0, dtype=np.int64)
     starts = np.repeat(indptr[rows] - new_ptr[:-1], lens)
     return new_ptr, np.ascontiguousarray(indices[np.arange(new_ptr[-1]) + starts], dtype=np.int64)
+
+
+def problem(indptr: np.ndarray, indices: np.ndarray, n_rows: int, n_cols: int, *,
+            names: tuple[str, str] = ("indptr", "indices")) -> str | None:
+    """What keeps ``(indptr, indices)`` from being a CSR list of ``n_rows`` rows over ``[0, n_cols)``.
+
+    The check a loaded artifact passes before anything indexes with it.
+
+    Parameters
+    ----------
+    indptr, indices : arrays
+        The candidate list.
+    n_rows, n_cols : int
+        Its expected rows and the range of its indices.
+    names : (str, str)
+        How the two arrays are named in the message (e.g. file names).
+
+    Returns
+    -------
+    str or None
+        The first problem found, naming the array; None when it is a valid CSR list.
+    """
+    p, i = names
+    if indptr.dtype.kind not in "iu" or indptr.ndim != 1:
+        return f"{p} is not an integer vector (dtype {indptr.dtype}, shape {indptr.shape})"
+    if indices.dtype.kind not in "iu" or indices.ndim != 1:
+        return f"{i} is not an integer vector (dtype {indices.dtype}, shape {indices.shape})"
+    if indptr.shape != (n_rows + 1,) or indptr[0] != 0 or (np.diff(indptr) < 0).any() or indptr[-1] != len(indices):
+        return f"{p} is not a valid index pointer for {n_rows} rows and {len(indices)} entries"
+    if len(indices) and (indices.min() < 0 or indices.max() >= n_cols):
+        return f"{i} holds indices outside [0, {n_cols})"
+    return None

@@ -632,10 +632,7 @@ class Engine:
               allow: np.ndarray | None, mask: np.ndarray | None, threads: int, bias: bool = True,
               return_plans: bool = False) -> tuple[np.ndarray, ...]:
         if excl is not None and any(e is not None and len(e) for e in excl):
-            lists = [np.zeros(0, np.int64) if e is None else e for e in excl]
-            indptr = np.zeros(len(lists) + 1, np.int64)
-            np.cumsum([len(e) for e in lists], out=indptr[1:])
-            kw["exclude_indptr"], kw["exclude_indices"] = indptr, np.concatenate(lists).astype(np.int64, copy=False)
+            kw["exclude_indptr"], kw["exclude_indices"] = csr.from_lists([() if e is None else e for e in excl])
         if allow is not None:
             kw["allow_indptr"], kw["allow_indices"] = np.array([0, len(allow)], np.int64), allow
         always, always_ptr = snap.overflow, None
@@ -1119,8 +1116,9 @@ class Engine:
                 filters[name] = {v: bits[i] for i, v in enumerate(values)}
             indptr, sl = np.array(arr("seen_indptr.npy")), np.array(arr("seen_slots.npy"))
             keys = meta["seen_keys"]
-            if len(indptr) != len(keys) + 1 or indptr[-1] != len(sl) or (sl < 0).any() or (sl >= n_slots).any():
-                raise CorruptArtifactError(f"{path}: seen_indptr.npy / seen_slots.npy are inconsistent")
+            why = csr.problem(indptr, sl, len(keys), n_slots, names=("seen_indptr.npy", "seen_slots.npy"))
+            if why is not None:
+                raise CorruptArtifactError(f"{path}: {why}")
             seen = {k: sl[indptr[i]:indptr[i + 1]] for i, k in enumerate(keys)}
         live_rows = slot_row[slot_row >= 0]
         eng.dim_ = dim

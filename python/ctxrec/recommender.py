@@ -643,14 +643,14 @@ class Recommender:
 
         Returns
         -------
-        (float64 array [dim], float)
+        (float32 array [dim], float)
             The query vector and the constant of the score.
         """
         model_text = None if text is None or not self._model_text_dim() else \
             np.asarray(text, np.float32).reshape(1, -1)
         with self._lock:
             qb = self.model_.build_queries(np.array([u]), context=context, context_text=model_text)
-        return np.asarray(qb.joined()[0], np.float64), float(qb.const[0])
+        return qb.joined()[0], float(qb.const[0])
 
     def model_contributions(self, u: int, context: np.ndarray | None, text: np.ndarray | None,
                             vec: np.ndarray, bias: float) -> dict[str, float]:
@@ -674,7 +674,7 @@ class Recommender:
 
         def score(user_idx: int, c: np.ndarray | None, t: np.ndarray | None) -> float:
             q, const = self.query_vector(user_idx, c, t)
-            return float(q @ vec + bias + const)
+            return float(q.astype(np.float64) @ vec + bias + const)
 
         uses_text = bool(self._model_text_dim()) and text is not None
         absent = None if context is None else np.full_like(context, -1)
@@ -869,7 +869,7 @@ class Recommender:
         tq = None
         if text is not None and self.text_match_weight_ and np.any(text):
             tq = _unit_rows(text)[0]
-        return q.astype(np.float32), const, tq
+        return q, const, tq
 
     def recommend(self, user: Any, context: Mapping[str, Any] | None = None, k: int = 10, *,
                   exclude_seen: bool = True, exclude: Iterable[Any] | None = None,
@@ -1912,12 +1912,9 @@ class Recommender:
         n_users, n_slots = len(self.user_ids_), len(self.item_ids_)
         if self.user_ids_.ndim != 1 or n_users != self.model_.n_users_:
             bad(f"user_ids.npy holds {self.user_ids_.shape} ids, the model has {self.model_.n_users_} users")
-        ip, ix = seen_indptr, seen_indices
-        if ip.shape != (n_users + 1,) or ip.dtype.kind not in "iu" or ix.dtype.kind not in "iu" or ix.ndim != 1 \
-                or ip[0] != 0 or (np.diff(ip) < 0).any() or ip[-1] != len(ix):
-            bad(f"seen_indptr.npy / seen_indices.npy are not a history of {n_users} users")
-        if len(ix) and (ix.min() < 0 or ix.max() >= n_slots):
-            bad(f"seen_indices.npy holds item slots outside [0, {n_slots})")
+        why = csr.problem(seen_indptr, seen_indices, n_users, n_slots, names=("seen_indptr.npy", "seen_indices.npy"))
+        if why is not None:
+            bad(f"{why} (the users' histories)")
         if len(self.items_) != n_slots:
             bad(f"items.parquet has {len(self.items_)} rows, the engine has {n_slots} item slots")
         if self.item_text_ is not None and (self.item_text_.ndim != 2 or len(self.item_text_) != n_slots):

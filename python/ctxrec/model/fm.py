@@ -1241,12 +1241,11 @@ class ContextFM:
         for ptr, idx, val, rows, hi in (("ia_ptr_", "ia_idx_", "ia_val_", ni, nr), ("ua_ptr_", "ua_idx_", "ua_val_", nu, nr),
                                         ("uab_ptr_", "uab_idx_", "uab_val_", nu, nr), ("pos_ptr_", "pos_idx_", None, nu, ni)):
             p, ix = getattr(self, ptr), getattr(self, idx)
-            if p.shape != (rows + 1,) or p[0] != 0 or (np.diff(p) < 0).any() or p[-1] != len(ix):
-                bad(f"{ptr.rstrip('_')}.npy is not a valid index pointer for {rows} rows and {len(ix)} entries")
+            why = csr.problem(p, ix, rows, hi, names=(f"{ptr.rstrip('_')}.npy", f"{idx.rstrip('_')}.npy"))
+            if why is not None:
+                bad(why)
             if val is not None and getattr(self, val).shape != ix.shape:
                 bad(f"{val.rstrip('_')}.npy has {len(getattr(self, val))} entries, expected {len(ix)}")
-            if len(ix) and (ix.min() < 0 or ix.max() >= hi):
-                bad(f"{idx.rstrip('_')}.npy holds indices outside [0, {hi})")
 
     def check_fitted(self) -> None:
         """Raise :class:`~ctxrec.errors.NotFittedError` unless the model is fitted or loaded."""

@@ -22,7 +22,7 @@ def _json(raw: str | bytes, field: str) -> Any:
     try:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        text = raw[:200] if isinstance(raw, str) else raw[:200].decode("utf-8", "backslashreplace")
+        text = echo(raw if isinstance(raw, str) else raw[:256].decode("utf-8", "backslashreplace"))
         raise InputError(f"{field}: not valid JSON ({e}): {text!r}", field=field) from None
     except RecursionError:
         raise InputError(f"{field}: nested too deeply", field=field) from None
