@@ -389,8 +389,11 @@ def task_ml_stratified(rows: list[dict[str, Any]], ds: Any, text: np.ndarray, ar
     run_peers(rows, task, _S, peers, RANK_KEYS, reference=reference)
 
 
-def task_ml_cold(rows: list[dict[str, Any]], ds: Any, text: np.ndarray, args: Any) -> None:
+def task_ml_cold(rows: list[dict[str, Any]], ds: Any, text: np.ndarray, args: Any, *,
+                 fm: dict[str, Any] | None = None) -> None:
+    """``fm``: ContextFM parameters over ``COLD_FM`` (the training benchmark's text_step_every check)."""
     task = "ml-100k item cold start 10%"
+    cold_fm = {**COLD_FM, **(fm or {})}
     sp = item_cold_start(ds, frac=0.1, seed=0)
     X_all, _ = from_dataset(ds, label="none")
     X = X_all.subset(sp.train_rows)
@@ -403,12 +406,12 @@ def task_ml_cold(rows: list[dict[str, Any]], ds: Any, text: np.ndarray, args: An
     is_val = np.isin(ds.items[sp.train_rows], val_items)
     X_in, X_val = X_all.subset(sp.train_rows[~is_val]), X_all.subset(sp.train_rows[is_val])
     ep = 2 if args.quick else 30
-    probe = ContextFM(**COLD_FM, epochs=ep, early_stopping_rounds=3, eval_metric="recall@10",
+    probe = ContextFM(**cold_fm, epochs=ep, early_stopping_rounds=3, eval_metric="recall@10",
                       num_threads=THREADS)
     # cold validation ranks among the held-out validation items: use a score callback
     best = _cold_probe(probe, X_in, X_val, side, val_items, ds)
     t0 = time.perf_counter()
-    m = ContextFM(**COLD_FM, epochs=best, num_threads=THREADS).fit(X, side)
+    m = ContextFM(**cold_fm, epochs=best, num_threads=THREADS).fit(X, side)
     fit_s = time.perf_counter() - t0
     keys = ["recall@10", "ndcg@10", "precision@10", "hr@10"]
     rep = evaluate_ranking(fm_factors(m, ds.n_users), sp.train, sp.test, ks=(10,), candidates=sp.candidate_items,
@@ -417,7 +420,7 @@ def task_ml_cold(rows: list[dict[str, Any]], ds: Any, text: np.ndarray, args: An
                  "fit_s": round(fit_s, 2), "epoch_s": round(fit_s / best, 3), "epochs": best})
     log(f"{task}: ContextFM text+genres: {pick(rep, keys)}")
     t0 = time.perf_counter()
-    m2 = ContextFM(**COLD_FM, epochs=best, num_threads=THREADS).fit(
+    m2 = ContextFM(**cold_fm, epochs=best, num_threads=THREADS).fit(
         X, SideInfo(ds.n_users, ds.n_items, item_attrs=genres))
     fit_s2 = time.perf_counter() - t0
     rep = evaluate_ranking(fm_factors(m2, ds.n_users), sp.train, sp.test, ks=(10,), candidates=sp.candidate_items,

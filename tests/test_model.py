@@ -148,12 +148,13 @@ def test_engine_serves_model_exactly(tri):
 # ---------------------------------------------------------------------------------------
 # determinism
 # ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("dropout,window,tri", [(0.0, None, 0), (0.3, None, 0), (0.3, 4, 0), (0.3, None, 4)])
-def test_deterministic_for_seed_and_thread_count(dropout, window, tri):
+@pytest.mark.parametrize("dropout,window,tri,every", [(0.0, None, 0, 1), (0.3, None, 0, 1), (0.3, 4, 0, 1),
+                                                       (0.3, None, 4, 1), (0.3, None, 0, 3)])
+def test_deterministic_for_seed_and_thread_count(dropout, window, tri, every):
     X, side = _random_problem(3, n=900)
     X.timestamp = np.random.default_rng(0).integers(0, 50, len(X))  # with ties
     kw = dict(n_factors=8, n_tri_factors=tri, loss="bpr", epochs=2, batch_size=64, n_negatives=3,
-              user_history=True, dropout=dropout, history_window=window)
+              user_history=True, dropout=dropout, history_window=window, text_step_every=every)
     a = ContextFM(random_state=11, num_threads=1, **kw).fit(X, side)
     b = ContextFM(random_state=11, num_threads=2, **kw).fit(X, side)
     c = ContextFM(random_state=12, num_threads=1, **kw).fit(X, side)
@@ -393,11 +394,13 @@ def test_context_moves_the_score():
     assert (top0 < 10).mean() > 0.9 and (top1 >= 10).mean() > 0.9
 
 
-def test_text_gives_cold_items_a_vector():
+@pytest.mark.parametrize("every", [1, 4])
+def test_text_gives_cold_items_a_vector(every):
     users, items, ug, ig, text = _planted(seed=2, nI=100)
     cold = np.arange(100) % 10 == 0  # 10 items never seen in training
     keep = ~cold[items]
-    m = ContextFM(n_factors=8, loss="bpr", epochs=20, batch_size=64, learning_rate=0.01, n_negatives=2)
+    m = ContextFM(n_factors=8, loss="bpr", epochs=20, batch_size=64, learning_rate=0.01, n_negatives=2,
+                  text_step_every=every)
     m.fit(Interactions(users[keep], items[keep]), SideInfo(120, 100, item_text=text))
     cold_items = np.flatnonzero(cold)
     assert np.all(m.V_[m.item_off_ + cold_items] == 0)  # id rows of unseen items stay zero
@@ -410,6 +413,33 @@ def test_text_gives_cold_items_a_vector():
     m0.fit(Interactions(users[keep], items[keep]), SideInfo(120, 100))
     s0 = m0.predict(Interactions(uu, it))
     assert np.ptp(s0.reshape(120, -1), axis=1).max() < 1e-9
+
+
+@pytest.mark.parametrize("loss", ["bpr", "softmax", "logloss"])
+def test_text_step_every_steps_the_item_projection_once_per_period(loss):
+    """With the projection starting at zero, one Adam step moves every entry by exactly
+    lr * ((1 - b1) / c1) / sqrt((1 - b2) / c2) (the sign of its gradient): a period spanning the
+    whole epoch leaves the item-text rows of P and a at that one magnitude, while the user-text
+    and request-text rows (stepped every batch) and an every-batch projection do not."""
+    X, side = _random_problem(4, n=640)
+    lr = 0.003
+    kw = dict(n_factors=6, loss=loss, epochs=1, batch_size=64, learning_rate=lr, text_init_std=0.0,
+              n_negatives=4 if loss == "softmax" else None, num_threads=2)
+    m = ContextFM(text_step_every=10, **kw).fit(X, side)  # 640 rows / 64 per batch: <= 10 batches
+    nb = m.step_  # the bias corrections are those of the epoch's last step
+    assert 3 <= nb <= 10
+    c1, c2 = 1 - 0.9 ** nb, 1 - 0.999 ** nb
+    step = lr * (0.1 / c1) / np.sqrt(0.001 / c2)
+    t0, t1, t2, t3 = (int(x) for x in m.toff_[:4])
+    assert np.allclose(np.abs(m.P_[t0:t1]), step, rtol=1e-4) and np.allclose(np.abs(m.a_[t0:t1]), step, rtol=1e-4)
+    for lo, hi in ((t1, t2), (t2, t3)):  # user text, request text: ten steps
+        assert np.abs(m.P_[lo:hi]).max() > 2 * step
+    m1 = ContextFM(text_step_every=1, **kw).fit(X, side)
+    assert np.abs(m1.P_[t0:t1]).max() > 2 * step
+    m_more = ContextFM(text_step_every=1000, **kw).fit(X, side)  # longer than the call: one period
+    assert np.array_equal(m_more.P_, m.P_) and np.array_equal(m_more.V_, m.V_)
+    with pytest.raises(ValueError, match="text_step_every=0"):
+        ContextFM(text_step_every=0).fit(X, side)
 
 
 @pytest.mark.parametrize("tri", [0, 3])

@@ -449,7 +449,7 @@ def train_epoch(
     T3, mT3, sT3, l2_t, ctx_hi,
     loss, n_neg, batch_size, lr, l2_v, l2_w, l2_p, opt, b1, b2, eps,
     step0, seed, epoch, row_lo, row_hi, train_dense, n_threads, hist_off, drop, out_loss,
-    hwin, ua_rank, ex_rank, ex_hscale,
+    hwin, ua_rank, ex_rank, ex_hscale, text_every,
 ):
     """Run one epoch of mini-batch training over ``order`` (example indices, shuffled).
 
@@ -471,6 +471,13 @@ def train_epoch(
     on the rows of the user, the items and the (kept) context values, L2 ``l2_t`` f64 [n_rows];
     t = 0: off. ``ctx_hi``: end of the context-value rows (rows of attributes and history have
     no three-way factors, so they get no step).
+    ``text_every`` >= 1: the item-text rows of ``P`` / ``a`` take one optimizer step per
+    ``text_every`` mini-batches (a *period*; the last one ends with the call), on the gradient
+    summed over the period (and ``text_every`` times the L2, which keeps its ratio to the summed
+    data term). Within a period the projection is constant, so an item's projected text is
+    computed once per period (the first batch it appears in) and its gradient rows are summed per
+    item: two BLAS products per period over the period's distinct items instead of two per batch
+    over each batch's (``text_every`` = 1: every batch, as plain mini-batch training).
     ``n_threads`` only sets how reductions are partitioned (results do not depend on it).
     Returns the optimizer step count after the epoch; the summed loss goes to out_loss[0].
     """
@@ -517,8 +524,17 @@ def train_epoch(
     di = itext.shape[1]
     du = utext.shape[1]
     dq = qtext.shape[1]
-    Ri = np.zeros((S if di > 0 else 0, k), dtype=np.float32)  # residual rows of phase F (BLAS)
-    gs32 = np.zeros(S if di > 0 else 0, dtype=np.float32)
+    # item text by period (see text_every): period slot of each item, the period's items, their
+    # projected text (Zp, lzp) and summed residual rows (Gp = sum GI - t * gs, gp = sum gs)
+    R_ = max(1, text_every)
+    cap = min(n_items, R_ * S) if di > 0 else 0
+    pslot_of = np.full(n_items if di > 0 else 0, -1, dtype=np.int64)
+    pitem = np.empty(cap, dtype=np.int64)
+    Zp = np.zeros((cap, k), dtype=np.float32)
+    lzp = np.zeros(cap, dtype=np.float32)
+    Gp = np.zeros((cap, k), dtype=np.float32)
+    gp = np.zeros(cap, dtype=np.float32)
+    npp = 0
     Ru = np.zeros((B if du > 0 else 0, k), dtype=np.float64)
     Rq = np.zeros((B if dq > 0 else 0, k), dtype=np.float64)
     urow = np.full(B, -1, dtype=np.int64)
@@ -526,6 +542,11 @@ def train_epoch(
     t0 = toff[0]
     t1 = toff[1]
     t2 = toff[2]
+    Pi = np.ascontiguousarray(P[t0:t0 + di]) if di > 0 else np.empty((0, k), dtype=np.float32)
+    ai = np.ascontiguousarray(a[t0:t0 + di]) if di > 0 else np.empty(0, dtype=np.float32)
+    Eb = np.empty((0, di), dtype=np.float32)      # the batch's new text rows (text_every = 1)
+    GPi = np.zeros((di, k), dtype=np.float32)     # the period's item-text gradient (rows t0..)
+    gai = np.zeros(di, dtype=np.float32)
     n_neg_items = neg_items.shape[0]
     use_cdf = neg_cdf.shape[0] > 0
     step = step0
@@ -571,23 +592,35 @@ def train_epoch(
                     ns += 1
                 inst_slot[bb, j] = s_
         # ---- B: item sides ------------------------------------------------------
-        # the slots' text embeddings go through the projection as two BLAS products
-        # (Es [ns, di] @ P[t0:t0+di] and @ a[t0:t0+di], float32), not one slot at a time
+        # items new to the period get their projected text as two BLAS products
+        # (Es [new, di] @ P[t0:t0+di] and @ a[t0:t0+di], float32), not one slot at a time
+        period_end = (bi + 1) % R_ == 0 or bi == n_batches - 1
         if di > 0:
-            Es = np.empty((ns, di), dtype=np.float32)
-            for s_ in prange(ns):
-                Es[s_] = itext[slot_item[s_]]
-            Zs = np.dot(Es, np.ascontiguousarray(P[t0:t0 + di]))
-            lzs = np.dot(Es, np.ascontiguousarray(a[t0:t0 + di]))
-        else:
-            Es = np.empty((0, 0), dtype=np.float32)
-            Zs = np.empty((0, k), dtype=np.float32)
-            lzs = np.empty(0, dtype=np.float32)
+            p0 = npp
+            for s_ in range(ns):
+                it = slot_item[s_]
+                if pslot_of[it] < 0:
+                    pslot_of[it] = npp
+                    pitem[npp] = it
+                    npp += 1
+            if npp > p0:
+                Es = np.empty((npp - p0, di), dtype=np.float32)
+                for j in prange(npp - p0):
+                    Es[j] = itext[pitem[p0 + j]]
+                if R_ == 1:  # the period is this batch: phase F reuses the rows
+                    Eb = Es
+                Zp[p0:npp] = np.dot(Es, Pi)
+                lzp[p0:npp] = np.dot(Es, ai)
+                for j in prange(npp - p0):
+                    gp[p0 + j] = 0.0
+                    for f in range(k):
+                        Gp[p0 + j, f] = 0.0
         for s_ in prange(ns):
             it = slot_item[s_]
             lin, sq = _side_rows(item_off + it, it, V, w, ia_ptr, ia_idx, ia_val, Islot[s_], tIslot[s_])
             if di > 0:
-                lin, sq = _add_projected(Zs[s_], np.float64(lzs[s_]), tIslot[s_], Islot[s_], lin, sq)
+                pp = pslot_of[it]
+                lin, sq = _add_projected(Zp[pp], np.float64(lzp[pp]), tIslot[s_], Islot[s_], lin, sq)
             lin, intra = _side_total(Islot[s_], lin, sq)
             ibslot[s_] = lin + intra
             gs[s_] = 0.0
@@ -761,19 +794,22 @@ def train_epoch(
         # always) instead of once per P row; P rows are taken in blocks of _QB by the threads
         # and each block walks the slots / examples in order (the sums keep their order).
         if train_dense and n_trow > 0:
-            for s_ in prange(ns if di > 0 else 0):
+            for s_ in prange(ns if di > 0 else 0):  # slots are distinct items: one row each
                 gss = gs[s_]
-                gs32[s_] = gss
+                pp = pslot_of[slot_item[s_]]
+                gp[pp] += gss
                 for f in range(k):
-                    Ri[s_, f] = GI[s_, f] - tIslot[s_, f] * gss
-            if di > 0:  # item text: GP[t0:t0+di] += Es^T R, ga[t0:t0+di] += Es^T g (BLAS, float32)
-                EsT = Es.T
-                GPi = np.dot(EsT, Ri[:ns])
-                gai = np.dot(EsT, gs32[:ns])
-                for q in prange(di):
-                    ga[t0 + q] += gai[q]
-                    for f in range(k):
-                        GP[t0 + q, f] += GPi[q, f]
+                    Gp[pp, f] += GI[s_, f] - tIslot[s_, f] * gss
+            if di > 0 and period_end:  # item-text gradient Ep^T Gp, Ep^T gp (BLAS, float32)
+                if R_ == 1:
+                    Ep = Eb
+                else:
+                    Ep = np.empty((npp, di), dtype=np.float32)
+                    for j in prange(npp):
+                        Ep[j] = itext[pitem[j]]
+                EpT = Ep.T
+                GPi = np.dot(EpT, Gp[:npp])
+                gai = np.dot(EpT, gp[:npp])
             for bb in prange(nb):
                 ex = order[lo + bb]
                 u = users[ex]
@@ -848,6 +884,12 @@ def train_epoch(
             mark[r] = -1
         if train_dense:
             for q in prange(n_trow):
+                if q >= t0 and q < t0 + di:  # item text: one step per period
+                    if period_end:
+                        _opt_row(P, mP, sP, q, GPi[q - t0], l2_p * R_, lr, opt, b1, b2, eps, c1, c2)
+                        _opt_scalar(a, ma, sa, q, np.float64(gai[q - t0]), l2_p * R_, lr, opt, b1, b2,
+                                    eps, c1, c2)
+                    continue
                 _opt_row(P, mP, sP, q, GP[q], l2_p, lr, opt, b1, b2, eps, c1, c2)
                 _opt_scalar(a, ma, sa, q, ga[q], l2_p, lr, opt, b1, b2, eps, c1, c2)
                 for f in range(k):
@@ -859,6 +901,13 @@ def train_epoch(
             _opt_scalar(w0, m0, s0, 0, g0, 0.0, lr, opt, b1, b2, eps, c1, c2)
         for s_ in range(ns):
             slot_of[slot_item[s_]] = -1
+        if di > 0 and period_end:  # a new period: the projection has moved
+            for j in range(npp):
+                pslot_of[pitem[j]] = -1
+            npp = 0
+            if train_dense:
+                Pi[:] = P[t0:t0 + di]
+                ai[:] = a[t0:t0 + di]
     out_loss[0] = total_loss
     return step
 
@@ -873,7 +922,7 @@ def train_epochs(
     ua_ptr, ua_idx, ua_val, itext, utext, toff, pos_ptr, pos_idx, neg_items, neg_cdf, neg_logq, V,
     w, P, a, w0, mV, sV, mw, sw, mP, sP, ma, sa, m0, s0, T3, mT3, sT3, l2_t, ctx_hi, loss, n_neg,
     batch_size, lr, l2_v, l2_w, l2_p, opt, b1, b2, eps, step0, seed, row_lo, row_hi, train_dense,
-    n_threads, hist_off, drop, out_loss, hwin, ua_rank, ex_rank, ex_hscale,
+    n_threads, hist_off, drop, out_loss, hwin, ua_rank, ex_rank, ex_hscale, text_every,
 ):
     """:func:`train_epoch` once per row of ``orders`` (int64 [epochs, n]), row ``e`` as epoch ``e``.
 
@@ -892,7 +941,7 @@ def train_epochs(
             neg_items, neg_cdf, neg_logq, V, w, P, a, w0, mV, sV, mw, sw, mP, sP, ma, sa, m0, s0,
             T3, mT3, sT3, l2_t, ctx_hi, loss, n_neg, batch_size, lr, l2_v, l2_w, l2_p, opt, b1, b2,
             eps, step0, seed, ep, row_lo, row_hi, train_dense, n_threads, hist_off, drop, out_loss,
-            hwin, ua_rank, ex_rank, ex_hscale,
+            hwin, ua_rank, ex_rank, ex_hscale, text_every,
         )
     return step
 

@@ -271,6 +271,14 @@ class ContextFM:
         L2 on linear weights.
     l2_text : float
         L2 on the text projections (dense, every step).
+    text_step_every : int
+        The item-text projection takes one optimizer step per this many mini-batches, on
+        their summed gradient (the other parameters step every batch). While it is constant,
+        each item's projected text is computed once and its gradient summed per item, so
+        the two dense products per batch (each batch's distinct items' 384-d embeddings
+        through the projection, and back) become two per this many batches over their
+        distinct items: training with item text costs close to training without it.
+        1 = a step every batch.
     dropout : float
         Training-time dropout of user-side sparse features other than the user id: each user
         attribute, history item (``user_history``) and context value of a training example is
@@ -340,6 +348,7 @@ class ContextFM:
         l2_fields: dict[str, float] | None = None,
         l2_bias: float = 1e-5,
         l2_text: float = 1e-5,
+        text_step_every: int = 1,
         dropout: float = 0.0,
         init_std: float = 0.05,
         text_init_std: float | None = None,
@@ -369,6 +378,7 @@ class ContextFM:
         self.l2_fields = l2_fields
         self.l2_bias = l2_bias
         self.l2_text = l2_text
+        self.text_step_every = text_step_every
         self.dropout = dropout
         self.init_std = init_std
         self.text_init_std = text_init_std
@@ -424,6 +434,8 @@ class ContextFM:
                 raise ValueError(f"l2_fields: unknown field {fld!r}; expected one of {list(_FIELDS)}")
             if not v >= 0:
                 raise ValueError(f"l2_fields[{fld!r}]={v!r}: must be >= 0")
+        if int(self.text_step_every) < 1 or int(self.text_step_every) != self.text_step_every:
+            raise ValueError(f"text_step_every={self.text_step_every!r}: must be an integer >= 1")
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"dropout={self.dropout!r}: must be in [0, 1)")
         if self.history_window is not None:
@@ -644,8 +656,12 @@ class ContextFM:
         nthreads = self.num_threads
         # pieces of whole mini-batches (batches and their random draws are those of one call), big
         # enough that a kernel call's per-call work (zeroed gradient tables of n_rows) stays small
+        # and whole periods of text_step_every batches (a piece ends a period: the pieces' periods are
+        # then those of one call, so the parameters do not depend on how the epoch was cut)
         bsz = int(min(self.batch_size, n))
-        chooser = ThreadChooser(numba.get_num_threads(), bsz * max(64, -(-self.n_rows_ // (4 * bsz))), 4 * bsz) \
+        unit = bsz * int(self.text_step_every)
+        chunk = 2 * unit * -(-bsz * max(64, -(-self.n_rows_ // (4 * bsz))) // (2 * unit))
+        chooser = ThreadChooser(numba.get_num_threads(), chunk, unit * -(-4 * bsz // unit)) \
             if nthreads is None and numba.get_num_threads() > 1 else None
         t_fit = time.perf_counter()
         import logging  # fit's reporting: one log record per epoch, an epoch bar when verbose
@@ -732,7 +748,7 @@ class ContextFM:
             int(self.random_state if seed is None else seed), *(() if several else (int(epoch),)),
             int(row_lo), int(row_hi),
             bool(train_dense), int(numba.get_num_threads()), int(self.hist_off_), float(self.dropout), out,
-            hwin, ua_rank, ex_rank, ex_hscale)
+            hwin, ua_rank, ex_rank, ex_hscale, int(self.text_step_every))
         if row_lo == 0 and row_hi == self.n_rows_ and train_dense:
             self.step_ = int(step)
         return float(out[0])
