@@ -61,7 +61,7 @@ class Simulator:
         if mode == "describe":  # the user judges by the shown descriptions, blind to the clustering
             qs = [q for q in bank if q.kind == "cluster"]
             texts = [f"{o}. {d}" for q in qs for o, d in zip(q.options, q.details) if o != "something else"]
-            emb = np.asarray(rec._encoder.encode(texts), np.float64)
+            emb = np.asarray(rec.encoder_.encode(texts), np.float64)
             pos = 0
             for q in qs:
                 n = sum(o != "something else" for o in q.options)

@@ -46,7 +46,7 @@ def rec(tmp_path_factory):
 
 
 def _state(r):
-    return (len(r.user_ids_), r.model_.n_users_, [list(h) for h in r._history], r.engine_.n_items_,
+    return (len(r.user_ids_), r.model_.n_users_, [list(r.history(u)) for u in r.user_ids_], r.engine_.n_items_,
             r.event_status()["log_position"], r.model_.V_.sum())
 
 

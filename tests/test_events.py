@@ -114,14 +114,14 @@ def test_fold_in_refits_on_the_latest_items(rec, data, monkeypatch):
 
 
 def test_rejected_feedback_changes_nothing(rec):
-    before = (len(rec.user_ids_), rec.model_.n_users_, [list(s) for s in rec._history], rec.model_.V_.copy())
+    before = (len(rec.user_ids_), rec.model_.n_users_, [list(rec.history(u)) for u in rec.user_ids_], rec.model_.V_.copy())
     for call, err in [(lambda: rec.feedback("u1", "no-such-item"), KeyError),
                       (lambda: rec.feedback("u1", "i3", label=float("nan")), ValueError),
                       (lambda: rec.feedback("someone-new", "i3", context={"timestamp": "yesterday-ish"}), ValueError),
                       (lambda: rec.feedback(1.5, "i3"), ValueError)]:
         with pytest.raises(err):
             call()
-    after = (len(rec.user_ids_), rec.model_.n_users_, [list(s) for s in rec._history], rec.model_.V_)
+    after = (len(rec.user_ids_), rec.model_.n_users_, [list(rec.history(u)) for u in rec.user_ids_], rec.model_.V_)
     assert before[:3] == after[:3] and np.array_equal(before[3], after[3])
 
 
@@ -155,13 +155,13 @@ def test_feedback_is_logged_then_survives_a_reload(rec, tmp_path):
     for user in ("new0", "new3", "u3"):
         a, b = live.recommend(user, k=8), back.recommend(user, k=8)
         assert a.item_ids == b.item_ids and np.allclose(a.scores, b.scores, atol=1e-5)
-        assert back._history[back.user_index(user)] == live._history[live.user_index(user)]
+        assert list(back.history(user)) == list(live.history(user))
     assert not back.recommend("new1").cold_start
     # saved after the feedback: the directory records its position, nothing is applied twice
     live.save(tmp_path / "m2")
     again = Recommender.load(tmp_path / "m2", event_log=log)
     assert again.event_status()["applied"] == 0 and again.event_status()["applied_position"] == 13
-    assert again._history == live._history
+    assert [list(again.history(u)) for u in again.user_ids_] == [list(live.history(u)) for u in live.user_ids_]
     # another log than the one the model was built from is refused
     with pytest.raises(ValueError, match="another log"):
         Recommender.load(tmp_path / "m2", event_log=tmp_path / "other.sqlite")
@@ -187,7 +187,7 @@ def test_fold_in_does_not_hold_the_read_lock(rec, monkeypatch):
     release.set()
     t.join(30)
     assert served_during_fold_in, "recommend blocked while a feedback's fold-in was running"
-    assert rec._history[rec.user_index("u2")][-1] == rec.item_index("i9")
+    assert rec.history("u2")[-1] == "i9"
 
 
 def test_retrain_includes_the_log_and_replays_only_later_events(rec, data, tmp_path):
@@ -198,14 +198,14 @@ def test_retrain_includes_the_log_and_replays_only_later_events(rec, data, tmp_p
     live.feedback("u1", "i6")
     new = live.retrain(data, log)
     assert new.user_ids_.tolist()[-1] == "brand-new" and len(new.user_ids_) == data.n_users + 1
-    assert new._history[new.user_index("brand-new")] == [new.item_index("i5")]
-    assert new._history[new.user_index("u1")][-1] == new.item_index("i6")  # logged last: the latest item
+    assert list(new.history("brand-new")) == ["i5"]
+    assert new.history("u1")[-1] == "i6"  # logged last: the latest item
     new.save(tmp_path / "n")
     live.feedback("u2", "i8")  # arrives during the retrain
     served = Recommender.load(tmp_path / "n", event_log=log)
     st = served.event_status()
     assert st["applied"] == 1 and st["applied_position"] == st["log_position"] == 3
-    assert served._history[served.user_index("u2")][-1] == served.item_index("i8")
+    assert served.history("u2")[-1] == "i8"
 
 
 def test_schema_1_logs_are_upgraded_and_catalog_writes_read_back(tmp_path):

@@ -152,13 +152,13 @@ def test_three_way_model_served_exactly_end_to_end(tmp_path, dataset):
         r = rec.recommend(user, ctx, k=10)
         assert r.item_ids == b.item_ids and r.scores == b.scores
         u = rec.user_index(user)
-        feats, _ = rec._features(ctx)
+        feats = rec.context_.transform(dict(ctx)).indices
         items = np.array([rec.item_index(i) for i in r.item_ids])
         p = rec.model_.predict(Interactions(np.full(len(items), u), items, np.repeat(feats.reshape(1, -1), len(items), 0)))
         np.testing.assert_allclose(r.scores, p, atol=1e-4)
         ex = rec.explain(user, r.item_ids[0], ctx)
         assert ex["score"] == pytest.approx(r.scores[0], abs=1e-4)
-    qb = rec.model_.build_queries(np.array([0]), context=rec._features(MORNING)[0].reshape(1, -1))
+    qb = rec.model_.build_queries(np.array([0]), context=rec.context_.transform(dict(MORNING)).indices.reshape(1, -1))
     assert np.abs(qb.tri_queries).max() > 0  # the term is there, not all zeros
     rec.save(tmp_path / "rec")
     loaded = Recommender.load(tmp_path / "rec")
@@ -223,10 +223,14 @@ def test_feedback_on_an_added_item_is_recorded(live):
     assert out["new_user"] and out["known_items"] == 1
     assert "new1" not in live.recommend("brand-new", {}, k=300).item_ids  # seen now
     out = live.feedback("u0", "new2")
-    assert out["known_items"] == len(live._history[live.user_index("u0")])
-    assert live._history[live.user_index("u0")][-1] == live.item_index("new2")
+    assert out["known_items"] == len(live.history("u0"))
+    assert live.history("u0")[-1] == "new2"
     assert "new2" in live.engine_.seen(live.user_index("u0")).tolist()
     assert live.model_.V_.shape[0] == before.shape[0] + 1  # the new user joined the model
+    h = live.history("u0")
+    live.feedback("u0", h[0])  # seen again: it becomes the latest, not a second entry
+    assert list(live.history("u0")) == list(h[1:]) + [h[0]]
+    assert live.history("nobody").shape == (0,) and live.history(None).shape == (0,)
 
 
 def test_update_and_remove_items_take_effect_at_once(live):
@@ -338,7 +342,7 @@ from ctxrec.recommender import MAX_ID_LENGTH, MAX_UNKNOWN_IDS  # noqa: E402
 
 def _state(r):
     """What a rejected call must leave as it was: users, histories, the seen items, the model's users."""
-    return (len(r.user_ids_), r.model_.n_users_, [list(h) for h in r._history], r.engine_.n_items_,
+    return (len(r.user_ids_), r.model_.n_users_, [list(r.history(u)) for u in r.user_ids_], r.engine_.n_items_,
             list(r.engine_.live_), r.event_status())
 
 

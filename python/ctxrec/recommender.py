@@ -709,6 +709,29 @@ class Recommender:
             u = self._user_pos.get(str(user))
         return -1 if u is None else int(u)
 
+    def history(self, user: Any) -> np.ndarray:
+        """A user's interaction history: the distinct items of their positive events, oldest first.
+
+        The one record of it: training positives (by timestamp), then every acknowledged
+        ``feedback`` (an item seen again moves to the end). ``recommend`` leaves these items out
+        and a fold-in learns from its latest ``fold_in_history`` of them.
+
+        Parameters
+        ----------
+        user : int, str or None
+            A raw user id (matched as :meth:`user_index` does).
+
+        Returns
+        -------
+        numpy.ndarray, shape (n,)
+            Raw item ids (the dtype of ``item_ids_``), oldest first; empty for an unknown user.
+        """
+        self.check_fitted()
+        u = self.user_index(user)
+        with self._lock:
+            h = list(self._history[u]) if u >= 0 else []
+        return self.item_ids_[np.asarray(h, np.int64)]
+
     def _item_slots(self, ids: Sequence[Any], name: str) -> np.ndarray:
         """Slots of raw item ids (int64, -1 = unknown or removed); InputError for a malformed id.
 
