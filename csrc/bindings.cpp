@@ -8,6 +8,7 @@
 #include <string>
 
 #include "index.hpp"
+#include "rerank.hpp"
 #include "rescore.hpp"
 
 namespace py = pybind11;
@@ -226,6 +227,98 @@ PYBIND11_MODULE(_core, m) {
         py::arg("allow_indptr") = py::none(), py::arg("allow_indices") = py::none(),
         py::arg("num_threads") = 1);
 
+
+    m.def(
+        "rerank",
+        [](py::object candidates, py::object scores, int64_t k, py::object item_vecs, py::object item_text,
+           float diversity, py::object cat_indptr, py::object cat_indices, py::object cat_weights, py::object target,
+           float calibrate, float alpha, bool return_terms, int num_threads) {
+            ctxrec::RerankSpec sp;
+            const int64_t* cand = view<int64_t>(candidates, "candidates", 2, "int64");
+            const float* sc = view<float>(scores, "scores", 2, "float32");
+            const int64_t b = dim(candidates, 0), c = dim(candidates, 1);
+            EXPECT(dim(scores, 0) == b && dim(scores, 1) == c,
+                   "scores must have the shape of candidates (" + std::to_string(b) + ", " + std::to_string(c) +
+                       "), got " + shape_str(py::reinterpret_borrow<py::array>(scores)));
+            EXPECT(k >= 0, "k must be >= 0, got " + std::to_string(k));
+            sp.vecs = view<float>(item_vecs, "item_vecs", 2, "float32");
+            sp.n_items = dim(item_vecs, 0);
+            sp.dim = dim(item_vecs, 1);
+            if (!item_text.is_none()) {
+                sp.text = view<float>(item_text, "item_text", 2, "float32");
+                sp.d = dim(item_text, 1);
+                EXPECT(dim(item_text, 0) == sp.n_items, "item_text has " + std::to_string(dim(item_text, 0)) +
+                                                            " rows, expected n_items = " + std::to_string(sp.n_items));
+            }
+            EXPECT(diversity >= 0.f && diversity <= 1.f, "diversity must be in [0, 1], got " + std::to_string(diversity));
+            EXPECT(std::isfinite(calibrate) && calibrate >= 0.f, "calibrate must be >= 0, got " + std::to_string(calibrate));
+            EXPECT(alpha > 0.f && alpha <= 1.f, "alpha must be in (0, 1], got " + std::to_string(alpha));
+            sp.lambda = diversity;
+            sp.gamma = calibrate;
+            sp.alpha = alpha;
+            if (!target.is_none()) {
+                EXPECT(!cat_indptr.is_none() && !cat_indices.is_none() && !cat_weights.is_none(),
+                       "target needs cat_indptr, cat_indices and cat_weights (the items' categories)");
+                sp.target = view<float>(target, "target", 2, "float32");
+                EXPECT(dim(target, 0) == b, "target has " + std::to_string(dim(target, 0)) + " rows but there are " +
+                                                std::to_string(b) + " queries");
+                sp.n_cat = dim(target, 1);
+                check_finite(sp.target, b, sp.n_cat, "target");
+                for (int64_t i = 0; i < b * sp.n_cat; ++i)
+                    EXPECT(sp.target[i] >= 0.f, "target holds a negative value at row " + std::to_string(i / sp.n_cat));
+                sp.cat_indptr = view<int64_t>(cat_indptr, "cat_indptr", 1, "int64");
+                sp.cat_idx = view<int64_t>(cat_indices, "cat_indices", 1, "int64");
+                sp.cat_w = view<float>(cat_weights, "cat_weights", 1, "float32");
+                EXPECT(dim(cat_indptr, 0) == b * c + 1, "cat_indptr must have length b * c + 1 = " +
+                                                             std::to_string(b * c + 1) + " (one list per candidate)");
+                const int64_t nnz = dim(cat_indices, 0);
+                EXPECT(dim(cat_weights, 0) == nnz, "cat_weights must have the length of cat_indices");
+                EXPECT(sp.cat_indptr[0] == 0 && sp.cat_indptr[b * c] == nnz,
+                       "cat_indptr must start at 0 and end at len(cat_indices) = " + std::to_string(nnz));
+                for (int64_t i = 0; i < b * c; ++i)
+                    EXPECT(sp.cat_indptr[i] <= sp.cat_indptr[i + 1], "cat_indptr must be non-decreasing (row " +
+                                                                         std::to_string(i) + ")");
+                for (int64_t x = 0; x < nnz; ++x) {
+                    EXPECT(sp.cat_idx[x] >= 0 && sp.cat_idx[x] < sp.n_cat,
+                           "cat_indices[" + std::to_string(x) + "] = " + std::to_string(sp.cat_idx[x]) +
+                               " is outside [0, n_cat = " + std::to_string(sp.n_cat) + ")");
+                    EXPECT(std::isfinite(sp.cat_w[x]) && sp.cat_w[x] >= 0.f,
+                           "cat_weights[" + std::to_string(x) + "] must be finite and >= 0");
+                }
+            }
+            const int nt = ctxrec::resolve_threads(num_threads);
+            py::array_t<int64_t> ids({b, k});
+            py::array_t<float> out({b, k});
+            py::array_t<float> terms(return_terms ? std::vector<py::ssize_t>{b, k, 3} : std::vector<py::ssize_t>{0});
+            {
+                py::gil_scoped_release release;
+                ctxrec::rerank(sp, b, cand, sc, c, k, ids.mutable_data(), out.mutable_data(),
+                               return_terms ? terms.mutable_data() : nullptr, nt);
+            }
+            if (return_terms) return py::tuple(py::make_tuple(ids, out, terms));
+            return py::tuple(py::make_tuple(ids, out));
+        },
+        R"(
+    Greedy beyond-accuracy re-ranking of scored candidates (csrc/rerank.hpp): pick k of each
+    row's candidates [b, c] (-1 = padding; each row sorted by its scores [b, c], descending),
+    step by step the one maximising
+        (1 - diversity) * rel - diversity * max cosine to the picks - calibrate * KL(target || mix)
+    with rel the score rescaled to best = 1, k-th best = 0; cosine over item_text rows when both
+    items have text, else over item_vecs; mix the picks' category mix (cat_* CSR aligned with
+    candidates, row-major: each candidate's category weights, normalised per candidate) smoothed
+    towards the target [b, n_cat] by alpha. Ties: the earlier candidate.
+
+    Returns (ids int64 [b, k], scores float32 [b, k]) in the order picked (the candidates'
+    scores; -1 / -inf padding), plus terms float32 [b, k, 3] (rel, similarity penalty, KL after
+    the pick) with return_terms. The GIL is released.)",
+        py::arg("candidates"), py::arg("scores"), py::arg("k"), py::arg("item_vecs"), py::kw_only(),
+        py::arg("item_text") = py::none(), py::arg("diversity") = 0.0f, py::arg("cat_indptr") = py::none(),
+        py::arg("cat_indices") = py::none(), py::arg("cat_weights") = py::none(), py::arg("target") = py::none(),
+        py::arg("calibrate") = 0.0f, py::arg("alpha") = 0.01f, py::arg("return_terms") = false,
+        py::arg("num_threads") = 1);
+    m.def("rerank_pool_bound", &ctxrec::pool_bound, py::arg("diversity"), py::arg("calibrate"), py::arg("alpha") = 0.01f,
+          "rel below which a candidate can never be picked by rerank: -(2 diversity + calibrate log(1/alpha)) / "
+          "(1 - diversity); -inf for diversity >= 1.");
 
     py::class_<HnswIndex>(m, "HnswIndex", R"(
     hnswlib graph over [item_vec, item_bias] rows (inner product, or max_norm > 0: nearest
