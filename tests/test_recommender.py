@@ -643,3 +643,55 @@ def test_tune_text_weight_picks_the_weight_that_finds_requested_items():
     plain = Recommender(ContextSpec(time=["timestamp"]), model=ContextFM(n_factors=8, epochs=1), encoder=None).fit(train)
     with pytest.raises(InputError, match="text-match"):
         plain.tune_text_weight(held)
+
+
+def _ild(rec, ids):
+    """Intra-list diversity: mean pairwise (1 - cosine) of the items' text embeddings."""
+    t = np.stack([rec.item_text_[rec.item_index(i)] for i in ids]).astype(np.float64)
+    t /= np.linalg.norm(t, axis=1, keepdims=True)
+    s = t @ t.T
+    n = len(ids)
+    return float((n * n - s.sum()) / (n * (n - 1)))
+
+
+def _kl(p, q, alpha=0.01):
+    keys = set(p) | set(q)
+    return sum(p[c] * np.log(p[c] / ((1 - alpha) * q.get(c, 0.0) + alpha * p[c])) for c in keys if p.get(c, 0) > 0)
+
+
+def test_diversity_and_calibration_rerank_the_list(rec):
+    users = [f"u{j}" for j in range(0, 60, 3)]
+    plain = [rec.recommend(u, MORNING, k=10) for u in users]
+    div = [rec.recommend(u, MORNING, k=10, diversity=0.7) for u in users]
+    assert np.mean([_ild(rec, d.item_ids) for d in div]) > np.mean([_ild(rec, p.item_ids) for p in plain])
+    for p, d in zip(plain, div):
+        assert d.item_ids[0] == p.item_ids[0]  # the first pick is the best item
+        by_id = dict(zip(p.item_ids, p.scores))  # the scores stay the model's scores
+        assert all(by_id[i] == pytest.approx(s, abs=1e-5) for i, s in zip(d.item_ids, d.scores) if i in by_id)
+    plain = [rec.recommend(u, {}, k=10) for u in users]  # (a morning context outweighs any history mix)
+    cal = [rec.recommend(u, {}, k=10, calibrate=5.0, calibrate_by="kind") for u in users]
+
+    def kl_of(r):
+        mix = rec.engine_.category_mix("kind", r.item_ids)
+        return _kl(rec.history_mix(r.user, "kind"), mix)
+    assert np.mean([kl_of(c) for c in cal]) < np.mean([kl_of(p) for p in plain])
+    batch = rec.recommend_batch(users, [MORNING] * len(users), k=10, diversity=0.7)
+    assert [b.item_ids for b in batch] == [d.item_ids for d in div]
+    batch = rec.recommend_batch(users, [{}] * len(users), k=10, calibrate=5.0, calibrate_by="kind")
+    assert [b.item_ids for b in batch] == [c.item_ids for c in cal]
+    assert rec.recommend("nobody", MORNING, k=10, calibrate=5.0, calibrate_by="kind").item_ids == \
+        rec.recommend("nobody", MORNING, k=10).item_ids  # no history: nothing to calibrate to
+
+
+@pytest.mark.parametrize("kw, field", [({"diversity": 1.2}, "diversity"), ({"diversity": True}, "diversity"),
+                                       ({"diversity": float("nan")}, "diversity"), ({"calibrate": -0.5}, "calibrate"),
+                                       ({"calibrate": 1.0, "calibrate_by": "colour"}, "calibrate_by"),
+                                       ({"calibrate": 1.0, "calibrate_by": 3}, "calibrate_by")])
+def test_rerank_options_are_checked_naming_the_field(rec, kw, field):
+    from ctxrec.errors import InputError
+    with pytest.raises(InputError) as e:
+        rec.recommend("u0", MORNING, k=5, **kw)
+    assert e.value.field == field
+    with pytest.raises(InputError) as e:
+        rec.recommend_batch(["u0"], [MORNING], k=5, **kw)
+    assert e.value.field == field

@@ -79,6 +79,24 @@ def test_recommend_and_batch(server):
     assert [len(x["items"]) for x in res] == [3, 2] and res[1]["cold_start"] is True
 
 
+def test_recommend_with_diversity_and_calibration(server, model_dirs):
+    """diversity / calibrate over HTTP answer what the Recommender answers in-process."""
+    base, _ = server
+    local = Recommender.load(model_dirs[0], event_log=None)
+    ctx = {"timestamp": "2024-04-01T08:00:00Z"}
+    for opts in ({"diversity": 0.6}, {"calibrate": 3.0, "calibrate_by": "kind"}, {"diversity": 0.3, "calibrate": 1.0}):
+        r = http.post(f"{base}/recommend", json={"user": "u3", "context": ctx, "k": 8, **opts})
+        assert r.status_code == 200, r.text
+        want = local.recommend("u3", ctx, k=8, **opts)
+        assert [x["item_id"] for x in r.json()["items"]] == want.item_ids
+    plain = local.recommend("u3", ctx, k=8)
+    assert local.recommend("u3", ctx, k=8, diversity=0.9).item_ids != plain.item_ids
+    for bad, field in (({"diversity": 1.5}, "diversity"), ({"diversity": "lots"}, "diversity"),
+                       ({"calibrate": -1}, "calibrate"), ({"calibrate": 1.0, "calibrate_by": "nope"}, "calibrate_by")):
+        r = http.post(f"{base}/recommend", json={"user": "u3", "k": 5, **bad})
+        assert r.status_code == 422 and field in json.dumps(r.json()), r.text
+
+
 @pytest.mark.parametrize("payload, field", [
     ({"user": "u1", "k": 0}, "k"),
     ({"user": "u1", "k": "ten"}, "k"),

@@ -107,6 +107,23 @@ def _query(x: Any, name: str, dim: int, batch: bool) -> np.ndarray:
     return np.ascontiguousarray(a.reshape(-1, dim))
 
 
+# The most candidates a diversity / calibration re-rank searches per query (or 4k, if more).
+POOL_MAX = 2000
+
+
+def _unit(x: Any, name: str) -> float:
+    if isinstance(x, bool) or not isinstance(x, (int, float, np.floating, np.integer)) or not 0.0 <= float(x) <= 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1], got {x!r}")
+    return float(x)
+
+
+def _nonneg(x: Any, name: str) -> float:
+    if isinstance(x, bool) or not isinstance(x, (int, float, np.floating, np.integer)) or not (
+            math.isfinite(float(x)) and float(x) >= 0.0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {x!r}")
+    return float(x)
+
+
 def _words(n: int) -> int:
     return (n + 63) // 64
 
@@ -600,6 +617,99 @@ class Engine:
         out[snap.row_slot[rows]] = True
         return out
 
+    def _categories(self, snap: _Snapshot, name: str, rows: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        """Membership [len(rows), n_values] (0/1 float32) of rows in filter ``name``'s values."""
+        if name not in snap.filters:
+            raise ValueError(f"calibrate_by: unknown filter {name!r}; this catalog has {sorted(snap.filters)}")
+        values = sorted(snap.filters[name])
+        rows = np.asarray(rows, np.int64)
+        out = np.zeros((len(rows), len(values)), np.float32)
+        ok = rows >= 0
+        r = rows[ok]
+        for c, v in enumerate(values):
+            bits = snap.filters[name][v]
+            word = np.zeros(len(r), np.uint64)
+            inside = (r >> 6) < len(bits)
+            word[inside] = bits[r[inside] >> 6]
+            out[ok, c] = ((word >> (r & 63).astype(np.uint64)) & np.uint64(1)).astype(np.float32)
+        return out, values
+
+    def category_mix(self, name: str, item_ids: Iterable[Any]) -> dict[str, float]:
+        """The category mix of a list of items over a named filter's values.
+
+        Each item spreads a weight of 1 evenly over its values (an item in two genres gives each
+        0.5); the mix is the mean over the items that have a value.
+
+        Parameters
+        ----------
+        name : str
+            A named filter (``fit(item_filters=...)``), e.g. ``"genres"``.
+        item_ids : iterable of original item ids
+            Unknown or removed ids are ignored.
+
+        Returns
+        -------
+        dict of str to float
+            Filter value (its :func:`filter_key` spelling) -> share, summing to 1; empty when
+            none of the items has a value.
+        """
+        snap = self._fitted()
+        slots = self._slots(list(item_ids), "item_ids", warn=False)
+        rows = self._slot_rows(snap, slots[slots >= 0], unique=False)
+        member, values = self._categories(snap, name, rows)
+        tot = member.sum(axis=1, keepdims=True)
+        member = member[tot[:, 0] > 0] / tot[tot[:, 0] > 0]
+        if not len(member):
+            return {}
+        mix = member.mean(axis=0)
+        return {v: float(x) for v, x in zip(values, mix) if x > 0}
+
+    def _rerank(self, snap: _Snapshot, search: Any, k: int, diversity: float, calibrate: float,
+                calibrate_by: str | None, targets: Sequence[Mapping[Any, float] | None] | None,
+                threads: int) -> tuple[np.ndarray, np.ndarray]:
+        """Search a pool widened until no item left out could be picked (rerank_pool_bound; at most
+        max(4k, POOL_MAX)), then re-rank it with _core.rerank."""
+        lam, gam = _unit(diversity, "diversity"), _nonneg(calibrate, "calibrate")
+        bound = _core.rerank_pool_bound(lam, gam if targets is not None else 0.0)
+        cap = int(min(snap.n_live, max(4 * k, POOL_MAX)))
+        n = int(min(cap, k + math.ceil(2 * k * min(-bound, 1e6)))) if np.isfinite(bound) else cap
+        while True:
+            rows, scores = search(max(n, k))
+            if n >= cap or not np.isfinite(bound):
+                break
+            valid = rows[:, -1] >= 0  # a row whose pool is not full holds every eligible item
+            with np.errstate(invalid="ignore"):
+                kth = scores[:, k - 1]
+                spread = np.where(valid, scores[:, 0] - kth, 0.0)
+                rel_last = np.where(spread > 0, (scores[:, -1] - kth) / np.where(spread > 0, spread, 1), 0.0)
+            if not np.any(valid & (rel_last >= bound)):
+                break  # every row's pool reaches below the bound (or holds every eligible item)
+            n = min(cap, 4 * n)
+        kw: dict[str, Any] = {}
+        if targets is not None and gam > 0:
+            if calibrate_by is None:
+                raise ValueError(f"calibrate={calibrate!r} needs calibrate_by, the filter whose values are the "
+                                 f"categories; this catalog has {sorted(snap.filters)}")
+            member, values = self._categories(snap, calibrate_by, rows.reshape(-1))
+            index = {v: c for c, v in enumerate(values)}
+            target = np.zeros((rows.shape[0], len(values)), np.float32)
+            for q, t in enumerate(targets):
+                for v, x in (t or {}).items():
+                    c = index.get(filter_key(v))
+                    if c is None:
+                        raise ValueError(f"target: {v!r} is not a value of filter {calibrate_by!r}")
+                    if not (np.isfinite(x) and x >= 0):
+                        raise ValueError(f"target[{v!r}] = {x!r}: must be a finite weight >= 0")
+                    target[q, c] = x
+            tot = target.sum(axis=1, keepdims=True)
+            target = np.divide(target, tot, out=np.zeros_like(target), where=tot > 0)  # no target: KL 0
+            nz = member > 0
+            kw = dict(cat_indptr=np.concatenate([[0], np.cumsum(nz.sum(axis=1))]).astype(np.int64),
+                      cat_indices=np.nonzero(nz)[1].astype(np.int64), cat_weights=member[nz].astype(np.float32),
+                      target=np.ascontiguousarray(target), calibrate=gam)
+        return _core.rerank(np.ascontiguousarray(rows, np.int64), np.ascontiguousarray(scores, np.float32), k,
+                            snap.vecs, item_text=snap.text, diversity=lam, num_threads=threads, **kw)
+
     def exact_below(self, n_eligible: int | None = None) -> int:
         """Eligible-item count at or below which a request is scored exactly instead of searched.
 
@@ -665,7 +775,9 @@ class Engine:
     def recommend(self, query: Any, k: int = 10, *, exclude: Iterable[Any] | None = None,
                   allow: Iterable[Any] | None = None, filter: Mapping[str, Any] | None = None,
                   user: Any = None, text_query: Any = None, tri_query: Any = None,
-                  text_weight: float | None = None, tri_weight: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  text_weight: float | None = None, tri_weight: float | None = None, diversity: float = 0.0,
+                  calibrate: float = 0.0, calibrate_by: str | None = None,
+                  target: Mapping[Any, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k items for one query.
 
         Parameters
@@ -683,19 +795,38 @@ class Engine:
             Text-match term; tri_query: float array [t], three-way term.
         text_weight, tri_weight : float, optional
             Override the fitted weights.
+        diversity : float in [0, 1]
+            Re-rank greedily by maximal marginal relevance: each pick maximises
+            ``(1 - diversity) * rel - diversity * (max cosine to the items already picked)``,
+            rel the score rescaled to best = 1, k-th best = 0; cosine over item text where both
+            items have it, else over the item vectors (``_core.rerank``). 0: plain top-k.
+        calibrate : float >= 0
+            With ``target``: also subtract ``calibrate * KL(target || the list's mix)`` over the
+            values of the filter ``calibrate_by`` (Steck's calibrated recommendations).
+        calibrate_by : str, optional
+            The named filter whose values are the categories (e.g. ``"genres"``).
+        target : mapping value -> weight, optional
+            The category mix to approach, e.g. :meth:`category_mix` of the user's history.
 
         Returns
         -------
         ids : array [m]
-            Original ids, m = min(k, eligible items), by score descending (ties: lower row first).
+            Original ids, m = min(k, eligible items), by score descending (ties: lower row first);
+            with ``diversity`` or ``calibrate``, in the order picked.
         scores : float32 array [m]
+            The items' scores (not the re-ranking objective).
         """
         snap = self._fitted()
         k = self._check_k(k, snap)
         q = _query(query, "query", self.dim_, batch=False)
         kw = self._extras(snap, text_query, tri_query, 1, False, text_weight, tri_weight)
         excl = self._excluded(snap, self._rows(snap, exclude, "exclude", unique=False), user)
-        rows, scores = self._call(snap, q, k, kw, [excl], self._rows(snap, allow, "allow"), self._mask(snap, filter), 1)
+        allow_rows, mask = self._rows(snap, allow, "allow"), self._mask(snap, filter)
+        if (diversity or calibrate) and k:
+            rows, scores = self._rerank(snap, lambda n: self._call(snap, q, n, dict(kw), [excl], allow_rows, mask, 1),
+                                        k, diversity, calibrate, calibrate_by, None if target is None else [target], 1)
+        else:
+            rows, scores = self._call(snap, q, k, kw, [excl], allow_rows, mask, 1)
         m = int(np.count_nonzero(rows[0] >= 0))
         return self._ids_of_rows(snap, rows[0, :m]), scores[0, :m]
 
@@ -703,13 +834,16 @@ class Engine:
                         allow: Iterable[Any] | None = None, filter: Mapping[str, Any] | None = None,
                         users: Sequence[Any] | None = None, text_queries: Any = None, tri_queries: Any = None,
                         text_weight: float | None = None, tri_weight: float | None = None,
-                        num_threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                        num_threads: int | None = None, diversity: float = 0.0, calibrate: float = 0.0,
+                        calibrate_by: str | None = None,
+                        targets: Sequence[Mapping[Any, float] | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k items for each of b queries in one native call, multi-threaded.
 
         queries: float [b, dim]; text_queries: float [b, d]; tri_queries: float [b, t];
         exclude: one sequence of original ids per query (or None); users: one seen-items key
         per query (or None); allow / filter: shared by every query. num_threads defaults to
-        the engine's.
+        the engine's. diversity / calibrate / calibrate_by as in :meth:`recommend`, with one
+        target mix per query in ``targets`` (None: no calibration for that query).
 
         Returns
         -------
@@ -732,8 +866,14 @@ class Engine:
                                None if users is None else users[i])
                 for i in range(b)]
         threads = _core.resolve_threads(self.num_threads if num_threads is None else num_threads)
-        rows, scores = self._call(snap, q, k, kw, excl, self._rows(snap, allow, "allow"), self._mask(snap, filter),
-                                  threads)
+        allow_rows, mask = self._rows(snap, allow, "allow"), self._mask(snap, filter)
+        if targets is not None and len(targets) != b:
+            raise ValueError(f"targets has {len(targets)} entries but there are {b} queries")
+        if (diversity or calibrate) and k:
+            rows, scores = self._rerank(snap, lambda n: self._call(snap, q, n, dict(kw), excl, allow_rows, mask, threads),
+                                        k, diversity, calibrate, calibrate_by, targets, threads)
+        else:
+            rows, scores = self._call(snap, q, k, kw, excl, allow_rows, mask, threads)
         return self._ids_of_rows(snap, rows), scores
 
     def similar_items(self, item: Any, k: int = 10, *, by: str = "vectors", filter: Mapping[str, Any] | None = None,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 import shutil
 import threading
@@ -824,6 +825,39 @@ class Recommender:
                     raise InputError(f"filter.{name}: invalid value {_short(v)}", field=f"filter.{name}", value=v)
         return filter
 
+    def _check_rerank(self, diversity: Any, calibrate: Any, calibrate_by: Any) -> tuple[float, float, str | None]:
+        """diversity in [0, 1], calibrate >= 0 and the filter calibrate_by (InputError naming the field)."""
+        for name, x, hi in (("diversity", diversity, 1.0), ("calibrate", calibrate, math.inf)):
+            if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, float, np.integer, np.floating)) or \
+                    not (math.isfinite(float(x)) and 0.0 <= float(x) <= hi):
+                raise InputError(f"{name} must be a number in [0, {hi:g}], got {_short(x)}", field=name, value=x)
+        names = sorted(self.engine_.filter_names_)
+        if calibrate_by is None and calibrate and len(names) == 1:
+            calibrate_by = names[0]
+        if calibrate and (not isinstance(calibrate_by, str) or calibrate_by not in names):
+            raise InputError(f"calibrate_by must name the item attribute whose values are the categories; "
+                             f"got {_short(calibrate_by)}, this catalog has {names}",
+                             field="calibrate_by", value=calibrate_by)
+        return float(diversity), float(calibrate), calibrate_by if calibrate else None
+
+    def history_mix(self, user: Any, attribute: str) -> dict[str, float]:
+        """The mix of an item attribute's values over a user's history (calibration's target).
+
+        Parameters
+        ----------
+        user : int, str or None
+            A raw user id.
+        attribute : str
+            A categorical item attribute (a named filter, e.g. ``"genres"``).
+
+        Returns
+        -------
+        dict of str to float
+            Value -> share of the history (an item with two values gives each half), summing
+            to 1; empty for a user without history.
+        """
+        return self.engine_.category_mix(attribute, self.history(user))
+
     def _reads_request_text(self) -> bool:
         """Whether request free text changes anything: an encoder, and a model or a text-match term reading it."""
         return getattr(self, "_encoder", None) is not None and \
@@ -897,7 +931,8 @@ class Recommender:
     def recommend(self, user: Any, context: Mapping[str, Any] | None = None, k: int = 10, *,
                   exclude_seen: bool = True, exclude: Iterable[Any] | None = None,
                   allow: Iterable[Any] | None = None, filter: Mapping[str, Any] | None = None,
-                  ignore_unknown: bool | None = None) -> Recommendation:
+                  ignore_unknown: bool | None = None, diversity: float = 0.0, calibrate: float = 0.0,
+                  calibrate_by: str | None = None) -> Recommendation:
         """Top-k items for ``user`` in ``context`` (a dict of context fields incl. free text).
 
         Every argument is checked before anything runs; a rejected request changes nothing.
@@ -924,15 +959,29 @@ class Recommender:
         ignore_unknown : bool or None
             Ignore context keys the spec does not read and free text the model cannot read
             (:meth:`check_context`); None: the constructor's ``ignore_unknown_context``.
+        diversity : float in [0, 1]
+            Re-rank the list for variety (maximal marginal relevance over the items' text
+            embeddings, their vectors where an item has no text; :meth:`Engine.recommend`).
+            0 (default): the plain top-k.
+        calibrate : float >= 0
+            Pull the list's mix of ``calibrate_by``'s values towards the mix of the user's
+            history (:meth:`history_mix`; Steck's calibration). 0 (default): off; no effect
+            for a user without history.
+        calibrate_by : str, optional
+            The categorical item attribute calibrated on (e.g. ``"genres"``); may be left out
+            when the catalog has only one.
 
         Returns
         -------
         Recommendation
+            With ``diversity`` or ``calibrate`` the items are in the order picked and
+            ``scores`` are still the model's scores.
 
         Raises
         ------
         InputError
-            A malformed user or item id, k, exclude/allow or filter (``field`` names it).
+            A malformed user or item id, k, exclude/allow, filter, diversity, calibrate or
+            calibrate_by (``field`` names it).
         ContextError
             An invalid context: not a mapping, an unknown key, an invalid value.
         """
@@ -943,17 +992,23 @@ class Recommender:
         filter = self._check_filter(filter)
         exclude, unknown_ex = self._known_ids(exclude, "exclude")
         allow, unknown_allow = self._known_ids(allow, "allow")
+        diversity, calibrate, calibrate_by = self._check_rerank(diversity, calibrate, calibrate_by)
         u = self.user_index(user)
         q, const, tq = self._query(u, ctx)
+        target = self.history_mix(user, calibrate_by) if calibrate and u >= 0 else None
         ids, scores = self.engine_.recommend(q, k, exclude=exclude, allow=allow, filter=filter, text_query=tq,
-                                             user=u if exclude_seen and u >= 0 else None)
+                                             user=u if exclude_seen and u >= 0 else None, diversity=diversity,
+                                             calibrate=calibrate if target else 0.0, calibrate_by=calibrate_by,
+                                             target=target or None)
         return Recommendation(user, ids.tolist(), (scores + const).tolist(), u < 0, ctx,
                               _unknown_report(exclude=unknown_ex, allow=unknown_allow))
 
     def recommend_batch(self, users: Sequence[Any], contexts: Sequence[Mapping[str, Any] | None] | None = None,
                         k: int = 10, *, exclude_seen: bool = True, filter: Mapping[str, Any] | None = None,
                         num_threads: int = 1, exclude: Sequence[Iterable[Any] | None] | None = None,
-                        allow: Iterable[Any] | None = None, ignore_unknown: bool | None = None) -> list[Recommendation]:
+                        allow: Iterable[Any] | None = None, ignore_unknown: bool | None = None,
+                        diversity: float = 0.0, calibrate: float = 0.0,
+                        calibrate_by: str | None = None) -> list[Recommendation]:
         """recommend() for many (user, context) pairs, batched, with identical answers.
 
         Contexts are featurised once per distinct context, queries are built in one batch
@@ -966,8 +1021,9 @@ class Recommender:
             One raw user id per request.
         contexts : sequence of mappings (or None), optional
             One context per request.
-        k, exclude_seen, filter, ignore_unknown : as in :meth:`recommend`
-            ``filter`` applies to every request.
+        k, exclude_seen, filter, ignore_unknown, diversity, calibrate, calibrate_by : as in :meth:`recommend`
+            ``filter`` and the re-ranking options apply to every request (each user's own
+            history mix is its calibration target).
         num_threads : int
             Threads of the engine call (0: all cores).
         exclude : sequence of (sequence of raw item ids or None), optional
@@ -1010,6 +1066,7 @@ class Recommender:
             excl.append(known)
             unknown_ex.append(unk)
         allow, unknown_allow = self._known_ids(allow, "allow")
+        diversity, calibrate, calibrate_by = self._check_rerank(diversity, calibrate, calibrate_by)
         feats: dict[str, tuple[Any, Any]] = {}
         keys = []
         for j, ctx in enumerate(ctxs):
@@ -1039,10 +1096,14 @@ class Recommender:
             d = next(t.shape[0] for t in tq if t is not None)
             text_queries = np.stack([np.zeros(d, np.float32) if t is None else t for t in tq])
         keys = [int(u) if exclude_seen and u >= 0 else None for u in uidx]
+        targets = [self.history_mix(user, calibrate_by) or None if u >= 0 else None for user, u in zip(users, uidx)] \
+            if calibrate else None
         ids, scores = self.engine_.recommend_batch(np.ascontiguousarray(qb.joined(), dtype=np.float32), int(k),
                                                    users=keys, filter=filter, text_queries=text_queries,
                                                    num_threads=int(num_threads),
-                                                   exclude=excl if exclude is not None else None, allow=allow)
+                                                   exclude=excl if exclude is not None else None, allow=allow,
+                                                   diversity=diversity, calibrate=calibrate,
+                                                   calibrate_by=calibrate_by, targets=targets)
         out = []
         for j in range(b):
             m = int(np.count_nonzero(np.isfinite(scores[j])))

@@ -14,7 +14,8 @@ router = APIRouter()
 def answer(model: Any, r: RecommendRequest) -> dict[str, Any]:
     """One request's JSON answer (``Recommendation.to_dict()``, ``unknown_ids`` included, plus item fields)."""
     rec = model.recommend(r.user, context=r.context, k=r.k, exclude_seen=r.exclude_seen,
-                          exclude=r.exclude, allow=r.allow, filter=r.filter)
+                          exclude=r.exclude, allow=r.allow, filter=r.filter, diversity=r.diversity,
+                          calibrate=r.calibrate, calibrate_by=r.calibrate_by)
     out = rec.to_dict()
     if r.fields:
         for it in out["items"]:

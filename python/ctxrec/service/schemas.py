@@ -118,6 +118,11 @@ class RecommendRequest(BaseModel):
         None, description='named item filters: attribute -> value or list of values, e.g. {"genres": ["Comedy"]}')
     fields: list[Key] = Field(default_factory=list, max_length=64,
                               description='item fields to include with each item, e.g. ["title"]')
+    diversity: float = Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False,
+                             description="re-rank for variety (maximal marginal relevance); 0 = plain top-k")
+    calibrate: float = Field(0.0, ge=0.0, le=1e6, allow_inf_nan=False,
+                             description="pull the list's category mix towards the user's history mix; 0 = off")
+    calibrate_by: Key | None = Field(None, description='the item attribute calibrated on, e.g. "genres"')
 
 
 class BatchRequest(BaseModel):
