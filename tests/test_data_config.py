@@ -357,6 +357,16 @@ def test_cli_train_with_flags_only(shop, tmp_path):
     lines = rec.stdout.splitlines()[1:]
     names = set(shop["products"]["name"])
     assert len(lines) == 10 and all(ln.split(None, 3)[3] in names for ln in lines), rec.stdout  # "name" shown
+    args = ("recommend", "--model", "model", "--user", "u196", "--context", '{"ts": "1998-03-01T20:00"}', "--json")
+    plain = _ctxrec(*args, cwd=tmp_path)
+    varied = _ctxrec(*args, "--diversity", "0.9", cwd=tmp_path)
+    calibrated = _ctxrec(*args, "--diversity", "0.5", "--calibrate", "1", "--calibrate-by", "category", cwd=tmp_path)
+    assert plain.returncode == varied.returncode == calibrated.returncode == 0, calibrated.stderr
+    ids = [[it["item_id"] for it in json.loads(r.stdout)["items"]] for r in (plain, varied, calibrated)]
+    assert ids[0] != ids[1] and ids[0][0] == ids[1][0]  # re-ranked; with diversity alone the best item stays first
+    assert ids[2] != ids[0]
+    bad = _ctxrec(*args, "--diversity", "2", cwd=tmp_path)
+    assert bad.returncode != 0 and "diversity" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_cli_flags_override_the_config(shop, train_config, tmp_path):

@@ -72,12 +72,13 @@ def _context(row: pd.Series, base: dict | None = None) -> dict:
     return ctx
 
 
-def _assert_same(got: pd.DataFrame, rec: Recommender, req: pd.DataFrame, k: int, base: dict | None = None) -> None:
+def _assert_same(got: pd.DataFrame, rec: Recommender, req: pd.DataFrame, k: int, base: dict | None = None,
+                 **options) -> None:
     """Every request answered exactly once, exactly as Recommender.recommend answers it."""
     assert len(got) == len(req)
     assert got["row"].tolist() == list(range(len(req)))  # no duplicate, no missing row
     for i, row in req.iterrows():
-        want = rec.recommend(row["user_id"], _context(row, base), k=k)
+        want = rec.recommend(row["user_id"], _context(row, base), k=k, **options)
         assert got["user_id"][i] == row["user_id"]
         assert list(got["item_ids"][i]) == want.item_ids
         assert np.array_equal(np.asarray(got["scores"][i], np.float32), np.asarray(want.scores, np.float32))
@@ -123,6 +124,19 @@ def test_recommend_all_identical_to_single_process(client, rec, model_dir, reque
     for per_worker in counts.values():
         assert all(v == 1 for key, v in per_worker.items() if key.startswith("model:"))
     assert sum(t["load_s"] > 0 for t in res.tasks) <= 2
+
+
+def test_recommend_all_with_diversity_and_calibration(client, rec, model_dir, requests, tmp_path):
+    opts = {"diversity": 0.7, "calibrate": 2.0, "calibrate_by": "kind"}
+    D.recommend_all(model_dir, tmp_path / "out", users=requests, context={"timestamp": NIGHT}, k=10,
+                    partition_rows=50, client=client, progress=False, **opts)
+    got = D.read_recommendations(tmp_path / "out")
+    _assert_same(got, rec, requests, 10, {"timestamp": NIGHT}, **opts)
+    plain = [rec.recommend(u, {"timestamp": NIGHT}, k=10).item_ids for u in requests["user_id"]]
+    assert [list(x) for x in got["item_ids"]] != plain  # the options changed the lists
+    with pytest.raises(Exception, match="calibrate_by"):
+        D.recommend_all(model_dir, tmp_path / "bad", users=requests, k=10, client=client, progress=False,
+                        calibrate=1.0, calibrate_by="colour")
 
 
 def test_recommend_all_every_user_shipped_as_bytes(client, rec, tmp_path):

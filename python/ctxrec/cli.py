@@ -383,7 +383,7 @@ def cmd_recommend(a: argparse.Namespace) -> None:
     context = context_arg(a)
     rec = Recommender.load(a.model)
     t0 = time.perf_counter()
-    res = rec.recommend(a.user, context, k=a.k, ignore_unknown=a.ignore_unknown_context)
+    res = rec.recommend(a.user, context, k=a.k, ignore_unknown=a.ignore_unknown_context, **_rerank_kw(a))
     ms = (time.perf_counter() - t0) * 1e3
     if a.json:
         print(json.dumps(res.to_dict()))
@@ -487,12 +487,17 @@ def cmd_encode_catalog(a: argparse.Namespace) -> None:
           f"{s['seconds']:.1f} s ({s['rows_per_s']:,.0f} texts/s; {s['cache_hits']:,} from the cache) -> {a.out}")
 
 
+def _rerank_kw(a: argparse.Namespace) -> dict[str, Any]:
+    """--diversity / --calibrate / --calibrate-by as Recommender.recommend's keywords."""
+    return {"diversity": a.diversity, "calibrate": a.calibrate, "calibrate_by": a.calibrate_by}
+
+
 def cmd_recommend_all(a: argparse.Namespace) -> None:
     from ctxrec.distributed import recommend_all
     context = context_arg(a)
     res = recommend_all(a.model, a.out, users=a.users, user_col=a.user_col, context=context, k=a.k,
                         exclude_seen=not a.include_seen, threads=a.threads, ship=a.ship,
-                        ignore_unknown=a.ignore_unknown_context or None, **_cluster_kw(a))
+                        ignore_unknown=a.ignore_unknown_context or None, **_rerank_kw(a), **_cluster_kw(a))
     s = res.summary()
     print(f"[recommend-all] top-{a.k} for {s['rows']:,} requests in {s['partitions']} partitions on "
           f"{s['workers']} worker(s): {s['seconds']:.1f} s ({s['rows_per_s']:,.0f} users/s) -> {a.out}")
@@ -561,8 +566,16 @@ def parser() -> argparse.ArgumentParser:
                         help="ignore context keys the model does not read (and --query for a model without text) "
                              "instead of refusing them")
 
+    def rerank_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--diversity", type=float, default=0.0,
+                        help="re-rank for variety, 0..1 (maximal marginal relevance; default 0 = plain top-k)")
+        sp.add_argument("--calibrate", type=float, default=0.0,
+                        help="pull the list's category mix towards the user's history mix (default 0 = off)")
+        sp.add_argument("--calibrate-by", help="the item attribute calibrated on, e.g. genres")
+
     r = sub.add_parser("recommend", help="top-k for one user and context")
     request_args(r)
+    rerank_args(r)
     r.add_argument("--json", action="store_true", help="print the result as JSON")
     r.set_defaults(fn=cmd_recommend)
     c = sub.add_parser("chat", help="interactive recommendation: clarifying questions, free-text answers")
@@ -621,6 +634,7 @@ def parser() -> argparse.ArgumentParser:
                     help="ignore context fields (and --query text) the model does not use instead of refusing them")
     ra.add_argument("--ship", default="auto", choices=["auto", "path", "bytes"],
                     help="how the model reaches the workers (default: path if they all see it)")
+    rerank_args(ra)
     cluster_args(ra)
     ra.set_defaults(fn=cmd_recommend_all)
     return p

@@ -467,12 +467,14 @@ def _clean_context(row: Mapping[str, Any]) -> dict[str, Any]:
 
 def recommend_frame(rec: Any, users: Sequence[Any], contexts: Sequence[Mapping[str, Any] | None] | None = None,
                     k: int = 10, *, exclude_seen: bool = True, num_threads: int = 1,
-                    ignore_unknown: bool | None = None) -> list[tuple[list, list, bool]]:
+                    ignore_unknown: bool | None = None,
+                    rerank: Mapping[str, Any] | None = None) -> list[tuple[list, list, bool]]:
     """``(item_ids, scores, cold_start)`` per request from ``Recommender.recommend_batch``
-    (batched, identical to ``Recommender.recommend``; ``ignore_unknown`` as there)."""
+    (batched, identical to ``Recommender.recommend``; ``ignore_unknown`` and the ``rerank``
+    options ``diversity`` / ``calibrate`` / ``calibrate_by`` as there)."""
     return [(r.item_ids, r.scores, r.cold_start)
             for r in rec.recommend_batch(users, contexts, k, exclude_seen=exclude_seen, num_threads=num_threads,
-                                         ignore_unknown=ignore_unknown)]
+                                         ignore_unknown=ignore_unknown, **dict(rerank or {}))]
 
 
 @dataclass(frozen=True)
@@ -527,7 +529,8 @@ def _open_model(ref: _ModelRef, blob: bytes | None) -> Any:
 
 def _recommend_partition(part: pd.DataFrame, index: int, offset: int, ref: _ModelRef, blob: Any, user_col: str,
                          context: Mapping[str, Any] | None, k: int, exclude_seen: bool, threads: int,
-                         out: str | None, ignore_unknown: bool | None = None) -> dict[str, Any]:
+                         out: str | None, ignore_unknown: bool | None = None,
+                         rerank: Mapping[str, Any] | None = None) -> dict[str, Any]:
     rec, load_s = _cached(f"model:{ref.token}", lambda: _load_model(ref, blob))
     t1 = time.perf_counter()
     users = part[user_col].tolist()
@@ -539,7 +542,7 @@ def _recommend_partition(part: pd.DataFrame, index: int, offset: int, ref: _Mode
     else:
         contexts = [base] * len(users)
     res = recommend_frame(rec, users, contexts, k, exclude_seen=exclude_seen, num_threads=threads,
-                          ignore_unknown=ignore_unknown)
+                          ignore_unknown=ignore_unknown, rerank=rerank)
     t2 = time.perf_counter()
     import pyarrow as pa
     lens = np.array([len(r[0]) for r in res], np.int32)
@@ -568,7 +571,8 @@ def recommend_all(model: Any, out: str | os.PathLike, *, users: Any = None, user
                   context: Mapping[str, Any] | None = None, k: int = 10, exclude_seen: bool = True,
                   partition_rows: int | None = None, threads: int = 1, ship: str = "auto",
                   client: Any = None, scheduler: str | None = None, n_workers: int | None = None,
-                  overwrite: bool = False, progress: bool = True, ignore_unknown: bool | None = None) -> JobResult:
+                  overwrite: bool = False, progress: bool = True, ignore_unknown: bool | None = None,
+                  diversity: float = 0.0, calibrate: float = 0.0, calibrate_by: str | None = None) -> JobResult:
     """Top-k for every user (or every request row) on a Dask cluster, written to Parquet.
 
     model: a Recommender directory (``Recommender.save`` / ``ctxrec train``) or a fitted
@@ -587,6 +591,8 @@ def recommend_all(model: Any, out: str | os.PathLike, *, users: Any = None, user
     ignore_unknown: as in ``Recommender.recommend``: False refuses a request whose context
         has a field the model does not know (or text for a model without an encoder) with
         an error naming it; True ignores such fields; None: the model's own default.
+    diversity, calibrate, calibrate_by: the re-ranking options of ``Recommender.recommend``
+        (checked by it on the workers: a bad value fails the job naming the field).
 
     Returns
     -------
@@ -636,7 +642,9 @@ def recommend_all(model: Any, out: str | os.PathLike, *, users: Any = None, user
             parts = ddf.to_delayed()
             tasks = [delayed(_recommend_partition, pure=False)(
                 p, i, int(offsets[i]), ref, blob, user_col, dict(context or {}), int(k), bool(exclude_seen),
-                int(threads), str(out_dir), ignore_unknown, dask_key_name=f"ctxrec-recommend-{job}-{i}") for i, p in enumerate(parts)]
+                int(threads), str(out_dir), ignore_unknown,
+                {"diversity": diversity, "calibrate": calibrate, "calibrate_by": calibrate_by},
+                dask_key_name=f"ctxrec-recommend-{job}-{i}") for i, p in enumerate(parts)]
             res = _run_tasks(c, tasks, progress, "recommend")
             workers = _n_workers(c)
     finally:
