@@ -232,7 +232,7 @@ PYBIND11_MODULE(_core, m) {
         "rerank",
         [](py::object candidates, py::object scores, int64_t k, py::object item_vecs, py::object item_text,
            float diversity, py::object cat_indptr, py::object cat_indices, py::object cat_weights, py::object target,
-           float calibrate, float alpha, bool return_terms, int num_threads) {
+           float calibrate, float alpha, py::object penalty, float exposure, bool return_terms, int num_threads) {
             ctxrec::RerankSpec sp;
             const int64_t* cand = view<int64_t>(candidates, "candidates", 2, "int64");
             const float* sc = view<float>(scores, "scores", 2, "float32");
@@ -286,10 +286,21 @@ PYBIND11_MODULE(_core, m) {
                            "cat_weights[" + std::to_string(x) + "] must be finite and >= 0");
                 }
             }
+            EXPECT(std::isfinite(exposure) && exposure >= 0.f, "exposure must be >= 0, got " + std::to_string(exposure));
+            sp.eta = exposure;
+            if (!penalty.is_none()) {
+                sp.penalty = view<float>(penalty, "penalty", 2, "float32");
+                EXPECT(dim(penalty, 0) == b && dim(penalty, 1) == c,
+                       "penalty must have the shape of candidates (" + std::to_string(b) + ", " + std::to_string(c) + ")");
+                for (int64_t i = 0; i < b * c; ++i)
+                    EXPECT(std::isfinite(sp.penalty[i]) && sp.penalty[i] >= 0.f && sp.penalty[i] <= 1.f,
+                           "penalty must be in [0, 1] (row " + std::to_string(i / c) + ", column " +
+                               std::to_string(i % c) + ")");
+            }
             const int nt = ctxrec::resolve_threads(num_threads);
             py::array_t<int64_t> ids({b, k});
             py::array_t<float> out({b, k});
-            py::array_t<float> terms(return_terms ? std::vector<py::ssize_t>{b, k, 3} : std::vector<py::ssize_t>{0});
+            py::array_t<float> terms(return_terms ? std::vector<py::ssize_t>{b, k, 4} : std::vector<py::ssize_t>{0});
             {
                 py::gil_scoped_release release;
                 ctxrec::rerank(sp, b, cand, sc, c, k, ids.mutable_data(), out.mutable_data(),
@@ -303,22 +314,25 @@ PYBIND11_MODULE(_core, m) {
     row's candidates [b, c] (-1 = padding; each row sorted by its scores [b, c], descending),
     step by step the one maximising
         (1 - diversity) * rel - diversity * max cosine to the picks - calibrate * KL(target || mix)
+            - exposure * penalty
     with rel the score rescaled to best = 1, k-th best = 0; cosine over item_text rows when both
     items have text, else over item_vecs; mix the picks' category mix (cat_* CSR aligned with
     candidates, row-major: each candidate's category weights, normalised per candidate) smoothed
-    towards the target [b, n_cat] by alpha. Ties: the earlier candidate.
+    towards the target [b, n_cat] by alpha; penalty [b, c] each candidate's exposure penalty in
+    [0, 1]. Ties: the earlier candidate.
 
     Returns (ids int64 [b, k], scores float32 [b, k]) in the order picked (the candidates'
-    scores; -1 / -inf padding), plus terms float32 [b, k, 3] (rel, similarity penalty, KL after
-    the pick) with return_terms. The GIL is released.)",
+    scores; -1 / -inf padding), plus terms float32 [b, k, 4] (rel, similarity penalty, KL after
+    the pick, exposure penalty) with return_terms. The GIL is released.)",
         py::arg("candidates"), py::arg("scores"), py::arg("k"), py::arg("item_vecs"), py::kw_only(),
         py::arg("item_text") = py::none(), py::arg("diversity") = 0.0f, py::arg("cat_indptr") = py::none(),
         py::arg("cat_indices") = py::none(), py::arg("cat_weights") = py::none(), py::arg("target") = py::none(),
-        py::arg("calibrate") = 0.0f, py::arg("alpha") = 0.01f, py::arg("return_terms") = false,
-        py::arg("num_threads") = 1);
+        py::arg("calibrate") = 0.0f, py::arg("alpha") = 0.01f, py::arg("penalty") = py::none(),
+        py::arg("exposure") = 0.0f, py::arg("return_terms") = false, py::arg("num_threads") = 1);
     m.def("rerank_pool_bound", &ctxrec::pool_bound, py::arg("diversity"), py::arg("calibrate"), py::arg("alpha") = 0.01f,
-          "rel below which a candidate can never be picked by rerank: -(2 diversity + calibrate log(1/alpha)) / "
-          "(1 - diversity); -inf for diversity >= 1.");
+          py::arg("exposure") = 0.0f,
+          "rel below which a candidate can never be picked by rerank: -(2 diversity + calibrate log(1/alpha) + "
+          "exposure) / (1 - diversity); -inf for diversity >= 1.");
 
     py::class_<HnswIndex>(m, "HnswIndex", R"(
     hnswlib graph over [item_vec, item_bias] rows (inner product, or max_norm > 0: nearest

@@ -11,9 +11,9 @@
 namespace ctxrec {
 using namespace detail;
 
-double pool_bound(float lambda, float gamma, float alpha) {
+double pool_bound(float lambda, float gamma, float alpha, float eta) {
     if (lambda >= 1.f) return -std::numeric_limits<double>::infinity();
-    const double span = 2.0 * lambda + static_cast<double>(gamma) * std::log(1.0 / static_cast<double>(alpha));
+    const double span = 2.0 * lambda + static_cast<double>(gamma) * std::log(1.0 / static_cast<double>(alpha)) + eta;
     return -span / (1.0 - lambda);
 }
 
@@ -70,7 +70,8 @@ void rerank_one(const RerankSpec& sp, int64_t q, const int64_t* row, const float
     const float* p = calib ? sp.target + q * sp.n_cat : nullptr;
     std::vector<double> counts(calib ? static_cast<size_t>(sp.n_cat) : 0, 0.0), trial;
     std::vector<char> used(static_cast<size_t>(m), 0);
-    const double lam = sp.lambda, gam = sp.gamma, alpha = sp.alpha;
+    const double lam = sp.lambda, gam = sp.gamma, alpha = sp.alpha, eta = sp.eta;
+    const bool expo = sp.penalty != nullptr && sp.eta > 0.f;
     auto add_cats = [&](int64_t j, std::vector<double>& cnt, double sign) {  // j: a candidate of ids
         const int64_t a = sp.cat_indptr[pos[j]], e = sp.cat_indptr[pos[j] + 1];
         double tot = 0.0;
@@ -80,7 +81,7 @@ void rerank_one(const RerankSpec& sp, int64_t q, const int64_t* row, const float
     };
     for (int64_t t = 0; t < kk; ++t) {
         int64_t best = -1;
-        double best_obj = -std::numeric_limits<double>::infinity(), best_sim = 0.0, best_kl = 0.0;
+        double best_obj = -std::numeric_limits<double>::infinity(), best_sim = 0.0, best_kl = 0.0, best_pen = 0.0;
         for (int64_t j = 0; j < m; ++j) {
             if (used[j]) continue;
             const double sim = t > 0 && diverse ? maxsim[j] : 0.0;
@@ -92,20 +93,24 @@ void rerank_one(const RerankSpec& sp, int64_t q, const int64_t* row, const float
                 add_cats(j, counts, -1.0);
                 obj -= gam * klj;
             }
+            const double pen = expo ? static_cast<double>(sp.penalty[pos[j]]) : 0.0;
+            obj -= eta * pen;
             if (obj > best_obj) {
                 best_obj = obj;
                 best = j;
                 best_sim = sim;
                 best_kl = klj;
+                best_pen = pen;
             }
         }
         used[best] = 1;
         out_ids[t] = ids[best];
         out_scores[t] = s[best];
         if (terms) {
-            terms[t * 3 + 0] = static_cast<float>(rel[best]);
-            terms[t * 3 + 1] = static_cast<float>(best_sim);
-            terms[t * 3 + 2] = static_cast<float>(best_kl);
+            terms[t * 4 + 0] = static_cast<float>(rel[best]);
+            terms[t * 4 + 1] = static_cast<float>(best_sim);
+            terms[t * 4 + 2] = static_cast<float>(best_kl);
+            terms[t * 4 + 3] = static_cast<float>(best_pen);
         }
         if (calib) add_cats(best, counts, 1.0);
         if (diverse && t + 1 < kk) {
@@ -127,7 +132,7 @@ void rerank_one(const RerankSpec& sp, int64_t q, const int64_t* row, const float
     for (int64_t t = kk; t < k; ++t) {
         out_ids[t] = -1;
         out_scores[t] = -std::numeric_limits<float>::infinity();
-        if (terms) terms[t * 3 + 0] = terms[t * 3 + 1] = terms[t * 3 + 2] = 0.f;
+        if (terms) terms[t * 4 + 0] = terms[t * 4 + 1] = terms[t * 4 + 2] = terms[t * 4 + 3] = 0.f;
     }
 }
 
@@ -162,7 +167,7 @@ void rerank(const RerankSpec& sp, int64_t b, const int64_t* cand, const float* s
     check_rows(sp, b, cand, scores, c);
     parallel_for(b, nt, [&](int64_t q) {
         rerank_one(sp, q, cand + q * c, scores + q * c, c, k, out_ids + q * k, out_scores + q * k,
-                   terms ? terms + q * k * 3 : nullptr);
+                   terms ? terms + q * k * 4 : nullptr);
     });
 }
 

@@ -695,3 +695,25 @@ def test_rerank_options_are_checked_naming_the_field(rec, kw, field):
     with pytest.raises(InputError) as e:
         rec.recommend_batch(["u0"], [MORNING], k=5, **kw)
     assert e.value.field == field
+
+
+def test_exposure_penalty_spreads_the_lists_over_the_catalog(rec):
+    users = [f"u{j}" for j in range(60)]
+    plain = rec.recommend_batch(users, [{}] * len(users), k=10)
+    assert rec.recommend("u0", {}, k=10, exposure=5.0).item_ids == plain[0].item_ids  # nothing recorded yet
+    try:
+        rec.engine_.add_exposure([i for r in plain for i in r.item_ids])  # the serving log of one round
+        served = rec.engine_.exposure([i for r in plain for i in r.item_ids])
+        assert served.min() >= 1 and rec.engine_.exposure().shape == (len(rec.item_ids_),)
+        again = rec.recommend_batch(users, [{}] * len(users), k=10, exposure=2.0)
+        cover = [len({i for r in rs for i in r.item_ids}) for rs in (plain, again)]
+        assert cover[1] > cover[0]
+        assert [rec.recommend(u, {}, k=10, exposure=2.0).item_ids for u in users[:5]] == \
+            [r.item_ids for r in again[:5]]  # single = batch
+        rec.engine_.add_exposure([], decay=0.5)  # fading: every count halves
+        assert np.allclose(rec.engine_.exposure([plain[0].item_ids[0]]), served[:1] / 2)
+    finally:
+        rec.engine_.add_exposure([], decay=0.0)  # start over: nothing recorded, for the other tests
+    assert rec.recommend("u0", {}, k=10, exposure=5.0).item_ids == plain[0].item_ids
+    with pytest.raises(Exception, match="exposure"):
+        rec.recommend("u0", {}, k=5, exposure=-1.0)

@@ -7,7 +7,7 @@ import pytest
 from ctxrec import _core
 
 
-def _ref(cand, scores, k, vecs, text, lam, cats, target, gamma, alpha=0.01):
+def _ref(cand, scores, k, vecs, text, lam, cats, target, gamma, alpha=0.01, pen=None, eta=0.0):
     """The greedy of csrc/rerank.hpp written out in numpy, one row at a time.
 
     cats: per row, a list (one per candidate position) of {category: weight}."""
@@ -57,10 +57,12 @@ def _ref(cand, scores, k, vecs, text, lam, cats, target, gamma, alpha=0.01):
             for j in range(m):
                 if j in chosen:
                     continue
-                pen = max(sim(i, j) for i in chosen) if (chosen and lam > 0) else 0.0
-                obj = (1 - lam) * rel[j] - lam * pen
+                simp = max(sim(i, j) for i in chosen) if (chosen and lam > 0) else 0.0
+                obj = (1 - lam) * rel[j] - lam * simp
                 if gamma > 0 and target is not None:
                     obj -= gamma * kl(chosen + [j])
+                if pen is not None:
+                    obj -= eta * float(pen[q, keep[j]])
                 if obj > best_obj + 1e-9:
                     best, best_obj = j, obj
             chosen.append(best)
@@ -94,16 +96,19 @@ def _cat_csr(cats):
     return ptr, idx, val
 
 
-@pytest.mark.parametrize("lam,gamma", [(0.0, 0.0), (0.3, 0.0), (0.7, 0.0), (1.0, 0.0), (0.0, 0.5), (0.4, 2.0)])
+@pytest.mark.parametrize("lam,gamma,eta", [(0.0, 0.0, 0.0), (0.3, 0.0, 0.0), (0.7, 0.0, 0.0), (1.0, 0.0, 0.0),
+                                           (0.0, 0.5, 0.0), (0.4, 2.0, 0.0), (0.0, 0.0, 1.5), (0.5, 1.0, 0.7)])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_rerank_matches_the_numpy_reference(seed, lam, gamma):
+def test_rerank_matches_the_numpy_reference(seed, lam, gamma, eta):
     cand, scores, vecs, text, cats, target = _problem(seed)
     ptr, idx, val = _cat_csr(cats)
+    pen = np.random.default_rng(seed + 10).random(cand.shape).astype(np.float32)
     k = 8
-    want_ids, want_sc = _ref(cand, scores, k, vecs, text, lam, cats, target, gamma)
+    want_ids, want_sc = _ref(cand, scores, k, vecs, text, lam, cats, target, gamma, pen=pen, eta=eta)
     for threads in (1, 2):
         ids, sc = _core.rerank(cand, scores, k, vecs, item_text=text, diversity=lam, cat_indptr=ptr, cat_indices=idx,
-                               cat_weights=val, target=target, calibrate=gamma, num_threads=threads)
+                               cat_weights=val, target=target, calibrate=gamma, penalty=pen, exposure=eta,
+                               num_threads=threads)
         np.testing.assert_array_equal(ids, want_ids)
         np.testing.assert_array_equal(sc, want_sc)
 
@@ -131,7 +136,7 @@ def test_rerank_edge_cases():
     assert ids[0].tolist() == [0, 2]
     # terms: rel of the first pick is 1, its similarity penalty 0
     ids, sc, terms = _core.rerank(cand, scores, 4, vecs, item_text=text, diversity=0.5, return_terms=True)
-    assert terms.shape == (3, 4, 3) and np.allclose(terms[:, 0, 0], 1.0) and np.all(terms[:, 0, 1] == 0)
+    assert terms.shape == (3, 4, 4) and np.allclose(terms[:, 0, 0], 1.0) and np.all(terms[:, 0, 1] == 0)
 
 
 def test_rerank_refuses_bad_input_naming_it():
@@ -156,6 +161,10 @@ def test_rerank_refuses_bad_input_naming_it():
     with pytest.raises(ValueError, match="cat_indptr must have length b \\* c \\+ 1"):
         _core.rerank(cand, scores, 3, vecs, target=target, calibrate=1.0, cat_indptr=ptr[:-1], cat_indices=idx,
                      cat_weights=val)
+    with pytest.raises(ValueError, match="penalty must be in"):
+        _core.rerank(cand, scores, 3, vecs, penalty=np.full(cand.shape, 2.0, np.float32), exposure=1.0)
+    with pytest.raises(ValueError, match="exposure must be"):
+        _core.rerank(cand, scores, 3, vecs, exposure=-1.0)
     with pytest.raises(ValueError, match="item_text has"):
         _core.rerank(cand, scores, 3, vecs, item_text=text[:10])
 

@@ -215,3 +215,19 @@ def test_interactive_session(server):
     assert r.status_code == 422
     r = http.post(f"{base}/session", json={"context": {"timestamp": "2024-04-01T22:00:00Z"}})  # anonymous
     assert r.status_code == 200 and r.json()["cold_start"] is True
+
+
+def test_track_exposure_spreads_repeated_requests(model_dirs):
+    """`ctxrec serve --track-exposure 1` records what /recommend served; "exposure" then moves
+    the same request's answer towards items it has not shown yet."""
+    from _server import start_server, stop_server
+    base, proc = start_server(["--model", str(model_dirs[0]), "--no-events", "--track-exposure", "1"])
+    try:
+        req = {"user": "u3", "k": 5, "exposure": 3.0}
+        first = [x["item_id"] for x in http.post(f"{base}/recommend", json=req).json()["items"]]
+        second = [x["item_id"] for x in http.post(f"{base}/recommend", json=req).json()["items"]]
+        assert first != second and set(second) - set(first)  # the items just shown are penalised
+        plain = [x["item_id"] for x in http.post(f"{base}/recommend", json={"user": "u3", "k": 5}).json()["items"]]
+        assert plain == first  # without "exposure" the recorded log changes nothing
+    finally:
+        stop_server(proc)

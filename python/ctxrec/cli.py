@@ -458,7 +458,7 @@ def cmd_serve(a: argparse.Namespace) -> None:
     from ctxrec.service import serve
     serve(a.model, host=a.host, port=a.port, event_log=None if a.no_events else (a.events or "default"),
           max_body_bytes=a.max_body_bytes, body_timeout_s=a.body_timeout, max_sessions=a.max_sessions,
-          session_ttl_s=a.session_ttl, max_session_bytes=a.max_session_bytes)
+          session_ttl_s=a.session_ttl, max_session_bytes=a.max_session_bytes, exposure_decay=a.track_exposure)
 
 
 def cmd_export(argv: Sequence[str]) -> None:
@@ -600,6 +600,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--session-ttl", type=float, default=1800.0, help="idle seconds before a session expires (default 1800)")
     s.add_argument("--max-session-bytes", type=int, default=512 << 20,
                    help="estimated bytes all sessions may hold; the least recently used go first (default 512 MiB)")
+    s.add_argument("--track-exposure", type=float, default=None, metavar="DECAY",
+                   help="record the items of every /recommend answer as impressions, each answer first "
+                        "multiplying the counts by DECAY (1 = plain counts, 0.999 = fading); requests with "
+                        '"exposure": eta then penalise the most shown items (default: off)')
     s.set_defaults(fn=cmd_serve)
 
     def cluster_args(sp: argparse.ArgumentParser) -> None:

@@ -592,7 +592,8 @@ def recommend_all(model: Any, out: str | os.PathLike, *, users: Any = None, user
         has a field the model does not know (or text for a model without an encoder) with
         an error naming it; True ignores such fields; None: the model's own default.
     diversity, calibrate, calibrate_by: the re-ranking options of ``Recommender.recommend``
-        (checked by it on the workers: a bad value fails the job naming the field).
+        (checked by it on the workers: a bad value fails the job naming the field). Not the
+        exposure penalty: the workers hold no serving log.
 
     Returns
     -------

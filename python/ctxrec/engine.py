@@ -254,6 +254,9 @@ class Engine:
         self.graph = graph
         self.text_candidates = text_candidates
         self._write = threading.RLock()
+        self._exposure = np.zeros(0, np.float64)  # per slot, times _exposure_scale (see add_exposure); not saved
+        self._exposure_max = 0.0
+        self._exposure_scale = 1.0
 
     # ------------------------------------------------------------------ build
     def _check_params(self) -> None:
@@ -666,9 +669,75 @@ class Engine:
         mix = member.mean(axis=0)
         return {v: float(x) for v, x in zip(values, mix) if x > 0}
 
+    def add_exposure(self, item_ids: Iterable[Any], amount: float | Sequence[float] = 1.0, *,
+                     decay: float = 1.0) -> None:
+        """Record impressions: the exposure that ``recommend(..., exposure=eta)`` penalises.
+
+        A service calls this with what it served (its serving log); each request's penalty of an
+        item is its exposure over the most exposed item's, in [0, 1]. Kept in memory, not saved
+        with the engine (the log it comes from is the service's).
+
+        Parameters
+        ----------
+        item_ids : iterable of original item ids
+            Unknown ids are ignored. An id listed twice counts twice.
+        amount : float or sequence of float
+            Added per listed id (>= 0).
+        decay : float in [0, 1]
+            Every item's exposure is multiplied by this first (1: plain counts; e.g. 0.99 per
+            batch of impressions: an exponentially fading window; 0: start over).
+        """
+        if isinstance(decay, bool) or not (isinstance(decay, (int, float)) and 0.0 <= float(decay) <= 1.0):
+            raise ValueError(f"decay must be in [0, 1], got {decay!r}")
+        snap = self._fitted()
+        ids = list(item_ids)
+        slots = self._slots(ids, "item_ids", warn=False)
+        add = np.broadcast_to(np.asarray(amount, np.float64), (len(ids),))
+        if not np.all(np.isfinite(add) & (add >= 0)):
+            raise ValueError("amount must be finite and >= 0")
+        # stored lazily: exposure = _exposure * _exposure_scale, so a decay is one multiplication, not
+        # one per item (a service calls this once per answer); the penalty is a ratio to the
+        # largest stored value, where the scale cancels. Updated in place under the write lock: a
+        # concurrent request may read a value mid-update, which only shifts a penalty slightly.
+        with self._write:
+            exp = self._exposure
+            if len(exp) < snap.n_slots:
+                exp = np.concatenate([exp, np.zeros(max(snap.n_slots, 2 * len(exp)) - len(exp))])
+            if decay == 0.0:
+                exp[:] = 0.0
+                self._exposure_scale, self._exposure_max = 1.0, 0.0
+            elif decay != 1.0:
+                self._exposure_scale *= float(decay)
+            if self._exposure_scale < 1e-100:  # renormalise before the stored values overflow
+                exp *= self._exposure_scale
+                self._exposure_max *= self._exposure_scale
+                self._exposure_scale = 1.0
+            ok = slots >= 0
+            if np.any(ok):
+                np.add.at(exp, slots[ok], add[ok] / self._exposure_scale)
+                self._exposure_max = max(self._exposure_max, float(exp[slots[ok]].max()))
+            self._exposure = exp
+
+    def exposure(self, item_ids: Iterable[Any] | None = None) -> np.ndarray:
+        """Recorded exposure (:meth:`add_exposure`) by slot, or of the given original ids (0 unknown).
+
+        Returns
+        -------
+        numpy.ndarray of float64
+            Shape [slots] (aligned with ``item_ids_``), or one value per given id.
+        """
+        snap = self._fitted()
+        exp = self._exposure
+        full = np.zeros(snap.n_slots)
+        full[:min(len(exp), snap.n_slots)] = exp[:snap.n_slots] * self._exposure_scale
+        if item_ids is None:
+            return full
+        slots = self._slots(list(item_ids), "item_ids", warn=False)
+        return np.where(slots >= 0, full[np.maximum(slots, 0)], 0.0)
+
     def _rerank(self, snap: _Snapshot, search: Any, k: int, diversity: float, calibrate: float,
                 calibrate_by: str | None, targets: Sequence[Mapping[Any, float] | None] | None,
-                threads: int) -> tuple[np.ndarray, np.ndarray]:
+                threads: int, exposure: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         """Search a pool of the k + 2k * |bound| best items and re-rank it with _core.rerank.
 
         ``bound`` = rerank_pool_bound: an item whose rel (best = 1, k-th = 0) is below it can never
@@ -678,9 +747,11 @@ class Engine:
         log(1/alpha) = 4.6, is rarely approached). At most max(4k, POOL_MAX) items. How often the
         pool's answer equals the re-rank of the whole catalog is measured in benchmarks/bench_beyond.
         """
-        lam, gam = _unit(diversity, "diversity"), _nonneg(calibrate, "calibrate")
+        lam, gam, eta = _unit(diversity, "diversity"), _nonneg(calibrate, "calibrate"), _nonneg(exposure, "exposure")
         gam_eff = gam * KL_SPAN / math.log(100.0) if targets is not None else 0.0
-        bound = _core.rerank_pool_bound(lam, gam_eff)
+        exp, top = self._exposure, self._exposure_max
+        eta = eta if top > 0 else 0.0  # nothing recorded: no penalty
+        bound = _core.rerank_pool_bound(lam, gam_eff, exposure=eta)
         cap = int(min(snap.n_live, max(4 * k, POOL_MAX)))
         n = int(min(cap, k + math.ceil(2 * k * -bound))) if math.isfinite(bound) else cap
         rows, scores = search(max(n, k))
@@ -706,6 +777,12 @@ class Engine:
             kw = dict(cat_indptr=np.concatenate([[0], np.cumsum(nz.sum(axis=1))]).astype(np.int64),
                       cat_indices=np.nonzero(nz)[1].astype(np.int64), cat_weights=member[nz].astype(np.float32),
                       target=np.ascontiguousarray(target), calibrate=gam)
+        if eta > 0:
+            slot = snap.row_slot[np.maximum(rows, 0)]
+            inside = (rows >= 0) & (slot < len(exp))
+            pen = np.zeros(rows.shape, np.float32)
+            pen[inside] = np.minimum(exp[slot[inside]] / top, 1.0)
+            kw.update(penalty=pen, exposure=eta)
         return _core.rerank(np.ascontiguousarray(rows, np.int64), np.ascontiguousarray(scores, np.float32), k,
                             snap.vecs, item_text=snap.text, diversity=lam, num_threads=threads, **kw)
 
@@ -776,7 +853,7 @@ class Engine:
                   user: Any = None, text_query: Any = None, tri_query: Any = None,
                   text_weight: float | None = None, tri_weight: float | None = None, diversity: float = 0.0,
                   calibrate: float = 0.0, calibrate_by: str | None = None,
-                  target: Mapping[Any, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  target: Mapping[Any, float] | None = None, exposure: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         """Top-k items for one query.
 
         Parameters
@@ -806,6 +883,9 @@ class Engine:
             The named filter whose values are the categories (e.g. ``"genres"``).
         target : mapping value -> weight, optional
             The category mix to approach, e.g. :meth:`category_mix` of the user's history.
+        exposure : float >= 0
+            Also subtract ``exposure * (the item's recorded exposure / the most exposed
+            item's)`` (:meth:`add_exposure`): long-tail exposure. 0 or nothing recorded: off.
 
         Returns
         -------
@@ -821,9 +901,10 @@ class Engine:
         kw = self._extras(snap, text_query, tri_query, 1, False, text_weight, tri_weight)
         excl = self._excluded(snap, self._rows(snap, exclude, "exclude", unique=False), user)
         allow_rows, mask = self._rows(snap, allow, "allow"), self._mask(snap, filter)
-        if (diversity or calibrate) and k:
+        if (diversity or calibrate or exposure) and k:
             rows, scores = self._rerank(snap, lambda n: self._call(snap, q, n, dict(kw), [excl], allow_rows, mask, 1),
-                                        k, diversity, calibrate, calibrate_by, None if target is None else [target], 1)
+                                        k, diversity, calibrate, calibrate_by, None if target is None else [target], 1,
+                                        exposure)
         else:
             rows, scores = self._call(snap, q, k, kw, [excl], allow_rows, mask, 1)
         m = int(np.count_nonzero(rows[0] >= 0))
@@ -835,14 +916,15 @@ class Engine:
                         text_weight: float | None = None, tri_weight: float | None = None,
                         num_threads: int | None = None, diversity: float = 0.0, calibrate: float = 0.0,
                         calibrate_by: str | None = None,
-                        targets: Sequence[Mapping[Any, float] | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                        targets: Sequence[Mapping[Any, float] | None] | None = None,
+                        exposure: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         """Top-k items for each of b queries in one native call, multi-threaded.
 
         queries: float [b, dim]; text_queries: float [b, d]; tri_queries: float [b, t];
         exclude: one sequence of original ids per query (or None); users: one seen-items key
         per query (or None); allow / filter: shared by every query. num_threads defaults to
-        the engine's. diversity / calibrate / calibrate_by as in :meth:`recommend`, with one
-        target mix per query in ``targets`` (None: no calibration for that query).
+        the engine's. diversity / calibrate / calibrate_by / exposure as in :meth:`recommend`,
+        with one target mix per query in ``targets`` (None: no calibration for that query).
 
         Returns
         -------
@@ -868,9 +950,9 @@ class Engine:
         allow_rows, mask = self._rows(snap, allow, "allow"), self._mask(snap, filter)
         if targets is not None and len(targets) != b:
             raise ValueError(f"targets has {len(targets)} entries but there are {b} queries")
-        if (diversity or calibrate) and k:
+        if (diversity or calibrate or exposure) and k:
             rows, scores = self._rerank(snap, lambda n: self._call(snap, q, n, dict(kw), excl, allow_rows, mask, threads),
-                                        k, diversity, calibrate, calibrate_by, targets, threads)
+                                        k, diversity, calibrate, calibrate_by, targets, threads, exposure)
         else:
             rows, scores = self._call(snap, q, k, kw, excl, allow_rows, mask, threads)
         return self._ids_of_rows(snap, rows), scores

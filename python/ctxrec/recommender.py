@@ -825,9 +825,11 @@ class Recommender:
                     raise InputError(f"filter.{name}: invalid value {_short(v)}", field=f"filter.{name}", value=v)
         return filter
 
-    def _check_rerank(self, diversity: Any, calibrate: Any, calibrate_by: Any) -> tuple[float, float, str | None]:
-        """diversity in [0, 1], calibrate >= 0 and the filter calibrate_by (InputError naming the field)."""
-        for name, x, hi in (("diversity", diversity, 1.0), ("calibrate", calibrate, math.inf)):
+    def _check_rerank(self, diversity: Any, calibrate: Any, calibrate_by: Any,
+                      exposure: Any = 0.0) -> tuple[float, float, str | None, float]:
+        """diversity in [0, 1], calibrate and exposure >= 0 and the filter calibrate_by (InputError naming the field)."""
+        for name, x, hi in (("diversity", diversity, 1.0), ("calibrate", calibrate, math.inf),
+                            ("exposure", exposure, math.inf)):
             if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, float, np.integer, np.floating)) or \
                     not (math.isfinite(float(x)) and 0.0 <= float(x) <= hi):
                 raise InputError(f"{name} must be a number in [0, {hi:g}], got {_short(x)}", field=name, value=x)
@@ -838,7 +840,7 @@ class Recommender:
             raise InputError(f"calibrate_by must name the item attribute whose values are the categories; "
                              f"got {_short(calibrate_by)}, this catalog has {names}",
                              field="calibrate_by", value=calibrate_by)
-        return float(diversity), float(calibrate), calibrate_by if calibrate else None
+        return float(diversity), float(calibrate), calibrate_by if calibrate else None, float(exposure)
 
     def history_mix(self, user: Any, attribute: str) -> dict[str, float]:
         """The mix of an item attribute's values over a user's history (calibration's target).
@@ -932,7 +934,7 @@ class Recommender:
                   exclude_seen: bool = True, exclude: Iterable[Any] | None = None,
                   allow: Iterable[Any] | None = None, filter: Mapping[str, Any] | None = None,
                   ignore_unknown: bool | None = None, diversity: float = 0.0, calibrate: float = 0.0,
-                  calibrate_by: str | None = None) -> Recommendation:
+                  calibrate_by: str | None = None, exposure: float = 0.0) -> Recommendation:
         """Top-k items for ``user`` in ``context`` (a dict of context fields incl. free text).
 
         Every argument is checked before anything runs; a rejected request changes nothing.
@@ -970,6 +972,9 @@ class Recommender:
         calibrate_by : str, optional
             The categorical item attribute calibrated on (e.g. ``"genres"``); may be left out
             when the catalog has only one.
+        exposure : float >= 0
+            Penalise items by their recorded exposure (``engine_.add_exposure``, fed from the
+            service's serving log): long-tail exposure. 0 (default) or nothing recorded: off.
 
         Returns
         -------
@@ -980,8 +985,8 @@ class Recommender:
         Raises
         ------
         InputError
-            A malformed user or item id, k, exclude/allow, filter, diversity, calibrate or
-            calibrate_by (``field`` names it).
+            A malformed user or item id, k, exclude/allow, filter, diversity, calibrate,
+            calibrate_by or exposure (``field`` names it).
         ContextError
             An invalid context: not a mapping, an unknown key, an invalid value.
         """
@@ -992,14 +997,14 @@ class Recommender:
         filter = self._check_filter(filter)
         exclude, unknown_ex = self._known_ids(exclude, "exclude")
         allow, unknown_allow = self._known_ids(allow, "allow")
-        diversity, calibrate, calibrate_by = self._check_rerank(diversity, calibrate, calibrate_by)
+        diversity, calibrate, calibrate_by, exposure = self._check_rerank(diversity, calibrate, calibrate_by, exposure)
         u = self.user_index(user)
         q, const, tq = self._query(u, ctx)
         target = self.history_mix(user, calibrate_by) if calibrate and u >= 0 else None
         ids, scores = self.engine_.recommend(q, k, exclude=exclude, allow=allow, filter=filter, text_query=tq,
                                              user=u if exclude_seen and u >= 0 else None, diversity=diversity,
                                              calibrate=calibrate if target else 0.0, calibrate_by=calibrate_by,
-                                             target=target or None)
+                                             target=target or None, exposure=exposure)
         return Recommendation(user, ids.tolist(), (scores + const).tolist(), u < 0, ctx,
                               _unknown_report(exclude=unknown_ex, allow=unknown_allow))
 
@@ -1008,7 +1013,7 @@ class Recommender:
                         num_threads: int = 1, exclude: Sequence[Iterable[Any] | None] | None = None,
                         allow: Iterable[Any] | None = None, ignore_unknown: bool | None = None,
                         diversity: float = 0.0, calibrate: float = 0.0,
-                        calibrate_by: str | None = None) -> list[Recommendation]:
+                        calibrate_by: str | None = None, exposure: float = 0.0) -> list[Recommendation]:
         """recommend() for many (user, context) pairs, batched, with identical answers.
 
         Contexts are featurised once per distinct context, queries are built in one batch
@@ -1021,7 +1026,7 @@ class Recommender:
             One raw user id per request.
         contexts : sequence of mappings (or None), optional
             One context per request.
-        k, exclude_seen, filter, ignore_unknown, diversity, calibrate, calibrate_by : as in :meth:`recommend`
+        k, exclude_seen, filter, ignore_unknown, diversity, calibrate, calibrate_by, exposure : as in :meth:`recommend`
             ``filter`` and the re-ranking options apply to every request (each user's own
             history mix is its calibration target).
         num_threads : int
@@ -1066,7 +1071,7 @@ class Recommender:
             excl.append(known)
             unknown_ex.append(unk)
         allow, unknown_allow = self._known_ids(allow, "allow")
-        diversity, calibrate, calibrate_by = self._check_rerank(diversity, calibrate, calibrate_by)
+        diversity, calibrate, calibrate_by, exposure = self._check_rerank(diversity, calibrate, calibrate_by, exposure)
         feats: dict[str, tuple[Any, Any]] = {}
         keys = []
         for j, ctx in enumerate(ctxs):
@@ -1103,7 +1108,7 @@ class Recommender:
                                                    num_threads=int(num_threads),
                                                    exclude=excl if exclude is not None else None, allow=allow,
                                                    diversity=diversity, calibrate=calibrate,
-                                                   calibrate_by=calibrate_by, targets=targets)
+                                                   calibrate_by=calibrate_by, targets=targets, exposure=exposure)
         out = []
         for j in range(b):
             m = int(np.count_nonzero(np.isfinite(scores[j])))

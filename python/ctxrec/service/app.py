@@ -257,7 +257,8 @@ def install_error_mapping(app: FastAPI) -> None:
 def create_app(model_dir: str | os.PathLike, *, loader: Callable[[str], Any] | None = None,
                event_log: str | os.PathLike | None = "default", admin_token: str | None = None,
                max_body_bytes: int = 1 << 20, body_timeout_s: float = 10.0, max_sessions: int = 10_000,
-               session_ttl_s: float = 1800.0, max_session_bytes: int = 512 << 20, warmup: bool = True) -> FastAPI:
+               session_ttl_s: float = 1800.0, max_session_bytes: int = 512 << 20, warmup: bool = True,
+               exposure_decay: float | None = None) -> FastAPI:
     """Build the ASGI app serving the Recommender saved in ``model_dir``.
 
     Parameters
@@ -286,6 +287,11 @@ def create_app(model_dir: str | os.PathLike, *, loader: Callable[[str], Any] | N
     warmup : bool
         Compile / load the numba kernels and run one request before serving, so the first
         request and the first feedback are as fast as later ones.
+    exposure_decay : float in [0, 1] or None
+        Record the items of every ``/recommend`` answer as impressions
+        (``Engine.add_exposure(..., decay=exposure_decay)``: 1 keeps plain counts, 0.999 fades
+        them), which requests with ``"exposure": eta`` penalise (long-tail exposure). None
+        (default): nothing is recorded. In memory: a reload or restart starts over.
 
     Returns
     -------
@@ -333,7 +339,10 @@ def create_app(model_dir: str | os.PathLike, *, loader: Callable[[str], Any] | N
     app.state.ctxrec = state
     app.state.sessions = sessions
     app.state.registry = registry
-    app.state.service = ServiceContext(state=state, sessions=sessions, token=token, reloads=reloads)
+    if exposure_decay is not None and not (isinstance(exposure_decay, (int, float)) and 0 <= exposure_decay <= 1):
+        raise ValueError(f"exposure_decay must be in [0, 1] or None, got {exposure_decay!r}")
+    app.state.service = ServiceContext(state=state, sessions=sessions, token=token, reloads=reloads,
+                                       exposure_decay=exposure_decay)
     # add_middleware wraps from the inside out: the body guard inside, the request id outside it
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes, body_timeout_s=body_timeout_s)
     app.add_middleware(RequestContextMiddleware, observe=observe)

@@ -37,6 +37,7 @@ class ServiceContext:
     sessions: Any
     token: str | None
     reloads: Any
+    exposure_decay: float | None = None  # record what /recommend serves (Engine.add_exposure); None: off
 
 
 def context(request: Request) -> ServiceContext:

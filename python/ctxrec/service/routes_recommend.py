@@ -11,11 +11,14 @@ from ctxrec.service.schemas import BatchRequest, FeedbackRequest, RecommendReque
 router = APIRouter()
 
 
-def answer(model: Any, r: RecommendRequest) -> dict[str, Any]:
-    """One request's JSON answer (``Recommendation.to_dict()``, ``unknown_ids`` included, plus item fields)."""
+def answer(model: Any, r: RecommendRequest, exposure_decay: float | None = None) -> dict[str, Any]:
+    """One request's JSON answer (``Recommendation.to_dict()``, ``unknown_ids`` included, plus item
+    fields); with ``exposure_decay`` its items are recorded as impressions (``create_app``)."""
     rec = model.recommend(r.user, context=r.context, k=r.k, exclude_seen=r.exclude_seen,
                           exclude=r.exclude, allow=r.allow, filter=r.filter, diversity=r.diversity,
-                          calibrate=r.calibrate, calibrate_by=r.calibrate_by)
+                          calibrate=r.calibrate, calibrate_by=r.calibrate_by, exposure=r.exposure)
+    if exposure_decay is not None:
+        model.engine_.add_exposure(rec.item_ids, decay=exposure_decay)
     out = rec.to_dict()
     if r.fields:
         for it in out["items"]:
@@ -25,14 +28,16 @@ def answer(model: Any, r: RecommendRequest) -> dict[str, Any]:
 
 @router.post("/recommend", summary="top-k items for one user and context")
 async def recommend(request: Request, req: RecommendRequest) -> Any:
-    model = context(request).state.model
-    return await run(lambda: answer(model, req))
+    ctx = context(request)
+    model = ctx.state.model
+    return await run(lambda: answer(model, req, ctx.exposure_decay))
 
 
 @router.post("/recommend/batch", summary="top-k items for many requests")
 async def recommend_batch(request: Request, req: BatchRequest) -> Any:
-    model = context(request).state.model
-    return {"results": await run(lambda: [answer(model, r) for r in req.requests])}
+    ctx = context(request)
+    model = ctx.state.model
+    return {"results": await run(lambda: [answer(model, r, ctx.exposure_decay) for r in req.requests])}
 
 
 @router.post("/feedback", summary="record an interaction; the user's next recommendations reflect it")

@@ -123,6 +123,8 @@ class RecommendRequest(BaseModel):
     calibrate: float = Field(0.0, ge=0.0, le=1e6, allow_inf_nan=False,
                              description="pull the list's category mix towards the user's history mix; 0 = off")
     calibrate_by: Key | None = Field(None, description='the item attribute calibrated on, e.g. "genres"')
+    exposure: float = Field(0.0, ge=0.0, le=1e6, allow_inf_nan=False,
+                            description="penalise items by their recorded exposure (long tail); 0 = off")
 
 
 class BatchRequest(BaseModel):
