@@ -183,3 +183,26 @@ def test_pool_bound_makes_a_pool_exact():
         assert k <= m <= n
         cut, _ = _core.rerank(cand[:, :m], s[None, :m], k, vecs, diversity=lam)
         np.testing.assert_array_equal(cut, full)
+
+
+def test_engine_calibration_follows_a_live_catalog():
+    """The stacked category bitsets are cached per snapshot: an added item and a new value count at once."""
+    from ctxrec.engine import Engine
+    rng = np.random.default_rng(5)
+    n = 300
+    V = rng.normal(size=(n, 8)).astype(np.float32)
+    eng = Engine(exact_threshold=10_000).fit(V, np.zeros(n, np.float32), np.arange(n),
+                                             item_filters={"g": [[f"g{i % 3}"] for i in range(n)]})
+    q = rng.normal(size=8).astype(np.float32)
+    plain, _ = eng.recommend(q, 10)
+    ids, _ = eng.recommend(q, 10, calibrate=5.0, calibrate_by="g", target={"g0": 1.0})
+    assert sum(i % 3 == 0 for i in ids) > sum(i % 3 == 0 for i in plain)
+    g0 = [i for i in ids if i % 3 == 0][:4]
+    assert eng.category_mix("g", g0) == {"g0": 1.0}
+    eng.add_items(q[None] * 3, np.zeros(1, np.float32), [999], item_filters={"g": [["g9"]]})
+    ids, _ = eng.recommend(q, 10, calibrate=5.0, calibrate_by="g", target={"g9": 1.0})
+    assert ids[0] == 999
+    with pytest.raises(ValueError, match="not a value of filter"):
+        eng.recommend(q, 10, calibrate=1.0, calibrate_by="g", target={"nope": 1.0})
+    with pytest.raises(ValueError, match="unknown filter"):
+        eng.recommend(q, 10, calibrate=1.0, calibrate_by="h", target={"g0": 1.0})

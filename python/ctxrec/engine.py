@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import threading
 import warnings
+import weakref
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -257,6 +258,7 @@ class Engine:
         self._exposure = np.zeros(0, np.float64)  # per slot, times _exposure_scale (see add_exposure); not saved
         self._exposure_max = 0.0
         self._exposure_scale = 1.0
+        self._cat_cache: tuple | None = None  # (weakref to the snapshot, filter name, values, stacked bitsets)
 
     # ------------------------------------------------------------------ build
     def _check_params(self) -> None:
@@ -623,20 +625,27 @@ class Engine:
         return out
 
     def _categories(self, snap: _Snapshot, name: str, rows: np.ndarray) -> tuple[np.ndarray, list[str]]:
-        """Membership [len(rows), n_values] (0/1 float32) of rows in filter ``name``'s values."""
+        """Membership [len(rows), n_values] (0/1 float32) of rows in filter ``name``'s values.
+
+        The values' bitsets are stacked once per snapshot and filter ([n_values, words], cached
+        until the catalog changes), so a request reads all its rows' bits in one gather."""
         if name not in snap.filters:
             raise ValueError(f"calibrate_by: unknown filter {name!r}; this catalog has {sorted(snap.filters)}")
-        values = sorted(snap.filters[name])
+        hit = self._cat_cache
+        if hit is not None and hit[0]() is snap and hit[1] == name:  # this very snapshot (a weak reference)
+            values, bits = hit[2], hit[3]
+        else:
+            values = sorted(snap.filters[name])
+            words = _words(snap.n_rows)
+            bits = np.zeros((len(values), words), np.uint64)
+            for c, v in enumerate(values):
+                b = snap.filters[name][v][:words]
+                bits[c, :len(b)] = b
+            self._cat_cache = (weakref.ref(snap), name, values, bits)
         rows = np.asarray(rows, np.int64)
-        out = np.zeros((len(rows), len(values)), np.float32)
-        ok = rows >= 0
-        r = rows[ok]
-        for c, v in enumerate(values):
-            bits = snap.filters[name][v]
-            word = np.zeros(len(r), np.uint64)
-            inside = (r >> 6) < len(bits)
-            word[inside] = bits[r[inside] >> 6]
-            out[ok, c] = ((word >> (r & 63).astype(np.uint64)) & np.uint64(1)).astype(np.float32)
+        r = np.where((rows >= 0) & (rows < snap.n_rows), rows, 0)
+        out = ((bits[:, r >> 6] >> (r & 63).astype(np.uint64)) & np.uint64(1)).T.astype(np.float32)
+        out[(rows < 0) | (rows >= snap.n_rows)] = 0.0
         return out, values
 
     def category_mix(self, name: str, item_ids: Iterable[Any]) -> dict[str, float]:
