@@ -664,8 +664,12 @@ def test_diversity_and_calibration_rerank_the_list(rec):
     plain = [rec.recommend(u, MORNING, k=10) for u in users]
     div = [rec.recommend(u, MORNING, k=10, diversity=0.7) for u in users]
     assert np.mean([_ild(rec, d.item_ids) for d in div]) > np.mean([_ild(rec, p.item_ids) for p in plain])
+    assert plain[0].rerank == [] and "rerank" not in plain[0].to_dict()["items"][0]
     for p, d in zip(plain, div):
         assert d.item_ids[0] == p.item_ids[0]  # the first pick is the best item
+        assert d.rerank[0]["relevance"] == pytest.approx(1.0) and d.rerank[0]["similarity"] == 0.0
+        assert len(d.rerank) == len(d.item_ids) and all(-1.0 <= t["similarity"] <= 1.0 for t in d.rerank)
+        assert d.to_dict()["items"][1]["rerank"] == d.rerank[1]
         by_id = dict(zip(p.item_ids, p.scores))  # the scores stay the model's scores
         assert all(by_id[i] == pytest.approx(s, abs=1e-5) for i, s in zip(d.item_ids, d.scores) if i in by_id)
     plain = [rec.recommend(u, {}, k=10) for u in users]  # (a morning context outweighs any history mix)
@@ -677,6 +681,7 @@ def test_diversity_and_calibration_rerank_the_list(rec):
     assert np.mean([kl_of(c) for c in cal]) < np.mean([kl_of(p) for p in plain])
     batch = rec.recommend_batch(users, [MORNING] * len(users), k=10, diversity=0.7)
     assert [b.item_ids for b in batch] == [d.item_ids for d in div]
+    assert [b.rerank for b in batch] == [d.rerank for d in div]
     batch = rec.recommend_batch(users, [{}] * len(users), k=10, calibrate=5.0, calibrate_by="kind")
     assert [b.item_ids for b in batch] == [c.item_ids for c in cal]
     assert rec.recommend("nobody", MORNING, k=10, calibrate=5.0, calibrate_by="kind").item_ids == \

@@ -89,6 +89,7 @@ def test_recommend_with_diversity_and_calibration(server, model_dirs):
         assert r.status_code == 200, r.text
         want = local.recommend("u3", ctx, k=8, **opts)
         assert [x["item_id"] for x in r.json()["items"]] == want.item_ids
+        assert [x["rerank"] for x in r.json()["items"]] == want.rerank  # JSON carries the float64s exactly
     plain = local.recommend("u3", ctx, k=8)
     assert local.recommend("u3", ctx, k=8, diversity=0.9).item_ids != plain.item_ids
     for bad, field in (({"diversity": 1.5}, "diversity"), ({"diversity": "lots"}, "diversity"),

@@ -746,7 +746,7 @@ class Engine:
 
     def _rerank(self, snap: _Snapshot, search: Any, k: int, diversity: float, calibrate: float,
                 calibrate_by: str | None, targets: Sequence[Mapping[Any, float] | None] | None,
-                threads: int, exposure: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+                threads: int, exposure: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Search a pool of the k + 2k * |bound| best items and re-rank it with _core.rerank.
 
         ``bound`` = rerank_pool_bound: an item whose rel (best = 1, k-th = 0) is below it can never
@@ -755,6 +755,7 @@ class Engine:
         options; for calibration the bound takes a KL span of KL_SPAN nats (the worst case,
         log(1/alpha) = 4.6, is rarely approached). At most max(4k, POOL_MAX) items. How often the
         pool's answer equals the re-rank of the whole catalog is measured in benchmarks/bench_beyond.
+        Returns rows, scores and each pick's terms [b, k, 4] (rel, similarity, KL, exposure penalty).
         """
         lam, gam, eta = _unit(diversity, "diversity"), _nonneg(calibrate, "calibrate"), _nonneg(exposure, "exposure")
         gam_eff = gam * KL_SPAN / math.log(100.0) if targets is not None else 0.0
@@ -793,7 +794,8 @@ class Engine:
             pen[inside] = np.minimum(exp[slot[inside]] / top, 1.0)
             kw.update(penalty=pen, exposure=eta)
         return _core.rerank(np.ascontiguousarray(rows, np.int64), np.ascontiguousarray(scores, np.float32), k,
-                            snap.vecs, item_text=snap.text, diversity=lam, num_threads=threads, **kw)
+                            snap.vecs, item_text=snap.text, diversity=lam, num_threads=threads, return_terms=True,
+                            **kw)
 
     def exact_below(self, n_eligible: int | None = None) -> int:
         """Eligible-item count at or below which a request is scored exactly instead of searched.
@@ -862,7 +864,8 @@ class Engine:
                   user: Any = None, text_query: Any = None, tri_query: Any = None,
                   text_weight: float | None = None, tri_weight: float | None = None, diversity: float = 0.0,
                   calibrate: float = 0.0, calibrate_by: str | None = None,
-                  target: Mapping[Any, float] | None = None, exposure: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+                  target: Mapping[Any, float] | None = None, exposure: float = 0.0,
+                  return_terms: bool = False) -> tuple[np.ndarray, ...]:
         """Top-k items for one query.
 
         Parameters
@@ -895,6 +898,8 @@ class Engine:
         exposure : float >= 0
             Also subtract ``exposure * (the item's recorded exposure / the most exposed
             item's)`` (:meth:`add_exposure`): long-tail exposure. 0 or nothing recorded: off.
+        return_terms : bool
+            Also return each pick's re-ranking terms (see Returns).
 
         Returns
         -------
@@ -903,6 +908,9 @@ class Engine:
             with ``diversity`` or ``calibrate``, in the order picked.
         scores : float32 array [m]
             The items' scores (not the re-ranking objective).
+        terms : float32 array [m, 4], only with ``return_terms``
+            Per pick: rel (best = 1, k-th = 0), its largest cosine to the items picked before
+            it, the KL after it, its exposure penalty (zeros without re-ranking).
         """
         snap = self._fitted()
         k = self._check_k(k, snap)
@@ -911,13 +919,16 @@ class Engine:
         excl = self._excluded(snap, self._rows(snap, exclude, "exclude", unique=False), user)
         allow_rows, mask = self._rows(snap, allow, "allow"), self._mask(snap, filter)
         if (diversity or calibrate or exposure) and k:
-            rows, scores = self._rerank(snap, lambda n: self._call(snap, q, n, dict(kw), [excl], allow_rows, mask, 1),
-                                        k, diversity, calibrate, calibrate_by, None if target is None else [target], 1,
-                                        exposure)
+            rows, scores, terms = self._rerank(snap, lambda n: self._call(snap, q, n, dict(kw), [excl], allow_rows,
+                                                                          mask, 1),
+                                               k, diversity, calibrate, calibrate_by,
+                                               None if target is None else [target], 1, exposure)
         else:
             rows, scores = self._call(snap, q, k, kw, [excl], allow_rows, mask, 1)
+            terms = np.zeros((1, rows.shape[1], 4), np.float32)
         m = int(np.count_nonzero(rows[0] >= 0))
-        return self._ids_of_rows(snap, rows[0, :m]), scores[0, :m]
+        out = self._ids_of_rows(snap, rows[0, :m]), scores[0, :m]
+        return (*out, terms[0, :m]) if return_terms else out
 
     def recommend_batch(self, queries: Any, k: int = 10, *, exclude: Sequence[Iterable[Any] | None] | None = None,
                         allow: Iterable[Any] | None = None, filter: Mapping[str, Any] | None = None,
@@ -926,14 +937,15 @@ class Engine:
                         num_threads: int | None = None, diversity: float = 0.0, calibrate: float = 0.0,
                         calibrate_by: str | None = None,
                         targets: Sequence[Mapping[Any, float] | None] | None = None,
-                        exposure: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+                        exposure: float = 0.0, return_terms: bool = False) -> tuple[np.ndarray, ...]:
         """Top-k items for each of b queries in one native call, multi-threaded.
 
         queries: float [b, dim]; text_queries: float [b, d]; tri_queries: float [b, t];
         exclude: one sequence of original ids per query (or None); users: one seen-items key
         per query (or None); allow / filter: shared by every query. num_threads defaults to
-        the engine's. diversity / calibrate / calibrate_by / exposure as in :meth:`recommend`,
-        with one target mix per query in ``targets`` (None: no calibration for that query).
+        the engine's. diversity / calibrate / calibrate_by / exposure / return_terms as in
+        :meth:`recommend`, with one target mix per query in ``targets`` (None: no calibration for
+        that query); terms are then [b, k, 4].
 
         Returns
         -------
@@ -960,11 +972,14 @@ class Engine:
         if targets is not None and len(targets) != b:
             raise ValueError(f"targets has {len(targets)} entries but there are {b} queries")
         if (diversity or calibrate or exposure) and k:
-            rows, scores = self._rerank(snap, lambda n: self._call(snap, q, n, dict(kw), excl, allow_rows, mask, threads),
-                                        k, diversity, calibrate, calibrate_by, targets, threads, exposure)
+            rows, scores, terms = self._rerank(snap, lambda n: self._call(snap, q, n, dict(kw), excl, allow_rows, mask,
+                                                                          threads),
+                                               k, diversity, calibrate, calibrate_by, targets, threads, exposure)
         else:
             rows, scores = self._call(snap, q, k, kw, excl, allow_rows, mask, threads)
-        return self._ids_of_rows(snap, rows), scores
+            terms = np.zeros((*rows.shape, 4), np.float32)
+        out = self._ids_of_rows(snap, rows), scores
+        return (*out, terms) if return_terms else out
 
     def similar_items(self, item: Any, k: int = 10, *, by: str = "vectors", filter: Mapping[str, Any] | None = None,
                       exclude: Iterable[Any] | None = None, allow: Iterable[Any] | None = None,

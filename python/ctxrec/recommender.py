@@ -86,6 +86,12 @@ class Recommendation:
     "count": {"exclude": n, "allow": m}}`` with only the non-empty lists, each cut to
     :data:`MAX_UNKNOWN_IDS` ids (``count`` has them all); ``{}`` when every id was known.
     ``to_dict`` carries it as ``"unknown_ids"`` when it is not empty.
+
+    rerank holds, per item of a re-ranked answer (``diversity`` / ``calibrate`` / ``exposure``),
+    the terms its pick was decided by: ``relevance`` (its score rescaled, best candidate = 1,
+    k-th = 0), ``similarity`` (its largest cosine to the items before it), ``kl`` (the list's
+    calibration KL once it was added) and ``exposure`` (its exposure penalty, 0..1); empty
+    otherwise.
     """
 
     user: Any
@@ -94,6 +100,7 @@ class Recommendation:
     cold_start: bool
     context: dict[str, Any] = field(default_factory=dict)
     unknown_ids: dict[str, Any] = field(default_factory=dict)
+    rerank: list[dict[str, float]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The answer as plain JSON types.
@@ -101,14 +108,24 @@ class Recommendation:
         Returns
         -------
         dict
-            ``user``, ``cold_start``, ``items`` (``[{"item_id", "score"}]``, best first) and
-            ``unknown_ids`` when some ``exclude`` / ``allow`` ids were not in the catalog.
+            ``user``, ``cold_start``, ``items`` (``[{"item_id", "score"}]``, best first; with
+            ``diversity`` / ``calibrate`` / ``exposure`` each item also has ``"rerank"``: the terms
+            its pick was decided by) and ``unknown_ids`` when some ``exclude`` / ``allow`` ids
+            were not in the catalog.
         """
         out = {"user": jsonable(self.user), "cold_start": self.cold_start,
                "items": [{"item_id": jsonable(i), "score": float(s)} for i, s in zip(self.item_ids, self.scores)]}
+        for it, t in zip(out["items"], self.rerank):
+            it["rerank"] = t
         if self.unknown_ids:
             out["unknown_ids"] = self.unknown_ids
         return out
+
+
+def _rerank_terms(terms: np.ndarray) -> list[dict[str, float]]:
+    """``Recommendation.rerank`` of the engine's per-pick terms [m, 4]."""
+    return [{"relevance": float(t[0]), "similarity": float(t[1]), "kl": float(t[2]), "exposure": float(t[3])}
+            for t in np.asarray(terms, np.float64)]
 
 
 def _unknown_report(**lists: list[Any]) -> dict[str, Any]:
@@ -1001,12 +1018,14 @@ class Recommender:
         u = self.user_index(user)
         q, const, tq = self._query(u, ctx)
         target = self.history_mix(user, calibrate_by) if calibrate and u >= 0 else None
-        ids, scores = self.engine_.recommend(q, k, exclude=exclude, allow=allow, filter=filter, text_query=tq,
-                                             user=u if exclude_seen and u >= 0 else None, diversity=diversity,
-                                             calibrate=calibrate if target else 0.0, calibrate_by=calibrate_by,
-                                             target=target or None, exposure=exposure)
+        ids, scores, terms = self.engine_.recommend(q, k, exclude=exclude, allow=allow, filter=filter,
+                                                    text_query=tq, user=u if exclude_seen and u >= 0 else None,
+                                                    diversity=diversity, calibrate=calibrate if target else 0.0,
+                                                    calibrate_by=calibrate_by, target=target or None,
+                                                    exposure=exposure, return_terms=True)
         return Recommendation(user, ids.tolist(), (scores + const).tolist(), u < 0, ctx,
-                              _unknown_report(exclude=unknown_ex, allow=unknown_allow))
+                              _unknown_report(exclude=unknown_ex, allow=unknown_allow),
+                              _rerank_terms(terms) if diversity or calibrate or exposure else [])
 
     def recommend_batch(self, users: Sequence[Any], contexts: Sequence[Mapping[str, Any] | None] | None = None,
                         k: int = 10, *, exclude_seen: bool = True, filter: Mapping[str, Any] | None = None,
@@ -1103,18 +1122,19 @@ class Recommender:
         keys = [int(u) if exclude_seen and u >= 0 else None for u in uidx]
         targets = [self.history_mix(user, calibrate_by) or None if u >= 0 else None for user, u in zip(users, uidx)] \
             if calibrate else None
-        ids, scores = self.engine_.recommend_batch(np.ascontiguousarray(qb.joined(), dtype=np.float32), int(k),
-                                                   users=keys, filter=filter, text_queries=text_queries,
-                                                   num_threads=int(num_threads),
-                                                   exclude=excl if exclude is not None else None, allow=allow,
-                                                   diversity=diversity, calibrate=calibrate,
-                                                   calibrate_by=calibrate_by, targets=targets, exposure=exposure)
+        ids, scores, terms = self.engine_.recommend_batch(
+            np.ascontiguousarray(qb.joined(), dtype=np.float32), int(k), users=keys, filter=filter,
+            text_queries=text_queries, num_threads=int(num_threads), exclude=excl if exclude is not None else None,
+            allow=allow, diversity=diversity, calibrate=calibrate, calibrate_by=calibrate_by, targets=targets,
+            exposure=exposure, return_terms=True)
+        reranked = bool(diversity or calibrate or exposure)
         out = []
         for j in range(b):
             m = int(np.count_nonzero(np.isfinite(scores[j])))
             out.append(Recommendation(users[j], ids[j, :m].tolist(), (scores[j, :m] + qb.const[j]).tolist(),
                                       bool(uidx[j] < 0), ctxs[j],
-                                      _unknown_report(exclude=unknown_ex[j], allow=unknown_allow)))
+                                      _unknown_report(exclude=unknown_ex[j], allow=unknown_allow),
+                                      _rerank_terms(terms[j, :m]) if reranked else []))
         return out
 
     @staticmethod
