@@ -403,3 +403,21 @@ def test_filter_and_the_live_catalog(dataset):
     assert "new1" in got and "i3" not in got
     assert Session(rec, "u0", MORNING, filter={"kind": "brunch"}).recommend().item_ids == ["new1"]
     assert s.explain("new1")["item_id"] == "new1"
+
+
+def test_session_recommend_takes_the_rerank_options(rec, bank):
+    from ctxrec.errors import InputError
+    s = session(rec, bank, "u2", {})
+    plain = s.recommend(k=10)
+    varied = s.recommend(k=10, diversity=0.9)
+    assert varied.item_ids[0] == plain.item_ids[0] and varied.item_ids != plain.item_ids
+    assert len(varied.rerank) == 10 and varied.rerank[0]["similarity"] == 0.0 and plain.rerank == []
+    by_id = dict(zip(plain.item_ids, plain.scores))
+    assert all(by_id[i] == pytest.approx(x) for i, x in zip(varied.item_ids, varied.scores) if i in by_id)
+    cal = s.recommend(k=10, calibrate=5.0, calibrate_by="kind")
+    mix = rec.engine_.category_mix("kind", cal.item_ids)
+    assert set(mix) == set(rec.history_mix("u2", "kind"))  # the history's kinds are all in the list
+    with pytest.raises(InputError) as e:
+        s.recommend(k=10, diversity=3)
+    assert e.value.field == "diversity"
+    assert s.recommend(k=10).item_ids == plain.item_ids  # nothing changed by the options

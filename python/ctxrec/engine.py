@@ -758,13 +758,73 @@ class Engine:
         Returns rows, scores and each pick's terms [b, k, 4] (rel, similarity, KL, exposure penalty).
         """
         lam, gam, eta = _unit(diversity, "diversity"), _nonneg(calibrate, "calibrate"), _nonneg(exposure, "exposure")
-        gam_eff = gam * KL_SPAN / math.log(100.0) if targets is not None else 0.0
-        exp, top = self._exposure, self._exposure_max
-        eta = eta if top > 0 else 0.0  # nothing recorded: no penalty
-        bound = _core.rerank_pool_bound(lam, gam_eff, exposure=eta)
-        cap = int(min(snap.n_live, max(4 * k, POOL_MAX)))
+        rows, scores = search(self.pool_size(k, lam, gam if targets is not None else 0.0, eta, snap.n_live))
+        return self._rerank_rows(snap, rows, scores, k, lam, gam, eta, calibrate_by, targets, threads)
+
+    def pool_size(self, k: int, diversity: float = 0.0, calibrate: float = 0.0, exposure: float = 0.0,
+                  n_eligible: int | None = None) -> int:
+        """How many of the best-scored items a re-rank with these options looks at (see ``_rerank``).
+
+        Returns
+        -------
+        int
+            ``min(eligible, max(k, k + 2k * |rerank_pool_bound|))``, at most max(4k, POOL_MAX).
+        """
+        n_live = self._fitted().n_live if n_eligible is None else int(n_eligible)
+        eta = float(exposure) if self._exposure_max > 0 else 0.0  # nothing recorded: no penalty
+        bound = _core.rerank_pool_bound(float(diversity), float(calibrate) * KL_SPAN / math.log(100.0), exposure=eta)
+        cap = int(min(n_live, max(4 * k, POOL_MAX)))
         n = int(min(cap, k + math.ceil(2 * k * -bound))) if math.isfinite(bound) else cap
-        rows, scores = search(max(n, k))
+        return max(n, min(k, n_live))
+
+    def rerank(self, item_ids: Sequence[Any], scores: Any, k: int, *, diversity: float = 0.0, calibrate: float = 0.0,
+               calibrate_by: str | None = None, target: Mapping[Any, float] | None = None,
+               exposure: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Re-rank a list scored elsewhere (e.g. a conversation's belief scores) as :meth:`recommend` does.
+
+        Parameters
+        ----------
+        item_ids : sequence of original item ids
+            The candidates (unknown or removed ids are dropped), e.g. the best :meth:`pool_size`.
+        scores : float array [len(item_ids)]
+            Their scores (any order: sorted here, ties by position).
+        k, diversity, calibrate, calibrate_by, target, exposure
+            As in :meth:`recommend`.
+
+        Returns
+        -------
+        ids : array [m]
+            The picks in order, m = min(k, known candidates).
+        scores : float32 array [m]
+        terms : float32 array [m, 4]
+            As ``recommend(..., return_terms=True)``.
+        """
+        snap = self._fitted()
+        lam, gam, eta = _unit(diversity, "diversity"), _nonneg(calibrate, "calibrate"), _nonneg(exposure, "exposure")
+        sc = np.asarray(scores, np.float32).reshape(-1)
+        ids = list(item_ids)
+        if len(sc) != len(ids) or not np.all(np.isfinite(sc)):
+            raise ValueError(f"scores must be {len(ids)} finite numbers, one per item id")
+        slots = self._slots(ids, "item_ids", warn=False)
+        rows = np.where(slots >= 0, snap.slot_row[np.maximum(slots, 0)], -1)
+        rows = np.where((rows >= 0) & (rows < snap.n_rows), rows, -1)
+        order = np.lexsort((np.arange(len(sc)), -sc))
+        rows, sc = rows[order], sc[order]
+        keep = rows >= 0
+        rows, sc = rows[keep][None], np.ascontiguousarray(sc[keep][None])
+        if eta > 0 and self._exposure_max <= 0:
+            eta = 0.0
+        out_rows, out_sc, terms = self._rerank_rows(snap, rows, sc, int(k), lam, gam, eta, calibrate_by,
+                                                    None if target is None else [target], 1)
+        m = int(np.count_nonzero(out_rows[0] >= 0))
+        return self._ids_of_rows(snap, out_rows[0, :m]), out_sc[0, :m], terms[0, :m]
+
+    def _rerank_rows(self, snap: _Snapshot, rows: np.ndarray, scores: np.ndarray, k: int, lam: float, gam: float,
+                     eta: float, calibrate_by: str | None, targets: Sequence[Mapping[Any, float] | None] | None,
+                     threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """_core.rerank over rows [b, c] sorted by their scores, with the categories and exposure penalties."""
+        exp, top = self._exposure, self._exposure_max
+        eta = eta if top > 0 else 0.0
         kw: dict[str, Any] = {}
         if targets is not None and gam > 0:
             if calibrate_by is None:

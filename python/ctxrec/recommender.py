@@ -859,6 +859,35 @@ class Recommender:
                              field="calibrate_by", value=calibrate_by)
         return float(diversity), float(calibrate), calibrate_by if calibrate else None, float(exposure)
 
+    def rerank(self, user: Any, item_ids: Sequence[Any], scores: Any, k: int, *, diversity: float = 0.0,
+               calibrate: float = 0.0, calibrate_by: str | None = None,
+               exposure: float = 0.0) -> tuple[list[Any], list[float], list[dict[str, float]]]:
+        """Re-rank a list scored elsewhere (a conversation's belief scores) as :meth:`recommend` does.
+
+        Parameters
+        ----------
+        user : int, str or None
+            Whose history mix calibration aims at (none for an unknown user).
+        item_ids : sequence of raw item ids
+            The candidates, e.g. the best ``engine_.pool_size(k, ...)`` by ``scores``.
+        scores : float array [len(item_ids)]
+        k, diversity, calibrate, calibrate_by, exposure
+            As in :meth:`recommend` (checked the same way).
+
+        Returns
+        -------
+        (item_ids, scores, terms)
+            The picks in order, their scores and ``Recommendation.rerank``'s terms.
+        """
+        self.check_fitted()
+        k = _check_k(k)
+        diversity, calibrate, calibrate_by, exposure = self._check_rerank(diversity, calibrate, calibrate_by, exposure)
+        target = self.history_mix(user, calibrate_by) if calibrate and self.user_index(user) >= 0 else None
+        ids, sc, terms = self.engine_.rerank(item_ids, scores, k, diversity=diversity,
+                                             calibrate=calibrate if target else 0.0, calibrate_by=calibrate_by,
+                                             target=target or None, exposure=exposure)
+        return [jsonable(x) for x in ids], sc.tolist(), _rerank_terms(terms)
+
     def history_mix(self, user: Any, attribute: str) -> dict[str, float]:
         """The mix of an item attribute's values over a user's history (calibration's target).
 

@@ -213,8 +213,13 @@ class Session:
         n += sum(len(str(t)) for t in self.turns) + sum(len(q) for q in self.asked)
         return int(n)
 
-    def recommend(self, k: int | None = None) -> Any:
-        """The top-K now, as a ``Recommendation`` (scores = belief scores, model units)."""
+    def recommend(self, k: int | None = None, *, diversity: float = 0.0, calibrate: float = 0.0,
+                  calibrate_by: str | None = None, exposure: float = 0.0) -> Any:
+        """The top-K now, as a ``Recommendation`` (scores = belief scores, model units).
+
+        diversity / calibrate / calibrate_by / exposure re-rank the belief's best items as
+        ``Recommender.recommend`` re-ranks the model's (``Recommender.rerank``).
+        """
         from ctxrec.recommender import Recommendation
         with self.lock:
             k = self.k if k is None else int(k)
@@ -223,10 +228,18 @@ class Session:
             if k <= 0:
                 return Recommendation(self.user, [], [], self._u < 0, dict(self.context))
             s = self._score
-            top = np.argpartition(-s, k - 1)[:k] if k < len(s) else np.arange(len(s))
+            reranked = bool(diversity or calibrate or exposure)
+            n = self.rec.engine_.pool_size(k, float(diversity), float(calibrate), float(exposure), allowed) \
+                if reranked and isinstance(diversity, (int, float)) and isinstance(calibrate, (int, float)) \
+                and isinstance(exposure, (int, float)) else k
+            top = np.argpartition(-s, n - 1)[:n] if n < len(s) else np.arange(len(s))
             top = top[np.lexsort((top, -s[top]))]
             ids = [jsonable(x) for x in np.asarray(self.rec.item_ids_)[top]]
-            return Recommendation(self.user, ids, s[top].tolist(), self._u < 0, dict(self.context))
+            if not reranked:
+                return Recommendation(self.user, ids, s[top].tolist(), self._u < 0, dict(self.context))
+            ids, scores, terms = self.rec.rerank(self.user, ids, s[top], k, diversity=diversity, calibrate=calibrate,
+                                                 calibrate_by=calibrate_by, exposure=exposure)
+            return Recommendation(self.user, ids, scores, self._u < 0, dict(self.context), rerank=terms)
 
     def top_mass(self, k: int | None = None) -> float:
         """Share of the belief held by the current top-K."""
