@@ -232,3 +232,17 @@ def test_track_exposure_spreads_repeated_requests(model_dirs):
         assert plain == first  # without "exposure" the recorded log changes nothing
     finally:
         stop_server(proc)
+
+
+def test_session_with_rerank_options(server):
+    base, _ = server
+    ctx = {"timestamp": "2024-04-01T08:00:00Z"}
+    plain = http.post(f"{base}/session", json={"user": "u4", "context": ctx, "k": 8}).json()
+    varied = http.post(f"{base}/session", json={"user": "u4", "context": ctx, "k": 8, "diversity": 0.9}).json()
+    ids = [[x["item_id"] for x in b["items"]] for b in (plain, varied)]
+    assert ids[0][0] == ids[1][0] and ids[0] != ids[1] and "rerank" in varied["items"][1]
+    sid = varied["session_id"]
+    r = http.post(f"{base}/session/{sid}/answer", json={"answer": 0})  # every later top-k is re-ranked too
+    assert r.status_code == 200 and "rerank" in r.json()["items"][0]
+    r = http.post(f"{base}/session", json={"user": "u4", "k": 8, "calibrate": 1.0, "calibrate_by": "colour"})
+    assert r.status_code == 422 and "calibrate_by" in r.text

@@ -842,9 +842,22 @@ class Recommender:
                     raise InputError(f"filter.{name}: invalid value {_short(v)}", field=f"filter.{name}", value=v)
         return filter
 
-    def _check_rerank(self, diversity: Any, calibrate: Any, calibrate_by: Any,
-                      exposure: Any = 0.0) -> tuple[float, float, str | None, float]:
-        """diversity in [0, 1], calibrate and exposure >= 0 and the filter calibrate_by (InputError naming the field)."""
+    def check_rerank(self, diversity: Any, calibrate: Any, calibrate_by: Any,
+                     exposure: Any = 0.0) -> tuple[float, float, str | None, float]:
+        """Check the re-ranking options of :meth:`recommend`, changing nothing.
+
+        Returns
+        -------
+        (diversity, calibrate, calibrate_by, exposure)
+            As floats; ``calibrate_by`` resolved (the only attribute when there is one) or None
+            when ``calibrate`` is 0.
+
+        Raises
+        ------
+        InputError
+            diversity outside [0, 1], calibrate or exposure negative or not finite, calibrate_by
+            not an item attribute (``field`` names the option).
+        """
         for name, x, hi in (("diversity", diversity, 1.0), ("calibrate", calibrate, math.inf),
                             ("exposure", exposure, math.inf)):
             if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, float, np.integer, np.floating)) or \
@@ -881,7 +894,7 @@ class Recommender:
         """
         self.check_fitted()
         k = _check_k(k)
-        diversity, calibrate, calibrate_by, exposure = self._check_rerank(diversity, calibrate, calibrate_by, exposure)
+        diversity, calibrate, calibrate_by, exposure = self.check_rerank(diversity, calibrate, calibrate_by, exposure)
         target = self.history_mix(user, calibrate_by) if calibrate and self.user_index(user) >= 0 else None
         ids, sc, terms = self.engine_.rerank(item_ids, scores, k, diversity=diversity,
                                              calibrate=calibrate if target else 0.0, calibrate_by=calibrate_by,
@@ -1043,7 +1056,7 @@ class Recommender:
         filter = self._check_filter(filter)
         exclude, unknown_ex = self._known_ids(exclude, "exclude")
         allow, unknown_allow = self._known_ids(allow, "allow")
-        diversity, calibrate, calibrate_by, exposure = self._check_rerank(diversity, calibrate, calibrate_by, exposure)
+        diversity, calibrate, calibrate_by, exposure = self.check_rerank(diversity, calibrate, calibrate_by, exposure)
         u = self.user_index(user)
         q, const, tq = self._query(u, ctx)
         target = self.history_mix(user, calibrate_by) if calibrate and u >= 0 else None
@@ -1119,7 +1132,7 @@ class Recommender:
             excl.append(known)
             unknown_ex.append(unk)
         allow, unknown_allow = self._known_ids(allow, "allow")
-        diversity, calibrate, calibrate_by, exposure = self._check_rerank(diversity, calibrate, calibrate_by, exposure)
+        diversity, calibrate, calibrate_by, exposure = self.check_rerank(diversity, calibrate, calibrate_by, exposure)
         feats: dict[str, tuple[Any, Any]] = {}
         keys = []
         for j, ctx in enumerate(ctxs):

@@ -105,7 +105,22 @@ def check_value(v: Any, field: str, max_chars: int = MAX_TEXT_CHARS) -> None:
             raise InputError(f"{field}: {why} is not valid text", field=field)
 
 
-class RecommendRequest(BaseModel):
+class RerankFields(BaseModel):
+    """The re-ranking options a /recommend request and a /session take (``Recommender.recommend``)."""
+    diversity: float = Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False,
+                             description="re-rank for variety (maximal marginal relevance); 0 = plain top-k")
+    calibrate: float = Field(0.0, ge=0.0, le=1e6, allow_inf_nan=False,
+                             description="pull the list's category mix towards the user's history mix; 0 = off")
+    calibrate_by: Key | None = Field(None, description='the item attribute calibrated on, e.g. "genres"')
+    exposure: float = Field(0.0, ge=0.0, le=1e6, allow_inf_nan=False,
+                            description="penalise items by their recorded exposure (long tail); 0 = off")
+
+    def rerank(self) -> dict[str, Any]:
+        return {"diversity": self.diversity, "calibrate": self.calibrate, "calibrate_by": self.calibrate_by,
+                "exposure": self.exposure}
+
+
+class RecommendRequest(RerankFields):
     model_config = ConfigDict(extra="forbid")
     user: Id = Field(description="original user id; unknown users get the cold-start path")
     context: Context = Field(default_factory=dict,
@@ -118,13 +133,6 @@ class RecommendRequest(BaseModel):
         None, description='named item filters: attribute -> value or list of values, e.g. {"genres": ["Comedy"]}')
     fields: list[Key] = Field(default_factory=list, max_length=64,
                               description='item fields to include with each item, e.g. ["title"]')
-    diversity: float = Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False,
-                             description="re-rank for variety (maximal marginal relevance); 0 = plain top-k")
-    calibrate: float = Field(0.0, ge=0.0, le=1e6, allow_inf_nan=False,
-                             description="pull the list's category mix towards the user's history mix; 0 = off")
-    calibrate_by: Key | None = Field(None, description='the item attribute calibrated on, e.g. "genres"')
-    exposure: float = Field(0.0, ge=0.0, le=1e6, allow_inf_nan=False,
-                            description="penalise items by their recorded exposure (long tail); 0 = off")
 
 
 class BatchRequest(BaseModel):
@@ -140,7 +148,7 @@ class FeedbackRequest(BaseModel):
     label: float = Field(1.0, description="1 = positive (click, watch, buy), 0 = negative; a rating for MSE models")
 
 
-class SessionRequest(BaseModel):
+class SessionRequest(RerankFields):
     model_config = ConfigDict(extra="forbid")
     user: Id | None = Field(None, description="original user id; unknown or null = cold start")
     context: Context = Field(default_factory=dict,

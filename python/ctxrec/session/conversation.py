@@ -58,6 +58,9 @@ class Session:
     pool : the belief is evaluated on the ``pool`` best items for question choice (2000).
     llm : optional :class:`ChatLLM` that reads free answers first (and can phrase questions,
         ``phrase(question)``); None (default) = the session's own reading only.
+    diversity, calibrate, calibrate_by, exposure : how every top-K of the session is re-ranked
+        (``Recommender.recommend``'s options; default off), unless :meth:`recommend` is given
+        others.
 
     ``lock`` (a re-entrant lock) serializes the session's methods; hold it to make several
     calls one consistent step (an answer and the state it leads to).
@@ -69,9 +72,12 @@ class Session:
                  filter: Mapping[str, Any] | None = None, temperature: float = 1.0, answer_noise: float = 0.05, text_decay: float = 0.5,
                  text_weight: float | None = None, confidence: float = 0.5, min_gain: float = 0.02,
                  max_questions: int | None = None, text_choice_temperature: float = 0.1,
-                 prior_mix: float = 0.1, pool: int = 2000, llm: ChatLLM | None = None) -> None:
+                 prior_mix: float = 0.1, pool: int = 2000, llm: ChatLLM | None = None, diversity: float = 0.0,
+                 calibrate: float = 0.0, calibrate_by: str | None = None, exposure: float = 0.0) -> None:
         rec = recommender
         rec.check_fitted()
+        d, c, cb, e = rec.check_rerank(diversity, calibrate, calibrate_by, exposure)
+        self.rerank_options = {"diversity": d, "calibrate": c, "calibrate_by": cb, "exposure": e}
         if context is not None and not isinstance(context, Mapping):
             raise ValueError(f"context must be a dict of field -> value, got {type(context).__name__}")
         if not (isinstance(k, (int, np.integer)) and k >= 1):
@@ -213,14 +219,19 @@ class Session:
         n += sum(len(str(t)) for t in self.turns) + sum(len(q) for q in self.asked)
         return int(n)
 
-    def recommend(self, k: int | None = None, *, diversity: float = 0.0, calibrate: float = 0.0,
-                  calibrate_by: str | None = None, exposure: float = 0.0) -> Any:
+    def recommend(self, k: int | None = None, **rerank: Any) -> Any:
         """The top-K now, as a ``Recommendation`` (scores = belief scores, model units).
 
-        diversity / calibrate / calibrate_by / exposure re-rank the belief's best items as
+        ``rerank``: diversity / calibrate / calibrate_by / exposure for this call (default: the
+        session's ``rerank_options``), re-ranking the belief's best items as
         ``Recommender.recommend`` re-ranks the model's (``Recommender.rerank``).
         """
         from ctxrec.recommender import Recommendation
+        unknown = set(rerank) - set(self.rerank_options)
+        if unknown:
+            raise TypeError(f"recommend() got unexpected keyword argument(s) {sorted(unknown)}")
+        opts = {**self.rerank_options, **rerank}
+        diversity, calibrate, exposure = opts["diversity"], opts["calibrate"], opts["exposure"]
         with self.lock:
             k = self.k if k is None else int(k)
             allowed = int(self._mask.sum())
@@ -237,8 +248,7 @@ class Session:
             ids = [jsonable(x) for x in np.asarray(self.rec.item_ids_)[top]]
             if not reranked:
                 return Recommendation(self.user, ids, s[top].tolist(), self._u < 0, dict(self.context))
-            ids, scores, terms = self.rec.rerank(self.user, ids, s[top], k, diversity=diversity, calibrate=calibrate,
-                                                 calibrate_by=calibrate_by, exposure=exposure)
+            ids, scores, terms = self.rec.rerank(self.user, ids, s[top], k, **opts)
             return Recommendation(self.user, ids, scores, self._u < 0, dict(self.context), rerank=terms)
 
     def top_mass(self, k: int | None = None) -> float:
