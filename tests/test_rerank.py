@@ -206,3 +206,7 @@ def test_engine_calibration_follows_a_live_catalog():
         eng.recommend(q, 10, calibrate=1.0, calibrate_by="g", target={"nope": 1.0})
     with pytest.raises(ValueError, match="unknown filter"):
         eng.recommend(q, 10, calibrate=1.0, calibrate_by="h", target={"g0": 1.0})
+    with pytest.raises(ValueError, match="calibrate=1.0 needs calibrate_by"):
+        eng.recommend(q, 10, calibrate=1.0, target={"g0": 1.0})
+    with pytest.raises(ValueError, match="diversity must be a number in"):
+        eng.rerank([1, 2, 3], [3.0, 2.0, 1.0], 2, diversity=2.0)

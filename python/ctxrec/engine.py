@@ -80,7 +80,7 @@ META_SCHEMAS = {
 
 
 from ctxrec.ids import int_id  # noqa: E402
-from ctxrec.errors import NotFittedError  # noqa: E402,F401  (re-exported: ctxrec.engine.NotFittedError)
+from ctxrec.errors import InputError, NotFittedError  # noqa: E402,F401  (re-exported: ctxrec.engine.NotFittedError)
 
 
 def _table(x: Any, name: str, rows: int | None = None) -> np.ndarray:
@@ -114,17 +114,26 @@ POOL_MAX = 1000
 KL_SPAN = 1.0
 
 
-def _unit(x: Any, name: str) -> float:
-    if isinstance(x, bool) or not isinstance(x, (int, float, np.floating, np.integer)) or not 0.0 <= float(x) <= 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1], got {x!r}")
-    return float(x)
+def check_rerank_options(diversity: Any, calibrate: Any, exposure: Any) -> tuple[float, float, float]:
+    """The one rule for the re-ranking weights: diversity in [0, 1], calibrate and exposure finite and >= 0.
 
+    Returns
+    -------
+    (diversity, calibrate, exposure) as floats.
 
-def _nonneg(x: Any, name: str) -> float:
-    if isinstance(x, bool) or not isinstance(x, (int, float, np.floating, np.integer)) or not (
-            math.isfinite(float(x)) and float(x) >= 0.0):
-        raise ValueError(f"{name} must be a finite number >= 0, got {x!r}")
-    return float(x)
+    Raises
+    ------
+    InputError
+        (a ValueError) naming the option in ``field``.
+    """
+    out = []
+    for name, x, hi in (("diversity", diversity, 1.0), ("calibrate", calibrate, math.inf),
+                        ("exposure", exposure, math.inf)):
+        if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, float, np.integer, np.floating)) or \
+                not (math.isfinite(float(x)) and 0.0 <= float(x) <= hi):
+            raise InputError(f"{name} must be a number in [0, {hi:g}], got {x!r}"[:300], field=name, value=x)
+        out.append(float(x))
+    return out[0], out[1], out[2]
 
 
 def _words(n: int) -> int:
@@ -757,7 +766,7 @@ class Engine:
         pool's answer equals the re-rank of the whole catalog is measured in benchmarks/bench_beyond.
         Returns rows, scores and each pick's terms [b, k, 4] (rel, similarity, KL, exposure penalty).
         """
-        lam, gam, eta = _unit(diversity, "diversity"), _nonneg(calibrate, "calibrate"), _nonneg(exposure, "exposure")
+        lam, gam, eta = check_rerank_options(diversity, calibrate, exposure)
         rows, scores = search(self.pool_size(k, lam, gam if targets is not None else 0.0, eta, snap.n_live))
         return self._rerank_rows(snap, rows, scores, k, lam, gam, eta, calibrate_by, targets, threads)
 
@@ -800,7 +809,7 @@ class Engine:
             As ``recommend(..., return_terms=True)``.
         """
         snap = self._fitted()
-        lam, gam, eta = _unit(diversity, "diversity"), _nonneg(calibrate, "calibrate"), _nonneg(exposure, "exposure")
+        lam, gam, eta = check_rerank_options(diversity, calibrate, exposure)
         sc = np.asarray(scores, np.float32).reshape(-1)
         ids = list(item_ids)
         if len(sc) != len(ids) or not np.all(np.isfinite(sc)):
@@ -812,8 +821,6 @@ class Engine:
         rows, sc = rows[order], sc[order]
         keep = rows >= 0
         rows, sc = rows[keep][None], np.ascontiguousarray(sc[keep][None])
-        if eta > 0 and self._exposure_max <= 0:
-            eta = 0.0
         out_rows, out_sc, terms = self._rerank_rows(snap, rows, sc, int(k), lam, gam, eta, calibrate_by,
                                                     None if target is None else [target], 1)
         m = int(np.count_nonzero(out_rows[0] >= 0))
@@ -828,7 +835,7 @@ class Engine:
         kw: dict[str, Any] = {}
         if targets is not None and gam > 0:
             if calibrate_by is None:
-                raise ValueError(f"calibrate={calibrate!r} needs calibrate_by, the filter whose values are the "
+                raise ValueError(f"calibrate={gam!r} needs calibrate_by, the filter whose values are the "
                                  f"categories; this catalog has {sorted(snap.filters)}")
             member, values = self._categories(snap, calibrate_by, rows.reshape(-1))
             index = {v: c for c, v in enumerate(values)}

@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import os
 import shutil
 import threading
@@ -35,7 +34,7 @@ from ctxrec._io import CorruptArtifactError, MetaField, atomic_dir, jsonable, lo
 from ctxrec.context import ContextSpec, check_text, encode_texts
 from ctxrec.data import Dataset
 from ctxrec.data import scalar_str
-from ctxrec.engine import Engine
+from ctxrec.engine import Engine, check_rerank_options
 from ctxrec.errors import ContextError, CtxrecError, InputError, NotFittedError, UnknownIdError
 from ctxrec.ids import int_id
 from ctxrec.events import EventLog, default_log_path
@@ -858,11 +857,7 @@ class Recommender:
             diversity outside [0, 1], calibrate or exposure negative or not finite, calibrate_by
             not an item attribute (``field`` names the option).
         """
-        for name, x, hi in (("diversity", diversity, 1.0), ("calibrate", calibrate, math.inf),
-                            ("exposure", exposure, math.inf)):
-            if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, float, np.integer, np.floating)) or \
-                    not (math.isfinite(float(x)) and 0.0 <= float(x) <= hi):
-                raise InputError(f"{name} must be a number in [0, {hi:g}], got {_short(x)}", field=name, value=x)
+        diversity, calibrate, exposure = check_rerank_options(diversity, calibrate, exposure)
         names = sorted(self.engine_.filter_names_)
         if calibrate_by is None and calibrate and len(names) == 1:
             calibrate_by = names[0]
@@ -870,7 +865,7 @@ class Recommender:
             raise InputError(f"calibrate_by must name the item attribute whose values are the categories; "
                              f"got {_short(calibrate_by)}, this catalog has {names}",
                              field="calibrate_by", value=calibrate_by)
-        return float(diversity), float(calibrate), calibrate_by if calibrate else None, float(exposure)
+        return diversity, calibrate, calibrate_by if calibrate else None, exposure
 
     def rerank(self, user: Any, item_ids: Sequence[Any], scores: Any, k: int, *, diversity: float = 0.0,
                calibrate: float = 0.0, calibrate_by: str | None = None,

@@ -230,8 +230,8 @@ class Session:
         unknown = set(rerank) - set(self.rerank_options)
         if unknown:
             raise TypeError(f"recommend() got unexpected keyword argument(s) {sorted(unknown)}")
-        opts = {**self.rerank_options, **rerank}
-        diversity, calibrate, exposure = opts["diversity"], opts["calibrate"], opts["exposure"]
+        d, c, cb, e = self.rec.check_rerank(**{**self.rerank_options, **rerank})
+        opts = {"diversity": d, "calibrate": c, "calibrate_by": cb, "exposure": e}
         with self.lock:
             k = self.k if k is None else int(k)
             allowed = int(self._mask.sum())
@@ -239,10 +239,8 @@ class Session:
             if k <= 0:
                 return Recommendation(self.user, [], [], self._u < 0, dict(self.context))
             s = self._score
-            reranked = bool(diversity or calibrate or exposure)
-            n = self.rec.engine_.pool_size(k, float(diversity), float(calibrate), float(exposure), allowed) \
-                if reranked and isinstance(diversity, (int, float)) and isinstance(calibrate, (int, float)) \
-                and isinstance(exposure, (int, float)) else k
+            reranked = bool(d or c or e)
+            n = self.rec.engine_.pool_size(k, d, c, e, allowed) if reranked else k
             top = np.argpartition(-s, n - 1)[:n] if n < len(s) else np.arange(len(s))
             top = top[np.lexsort((top, -s[top]))]
             ids = [jsonable(x) for x in np.asarray(self.rec.item_ids_)[top]]
