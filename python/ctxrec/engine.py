@@ -576,6 +576,25 @@ class Engine:
         r = int(snap.slot_row[self.item_index(item_id)])
         return np.array(snap.vecs[r]), float(snap.bias[r])
 
+    def item_vectors(self, item_ids: Iterable[Any]) -> np.ndarray:
+        """The vectors of many items (the id rule of ``recommend``'s exclude/allow).
+
+        Parameters
+        ----------
+        item_ids : sequence of original ids
+
+        Returns
+        -------
+        float32 array [n, dim]
+            One row per id, zeros where the id is unknown or removed.
+        """
+        slots = self.item_slots(item_ids)
+        snap = self._fitted()  # after the slots: a snapshot at least as new as they are
+        out = np.zeros((len(slots), self.dim_), np.float32)
+        ok = slots >= 0
+        out[ok] = snap.vecs[snap.slot_row[slots[ok]]]
+        return out
+
     # ------------------------------------------------------------------ serve
     def _extras(self, snap: _Snapshot, text_q: Any, tri_q: Any, b: int, batch: bool, text_weight: float | None,
                 tri_weight: float | None) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from ctxrec._io import CorruptArtifactError, MetaField, atomic_dir, jsonable, lo
 from ctxrec.context import ContextSpec, check_text, encode_texts
 from ctxrec.data import Dataset
 from ctxrec.data import scalar_str
+from ctxrec import explore as _explore
 from ctxrec.engine import Engine, check_rerank_options
 from ctxrec.errors import ContextError, CtxrecError, InputError, NotFittedError, UnknownIdError
 from ctxrec.ids import int_id
@@ -91,6 +92,10 @@ class Recommendation:
     k-th = 0), ``similarity`` (its largest cosine to the items before it), ``kl`` (the list's
     calibration KL once it was added) and ``exposure`` (its exposure penalty, 0..1); empty
     otherwise.
+
+    explore holds, per item of an exploring answer (``explore="thompson"`` / ``"ucb"``), what
+    exploration added to the score it was ranked by (score units: the Thompson draw's shift
+    ``delta . v_i``, or the UCB bonus); ``scores`` stay the model's. Empty otherwise.
     """
 
     user: Any
@@ -100,6 +105,7 @@ class Recommendation:
     context: dict[str, Any] = field(default_factory=dict)
     unknown_ids: dict[str, Any] = field(default_factory=dict)
     rerank: list[dict[str, float]] = field(default_factory=list)
+    explore: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The answer as plain JSON types.
@@ -109,13 +115,16 @@ class Recommendation:
         dict
             ``user``, ``cold_start``, ``items`` (``[{"item_id", "score"}]``, best first; with
             ``diversity`` / ``calibrate`` / ``exposure`` each item also has ``"rerank"``: the terms
-            its pick was decided by) and ``unknown_ids`` when some ``exclude`` / ``allow`` ids
-            were not in the catalog.
+            its pick was decided by; with ``explore`` each item also has ``"explore"``, what
+            exploration added to its ranking score) and ``unknown_ids`` when some ``exclude`` /
+            ``allow`` ids were not in the catalog.
         """
         out = {"user": jsonable(self.user), "cold_start": self.cold_start,
                "items": [{"item_id": jsonable(i), "score": float(s)} for i, s in zip(self.item_ids, self.scores)]}
         for it, t in zip(out["items"], self.rerank):
             it["rerank"] = t
+        for it, x in zip(out["items"], self.explore):
+            it["explore"] = float(x)
         if self.unknown_ids:
             out["unknown_ids"] = self.unknown_ids
         return out
@@ -585,6 +594,7 @@ class Recommender:
         self._user_pos = {u: i for i, u in enumerate(self.user_ids_.tolist())}
         self._base_users = len(self.user_ids_)  # max_new_users counts the users feedback adds beyond these
         self._lock = threading.RLock()  # readers and the swap of a feedback's result; held briefly
+        self._prior: np.ndarray | None = None  # exploration's prior precision, computed on first use
         self._write_lock = threading.RLock()  # serializes feedback and catalog writes (log order == apply order)
         self._events: EventLog | None = None
         self._events_applied = 0  # events of the attached log this object has applied (replayed + live)
@@ -988,7 +998,8 @@ class Recommender:
                   exclude_seen: bool = True, exclude: Iterable[Any] | None = None,
                   allow: Iterable[Any] | None = None, filter: Mapping[str, Any] | None = None,
                   ignore_unknown: bool | None = None, diversity: float = 0.0, calibrate: float = 0.0,
-                  calibrate_by: str | None = None, exposure: float = 0.0) -> Recommendation:
+                  calibrate_by: str | None = None, exposure: float = 0.0, explore: str | None = None,
+                  explore_scale: float = 1.0, seed: int | None = None) -> Recommendation:
         """Top-k items for ``user`` in ``context`` (a dict of context fields incl. free text).
 
         Every argument is checked before anything runs; a rejected request changes nothing.
@@ -1029,18 +1040,30 @@ class Recommender:
         exposure : float >= 0
             Penalise items by their recorded exposure (``engine_.add_exposure``, fed from the
             service's serving log): long-tail exposure. 0 (default) or nothing recorded: off.
+        explore : {None, "thompson", "ucb"}
+            Rank by the model's uncertainty about the user as well (:mod:`ctxrec.explore`: a
+            Bayesian posterior over the user's query offset, prior = the fitted users' spread,
+            narrowed by each item of the history): ``"thompson"`` ranks by one draw of it,
+            ``"ucb"`` adds ``explore_scale * sqrt(v_i^T Sigma v_i)`` to each item's score (over
+            a pool of the best ``max(4k, 100)``). None (default): off. The re-ranking options
+            apply after it.
+        explore_scale : float >= 0
+            Multiplies the posterior's standard deviation (default 1; 0: off).
+        seed : int >= 0, optional
+            With ``explore``: the draw is fixed by ``(seed, user)``; None: fresh each request.
 
         Returns
         -------
         Recommendation
             With ``diversity`` or ``calibrate`` the items are in the order picked and
-            ``scores`` are still the model's scores.
+            ``scores`` are still the model's scores; with ``explore`` likewise, and
+            ``Recommendation.explore`` holds what exploration added to each.
 
         Raises
         ------
         InputError
             A malformed user or item id, k, exclude/allow, filter, diversity, calibrate,
-            calibrate_by or exposure (``field`` names it).
+            calibrate_by, exposure, explore, explore_scale or seed (``field`` names it).
         ContextError
             An invalid context: not a mapping, an unknown key, an invalid value.
         """
@@ -1052,9 +1075,25 @@ class Recommender:
         exclude, unknown_ex = self._known_ids(exclude, "exclude")
         allow, unknown_allow = self._known_ids(allow, "allow")
         diversity, calibrate, calibrate_by, exposure = self.check_rerank(diversity, calibrate, calibrate_by, exposure)
+        explore, explore_scale, seed = _explore.check_explore(explore, explore_scale, seed)
         u = self.user_index(user)
         q, const, tq = self._query(u, ctx)
         target = self.history_mix(user, calibrate_by) if calibrate and u >= 0 else None
+        if explore is not None:
+            rerank = dict(diversity=diversity, calibrate=calibrate, calibrate_by=calibrate_by, exposure=exposure)
+            key = u if exclude_seen and u >= 0 else None
+
+            def call(Q: np.ndarray, n: int, opts: dict[str, Any]) -> tuple[np.ndarray, ...]:
+                return self.engine_.recommend_batch(
+                    Q, n, exclude=None if exclude is None else [exclude], allow=allow, filter=filter, users=[key],
+                    text_queries=None if tq is None else tq[None], num_threads=1, return_terms=True, **opts)
+
+            (ids,), (scores,), (terms,), (shift,) = self._explored(
+                explore, explore_scale, seed, [user], np.array([u]), q[None], k, call, rerank,
+                [target or None] if calibrate else None)
+            return Recommendation(user, ids, (np.asarray(scores) + const).tolist(), u < 0, ctx,
+                                  _unknown_report(exclude=unknown_ex, allow=unknown_allow),
+                                  _rerank_terms(terms) if diversity or calibrate or exposure else [], shift)
         ids, scores, terms = self.engine_.recommend(q, k, exclude=exclude, allow=allow, filter=filter,
                                                     text_query=tq, user=u if exclude_seen and u >= 0 else None,
                                                     diversity=diversity, calibrate=calibrate if target else 0.0,
@@ -1064,12 +1103,41 @@ class Recommender:
                               _unknown_report(exclude=unknown_ex, allow=unknown_allow),
                               _rerank_terms(terms) if diversity or calibrate or exposure else [])
 
+    def _explore_prior(self) -> np.ndarray:
+        """Exploration's prior precision over a user's query offset, from the fitted users (once)."""
+        with self._lock:
+            if self._prior is None:
+                n = int(self._base_users)
+                users = np.arange(n) if n <= _explore.PRIOR_USERS else \
+                    np.sort(np.random.default_rng(0).choice(n, _explore.PRIOR_USERS, replace=False))
+                qb = self.model_.build_queries(users)
+                anon = self.model_.build_queries(np.array([-1]))
+                self._prior = _explore.prior_precision(qb.joined() - anon.joined())
+            return self._prior
+
+    def _posterior(self, user: Any, u: int) -> np.ndarray:
+        """The posterior factor of a user's offset (explore.posterior_factor) from their latest history."""
+        hist = self.history(user) if u >= 0 else np.array([])
+        n = int(self.fold_in_history)
+        hist = hist[len(hist) - n:] if n else hist[:0]
+        vecs = self.engine_.item_vectors(hist) if len(hist) else None
+        return _explore.posterior_factor(self._explore_prior(), vecs)
+
+    def _explored(self, policy: str, scale: float, seed: int | None, users: Sequence[Any], uidx: np.ndarray,
+                  Q: np.ndarray, k: int, call: Any, rerank: dict[str, Any],
+                  targets: Sequence[Mapping[str, float] | None] | None) -> tuple[list[Any], ...]:
+        """The exploring answer of b requests (:func:`ctxrec.explore.rank` with each user's posterior)."""
+        factors = [self._posterior(users[j], int(uidx[j])) for j in range(len(users))]
+        return _explore.rank(self.engine_, policy, scale, [_explore.rng(seed, int(u)) for u in uidx], factors,
+                             Q, k, call, rerank, targets)
+
     def recommend_batch(self, users: Sequence[Any], contexts: Sequence[Mapping[str, Any] | None] | None = None,
                         k: int = 10, *, exclude_seen: bool = True, filter: Mapping[str, Any] | None = None,
                         num_threads: int = 1, exclude: Sequence[Iterable[Any] | None] | None = None,
                         allow: Iterable[Any] | None = None, ignore_unknown: bool | None = None,
                         diversity: float = 0.0, calibrate: float = 0.0,
-                        calibrate_by: str | None = None, exposure: float = 0.0) -> list[Recommendation]:
+                        calibrate_by: str | None = None, exposure: float = 0.0, explore: str | None = None,
+                        explore_scale: float = 1.0, seed: int | None = None) -> list[Recommendation]:
         """recommend() for many (user, context) pairs, batched, with identical answers.
 
         Contexts are featurised once per distinct context, queries are built in one batch
@@ -1085,6 +1153,9 @@ class Recommender:
         k, exclude_seen, filter, ignore_unknown, diversity, calibrate, calibrate_by, exposure : as in :meth:`recommend`
             ``filter`` and the re-ranking options apply to every request (each user's own
             history mix is its calibration target).
+        explore, explore_scale, seed : as in :meth:`recommend`
+            Each request's draw is fixed by ``(seed, its user)``: the same answer as a single
+            request with that seed.
         num_threads : int
             Threads of the engine call (0: all cores).
         exclude : sequence of (sequence of raw item ids or None), optional
@@ -1128,6 +1199,7 @@ class Recommender:
             unknown_ex.append(unk)
         allow, unknown_allow = self._known_ids(allow, "allow")
         diversity, calibrate, calibrate_by, exposure = self.check_rerank(diversity, calibrate, calibrate_by, exposure)
+        explore, explore_scale, seed = _explore.check_explore(explore, explore_scale, seed)
         feats: dict[str, tuple[Any, Any]] = {}
         keys = []
         for j, ctx in enumerate(ctxs):
@@ -1159,12 +1231,23 @@ class Recommender:
         keys = [int(u) if exclude_seen and u >= 0 else None for u in uidx]
         targets = [self.history_mix(user, calibrate_by) or None if u >= 0 else None for user, u in zip(users, uidx)] \
             if calibrate else None
-        ids, scores, terms = self.engine_.recommend_batch(
-            np.ascontiguousarray(qb.joined(), dtype=np.float32), int(k), users=keys, filter=filter,
-            text_queries=text_queries, num_threads=int(num_threads), exclude=excl if exclude is not None else None,
-            allow=allow, diversity=diversity, calibrate=calibrate, calibrate_by=calibrate_by, targets=targets,
-            exposure=exposure, return_terms=True)
         reranked = bool(diversity or calibrate or exposure)
+
+        def call(Q: np.ndarray, n: int, opts: dict[str, Any]) -> tuple[np.ndarray, ...]:
+            return self.engine_.recommend_batch(
+                Q, n, users=keys, filter=filter, text_queries=text_queries, num_threads=int(num_threads),
+                exclude=excl if exclude is not None else None, allow=allow, return_terms=True, **opts)
+
+        rerank = dict(diversity=diversity, calibrate=calibrate, calibrate_by=calibrate_by, exposure=exposure)
+        if explore is not None:
+            e_ids, e_sc, e_terms, e_shift = self._explored(explore, explore_scale, seed, users, uidx, qb.joined(),
+                                                           int(k), call, rerank, targets)
+            return [Recommendation(users[j], e_ids[j], (np.asarray(e_sc[j]) + qb.const[j]).tolist(),
+                                   bool(uidx[j] < 0), ctxs[j],
+                                   _unknown_report(exclude=unknown_ex[j], allow=unknown_allow),
+                                   _rerank_terms(e_terms[j]) if reranked else [], e_shift[j]) for j in range(b)]
+        ids, scores, terms = call(np.ascontiguousarray(qb.joined(), dtype=np.float32), int(k),
+                                  dict(rerank, targets=targets))
         out = []
         for j in range(b):
             m = int(np.count_nonzero(np.isfinite(scores[j])))
