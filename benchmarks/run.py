@@ -23,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 BENCHES = ["engine", "feedback", "requests"]  # what `make bench` runs (requests trains a model: ~1 min)
 #: run only when named (``--only hardening``, ``--only training``): several minutes each
-EXTRA = ["hardening", "training", "beyond"]
+EXTRA = ["hardening", "training", "beyond", "explore"]
 
 
 def machine() -> dict:

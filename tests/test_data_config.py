@@ -367,6 +367,14 @@ def test_cli_train_with_flags_only(shop, tmp_path):
     assert ids[2] != ids[0]
     bad = _ctxrec(*args, "--diversity", "2", cwd=tmp_path)
     assert bad.returncode != 0 and "diversity" in bad.stderr and "Traceback" not in bad.stderr
+    explored = [_ctxrec(*args, "--explore", "thompson", "--explore-scale", "3", "--seed", "5", cwd=tmp_path)
+                for _ in range(2)]
+    assert explored[0].returncode == 0, explored[0].stderr
+    assert explored[0].stdout == explored[1].stdout  # the seed fixes the draw
+    items = json.loads(explored[0].stdout)["items"]
+    assert len(items) == 10 and all("explore" in it for it in items)
+    bad = _ctxrec(*args, "--explore", "ucb", "--explore-scale", "-1", cwd=tmp_path)
+    assert bad.returncode != 0 and "explore_scale" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_cli_flags_override_the_config(shop, train_config, tmp_path):

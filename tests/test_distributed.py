@@ -139,6 +139,19 @@ def test_recommend_all_with_diversity_and_calibration(client, rec, model_dir, re
                         calibrate=1.0, calibrate_by="colour")
 
 
+def test_recommend_all_with_exploration_is_recommend_with_the_seed(client, rec, model_dir, requests, tmp_path):
+    opts = {"explore": "thompson", "explore_scale": 2.0, "seed": 9}
+    D.recommend_all(model_dir, tmp_path / "out", users=requests, context={"timestamp": NIGHT}, k=10,
+                    partition_rows=50, client=client, progress=False, **opts)
+    got = D.read_recommendations(tmp_path / "out")
+    _assert_same(got, rec, requests, 10, {"timestamp": NIGHT}, **opts)
+    plain = [rec.recommend(u, {"timestamp": NIGHT}, k=10).item_ids for u in requests["user_id"]]
+    assert [list(x) for x in got["item_ids"]] != plain
+    with pytest.raises(Exception, match="explore"):
+        D.recommend_all(model_dir, tmp_path / "bad", users=requests, k=10, client=client, progress=False,
+                        explore="epsilon")
+
+
 def test_recommend_all_every_user_shipped_as_bytes(client, rec, tmp_path):
     """users=None: every known user; a Recommender object is saved and broadcast to the workers."""
     # the saved model is byte-identical to model_dir's, which the workers may hold already: forget it

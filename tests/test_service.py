@@ -98,6 +98,24 @@ def test_recommend_with_diversity_and_calibration(server, model_dirs):
         assert r.status_code == 422 and field in json.dumps(r.json()), r.text
 
 
+def test_recommend_with_exploration(server, model_dirs):
+    """explore / explore_scale / seed over HTTP answer what the Recommender answers in-process."""
+    base, _ = server
+    local = Recommender.load(model_dirs[0], event_log=None)
+    ctx = {"timestamp": "2024-04-01T08:00:00Z"}
+    for opts in ({"explore": "thompson", "explore_scale": 2.0, "seed": 4}, {"explore": "ucb", "seed": 1},
+                 {"explore": "ucb", "diversity": 0.5}):
+        r = http.post(f"{base}/recommend", json={"user": "nobody", "context": ctx, "k": 8, **opts})
+        assert r.status_code == 200, r.text
+        want = local.recommend("nobody", ctx, k=8, **opts)
+        assert [x["item_id"] for x in r.json()["items"]] == want.item_ids
+        assert [x["explore"] for x in r.json()["items"]] == want.explore
+    for bad, field in (({"explore": "greedy"}, "explore"), ({"explore": "ucb", "explore_scale": -1}, "explore_scale"),
+                       ({"explore": "thompson", "seed": -3}, "seed"), ({"seed": "seven"}, "seed")):
+        r = http.post(f"{base}/recommend", json={"user": "u3", "k": 5, **bad})
+        assert r.status_code == 422 and field in json.dumps(r.json()), r.text
+
+
 @pytest.mark.parametrize("payload, field", [
     ({"user": "u1", "k": 0}, "k"),
     ({"user": "u1", "k": "ten"}, "k"),

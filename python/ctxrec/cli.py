@@ -488,8 +488,10 @@ def cmd_encode_catalog(a: argparse.Namespace) -> None:
 
 
 def _rerank_kw(a: argparse.Namespace) -> dict[str, Any]:
-    """--diversity / --calibrate / --calibrate-by as Recommender.recommend's keywords."""
-    return {"diversity": a.diversity, "calibrate": a.calibrate, "calibrate_by": a.calibrate_by}
+    """--diversity / --calibrate / --calibrate-by / --explore / --explore-scale / --seed as
+    Recommender.recommend's keywords."""
+    return {"diversity": a.diversity, "calibrate": a.calibrate, "calibrate_by": a.calibrate_by,
+            "explore": a.explore, "explore_scale": a.explore_scale, "seed": a.seed}
 
 
 def cmd_recommend_all(a: argparse.Namespace) -> None:
@@ -572,6 +574,11 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--calibrate", type=float, default=0.0,
                         help="pull the list's category mix towards the user's history mix (default 0 = off)")
         sp.add_argument("--calibrate-by", help="the item attribute calibrated on, e.g. genres")
+        sp.add_argument("--explore", choices=["thompson", "ucb"],
+                        help="rank by the model's uncertainty about the user as well (default: off)")
+        sp.add_argument("--explore-scale", type=float, default=1.0,
+                        help="multiplies the posterior's standard deviation (default 1)")
+        sp.add_argument("--seed", type=int, help="fixes --explore's draw (with the user)")
 
     r = sub.add_parser("recommend", help="top-k for one user and context")
     request_args(r)

@@ -471,7 +471,8 @@ def recommend_frame(rec: Any, users: Sequence[Any], contexts: Sequence[Mapping[s
                     rerank: Mapping[str, Any] | None = None) -> list[tuple[list, list, bool]]:
     """``(item_ids, scores, cold_start)`` per request from ``Recommender.recommend_batch``
     (batched, identical to ``Recommender.recommend``; ``ignore_unknown`` and the ``rerank``
-    options ``diversity`` / ``calibrate`` / ``calibrate_by`` as there)."""
+    options ``diversity`` / ``calibrate`` / ``calibrate_by`` / ``explore`` / ``explore_scale`` /
+    ``seed`` as there)."""
     return [(r.item_ids, r.scores, r.cold_start)
             for r in rec.recommend_batch(users, contexts, k, exclude_seen=exclude_seen, num_threads=num_threads,
                                          ignore_unknown=ignore_unknown, **dict(rerank or {}))]
@@ -572,7 +573,8 @@ def recommend_all(model: Any, out: str | os.PathLike, *, users: Any = None, user
                   partition_rows: int | None = None, threads: int = 1, ship: str = "auto",
                   client: Any = None, scheduler: str | None = None, n_workers: int | None = None,
                   overwrite: bool = False, progress: bool = True, ignore_unknown: bool | None = None,
-                  diversity: float = 0.0, calibrate: float = 0.0, calibrate_by: str | None = None) -> JobResult:
+                  diversity: float = 0.0, calibrate: float = 0.0, calibrate_by: str | None = None,
+                  explore: str | None = None, explore_scale: float = 1.0, seed: int | None = None) -> JobResult:
     """Top-k for every user (or every request row) on a Dask cluster, written to Parquet.
 
     model: a Recommender directory (``Recommender.save`` / ``ctxrec train``) or a fitted
@@ -594,6 +596,9 @@ def recommend_all(model: Any, out: str | os.PathLike, *, users: Any = None, user
     diversity, calibrate, calibrate_by: the re-ranking options of ``Recommender.recommend``
         (checked by it on the workers: a bad value fails the job naming the field). Not the
         exposure penalty: the workers hold no serving log.
+    explore, explore_scale, seed: the exploration options of ``Recommender.recommend``; with a
+        seed every request's draw is fixed by (seed, its user), so the output does not depend on
+        how the users are partitioned.
 
     Returns
     -------
@@ -644,7 +649,8 @@ def recommend_all(model: Any, out: str | os.PathLike, *, users: Any = None, user
             tasks = [delayed(_recommend_partition, pure=False)(
                 p, i, int(offsets[i]), ref, blob, user_col, dict(context or {}), int(k), bool(exclude_seen),
                 int(threads), str(out_dir), ignore_unknown,
-                {"diversity": diversity, "calibrate": calibrate, "calibrate_by": calibrate_by},
+                {"diversity": diversity, "calibrate": calibrate, "calibrate_by": calibrate_by,
+                 "explore": explore, "explore_scale": explore_scale, "seed": seed},
                 dask_key_name=f"ctxrec-recommend-{job}-{i}") for i, p in enumerate(parts)]
             res = _run_tasks(c, tasks, progress, "recommend")
             workers = _n_workers(c)

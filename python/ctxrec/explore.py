@@ -16,7 +16,7 @@ with the item vectors fixed the user's offset is a Bayesian linear regression:
 A user with no history keeps the prior's spread; each interaction narrows it along that item's
 direction. The policies (``Recommender.recommend(explore=...)``):
 
-* ``"thompson"``: rank by one sample ``q + scale * L z``, ``z ~ N(0, I)``, ``L L^T = Sigma``;
+* ``"thompson"``: rank by one sample ``q + scale * R^-T z``, ``z ~ N(0, I)``, ``R R^T = P``;
 * ``"ucb"``: rank by ``q . v_i + b_i + scale * sqrt(v_i^T Sigma v_i)`` (optimism).
 
 Both are deterministic given a seed. Their effect on a replayed feedback loop is measured in
@@ -28,6 +28,7 @@ import math
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+from scipy.linalg import cholesky, solve_triangular
 
 from ctxrec.errors import InputError
 
@@ -102,7 +103,7 @@ def prior_precision(offsets: np.ndarray) -> np.ndarray:
 
 
 def posterior_factor(precision: np.ndarray, history_vecs: np.ndarray | None, noise: float = NOISE) -> np.ndarray:
-    """A factor ``L`` of the posterior covariance of a user's offset, ``L @ L.T = Sigma``.
+    """The Cholesky factor ``R`` of the posterior precision of a user's offset, ``R @ R.T = P``.
 
     Parameters
     ----------
@@ -116,14 +117,14 @@ def posterior_factor(precision: np.ndarray, history_vecs: np.ndarray | None, noi
     Returns
     -------
     float64 array [dim, dim]
-        Upper triangular ``R^-T`` of the Cholesky factor ``R`` of the posterior precision.
+        Lower triangular; the posterior covariance is ``inv(R @ R.T)`` (never formed: the
+        policies solve with ``R``).
     """
     p = np.array(precision, np.float64)
     if history_vecs is not None and len(history_vecs):
         x = np.asarray(history_vecs, np.float64)
         p += x.T @ x / float(noise)
-    r = np.linalg.cholesky((p + p.T) / 2)
-    return np.linalg.inv(r).T
+    return cholesky((p + p.T) / 2, lower=True, check_finite=False)
 
 
 def rng(seed: int | None, user: int) -> np.random.Generator:
@@ -134,13 +135,20 @@ def rng(seed: int | None, user: int) -> np.random.Generator:
 def sample_offset(factor: np.ndarray, scale: float, gen: np.random.Generator) -> np.ndarray:
     """One Thompson draw of the user's offset from its posterior mean.
 
+    Parameters
+    ----------
+    factor : float array [dim, dim]
+        :func:`posterior_factor` ``R``.
+    scale : float
+    gen : numpy Generator
+
     Returns
     -------
     float32 array [dim]
-        ``scale * L @ z``, ``z ~ N(0, I)``.
+        ``scale * R^-T z``, ``z ~ N(0, I)``: covariance ``scale^2 Sigma``.
     """
     z = gen.standard_normal(factor.shape[1])
-    return (scale * (factor @ z)).astype(np.float32)
+    return (scale * solve_triangular(factor, z, lower=True, trans="T", check_finite=False)).astype(np.float32)
 
 
 def ucb_bonus(factor: np.ndarray, item_vecs: np.ndarray, scale: float) -> np.ndarray:
@@ -149,16 +157,20 @@ def ucb_bonus(factor: np.ndarray, item_vecs: np.ndarray, scale: float) -> np.nda
     Parameters
     ----------
     factor : float array [dim, dim]
-        :func:`posterior_factor`.
+        :func:`posterior_factor` ``R``.
     item_vecs : float array [m, dim]
+    scale : float
 
     Returns
     -------
     float32 array [m]
-        The bonus added to each item's score (score units, >= 0).
+        The bonus added to each item's score (score units, >= 0): ``scale * |R^-1 v|``.
     """
     v = np.asarray(item_vecs, np.float64)
-    return (scale * np.linalg.norm(v @ factor, axis=1)).astype(np.float32)
+    if not len(v):
+        return np.zeros(0, np.float32)
+    y = solve_triangular(factor, v.T, lower=True, check_finite=False)
+    return (scale * np.linalg.norm(y, axis=0)).astype(np.float32)
 
 
 def rank(engine: Any, policy: str, scale: float, gens: Sequence[np.random.Generator], factors: Sequence[np.ndarray],

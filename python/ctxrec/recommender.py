@@ -1104,12 +1104,15 @@ class Recommender:
                               _rerank_terms(terms) if diversity or calibrate or exposure else [])
 
     def _explore_prior(self) -> np.ndarray:
-        """Exploration's prior precision over a user's query offset, from the fitted users (once)."""
+        """Exploration's prior precision over a user's query offset, from the fitted users (once).
+
+        The fitted users are those the model learned from: the first ``_base_users`` with a
+        history (a user without one has an untrained vector)."""
         with self._lock:
             if self._prior is None:
-                n = int(self._base_users)
-                users = np.arange(n) if n <= _explore.PRIOR_USERS else \
-                    np.sort(np.random.default_rng(0).choice(n, _explore.PRIOR_USERS, replace=False))
+                users = np.array([u for u in range(int(self._base_users)) if len(self._history[u])], np.int64)
+                if len(users) > _explore.PRIOR_USERS:
+                    users = np.sort(np.random.default_rng(0).choice(users, _explore.PRIOR_USERS, replace=False))
                 qb = self.model_.build_queries(users)
                 anon = self.model_.build_queries(np.array([-1]))
                 self._prior = _explore.prior_precision(qb.joined() - anon.joined())
@@ -1325,8 +1328,11 @@ class Recommender:
         Returns
         -------
         dict
-            ``user``, ``item_id``, ``cold_start``, ``score`` (the serving score) and
-            ``contributions`` (the five parts above, in model units; they sum to ``score``).
+            ``user``, ``item_id``, ``cold_start``, ``score`` (the serving score),
+            ``contributions`` (the five parts above, in model units; they sum to ``score``) and
+            ``uncertainty``: the posterior standard deviation of the score given the user's
+            history (:mod:`ctxrec.explore`; what ``explore="ucb"`` adds per unit of
+            ``explore_scale``, and the spread of a Thompson draw's score).
 
         Raises
         ------
@@ -1348,7 +1354,8 @@ class Recommender:
         if text is not None and self.text_match_weight_ and self.item_text_ is not None:
             match = self.text_match_weight_ * float(_unit_rows(text)[0] @ self.item_text_[i])
         return {"user": jsonable(user), "item_id": jsonable(self.item_ids_[i]), "cold_start": u < 0,
-                "score": full + match, "contributions": {"text_match": match, **parts}}
+                "score": full + match, "contributions": {"text_match": match, **parts},
+                "uncertainty": float(_explore.ucb_bonus(self._posterior(user, u), vec[None], 1.0)[0])}
 
     def feedback(self, user: Any, item: Any, context: Mapping[str, Any] | None = None,
                  label: float = 1.0, *, ignore_unknown: bool | None = None) -> dict[str, Any]:

@@ -15,7 +15,8 @@ def answer(model: Any, r: RecommendRequest, exposure_decay: float | None = None)
     """One request's JSON answer (``Recommendation.to_dict()``, ``unknown_ids`` included, plus item
     fields); with ``exposure_decay`` its items are recorded as impressions (``create_app``)."""
     rec = model.recommend(r.user, context=r.context, k=r.k, exclude_seen=r.exclude_seen,
-                          exclude=r.exclude, allow=r.allow, filter=r.filter, **r.rerank())
+                          exclude=r.exclude, allow=r.allow, filter=r.filter, **r.rerank(),
+                          **r.exploration())
     if exposure_decay is not None:
         model.engine_.add_exposure(rec.item_ids, decay=exposure_decay)
     out = rec.to_dict()

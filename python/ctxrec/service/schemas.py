@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
@@ -120,7 +120,20 @@ class RerankFields(BaseModel):
                 "exposure": self.exposure}
 
 
-class RecommendRequest(RerankFields):
+class ExploreFields(BaseModel):
+    """The exploration options of a /recommend request (``Recommender.recommend``)."""
+    explore: Literal["thompson", "ucb"] | None = Field(
+        None, description="rank by the model's uncertainty about the user as well (Thompson draw or UCB bonus); "
+                          "null = off")
+    explore_scale: float = Field(1.0, ge=0.0, le=1e6, allow_inf_nan=False,
+                                 description="multiplies the posterior's standard deviation; 0 = off")
+    seed: int | None = Field(None, ge=0, lt=2 ** 63, description="fixes the draw (with the user); null = fresh")
+
+    def exploration(self) -> dict[str, Any]:
+        return {"explore": self.explore, "explore_scale": self.explore_scale, "seed": self.seed}
+
+
+class RecommendRequest(RerankFields, ExploreFields):
     model_config = ConfigDict(extra="forbid")
     user: Id = Field(description="original user id; unknown users get the cold-start path")
     context: Context = Field(default_factory=dict,
