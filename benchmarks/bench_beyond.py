@@ -26,9 +26,9 @@ one thread) is measured on a synthetic catalog of ``--latency-items`` items (def
 vectors, 384-d text, 20 categories) through the HNSW path, interleaved with the plain request.
 Exposure: after one round of plain top-10s recorded as the serving log (``Engine.add_exposure``),
 the same users are served again with ``exposure=eta`` (each item penalised by its impressions over
-the most shown item's). Not built yet (issue 19): exploration (Thompson / UCB), so the replayed
-feedback-loop benchmark is not here. Tried and not kept: the factor vectors as the
-re-rank's similarity for every item (stratified 75/25: NDCG -3.4 % at lambda 0.7 for ILD +1.2 %
+the most shown item's). The trade-off plot (``beyond.png``): NDCG@10 against ILD, coverage and KL
+for each sweep. Exploration (Thompson / UCB) and its replayed feedback loop: ``bench_explore``.
+Tried and not kept: the factor vectors as the re-rank's similarity for every item (stratified 75/25: NDCG -3.4 % at lambda 0.7 for ILD +1.2 %
 and coverage -5.6 %; text embeddings give -1.8 % for +2.9 % / +2.7 %).
 """
 from __future__ import annotations
@@ -238,6 +238,36 @@ def main(argv: list[str]) -> dict[str, Any]:
     return out
 
 
+def plot(res: dict[str, Any], path: Any) -> None:
+    """The trade-off plot: NDCG@10 against ILD, coverage and KL over the sweeps, one row per protocol."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    protos = res["protocols"]
+    fig, axes = plt.subplots(len(protos), 3, figsize=(14, 4 * len(protos)), squeeze=False)
+    for row, p in zip(axes, protos):
+        rows = p["rows"]
+        base = next(r for r in rows if not (r["diversity"] or r["calibrate"] or r["exposure"]))
+        sweeps = {"diversity (lambda)": [r for r in rows if r["diversity"] and not r["calibrate"] and not r["exposure"]],
+                  "calibrate (gamma)": [r for r in rows if r["calibrate"] and not r["diversity"]],
+                  "exposure (eta)": [r for r in rows if r["exposure"]],
+                  "diversity + calibrate": [r for r in rows if r["diversity"] and r["calibrate"]]}
+        for ax, (key, label) in zip(row, (("ild", "ILD (text)"), ("coverage", "catalog coverage"),
+                                          ("kl", "calibration KL (lower = better)"))):
+            for (name, rs), marker in zip(sweeps.items(), "osD^"):
+                if rs:
+                    ax.plot([base[key]] + [r[key] for r in rs], [base["ndcg@10"]] + [r["ndcg@10"] for r in rs],
+                            marker=marker, label=name)
+            ax.axhline(0.97 * base["ndcg@10"], color="gray", ls=":", lw=1, label="-3 % NDCG@10")
+            ax.set_xlabel(label)
+            ax.set_ylabel("NDCG@10")
+            ax.set_title(f"{p['protocol']}: NDCG@10 vs {label}", fontsize=9)
+        row[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def markdown(res: dict[str, Any]) -> str:
     lines = ["ContextFM (the quality benchmark's settings) served by an exact engine, every test user's top-10 with "
              "the training items left out; ILD over text embeddings; KL to each user's training-genre mix "
@@ -263,6 +293,13 @@ def markdown(res: dict[str, Any]) -> str:
                   f"Calibration target (KL halved at <= 3 % NDCG@10 loss): {'pass' if c['pass'] else 'MISS'}; best: "
                   f"calibrate {c['best']['calibrate']} (diversity {c['best']['diversity']}): KL x{c['best']['kl_ratio']:.2f}, "
                   f"NDCG {100 * c['best']['ndcg_change']:+.1f} %.", ""]
+    png = f"beyond{'_quick' if '--quick' in res.get('argv', []) else ''}.png"
+    try:
+        from bench_quality import RESULTS
+        plot(res, RESULTS / png)
+        lines += [f"![NDCG@10 against ILD, coverage and KL]({png})", ""]
+    except ImportError as e:  # matplotlib is optional
+        lines += [f"(plot skipped: {e})", ""]
     lat = res["latency"]
     lines += [f"## Latency: {lat['n_items']:,} synthetic items (HNSW M=12, ef_construction=64, built in "
               f"{lat['build_s']:.0f} s), single requests, k=10, {lat['reps']} interleaved reps", "",

@@ -3,6 +3,7 @@
     python benchmarks/run.py [--quick] [--only engine ...] [-- extra args for the module]
 
 ``make bench`` runs BENCHES; EXTRA (``hardening``) only when named with ``--only``.
+``--report-only`` rebuilds the Markdown (and a benchmark's plots) from its last JSON.
 
 Each module ``benchmarks/bench_<name>.py`` exposes ``main(argv) -> dict`` (prints as it
 goes) and ``markdown(result) -> str``. Results are written to
@@ -49,19 +50,26 @@ def main() -> None:
     ap = argparse.ArgumentParser(description="ctxrec benchmark harness")
     ap.add_argument("--quick", action="store_true", help="small sizes, finishes in about a minute per benchmark")
     ap.add_argument("--only", nargs="*", default=BENCHES, choices=BENCHES + EXTRA)
+    ap.add_argument("--report-only", action="store_true",
+                    help="rebuild the Markdown (and plots) from the JSON of the last run, running nothing")
     args, extra = ap.parse_known_args()
     sys.path.insert(0, str(HERE))
     RESULTS.mkdir(exist_ok=True)
     for name in args.only:
         mod = importlib.import_module(f"bench_{name}")
-        argv = (["--quick"] if args.quick else []) + [a for a in extra if a != "--"]
-        result = {"machine": machine(), "argv": argv, **mod.main(argv)}
         stem = RESULTS / f"{name}{'_quick' if args.quick else ''}"
-        stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
+        if args.report_only:
+            result = json.loads(stem.with_suffix(".json").read_text())
+            command = " ".join(["--only", name, *result["argv"]])
+        else:
+            argv = (["--quick"] if args.quick else []) + [a for a in extra if a != "--"]
+            result = {"machine": machine(), "argv": argv, **mod.main(argv)}
+            stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
+            command = " ".join(sys.argv[1:])
         md = f"# {name} benchmark\n\n{result['machine']['cpu']}, {result['machine']['cores']} cores, " \
-             f"{result['machine']['date_utc']}, `python benchmarks/run.py {' '.join(sys.argv[1:])}`\n\n"
+             f"{result['machine']['date_utc']}, `python benchmarks/run.py {command}`\n\n"
         stem.with_suffix(".md").write_text(md + mod.markdown(result) + "\n")
-        print(f"wrote {stem}.json and {stem}.md")
+        print(f"wrote {stem}.md" if args.report_only else f"wrote {stem}.json and {stem}.md")
 
 
 if __name__ == "__main__":
