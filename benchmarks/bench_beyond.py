@@ -28,7 +28,8 @@ Exposure: after one round of plain top-10s recorded as the serving log (``Engine
 the same users are served again with ``exposure=eta`` (each item penalised by its impressions over
 the most shown item's). The trade-off plot (``beyond.png``): NDCG@10 against ILD, coverage and KL
 for each sweep. Exploration (Thompson / UCB) and its replayed feedback loop: ``bench_explore``.
-Tried and not kept: the factor vectors as the re-rank's similarity for every item (stratified 75/25: NDCG -3.4 % at lambda 0.7 for ILD +1.2 %
+Tried and not kept: the factor vectors as the re-rank's similarity for every item (stratified
+75/25: NDCG -3.4 % at lambda 0.7 for ILD +1.2 %
 and coverage -5.6 %; text embeddings give -1.8 % for +2.9 % / +2.7 %).
 """
 from __future__ import annotations

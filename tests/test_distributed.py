@@ -39,8 +39,8 @@ def client():
 
 
 @pytest.fixture(scope="module")
-def dataset():
-    return planted_dataset()
+def dataset(planted):
+    return planted
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,8 @@ import numpy as np
 import pytest
 
 from ctxrec import explore
-from ctxrec.context import ContextSpec
 from ctxrec.engine import Engine
 from ctxrec.errors import InputError
-from ctxrec.model import ContextFM
-from ctxrec.recommender import Recommender
-from _synthetic_data import HashingEncoder, planted_dataset
 
 MORNING = {"timestamp": "2024-04-01T08:15:00Z"}
 
@@ -125,10 +121,8 @@ def test_ucb_rank_equals_a_whole_catalog_reference():
 
 # ------------------------------------------------------------------ the Recommender
 @pytest.fixture(scope="module")
-def rec():
-    spec = ContextSpec(time=["timestamp"], categorical=["device"], text=["query"])
-    return Recommender(spec, model=ContextFM(n_factors=16, epochs=8, random_state=1),
-                       encoder=HashingEncoder()).fit(planted_dataset())
+def rec(planted_rec):
+    return planted_rec
 
 
 @pytest.mark.parametrize("policy", explore.POLICIES)

@@ -20,15 +20,13 @@ def is_morning(item_ids):
 
 
 @pytest.fixture(scope="module")
-def dataset():
-    return planted_dataset()
+def dataset(planted):
+    return planted
 
 
 @pytest.fixture(scope="module")
-def rec(dataset):
-    spec = ContextSpec(time=["timestamp"], categorical=["device"], text=["query"])
-    return Recommender(spec, model=ContextFM(n_factors=16, epochs=8, random_state=1),
-                       encoder=HashingEncoder()).fit(dataset)
+def rec(planted_rec):
+    return planted_rec
 
 
 def test_context_changes_the_ranking(rec):
