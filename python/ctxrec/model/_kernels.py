@@ -209,6 +209,27 @@ def _ctx_row(ctx, e, c, ctx_off, drop, seed, epoch):
     return r, _keep(drop, seed, epoch, e, r)
 
 
+@_jit(inline="always")
+def _touch(mark, touched, nt, r, stamp):
+    """List row ``r`` in ``touched`` once per batch (``mark[r] == stamp``: it has a gradient, not
+    listed yet); returns the new count."""
+    if mark[r] == stamp:
+        mark[r] = -2 - stamp
+        touched[nt] = r
+        nt += 1
+    return nt
+
+
+@_jit(inline="always")
+def _grad_row(GV, gw, mark, V, r, x, G, j, g, stamp):
+    """Accumulate the gradient of sparse row ``r`` (value ``x``) from row ``j`` of a batch:
+    ``gw[r] += x g``, ``GV[r] += x G[j] - x^2 V[r] g``; marks the row as touched at ``stamp``."""
+    mark[r] = stamp
+    gw[r] += x * g
+    for f in range(V.shape[1]):
+        GV[r, f] += x * G[j, f] - x * x * V[r, f] * g
+
+
 # ----------------------------------------------------------------------------------------
 # side sums
 # ----------------------------------------------------------------------------------------
@@ -730,10 +751,7 @@ def train_epoch(
                 if u >= 0:
                     r = user_off + u
                     if r % T == t and r >= row_lo and r < row_hi:
-                        mark[r] = stamp
-                        gw[r] += gsm
-                        for f in range(k):
-                            GV[r, f] += Gu[bb, f] - V[r, f] * gsm
+                        _grad_row(GV, gw, mark, V, r, 1.0, Gu, bb, gsm, stamp)
                         for f in range(t3):
                             GT[r, f] += gtb[bb, f] * tcb[bb, f]
                     skip = hist_off + items[ex] if hist_off >= 0 else -1
@@ -746,10 +764,7 @@ def train_epoch(
                             x = _in_window(ua_rank[p], ex_rank[ex], hwin, ex_hscale[ex]) * x
                         if x == 0.0:
                             continue
-                        mark[r] = stamp
-                        gw[r] += x * gsm
-                        for f in range(k):
-                            GV[r, f] += x * Gu[bb, f] - x * x * V[r, f] * gsm
+                        _grad_row(GV, gw, mark, V, r, x, Gu, bb, gsm, stamp)
                 for c in range(ctx.shape[1]):
                     v = ctx[ex, c]
                     if v < 0:
@@ -760,10 +775,7 @@ def train_epoch(
                     x = _keep(drop, seed, epoch, ex, r)
                     if x == 0.0:
                         continue
-                    mark[r] = stamp
-                    gw[r] += x * gsm
-                    for f in range(k):
-                        GV[r, f] += x * Gu[bb, f] - x * x * V[r, f] * gsm
+                    _grad_row(GV, gw, mark, V, r, x, Gu, bb, gsm, stamp)
                     if t3 > 0 and u >= 0:
                         ru = user_off + u
                         for f in range(t3):
@@ -773,21 +785,14 @@ def train_epoch(
                 gss = gs[s_]
                 r = item_off + it
                 if r % T == t and r >= row_lo and r < row_hi:
-                    mark[r] = stamp
-                    gw[r] += gss
-                    for f in range(k):
-                        GV[r, f] += GI[s_, f] - V[r, f] * gss
+                    _grad_row(GV, gw, mark, V, r, 1.0, GI, s_, gss, stamp)
                     for f in range(t3):
                         GT[r, f] += GTI[s_, f]
                 for p in range(ia_ptr[it], ia_ptr[it + 1]):
                     r = ia_idx[p]
                     if r % T != t or r < row_lo or r >= row_hi:
                         continue
-                    x = ia_val[p]
-                    mark[r] = stamp
-                    gw[r] += x * gss
-                    for f in range(k):
-                        GV[r, f] += x * GI[s_, f] - x * x * V[r, f] * gss
+                    _grad_row(GV, gw, mark, V, r, ia_val[p], GI, s_, gss, stamp)
         # ---- F: dense text projections ---------------------------------------------
         # GP[t + q] += sum_j E[row_j, q] * R[j] and ga[t + q] += sum_j E[row_j, q] * g[j] per text
         # field, with the residual rows R[j] = G[j] - t[j] * g[j] formed once (float64, as
@@ -838,38 +843,18 @@ def train_epoch(
             ex = order[lo + bb]
             u = users[ex]
             if u >= 0:
-                r = user_off + u
-                if mark[r] == stamp:
-                    mark[r] = -2 - stamp
-                    touched[nt] = r
-                    nt += 1
+                nt = _touch(mark, touched, nt, user_off + u, stamp)
                 for p in range(ua_ptr[u], ua_ptr[u + 1]):
-                    r = ua_idx[p]
-                    if mark[r] == stamp:
-                        mark[r] = -2 - stamp
-                        touched[nt] = r
-                        nt += 1
+                    nt = _touch(mark, touched, nt, ua_idx[p], stamp)
             for c in range(ctx.shape[1]):
                 v = ctx[ex, c]
                 if v >= 0:
-                    r = ctx_off[c] + v
-                    if mark[r] == stamp:
-                        mark[r] = -2 - stamp
-                        touched[nt] = r
-                        nt += 1
+                    nt = _touch(mark, touched, nt, ctx_off[c] + v, stamp)
         for s_ in range(ns):
             it = slot_item[s_]
-            r = item_off + it
-            if mark[r] == stamp:
-                mark[r] = -2 - stamp
-                touched[nt] = r
-                nt += 1
+            nt = _touch(mark, touched, nt, item_off + it, stamp)
             for p in range(ia_ptr[it], ia_ptr[it + 1]):
-                r = ia_idx[p]
-                if mark[r] == stamp:
-                    mark[r] = -2 - stamp
-                    touched[nt] = r
-                    nt += 1
+                nt = _touch(mark, touched, nt, ia_idx[p], stamp)
         for ti in prange(nt):
             r = touched[ti]
             _opt_row(V, mV, sV, r, GV[r], l2_v[r], lr, opt, b1, b2, eps, c1, c2)
@@ -965,63 +950,26 @@ def predict_full(users, items, ctx, qtext,
         lin = np.float64(w0[0])
         i = items[e]
         u = users[e]
-        # item id, item attributes
-        r = item_off + i
-        lin += w[r]
-        for f in range(k):
-            tot[f] += V[r, f]
-            sq += np.float64(V[r, f]) * V[r, f]
+        # item id, item attributes; user id, user attributes; context values
+        lin, sq = _add_row(V, w, item_off + i, 1.0, tot, lin, sq)
         for p in range(ia_ptr[i], ia_ptr[i + 1]):
-            r = ia_idx[p]
-            x = np.float64(ia_val[p])
-            lin += x * w[r]
-            for f in range(k):
-                tot[f] += x * V[r, f]
-                sq += x * x * V[r, f] * V[r, f]
+            lin, sq = _add_row(V, w, ia_idx[p], np.float64(ia_val[p]), tot, lin, sq)
         if u >= 0:
-            r = user_off + u
-            lin += w[r]
-            for f in range(k):
-                tot[f] += V[r, f]
-                sq += np.float64(V[r, f]) * V[r, f]
+            lin, sq = _add_row(V, w, user_off + u, 1.0, tot, lin, sq)
             for p in range(ua_ptr[u], ua_ptr[u + 1]):
-                r = ua_idx[p]
-                x = np.float64(ua_val[p])
-                lin += x * w[r]
-                for f in range(k):
-                    tot[f] += x * V[r, f]
-                    sq += x * x * V[r, f] * V[r, f]
+                lin, sq = _add_row(V, w, ua_idx[p], np.float64(ua_val[p]), tot, lin, sq)
         for c in range(ctx.shape[1]):
             v = ctx[e, c]
             if v >= 0:
-                r = ctx_off[c] + v
-                lin += w[r]
-                for f in range(k):
-                    tot[f] += V[r, f]
-                    sq += np.float64(V[r, f]) * V[r, f]
+                lin, sq = _add_row(V, w, ctx_off[c] + v, 1.0, tot, lin, sq)
         # dense text fields: item (row i of itext), user (row u), request (row e of qtext)
-        for fld in range(3):
-            lo = toff[fld]
-            d = toff[fld + 1] - lo
-            if d == 0:
-                continue
-            if fld == 1 and u < 0:
-                continue
-            tv = np.zeros(k, dtype=np.float64)
-            for q in range(d):
-                if fld == 0:
-                    ev = np.float64(itext[i, q])
-                elif fld == 1:
-                    ev = np.float64(utext[u, q])
-                else:
-                    ev = np.float64(qtext[e, q])
-                if ev != 0.0:
-                    lin += ev * a[lo + q]
-                    for f in range(k):
-                        tv[f] += ev * P[lo + q, f]
-            for f in range(k):
-                tot[f] += tv[f]
-                sq += tv[f] * tv[f]
+        tv = np.zeros(k, dtype=np.float64)
+        lin, sq = _add_text(itext, i, toff[0], a, P, tv, tot, lin, sq)
+        if u >= 0:
+            tv[:] = 0.0
+            lin, sq = _add_text(utext, u, toff[1], a, P, tv, tot, lin, sq)
+        tv[:] = 0.0
+        lin, sq = _add_text(qtext, e, toff[2], a, P, tv, tot, lin, sq)
         pair = 0.0
         for f in range(k):
             pair += tot[f] * tot[f]
