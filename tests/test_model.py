@@ -117,6 +117,9 @@ def test_export_anonymous_user_and_random_items(tri):
         assert not qb.tri_queries[users < 0].any()  # no user, no three-way term
         s = s + np.einsum("ij,ij->i", qb.tri_queries, tab.item_tri[items])
     assert np.allclose(p, s, atol=1e-4)
+    # ServingTables.scores: the same score for every (query, item) pair
+    assert np.allclose(tab.scores(qb)[np.arange(b), items], p, atol=1e-4)
+    assert tab.scores(qb).shape == (b, 25)
 
 
 @pytest.mark.parametrize("tri", [0, 4])

@@ -604,7 +604,7 @@ class Recommender:
         n_users = len(self.user_ids_)
         users = rng.choice(n_users, size=min(64, n_users), replace=False)
         qb = self.model_.build_queries(users)
-        model_sd = float(np.std(qb.joined() @ tables.joined().T + tables.item_bias, axis=1).mean())
+        model_sd = float(np.std(tables.scores(qb), axis=1).mean())
         has = np.flatnonzero(np.abs(self.item_text_).sum(axis=1) > 0)
         if len(has) < 2:
             return 0.0

@@ -208,6 +208,17 @@ class ServingTables:
             return self.item_vecs
         return np.ascontiguousarray(np.hstack([self.item_vecs, self.item_tri]))
 
+    def scores(self, queries: "QueryBatch") -> np.ndarray:
+        """The serving score of every item for every query, three-way term included.
+
+        Returns
+        -------
+        float32 array [b, n_items]
+            ``queries.joined() @ joined().T + item_bias + queries.const`` (= ``predict`` of each
+            (query, item) pair up to float32 rounding; what the engine scores exactly).
+        """
+        return (queries.joined() @ self.joined().T + self.item_bias[None, :] + queries.const[:, None]).astype(np.float32)
+
 
 @dataclass
 class QueryBatch:
