@@ -264,3 +264,9 @@ def test_session_with_rerank_options(server):
     assert r.status_code == 200 and "rerank" in r.json()["items"][0]
     r = http.post(f"{base}/session", json={"user": "u4", "k": 8, "calibrate": 1.0, "calibrate_by": "colour"})
     assert r.status_code == 422 and "calibrate_by" in r.text
+    explored = http.post(f"{base}/session", json={"user": "u4", "context": ctx, "k": 8, "explore": "ucb"}).json()
+    assert all("explore" in x for x in explored["items"])
+    r = http.post(f"{base}/session/{explored['session_id']}/answer", json={"answer": 0})
+    assert r.status_code == 200 and "explore" in r.json()["items"][0]
+    r = http.post(f"{base}/session", json={"user": "u4", "k": 8, "explore": "greedy"})
+    assert r.status_code == 422 and "explore" in r.text

@@ -421,3 +421,31 @@ def test_session_recommend_takes_the_rerank_options(rec, bank):
         s.recommend(k=10, diversity=3)
     assert e.value.field == "diversity"
     assert s.recommend(k=10).item_ids == plain.item_ids  # nothing changed by the options
+
+
+@pytest.mark.parametrize("policy", ["thompson", "ucb"])
+def test_session_recommend_explores(rec, bank, policy):
+    from ctxrec.errors import InputError
+    s = session(rec, bank, "u2", {})
+    plain = s.recommend(k=10)
+    assert s.recommend(k=10, explore=policy, explore_scale=0.0).item_ids == plain.item_ids and plain.explore == []
+    a = s.recommend(k=10, explore=policy, explore_scale=3.0, seed=4)
+    assert a.to_dict() == s.recommend(k=10, explore=policy, explore_scale=3.0, seed=4).to_dict()  # the seed fixes it
+    assert len(a.explore) == 10 and np.all(np.diff(np.add(a.scores, a.explore)) <= 1e-9)
+    by_id = dict(zip(s.recommend(k=300).item_ids, s.recommend(k=300).scores))
+    assert np.allclose(a.scores, [by_id[i] for i in a.item_ids])  # the belief scores, not the explored ones
+    if policy == "ucb":  # the bonus is the user's posterior's, as Recommender.recommend adds it
+        want = rec.recommend("u2", {}, k=5, explore="ucb", explore_scale=3.0, allow=a.item_ids[:5])
+        assert np.allclose(sorted(a.explore[:5]), sorted(want.explore), rtol=1e-5)
+    both = s.recommend(k=10, explore=policy, explore_scale=3.0, seed=4, diversity=0.8)
+    assert len(both.rerank) == len(both.explore) == 10 and both.rerank[0]["similarity"] == 0.0
+    kept = session(rec, bank, "u2", {}, explore=policy, explore_scale=3.0, seed=4)  # the session's default
+    assert kept.recommend(k=10).item_ids == a.item_ids
+    for bad, field in (({"explore": "eps"}, "explore"), ({"explore": policy, "explore_scale": -1}, "explore_scale"),
+                       ({"explore": policy, "seed": 2.5}, "seed")):
+        with pytest.raises(InputError) as e:
+            s.recommend(k=10, **bad)
+        assert e.value.field == field
+        with pytest.raises(InputError):
+            session(rec, bank, "u2", {}, **bad)
+    assert s.recommend(k=10).item_ids == plain.item_ids

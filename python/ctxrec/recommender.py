@@ -1118,9 +1118,26 @@ class Recommender:
                 self._prior = _explore.prior_precision(qb.joined() - anon.joined())
             return self._prior
 
-    def _posterior(self, user: Any, u: int) -> np.ndarray:
-        """The posterior factor of a user's offset (explore.posterior_factor) from their latest history."""
-        hist = self.history(user) if u >= 0 else np.array([])
+    def user_posterior(self, user: Any) -> np.ndarray:
+        """The model's uncertainty about a user: the factor of its posterior (:mod:`ctxrec.explore`).
+
+        Prior: the spread of the fitted users' query offsets; each of the user's latest
+        ``fold_in_history`` items is one observation along its vector. An unknown user (or
+        None) keeps the prior.
+
+        Parameters
+        ----------
+        user : int, str or None
+            A raw user id.
+
+        Returns
+        -------
+        float64 array [dim, dim]
+            The lower Cholesky factor ``R`` of the posterior precision (``explore.ucb_bonus``,
+            ``explore.sample_offset`` take it), ``dim`` the engine's vector width.
+        """
+        self.check_fitted()
+        hist = self.history(user) if self.user_index(user) >= 0 else np.array([])
         n = int(self.fold_in_history)
         hist = hist[len(hist) - n:] if n else hist[:0]
         vecs = self.engine_.item_vectors(hist) if len(hist) else None
@@ -1130,7 +1147,7 @@ class Recommender:
                   Q: np.ndarray, k: int, call: Any, rerank: dict[str, Any],
                   targets: Sequence[Mapping[str, float] | None] | None) -> tuple[list[Any], ...]:
         """The exploring answer of b requests (:func:`ctxrec.explore.rank` with each user's posterior)."""
-        factors = [self._posterior(users[j], int(uidx[j])) for j in range(len(users))]
+        factors = [self.user_posterior(x) for x in users]
         return _explore.rank(self.engine_, policy, scale, [_explore.rng(seed, int(u)) for u in uidx], factors,
                              Q, k, call, rerank, targets)
 
@@ -1355,7 +1372,7 @@ class Recommender:
             match = self.text_match_weight_ * float(_unit_rows(text)[0] @ self.item_text_[i])
         return {"user": jsonable(user), "item_id": jsonable(self.item_ids_[i]), "cold_start": u < 0,
                 "score": full + match, "contributions": {"text_match": match, **parts},
-                "uncertainty": float(_explore.ucb_bonus(self._posterior(user, u), vec[None], 1.0)[0])}
+                "uncertainty": float(_explore.ucb_bonus(self.user_posterior(user), vec[None], 1.0)[0])}
 
     def feedback(self, user: Any, item: Any, context: Mapping[str, Any] | None = None,
                  label: float = 1.0, *, ignore_unknown: bool | None = None) -> dict[str, Any]:

@@ -36,7 +36,8 @@ async def session_start(request: Request, req: SessionRequest) -> Any:
 
     def work() -> dict[str, Any]:
         sess = Session(model, req.user, req.context, bank=QuestionBank.for_recommender(model), k=req.k,
-                       exclude_seen=req.exclude_seen, max_questions=req.max_questions, **req.rerank())
+                       exclude_seen=req.exclude_seen, max_questions=req.max_questions, **req.rerank(),
+                       **req.exploration())
         out = session_state(sess)
         ctx.sessions.add(sess)
         return out

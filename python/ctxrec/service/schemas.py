@@ -161,7 +161,7 @@ class FeedbackRequest(BaseModel):
     label: float = Field(1.0, description="1 = positive (click, watch, buy), 0 = negative; a rating for MSE models")
 
 
-class SessionRequest(RerankFields):
+class SessionRequest(RerankFields, ExploreFields):
     model_config = ConfigDict(extra="forbid")
     user: Id | None = Field(None, description="original user id; unknown or null = cold start")
     context: Context = Field(default_factory=dict,

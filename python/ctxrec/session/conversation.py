@@ -8,6 +8,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from ctxrec import explore
 from ctxrec._io import jsonable
 from ctxrec.session.llm import ChatLLM
 from ctxrec.session.questions import Question, QuestionBank
@@ -28,6 +29,12 @@ class Turn:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+def _explore_options(policy: Any, scale: Any, seed: Any) -> dict[str, Any]:
+    """The exploration options checked (``explore.check_explore``) as keywords."""
+    policy, scale, seed = explore.check_explore(policy, scale, seed)
+    return {"explore": policy, "explore_scale": scale, "seed": seed}
 
 
 class Session:
@@ -61,6 +68,9 @@ class Session:
     diversity, calibrate, calibrate_by, exposure : how every top-K of the session is re-ranked
         (``Recommender.recommend``'s options; default off), unless :meth:`recommend` is given
         others.
+    explore, explore_scale, seed : exploration of every top-K (``Recommender.recommend``'s
+        options; default off): the belief scores plus a Thompson draw's shift or the UCB bonus of
+        the user's posterior (``Recommender.user_posterior``), over the whole catalog.
 
     ``lock`` (a re-entrant lock) serializes the session's methods; hold it to make several
     calls one consistent step (an answer and the state it leads to).
@@ -73,11 +83,13 @@ class Session:
                  text_weight: float | None = None, confidence: float = 0.5, min_gain: float = 0.02,
                  max_questions: int | None = None, text_choice_temperature: float = 0.1,
                  prior_mix: float = 0.1, pool: int = 2000, llm: ChatLLM | None = None, diversity: float = 0.0,
-                 calibrate: float = 0.0, calibrate_by: str | None = None, exposure: float = 0.0) -> None:
+                 calibrate: float = 0.0, calibrate_by: str | None = None, exposure: float = 0.0,
+                 explore: str | None = None, explore_scale: float = 1.0, seed: int | None = None) -> None:
         rec = recommender
         rec.check_fitted()
         d, c, cb, e = rec.check_rerank(diversity, calibrate, calibrate_by, exposure)
-        self.rerank_options = {"diversity": d, "calibrate": c, "calibrate_by": cb, "exposure": e}
+        self.rerank_options = {"diversity": d, "calibrate": c, "calibrate_by": cb, "exposure": e,
+                               **_explore_options(explore, explore_scale, seed)}
         if context is not None and not isinstance(context, Mapping):
             raise ValueError(f"context must be a dict of field -> value, got {type(context).__name__}")
         if not (isinstance(k, (int, np.integer)) and k >= 1):
@@ -222,15 +234,23 @@ class Session:
     def recommend(self, k: int | None = None, **rerank: Any) -> Any:
         """The top-K now, as a ``Recommendation`` (scores = belief scores, model units).
 
-        ``rerank``: diversity / calibrate / calibrate_by / exposure for this call (default: the
-        session's ``rerank_options``), re-ranking the belief's best items as
-        ``Recommender.recommend`` re-ranks the model's (``Recommender.rerank``).
+        ``rerank``: diversity / calibrate / calibrate_by / exposure / explore / explore_scale /
+        seed for this call (default: the session's ``rerank_options``), re-ranking the belief's
+        best items as ``Recommender.recommend`` re-ranks the model's (``Recommender.rerank``);
+        with ``explore`` the belief scores get the exploration term first
+        (``Recommendation.explore``; ``scores`` stay the belief scores).
+
+        Returns
+        -------
+        Recommendation
         """
         from ctxrec.recommender import Recommendation
         unknown = set(rerank) - set(self.rerank_options)
         if unknown:
             raise TypeError(f"recommend() got unexpected keyword argument(s) {sorted(unknown)}")
-        d, c, cb, e = self.rec.check_rerank(**{**self.rerank_options, **rerank})
+        o = {**self.rerank_options, **rerank}
+        d, c, cb, e = self.rec.check_rerank(o["diversity"], o["calibrate"], o["calibrate_by"], o["exposure"])
+        ex = _explore_options(o["explore"], o["explore_scale"], o["seed"])
         opts = {"diversity": d, "calibrate": c, "calibrate_by": cb, "exposure": e}
         with self.lock:
             k = self.k if k is None else int(k)
@@ -239,15 +259,34 @@ class Session:
             if k <= 0:
                 return Recommendation(self.user, [], [], self._u < 0, dict(self.context))
             s = self._score
+            added = np.zeros(len(s))
+            if ex["explore"] is not None:
+                added = self._exploration(ex["explore"], ex["explore_scale"], ex["seed"])
+            ranked = s + added
             reranked = bool(d or c or e)
             n = self.rec.engine_.pool_size(k, d, c, e, allowed) if reranked else k
-            top = np.argpartition(-s, n - 1)[:n] if n < len(s) else np.arange(len(s))
-            top = top[np.lexsort((top, -s[top]))]
-            ids = [jsonable(x) for x in np.asarray(self.rec.item_ids_)[top]]
+            top = np.argpartition(-ranked, n - 1)[:n] if n < len(s) else np.arange(len(s))
+            top = top[np.lexsort((top, -ranked[top]))]
+            slots = np.asarray(self.rec.item_ids_)
+            ids = [jsonable(x) for x in slots[top]]
+            explored = ex["explore"] is not None
             if not reranked:
-                return Recommendation(self.user, ids, s[top].tolist(), self._u < 0, dict(self.context))
-            ids, scores, terms = self.rec.rerank(self.user, ids, s[top], k, **opts)
-            return Recommendation(self.user, ids, scores, self._u < 0, dict(self.context), rerank=terms)
+                top = top[:k]
+                return Recommendation(self.user, ids[:k], s[top].tolist(), self._u < 0, dict(self.context),
+                                      explore=added[top].tolist() if explored else [])
+            ids, _, terms = self.rec.rerank(self.user, ids, ranked[top], k, **opts)
+            pos = {x: int(t) for x, t in zip((jsonable(y) for y in slots[top]), top)}
+            picked = np.array([pos[x] for x in ids], np.int64)
+            return Recommendation(self.user, ids, s[picked].tolist(), self._u < 0, dict(self.context), rerank=terms,
+                                  explore=added[picked].tolist() if explored else [])
+
+    def _exploration(self, policy: str, scale: float, seed: int | None) -> np.ndarray:
+        """float64 [n_items]: what exploring adds to each item's belief score (a Thompson draw's
+        shift ``v_i . delta`` or the UCB bonus), from the user's posterior."""
+        factor = self.rec.user_posterior(self.user if self._u >= 0 else None)
+        if policy == "thompson":
+            return self._vecs @ explore.sample_offset(factor, scale, explore.rng(seed, self._u)).astype(np.float64)
+        return explore.ucb_bonus(factor, self._vecs, scale).astype(np.float64)
 
     def top_mass(self, k: int | None = None) -> float:
         """Share of the belief held by the current top-K."""
