@@ -89,6 +89,15 @@ def jsonable(v: Any) -> Any:
     numpy scalars and arrays become Python values and lists, tuples lists, mapping keys
     strings, timestamps ISO 8601 text; NaN, infinities, NaT and other missing values None;
     anything else its ``str``.
+
+    Parameters
+    ----------
+    v : object
+
+    Returns
+    -------
+    object
+        ``None``, bool, int, float, str, list or dict (of those).
     """
     if v is None or type(v) in (bool, int, str):
         return v

@@ -33,6 +33,11 @@ def read_config(path: str | None) -> dict[str, Any]:
     (ContextSpec kwargs), ``"model"`` (ContextFM params), ``"recommender"`` (Recommender
     kwargs), ``"engine"`` (Engine params).
 
+    Parameters
+    ----------
+    path : str or None
+        The JSON file (None: no config).
+
     Returns
     -------
     dict
@@ -59,9 +64,17 @@ def read_config(path: str | None) -> dict[str, Any]:
 def default_context(dataset: Any) -> dict[str, Any]:
     """The context a dataset naturally has (overridable by the config's "context").
 
-    ``dataset`` is a built-in dataset name, or a :class:`ctxrec.data.Dataset`: then its
-    ``meta["source"]`` decides (a built-in's own context, or a data config's context
-    columns by kind, :meth:`ctxrec.data.DataConfig.context_spec_kwargs`).
+    Parameters
+    ----------
+    dataset : str or ctxrec.data.Dataset
+        A built-in dataset name, or a Dataset: then its ``meta["source"]`` decides (a
+        built-in's own context, or a data config's context columns by kind,
+        :meth:`ctxrec.data.DataConfig.context_spec_kwargs`).
+
+    Returns
+    -------
+    dict[str, list of str]
+        :class:`ctxrec.context.ContextSpec` keyword arguments ({} when there is no context).
     """
     if not isinstance(dataset, str):
         source = getattr(dataset, "meta", {}).get("source")
@@ -84,6 +97,22 @@ def load_dataset(kind: str, data: str | None) -> Any:
 
     ``csv`` is :meth:`ctxrec.data.DataConfig.from_csv_dir` of ``data``; for any other file
     layout use a data section (:func:`dataset_from_args`).
+
+    Parameters
+    ----------
+    kind : str
+        ``"movielens-100k"``, ``"frappe"`` or ``"csv"``.
+    data : str or None
+        The data directory (required for ``csv``).
+
+    Returns
+    -------
+    ctxrec.data.Dataset
+
+    Raises
+    ------
+    ValueError
+        An unknown ``kind``, or ``csv`` without ``data``.
     """
     from ctxrec import data as D
     if kind == "movielens-100k":
@@ -98,8 +127,27 @@ def load_dataset(kind: str, data: str | None) -> Any:
 
 
 def read_data_config(path: str) -> dict[str, Any]:
-    """A JSON data section (``--data-config``; a ``{"data": {...}}`` wrapper is accepted) with its
-    relative paths resolved from the file's directory; validated later, with the flags applied."""
+    """A JSON data section (``--data-config``; a ``{"data": {...}}`` wrapper is accepted).
+
+    Its relative paths are resolved from the file's directory; it is validated later, with
+    the flags applied.
+
+    Parameters
+    ----------
+    path : str
+        The JSON file (``~`` accepted).
+
+    Returns
+    -------
+    dict
+        The data section with absolute paths.
+
+    Raises
+    ------
+    ValueError
+        The file does not hold a JSON object (``ctxrec.data.DataError`` for a missing or
+        invalid file).
+    """
     from ctxrec.data import read_json_file, resolve_config_paths
     p = Path(path).expanduser()
     d = read_json_file(p, "--data-config")
@@ -158,6 +206,15 @@ def data_section(a: argparse.Namespace, base: dict[str, Any] | None = None,
     ``--user-col``, ..., each replacing one key; paths relative to the current directory).
     Namespaces without some of these attributes (another command's) are fine. ``cfg`` is
     ``read_config(a.config)`` when the caller has it already (read here otherwise).
+
+    Parameters
+    ----------
+    a : argparse.Namespace
+        The parsed command line.
+    base : dict, optional
+        The lowest-precedence section (e.g. the csv layout's).
+    cfg : dict, optional
+        ``read_config(a.config)``, when the caller has it already.
 
     Returns
     -------
@@ -225,6 +282,13 @@ def dataset_from_args(a: argparse.Namespace, cfg: dict[str, Any] | None = None) 
     ``config``, ``data_config`` and the flags' dests), so another command can reuse it.
     ``cfg``: ``read_config(a.config)`` if the caller has read it (else it is read here).
 
+    Parameters
+    ----------
+    a : argparse.Namespace
+        The parsed command line.
+    cfg : dict, optional
+        ``read_config(a.config)``, when the caller has it already.
+
     Returns
     -------
     ctxrec.data.Dataset
@@ -256,8 +320,25 @@ def dataset_from_args(a: argparse.Namespace, cfg: dict[str, Any] | None = None) 
 def build_recommender(dataset: Any, cfg: dict[str, Any], encoder: str | None) -> Any:
     """An unfitted Recommender from a training config.
 
-    ``dataset`` (a built-in name or a Dataset, see :func:`default_context`) gives the
-    default context spec when ``cfg`` has no ``"context"`` section.
+    Parameters
+    ----------
+    dataset : str or ctxrec.data.Dataset
+        A built-in name or a Dataset (see :func:`default_context`); gives the default
+        context spec when ``cfg`` has no ``"context"`` section.
+    cfg : dict
+        The training config (:func:`read_config`).
+    encoder : str or None
+        The text encoder directory (None: no text).
+
+    Returns
+    -------
+    ctxrec.recommender.Recommender
+        Not fitted.
+
+    Raises
+    ------
+    ValueError
+        A config section with an unknown parameter.
     """
     from ctxrec.context import ContextSpec
     from ctxrec.model import ContextFM
@@ -273,9 +354,21 @@ def build_recommender(dataset: Any, cfg: dict[str, Any], encoder: str | None) ->
 
 
 def title_column(items: Any) -> str:
-    """The item table column to show as an item's title: ``title``, else ``name``, else the
-    first text-like (string) column after ``item_id`` (a data config puts its first item text
-    column there), else the joined ``text``."""
+    """The item table column to show as an item's title.
+
+    ``title``, else ``name``, else the first text-like (string) column after ``item_id``
+    (a data config puts its first item text column there), else the joined ``text``.
+
+    Parameters
+    ----------
+    items : pandas.DataFrame
+        The item table (``Recommender.items_``).
+
+    Returns
+    -------
+    str
+        A column name.
+    """
     cols = [c for c in items.columns if c not in ("item_id", "text")]
     for c in ("title", "name"):
         if c in cols:
@@ -289,6 +382,7 @@ def title_column(items: Any) -> str:
 
 # ---------------------------------------------------------------------------- commands
 def cmd_train(a: argparse.Namespace) -> None:
+    """``ctxrec train``: fit a Recommender on a dataset and save it with a training report."""
     cfg = read_config(a.config)
     ds = dataset_from_args(a, cfg)
     print(f"[train] {ds}")
@@ -328,7 +422,22 @@ def cmd_retrain(a: argparse.Namespace) -> None:
 
 
 def write_training_report(rec: Any, directory: Path, fit_s: float) -> Path:
-    """Markdown + PNG of the training curve."""
+    """Markdown + PNG of the training curve.
+
+    Parameters
+    ----------
+    rec : ctxrec.recommender.Recommender
+        The fitted recommender (its ``model_.history_``).
+    directory : Path
+        Where ``report.md`` and ``training_curve.png`` are written (created).
+    fit_s : float
+        Fit time in seconds.
+
+    Returns
+    -------
+    Path
+        ``directory / "report.md"``.
+    """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -351,6 +460,7 @@ def write_training_report(rec: Any, directory: Path, fit_s: float) -> Path:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
+    """``ctxrec evaluate``: fit on a split's train part and write its ranking report."""
     from ctxrec import evaluate as E
     cfg = read_config(a.config)
     ds = dataset_from_args(a, cfg)
@@ -366,7 +476,23 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 
 
 def context_arg(a: argparse.Namespace) -> dict[str, Any]:
-    """The request context of --context (JSON object) and --query (free text)."""
+    """The request context of --context (JSON object) and --query (free text).
+
+    Parameters
+    ----------
+    a : argparse.Namespace
+        With ``context`` (a JSON string or None) and ``query``.
+
+    Returns
+    -------
+    dict
+        The context; ``"query"`` set from ``--query``.
+
+    Raises
+    ------
+    ValueError
+        ``--context`` is not a JSON object.
+    """
     try:
         context = json.loads(a.context) if a.context else {}
     except json.JSONDecodeError as e:
@@ -379,6 +505,7 @@ def context_arg(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_recommend(a: argparse.Namespace) -> None:
+    """``ctxrec recommend``: print (or output as JSON) the top-k of one request."""
     from ctxrec.recommender import Recommender
     context = context_arg(a)
     rec = Recommender.load(a.model)
@@ -396,8 +523,11 @@ def cmd_recommend(a: argparse.Namespace) -> None:
 
 
 def cmd_chat(a: argparse.Namespace) -> None:
-    """Interactive prompt: the session asks, you answer (option number, free text, enter = skip),
-    `why N` explains the N-th item, `quit` (or end of input) leaves."""
+    """``ctxrec chat``: interactive prompt: the session asks, you answer.
+
+    Answers: an option number, free text, enter = skip; `why N` explains the N-th item,
+    `quit` (or end of input) leaves.
+    """
     from ctxrec.recommender import Recommender
     from ctxrec.session import ChatLLM, Session
     context = context_arg(a)
@@ -455,6 +585,7 @@ def cmd_chat(a: argparse.Namespace) -> None:
 
 
 def cmd_serve(a: argparse.Namespace) -> None:
+    """``ctxrec serve``: run the HTTP service over a model directory."""
     from ctxrec.service import serve
     serve(a.model, host=a.host, port=a.port, event_log=None if a.no_events else (a.events or "default"),
           max_body_bytes=a.max_body_bytes, body_timeout_s=a.body_timeout, max_sessions=a.max_sessions,
@@ -462,11 +593,13 @@ def cmd_serve(a: argparse.Namespace) -> None:
 
 
 def cmd_export(argv: Sequence[str]) -> None:
+    """``ctxrec export``: build the text encoder export (:func:`ctxrec.encoder.export.main`)."""
     from ctxrec.encoder.export import main
     sys.exit(main(list(argv)))
 
 
 def cmd_bench(argv: Sequence[str]) -> None:
+    """``ctxrec bench``: run the benchmark harness of a source checkout (benchmarks/run.py)."""
     harness = Path(__file__).resolve().parents[2] / "benchmarks" / "run.py"
     if not harness.is_file():
         raise ValueError("the benchmark harness lives in the source tree (benchmarks/run.py); run it from a checkout")
@@ -479,6 +612,7 @@ def _cluster_kw(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_encode_catalog(a: argparse.Namespace) -> None:
+    """``ctxrec encode-catalog``: embed a catalog's texts on a Dask cluster."""
     from ctxrec.distributed import encode_catalog
     res = encode_catalog(a.items, a.out, text_col=a.text_col, id_col=a.id_col or None, encoder=a.encoder,
                          batch_size=a.batch_size, cache_dir=a.cache_dir, threads=a.threads, **_cluster_kw(a))
@@ -495,6 +629,7 @@ def _rerank_kw(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_recommend_all(a: argparse.Namespace) -> None:
+    """``ctxrec recommend-all``: top-k for every user or request row on a Dask cluster."""
     from ctxrec.distributed import recommend_all
     context = context_arg(a)
     res = recommend_all(a.model, a.out, users=a.users, user_col=a.user_col, context=context, k=a.k,
@@ -507,6 +642,12 @@ def cmd_recommend_all(a: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------------------- main
 def parser() -> argparse.ArgumentParser:
+    """The ``ctxrec`` command-line parser, every sub-command included.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+    """
     p = argparse.ArgumentParser(prog="ctxrec", description="Context-aware recommendations with an LLM text encoder.")
     p.add_argument("-v", "--verbose", action="store_true", help="show debug log records")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
@@ -677,6 +818,16 @@ _PATH_ARGS = ("out", "data", "config", "data_config", "interactions", "items", "
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Run the ``ctxrec`` command line.
+
+    Errors the user can fix (bad flags, data, files) are printed as ``ctxrec: error: ...``
+    and exit with status 2.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        The arguments (default ``sys.argv[1:]``).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "export":
         return cmd_export(argv[1:])

@@ -76,6 +76,17 @@ class TextEncoderLike(Protocol):
     """What :meth:`ContextSpec.transform` needs from a text encoder."""
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:  # float32 [n, d]
+        """Embed texts.
+
+        Parameters
+        ----------
+        texts : sequence of str [n]
+            Non-empty texts.
+
+        Returns
+        -------
+        float32 array [n, d]
+        """
         ...
 
 
@@ -115,9 +126,12 @@ class TimeField:
 
 @dataclass(frozen=True)
 class CategoricalField:
-    """A categorical value; vocabulary learned at fit (values seen ``min_count`` times or more,
-    at most ``max_values`` of them, most frequent first). Values are compared as canonical
-    strings: ``3``, ``3.0`` and ``"3"`` are the same value; ``"unknown"`` is an ordinary value."""
+    """A categorical value; vocabulary learned at fit.
+
+    The vocabulary holds the values seen ``min_count`` times or more, at most ``max_values``
+    of them, most frequent first. Values are compared as canonical strings: ``3``, ``3.0``
+    and ``"3"`` are the same value; ``"unknown"`` is an ordinary value.
+    """
 
     name: str
     column: str | None = None
@@ -128,9 +142,17 @@ class CategoricalField:
 
 @dataclass(frozen=True)
 class NumericField:
-    """A number, bucketed: ``bins`` quantile buckets learned at fit, or explicit ascending
-    ``edges`` (bucket ``b`` holds ``edges[b-1] <= x < edges[b]``; values below the first
-    edge go to the first bucket, at or above the last edge to the last)."""
+    """A number, bucketed.
+
+    ``bins`` quantile buckets learned at fit, or explicit ascending ``edges`` (bucket ``b``
+    holds ``edges[b-1] <= x < edges[b]``; values below the first edge go to the first
+    bucket, at or above the last edge to the last).
+
+    Raises
+    ------
+    ContextError
+        Edges not finite and strictly increasing, or ``bins < 1``.
+    """
 
     name: str
     column: str | None = None
@@ -174,15 +196,22 @@ def _col(f: Field) -> str:
 class ContextFeatures:
     """The features of ``n`` rows.
 
-    Attributes:
-        slots: names of the categorical slots, in column order of ``indices``.
-        indices: int32 [n, n_slots], per-slot local index; 0 = unknown.
-        offsets: int64 [n_slots], start of each slot in the spec's global feature space
-            (``global_indices() = indices + offsets``, total size ``ContextSpec.n_features``).
-        texts: free-text field name -> list[str] of length n ("" when missing).
-        text_vectors: free-text field name -> float32 [n, d]; filled only when an encoder
-            was given (rows with empty text are zero vectors).
-        cardinalities: int64 [n_slots], number of local indices per slot (unknown included).
+    Attributes
+    ----------
+    slots : list of str
+        Names of the categorical slots, in column order of ``indices``.
+    indices : int32 array [n, n_slots]
+        Per-slot local index; 0 = unknown.
+    offsets : int64 array [n_slots]
+        Start of each slot in the spec's global feature space
+        (``global_indices() = indices + offsets``, total size ``ContextSpec.n_features``).
+    texts : dict[str, list of str]
+        Free-text field name -> n texts ("" when missing).
+    text_vectors : dict[str, float32 array [n, d]]
+        Free-text field name -> embeddings; filled only when an encoder was given (rows
+        with empty text are zero vectors).
+    cardinalities : int64 array [n_slots]
+        Number of local indices per slot (unknown included).
     """
 
     slots: list[str]
@@ -197,7 +226,7 @@ class ContextFeatures:
 
     @property
     def n_features(self) -> int:
-        """Size of the global feature space (sum of the slot cardinalities)."""
+        """int: size of the global feature space (sum of the slot cardinalities)."""
         if self.cardinalities is None or len(self.cardinalities) == 0:
             return 0
         return int(self.offsets[-1] + self.cardinalities[-1])
@@ -207,7 +236,23 @@ class ContextFeatures:
         return self.indices.astype(np.int64) + self.offsets[None, :]
 
     def slot(self, name: str) -> np.ndarray:
-        """int32 [n]: the local indices of one slot."""
+        """The local indices of one slot.
+
+        Parameters
+        ----------
+        name : str
+            A slot name (e.g. ``"device"``, ``"timestamp.hour"``).
+
+        Returns
+        -------
+        int32 array [n]
+            0 = unknown.
+
+        Raises
+        ------
+        KeyError
+            No such slot (the message lists the slots).
+        """
         try:
             return self.indices[:, self.slots.index(name)]
         except ValueError:
@@ -392,14 +437,20 @@ class ContextSpec:
         req = spec.transform({"timestamp": "2024-05-01T18:30", "device": "mobile",
                               "query": "something light"}, encoder=enc)
 
-    Attributes (after fit):
-        slots: list of categorical slot names (time parts expand to ``"{name}.{part}"``).
-        vocabularies: slot -> tuple of value strings; value ``j`` has local index ``j + 1``
-            (0 = unknown).
-        cardinalities: slot -> number of local indices including unknown.
-        offsets: int64 [n_slots], start of each slot in the global feature space.
-        n_features: total size of the global feature space.
-        text_fields: names of free-text fields.
+    Attributes
+    ----------
+    slots : list of str
+        Categorical slot names (time parts expand to ``"{name}.{part}"``).
+    vocabularies : dict[str, tuple of str]
+        Slot -> value strings (after fit); value ``j`` has local index ``j + 1`` (0 = unknown).
+    cardinalities : dict[str, int]
+        Slot -> number of local indices including unknown (after fit).
+    offsets : int64 array [n_slots]
+        Start of each slot in the global feature space (after fit).
+    n_features : int
+        Total size of the global feature space (after fit).
+    text_fields : list of str
+        Names of free-text fields.
     """
 
     def __init__(self, fields: Sequence[Field] = (), *, time: Sequence[str | TimeField] = (),
@@ -443,6 +494,7 @@ class ContextSpec:
     # ---- description ------------------------------------------------------------------
     @property
     def slots(self) -> list[str]:
+        """list of str: the categorical slot names, time parts expanded to ``"{name}.{part}"``."""
         out: list[str] = []
         for f in self.fields:
             if isinstance(f, TimeField):
@@ -453,39 +505,45 @@ class ContextSpec:
 
     @property
     def text_fields(self) -> list[str]:
+        """list of str: names of the free-text fields."""
         return [f.name for f in self.fields if isinstance(f, TextField)]
 
     @property
     def columns(self) -> list[str]:
-        """The input columns / request keys the spec reads."""
+        """list of str: the input columns / request keys the spec reads."""
         return [_col(f) for f in self.fields]
 
     @property
     def time_columns(self) -> list[str]:
-        """The input columns / request keys of the time fields."""
+        """list of str: the input columns / request keys of the time fields."""
         return [_col(f) for f in self.fields if isinstance(f, TimeField)]
 
     @property
     def vocabularies(self) -> dict[str, tuple[str, ...]]:
+        """dict[str, tuple of str]: slot -> value strings, value ``j`` at local index ``j + 1`` (ContextError before fit)."""
         self._check_fitted()
         return {s: self._vocab[s] for s in self.slots}
 
     @property
     def cardinalities(self) -> dict[str, int]:
+        """dict[str, int]: slot -> number of local indices, unknown (0) included (ContextError before fit)."""
         self._check_fitted()
         return {s: len(self._vocab[s]) + 1 for s in self.slots}
 
     @property
     def offsets(self) -> np.ndarray:
+        """int64 array [n_slots]: start of each slot in the global feature space (after fit)."""
         card = list(self.cardinalities.values())
         return np.concatenate([[0], np.cumsum(card)[:-1]]).astype(np.int64) if card else np.zeros(0, np.int64)
 
     @property
     def n_features(self) -> int:
+        """int: total size of the global feature space (after fit)."""
         return int(sum(self.cardinalities.values()))
 
     @property
     def is_fitted(self) -> bool:
+        """bool: every slot has a vocabulary (fit, loaded, or nothing to learn)."""
         return self._fitted or all(s in self._vocab for s in self.slots)
 
     def _check_fitted(self) -> None:
@@ -587,7 +645,23 @@ class ContextSpec:
 
     # ---- fit / transform ----------------------------------------------------------------
     def fit(self, rows: Any) -> "ContextSpec":
-        """Learn categorical vocabularies and numeric quantile edges from training rows."""
+        """Learn categorical vocabularies and numeric quantile edges from training rows.
+
+        Parameters
+        ----------
+        rows : Dataset, DataFrame, pyarrow Table, list of dicts or dict
+            Training rows; every column a field reads must be present.
+
+        Returns
+        -------
+        ContextSpec
+            self.
+
+        Raises
+        ------
+        ContextError
+            A missing column, an invalid value, or a numeric field without values.
+        """
         n, cols = self._columns_of(rows, strict_columns=True)
         for f in self.fields:
             vals = cols[f.name]
@@ -613,6 +687,18 @@ class ContextSpec:
         return self
 
     def fit_transform(self, rows: Any, encoder: TextEncoderLike | None = None) -> ContextFeatures:
+        """:meth:`fit` on ``rows``, then :meth:`transform` them.
+
+        Parameters
+        ----------
+        rows : Dataset, DataFrame, pyarrow Table, list of dicts or dict
+        encoder : TextEncoderLike, optional
+            Encodes the free-text fields.
+
+        Returns
+        -------
+        ContextFeatures
+        """
         return self.fit(rows).transform(rows, encoder=encoder)
 
     def transform(self, rows: Any, encoder: TextEncoderLike | None = None, *,
@@ -622,8 +708,28 @@ class ContextSpec:
         A column/key a field reads that is absent gives unknown for that field (with
         ``strict_columns`` an absent DataFrame column raises instead). Keys the spec does not
         declare are ignored here (training rows carry other columns); a live request's keys
-        are checked by :meth:`check_request`. With an ``encoder`` the free-text fields are encoded
-        (``encoder.encode(non-empty texts)`` once per field); without one only ``texts`` is set.
+        are checked by :meth:`check_request`.
+
+        Parameters
+        ----------
+        rows : Dataset, DataFrame, pyarrow Table, list of dicts or dict
+            The rows (one dict: one row).
+        encoder : TextEncoderLike, optional
+            With one the free-text fields are encoded (``encoder.encode(non-empty texts)``
+            once per field); without one only ``texts`` is set.
+        strict_columns : bool
+            An absent DataFrame column is an error.
+
+        Returns
+        -------
+        ContextFeatures
+            ``n`` rows.
+
+        Raises
+        ------
+        ContextError
+            The spec is not fitted, the rows are of an unreadable type, a value is invalid
+            (the field named), or an absent column with ``strict_columns``.
         """
         slots, offsets, luts, edges = self._prepared()
         if isinstance(rows, Mapping):
@@ -700,7 +806,19 @@ class ContextSpec:
 
     # ---- persistence --------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable description (declarations + learned vocabularies/edges)."""
+        """A JSON-serialisable description (declarations + learned vocabularies/edges).
+
+        Returns
+        -------
+        dict
+            ``{"format": "ctxrec.context_spec", "version": 1, "fields": [...],
+            "vocabularies": {...}, "edges": {...}}``; :meth:`from_dict` reads it back.
+
+        Raises
+        ------
+        ContextError
+            The spec is not fitted.
+        """
         self._check_fitted()
         return {
             "format": "ctxrec.context_spec", "version": 1,
@@ -711,6 +829,23 @@ class ContextSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ContextSpec":
+        """A fitted spec from :meth:`to_dict`'s output.
+
+        Parameters
+        ----------
+        d : mapping
+            A version-1 ``ctxrec.context_spec`` description.
+
+        Returns
+        -------
+        ContextSpec
+            Fitted.
+
+        Raises
+        ------
+        ContextError
+            Another format or version, or an unknown field kind.
+        """
         if d.get("format") != "ctxrec.context_spec" or d.get("version") != 1:
             raise ContextError(f"not a version-1 ctxrec context spec: format={d.get('format')!r} "
                                f"version={d.get('version')!r}")
@@ -732,10 +867,23 @@ class ContextSpec:
         return spec
 
     def to_json(self) -> str:
+        """str: :meth:`to_dict` as JSON with sorted keys."""
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
     def from_json(cls, s: str) -> "ContextSpec":
+        """A fitted spec from :meth:`to_json`'s output.
+
+        Parameters
+        ----------
+        s : str
+            The JSON text.
+
+        Returns
+        -------
+        ContextSpec
+            Fitted (see :meth:`from_dict`).
+        """
         return cls.from_dict(json.loads(s))
 
 
@@ -802,9 +950,23 @@ def _time_parts_one(f: TimeField, v: Any) -> list[int]:
 
 
 def encode_texts(texts: Sequence[str], encoder: TextEncoderLike) -> np.ndarray:
-    """float32 [n, d]: ``encoder.encode`` of the non-empty texts, zero rows for empty ones.
+    """``encoder.encode`` of the non-empty texts, zero rows for empty ones.
 
     Distinct texts are encoded once each.
+
+    Parameters
+    ----------
+    texts : sequence of str [n]
+    encoder : TextEncoderLike
+
+    Returns
+    -------
+    float32 array [n, d]
+
+    Raises
+    ------
+    ContextError
+        The encoder returned another number of rows or not a 2-D array.
     """
     uniq, inv = np.unique(np.asarray(list(texts), dtype=object).astype(str), return_inverse=True) if len(texts) \
         else (np.zeros(0, dtype=str), np.zeros(0, dtype=np.int64))

@@ -90,12 +90,17 @@ class Categorical:
     CSR layout over rows (row = dense item or user index): the values of row ``r`` are
     ``vocab[indices[indptr[r]:indptr[r + 1]]]``. A row may have no value (empty slice).
 
-    Attributes:
-        name: attribute name (e.g. ``"genres"``).
-        vocab: value strings; a value's index is its position (0-based, no unknown slot —
-            models add their own).
-        indptr: int64 [n_rows + 1].
-        indices: int32 [nnz], each in ``0 .. len(vocab) - 1``, sorted within a row.
+    Attributes
+    ----------
+    name : str
+        Attribute name (e.g. ``"genres"``).
+    vocab : tuple of str
+        Value strings; a value's index is its position (0-based, no unknown slot —
+        models add their own).
+    indptr : int64 array [n_rows + 1]
+        Row offsets into ``indices``.
+    indices : int32 array [nnz]
+        Value indices, each in ``0 .. len(vocab) - 1``, sorted within a row.
     """
 
     name: str
@@ -116,10 +121,12 @@ class Categorical:
 
     @property
     def n_rows(self) -> int:
+        """int: number of rows (items or users)."""
         return len(self.indptr) - 1
 
     @property
     def n_values(self) -> int:
+        """int: size of the vocabulary."""
         return len(self.vocab)
 
     def __len__(self) -> int:
@@ -140,11 +147,33 @@ class Categorical:
         return self.indptr, self.indices.astype(np.int64), self.data, self.n_values
 
     def row(self, r: int) -> np.ndarray:
-        """Value indices (int32) of row ``r``."""
+        """Value indices of row ``r``.
+
+        Parameters
+        ----------
+        r : int
+            Dense row index.
+
+        Returns
+        -------
+        int32 array [n_values_of_row]
+            A view into ``indices``, sorted.
+        """
         return self.indices[self.indptr[r]:self.indptr[r + 1]]
 
     def values(self, r: int) -> list[str]:
-        """Value strings of row ``r``."""
+        """Value strings of row ``r``.
+
+        Parameters
+        ----------
+        r : int
+            Dense row index.
+
+        Returns
+        -------
+        list of str
+            The row's values, in index order.
+        """
         return [self.vocab[i] for i in self.row(r)]
 
     def lists(self) -> list[np.ndarray]:
@@ -152,7 +181,18 @@ class Categorical:
         return np.split(self.indices, self.indptr[1:-1])
 
     def multi_hot(self, dtype: Any = np.float32) -> np.ndarray:
-        """Dense [n_rows, n_values] 0/1 matrix."""
+        """The attribute as a dense 0/1 matrix.
+
+        Parameters
+        ----------
+        dtype : numpy dtype
+            Element type of the result (default float32).
+
+        Returns
+        -------
+        array [n_rows, n_values] of ``dtype``
+            1 where the row has the value, 0 elsewhere.
+        """
         out = np.zeros((self.n_rows, self.n_values), dtype=dtype)
         rows = np.repeat(np.arange(self.n_rows), np.diff(self.indptr))
         out[rows, self.indices] = 1
@@ -166,12 +206,39 @@ class Categorical:
         return out
 
     def subset_rows(self, rows: np.ndarray) -> "Categorical":
-        """The attribute restricted to ``rows`` (same vocabulary)."""
+        """The attribute restricted to ``rows`` (same vocabulary).
+
+        Parameters
+        ----------
+        rows : int array [m]
+            Dense row indices, in the order the result keeps.
+
+        Returns
+        -------
+        Categorical
+            ``m`` rows, same ``name`` and ``vocab``.
+        """
         lists = self.lists()
         return Categorical.from_index_lists(self.name, self.vocab, [lists[r] for r in rows])
 
     @classmethod
     def from_index_lists(cls, name: str, vocab: Sequence[str], lists: Sequence[np.ndarray]) -> "Categorical":
+        """Build from one array of value indices per row.
+
+        Parameters
+        ----------
+        name : str
+            Attribute name.
+        vocab : sequence of str
+            Value strings (index = position).
+        lists : sequence of int arrays
+            Value indices of each row (sorted here).
+
+        Returns
+        -------
+        Categorical
+            ``len(lists)`` rows over ``vocab``.
+        """
         indptr = csr.indptr_of([len(x) for x in lists])
         indices = np.concatenate([np.sort(np.asarray(x, dtype=np.int32)) for x in lists]) if len(lists) else \
             np.zeros(0, np.int32)
@@ -184,6 +251,22 @@ class Categorical:
 
         ``None``/NaN and strings in ``missing`` give a row without value. The vocabulary is
         the sorted set of distinct value strings.
+
+        Parameters
+        ----------
+        name : str
+            Attribute name.
+        values : iterable
+            One entry per row.
+        sep : str, optional
+            Separator of multi-valued string entries (None: a string is one value).
+        missing : iterable of str
+            Value strings that mean "no value" (default ``("",)``).
+
+        Returns
+        -------
+        Categorical
+            One row per entry of ``values``.
         """
         miss = set(missing)
         rows: list[list[str]] = []
@@ -215,8 +298,22 @@ def stack_attrs(attrs: Mapping[str, Categorical], names: Sequence[str] | None = 
     column names are ``"attr=value"``. With ``normalize`` each row's weights within an
     attribute sum to 1 (a movie with 3 genres gets 1/3 per genre).
 
-    Returns (indptr int64 [n_rows + 1], indices int64 [nnz], data float32 [nnz], n_cols,
-    column_names).
+    Parameters
+    ----------
+    attrs : mapping name -> Categorical
+        Attributes over the same rows.
+    names : sequence of str, optional
+        The attributes to stack, in order (default all of ``attrs``).
+    normalize : bool
+        Divide each row's weights within an attribute by its number of values.
+
+    Returns
+    -------
+    indptr : int64 array [n_rows + 1]
+    indices : int64 array [nnz]
+    data : float32 array [nnz]
+    n_cols : int
+    column_names : list of str [n_cols]
     """
     names = list(attrs) if names is None else list(names)
     for nm in names:
@@ -244,7 +341,18 @@ def stack_attrs(attrs: Mapping[str, Categorical], names: Sequence[str] | None = 
 
 
 def scalar_str(v: Any) -> str:
-    """Canonical string of a scalar id/category: integral floats print as ints."""
+    """Canonical string of a scalar id/category: integral floats print as ints.
+
+    Parameters
+    ----------
+    v : scalar
+        A Python or numpy scalar.
+
+    Returns
+    -------
+    str
+        ``"3"`` for ``3``, ``3.0`` and ``np.int64(3)``; ``str(v)`` otherwise.
+    """
     if isinstance(v, (float, np.floating)) and float(v).is_integer():
         return str(int(v))
     if isinstance(v, np.generic):
@@ -269,11 +377,21 @@ _COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip")
 
 
 def table_format(path: str | os.PathLike) -> str | None:
-    """The format of a table file from its name: ``"csv"``, ``"tsv"``, ``"parquet"``,
-    ``"jsonl"``, or None when the suffix is none of :data:`TABLE_FORMATS`.
+    """The format of a table file from its name.
 
     A trailing compression suffix is looked through for the text formats
     (``events.jsonl.gz`` is JSON Lines), not for Parquet (compressed inside the file).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file name (it need not exist).
+
+    Returns
+    -------
+    str or None
+        ``"csv"``, ``"tsv"``, ``"parquet"``, ``"jsonl"``, or None when the suffix is none of
+        :data:`TABLE_FORMATS`.
     """
     suffixes = [x.lower() for x in Path(path).suffixes]
     compressed = bool(suffixes) and suffixes[-1] in _COMPRESSION_SUFFIXES
@@ -289,6 +407,18 @@ def table_format(path: str | os.PathLike) -> str | None:
 
 def read_json_file(path: str | os.PathLike, what: str) -> Any:
     """The JSON value in ``path`` (``~`` accepted).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file.
+    what : str
+        What the file is, for error messages (e.g. ``"data config"``).
+
+    Returns
+    -------
+    object
+        The parsed JSON value.
 
     Raises
     ------
@@ -313,7 +443,19 @@ def read_table(source: Any, **read_kw: Any) -> pd.DataFrame:
     ``.parquet``/``.pq`` files are read with pyarrow; ``.tsv``/``.tab`` with a tab
     separator; ``.jsonl``/``.ndjson`` as JSON Lines (one JSON object per line; values keep
     their JSON types, no date or dtype guessing, so ``"007"`` stays a string); other paths
-    as CSV. ``read_kw`` is passed to ``pandas.read_csv`` (or ``pandas.read_json``).
+    as CSV.
+
+    Parameters
+    ----------
+    source : DataFrame, pyarrow Table, str or path-like
+        The table or its file.
+    **read_kw
+        Passed to ``pandas.read_csv`` (or ``pandas.read_json``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The table.
     """
     if isinstance(source, pd.DataFrame):
         return source
@@ -381,27 +523,46 @@ class Dataset:
     All per-interaction arrays have length ``len(self)``; all per-item arrays/lists have
     length ``n_items`` in dense order; all per-user ones length ``n_users``.
 
-    Attributes:
-        name: a label for reports.
-        user_ids: [n_users] raw user ids (int64 or object); ``user_ids[u]`` is user ``u``.
-        item_ids: [n_items] raw item ids; ``item_ids[i]`` is item ``i``.
-        users: int32 [n] dense user index per interaction.
-        items: int32 [n] dense item index per interaction.
-        rating: float32 [n] explicit rating, or None.
-        label: float32 [n] 0/1 label (CTR-style), or None (implicit: every row positive).
-        count: int64 [n] usage count, or None.
-        timestamp: int64 [n] unix seconds (UTC), or None.
-        context: DataFrame [n rows] of context columns with the raw values (may have 0 columns).
-        item_table: DataFrame [n_items rows], raw item columns, row i = item i (``item_id`` first).
-        item_text: list[str] [n_items], the text to encode per item ("" when none).
-        item_text_fields: dict name -> list[str] [n_items], the parts item_text is built from.
-        item_attrs: dict name -> :class:`Categorical` over items.
-        user_table: DataFrame [n_users rows] or None (``user_id`` first).
-        user_text: list[str] [n_users] or None.
-        user_attrs: dict name -> :class:`Categorical` over users.
-        meta: free-form dict (license note, ...); ``meta["source"]`` is a JSON-able description
-            of where the data came from (a built-in dataset and its directory, or a
-            :class:`DataConfig` with absolute paths) that :func:`load_source` reloads.
+    Attributes
+    ----------
+    name : str
+        A label for reports.
+    user_ids : array [n_users]
+        Raw user ids (int64 or object); ``user_ids[u]`` is user ``u``.
+    item_ids : array [n_items]
+        Raw item ids; ``item_ids[i]`` is item ``i``.
+    users : int32 array [n]
+        Dense user index per interaction.
+    items : int32 array [n]
+        Dense item index per interaction.
+    rating : float32 array [n] or None
+        Explicit rating.
+    label : float32 array [n] or None
+        0/1 label (CTR-style); None: implicit, every row positive.
+    count : int64 array [n] or None
+        Usage count.
+    timestamp : int64 array [n] or None
+        Unix seconds (UTC).
+    context : DataFrame [n rows]
+        Context columns with the raw values (may have 0 columns).
+    item_table : DataFrame [n_items rows]
+        Raw item columns, row i = item i (``item_id`` first).
+    item_text : list of str [n_items]
+        The text to encode per item ("" when none).
+    item_text_fields : dict name -> list of str [n_items]
+        The parts item_text is built from.
+    item_attrs : dict name -> Categorical
+        Categorical attributes over items.
+    user_table : DataFrame [n_users rows] or None
+        Raw user columns (``user_id`` first).
+    user_text : list of str [n_users] or None
+        The text per user.
+    user_attrs : dict name -> Categorical
+        Categorical attributes over users.
+    meta : dict
+        Free-form (license note, ...); ``meta["source"]`` is a JSON-able description
+        of where the data came from (a built-in dataset and its directory, or a
+        :class:`DataConfig` with absolute paths) that :func:`load_source` reloads.
     """
 
     def __init__(
@@ -497,10 +658,12 @@ class Dataset:
     # ---- sizes -------------------------------------------------------------------------
     @property
     def n_users(self) -> int:
+        """int: number of users in the catalog."""
         return len(self.user_ids)
 
     @property
     def n_items(self) -> int:
+        """int: number of items in the catalog."""
         return len(self.item_ids)
 
     def __len__(self) -> int:
@@ -508,6 +671,7 @@ class Dataset:
 
     @property
     def context_columns(self) -> list[str]:
+        """list of str: names of the context columns."""
         return list(self.context.columns)
 
     @property
@@ -523,15 +687,49 @@ class Dataset:
 
     # ---- id maps -----------------------------------------------------------------------
     def user_index(self, raw: Any, *, strict: bool = False) -> Any:
-        """Dense user index of a raw id (int), or int64 array of indices for an array of ids.
+        """Dense user index of a raw id, or of each id of an array.
 
-        Unknown ids give -1 (``KeyError`` naming the id when ``strict``). For int64 catalogs a
-        scalar id given as a string (``"42"``) is accepted too.
+        For int64 catalogs a scalar id given as a string (``"42"``) is accepted too.
+
+        Parameters
+        ----------
+        raw : scalar or array-like
+            A raw user id or ids.
+        strict : bool
+            Raise for an unknown id instead of returning -1.
+
+        Returns
+        -------
+        int or int64 array [len(raw)]
+            Dense indices; -1 for an unknown id.
+
+        Raises
+        ------
+        KeyError
+            With ``strict``, naming the first unknown id.
         """
         return self._lookup(self._user_pos, raw, strict, "user")
 
     def item_index(self, raw: Any, *, strict: bool = False) -> Any:
-        """Dense item index of a raw id (int), or int64 array for an array of ids (-1 unknown)."""
+        """Dense item index of a raw id, or of each id of an array.
+
+        Parameters
+        ----------
+        raw : scalar or array-like
+            A raw item id or ids.
+        strict : bool
+            Raise for an unknown id instead of returning -1.
+
+        Returns
+        -------
+        int or int64 array [len(raw)]
+            Dense indices; -1 for an unknown id.
+
+        Raises
+        ------
+        KeyError
+            With ``strict``, naming the first unknown id.
+        """
         return self._lookup(self._item_pos, raw, strict, "item")
 
     @staticmethod
@@ -555,30 +753,90 @@ class Dataset:
         return int(out[0]) if scalar else out
 
     def user_id(self, idx: Any) -> Any:
-        """Raw user id(s) of dense index/indices."""
+        """Raw user id(s) of dense index/indices.
+
+        Parameters
+        ----------
+        idx : int or int array
+            Dense user indices.
+
+        Returns
+        -------
+        scalar or array
+            ``user_ids[idx]``.
+        """
         return self.user_ids[idx]
 
     def item_id(self, idx: Any) -> Any:
-        """Raw item id(s) of dense index/indices."""
+        """Raw item id(s) of dense index/indices.
+
+        Parameters
+        ----------
+        idx : int or int array
+            Dense item indices.
+
+        Returns
+        -------
+        scalar or array
+            ``item_ids[idx]``.
+        """
         return self.item_ids[idx]
 
     # ---- derived views -----------------------------------------------------------------
     def item_attr_matrix(self, names: Sequence[str] | None = None, *, normalize: bool = False
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, list[str]]:
-        """Item attributes as one CSR matrix [n_items, n_cols]; see :func:`stack_attrs`."""
+        """Item attributes as one CSR matrix [n_items, n_cols]; see :func:`stack_attrs`.
+
+        Parameters
+        ----------
+        names : sequence of str, optional
+            Attributes to stack (default all).
+        normalize : bool
+            Weights within an attribute sum to 1 per item.
+
+        Returns
+        -------
+        tuple
+            ``(indptr int64 [n_items + 1], indices int64 [nnz], data float32 [nnz], n_cols,
+            column_names)``.
+        """
         return stack_attrs(self.item_attrs, names, normalize=normalize)
 
     def user_attr_matrix(self, names: Sequence[str] | None = None, *, normalize: bool = False
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, list[str]]:
-        """User attributes as one CSR matrix [n_users, n_cols]; see :func:`stack_attrs`."""
+        """User attributes as one CSR matrix [n_users, n_cols]; see :func:`stack_attrs`.
+
+        Parameters
+        ----------
+        names : sequence of str, optional
+            Attributes to stack (default all).
+        normalize : bool
+            Weights within an attribute sum to 1 per user.
+
+        Returns
+        -------
+        tuple
+            ``(indptr int64 [n_users + 1], indices int64 [nnz], data float32 [nnz], n_cols,
+            column_names)``.
+        """
         return stack_attrs(self.user_attrs, names, normalize=normalize)
 
     def user_items(self, *, positive_only: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """CSR (indptr int64 [n_users + 1], indices int64 [nnz]) of each user's distinct items.
+        """CSR of each user's distinct items.
 
-        With ``positive_only`` and a ``label`` column, only rows with label 1 count.
         Indices are sorted within a user. This is the shape ``_core.topk_full`` takes for
         ``exclude_indptr`` / ``exclude_indices``.
+
+        Parameters
+        ----------
+        positive_only : bool
+            With a ``label`` column, only rows with label 1 count.
+
+        Returns
+        -------
+        indptr : int64 array [n_users + 1]
+        indices : int64 array [nnz]
+            Dense item indices.
         """
         u, i = self.users, self.items
         if positive_only and self.label is not None:
@@ -587,21 +845,52 @@ class Dataset:
         return csr.from_pairs(u, i, self.n_users, unique=True)
 
     def item_counts(self, *, positive_only: bool = True) -> np.ndarray:
-        """int64 [n_items]: number of interactions per item (label-1 rows only when labelled)."""
+        """Number of interactions per item.
+
+        Parameters
+        ----------
+        positive_only : bool
+            With a ``label`` column, only rows with label 1 count.
+
+        Returns
+        -------
+        int64 array [n_items]
+        """
         i = self.items
         if positive_only and self.label is not None:
             i = i[self.label > 0]
         return np.bincount(i, minlength=self.n_items).astype(np.int64)
 
     def user_counts(self, *, positive_only: bool = True) -> np.ndarray:
-        """int64 [n_users]: number of interactions per user (label-1 rows only when labelled)."""
+        """Number of interactions per user.
+
+        Parameters
+        ----------
+        positive_only : bool
+            With a ``label`` column, only rows with label 1 count.
+
+        Returns
+        -------
+        int64 array [n_users]
+        """
         u = self.users
         if positive_only and self.label is not None:
             u = u[self.label > 0]
         return np.bincount(u, minlength=self.n_users).astype(np.int64)
 
     def context_frame(self, *, timestamp_column: str = "timestamp") -> pd.DataFrame:
-        """The context columns plus (when present) the timestamp as a column, for ContextSpec."""
+        """The context columns plus (when present) the timestamp as a column, for ContextSpec.
+
+        Parameters
+        ----------
+        timestamp_column : str
+            Name of the added timestamp column (not added when a context column has that name).
+
+        Returns
+        -------
+        pandas.DataFrame [n rows]
+            A copy of ``context``, with the int64 unix-second timestamps when present.
+        """
         df = self.context.copy()
         if self.timestamp is not None and timestamp_column not in df.columns:
             df[timestamp_column] = self.timestamp
@@ -622,7 +911,25 @@ class Dataset:
         return df
 
     def subset(self, rows: np.ndarray, *, name: str | None = None) -> "Dataset":
-        """Interactions ``rows`` (int indices or a bool mask), same catalog, tables and attributes."""
+        """Interactions ``rows``, same catalog, tables and attributes.
+
+        Parameters
+        ----------
+        rows : int array [m] or bool array [n]
+            Interaction indices or a mask over all interactions.
+        name : str, optional
+            Label of the result (default this dataset's).
+
+        Returns
+        -------
+        Dataset
+            ``m`` interactions (or the mask's true count) sharing this dataset's catalog.
+
+        Raises
+        ------
+        DataError
+            A mask whose shape is not ``(len(self),)``.
+        """
         rows = np.asarray(rows)
         if rows.dtype == bool:
             if rows.shape != (len(self),):
@@ -647,7 +954,24 @@ class Dataset:
                           label: np.ndarray | None = None, count: np.ndarray | None = None,
                           timestamp: np.ndarray | None = None, context: pd.DataFrame | None = None,
                           name: str | None = None) -> "Dataset":
-        """A dataset over the same catalog (ids, tables, attributes) with other interactions."""
+        """A dataset over the same catalog (ids, tables, attributes) with other interactions.
+
+        Parameters
+        ----------
+        users, items : int array [m]
+            Dense user and item index per interaction.
+        rating, label, count, timestamp : array [m], optional
+            Value columns, as in the class attributes.
+        context : DataFrame [m rows], optional
+            Context columns.
+        name : str, optional
+            Label of the result (default this dataset's).
+
+        Returns
+        -------
+        Dataset
+            ``m`` interactions over this dataset's catalog.
+        """
         return Dataset(
             user_ids=self.user_ids, item_ids=self.item_ids, users=users, items=items, rating=rating,
             label=label, count=count, timestamp=timestamp, context=context, item_table=self.item_table,
@@ -682,23 +1006,43 @@ class Dataset:
     ) -> "Dataset":
         """Build a Dataset from tables (pandas DataFrame, pyarrow Table, CSV or Parquet path).
 
-        Args:
-            interactions: one row per interaction.
-            user_col, item_col: raw id columns of ``interactions``.
-            rating_col, label_col, count_col: optional value columns (label must be 0/1;
-                -1 is read as 0, as in libFM files).
-            timestamp_col: optional; unix seconds (numbers) or anything ``pandas.to_datetime``
-                parses (naive date-times are taken as UTC); stored as int64 unix seconds.
-            context_cols: context columns kept as given (default: none).
-            items: optional item table; ``item_id_col`` (default ``item_col``) joins it.
-            item_text_cols: item columns joined with ``text_sep`` into ``item_text``.
-            item_attr_cols: categorical item columns; a mapping gives a separator for
-                multi-valued columns (e.g. ``{"genres": "|"}``), ``None`` for single values.
-            users, user_id_col, user_text_cols, user_attr_cols: the same for users.
-            name: a label for reports.
-            read_kw: passed to the CSV reader for path inputs.
-
         The catalog is the sorted union of ids in ``interactions`` and in the item/user table.
+
+        Parameters
+        ----------
+        interactions : DataFrame, pyarrow Table or path
+            One row per interaction.
+        user_col, item_col : str
+            Raw id columns of ``interactions``.
+        rating_col, label_col, count_col : str, optional
+            Value columns (label must be 0/1; -1 is read as 0, as in libFM files).
+        timestamp_col : str, optional
+            Unix seconds (numbers) or anything ``pandas.to_datetime`` parses (naive date-times
+            are taken as UTC); stored as int64 unix seconds.
+        context_cols : sequence of str, optional
+            Context columns kept as given (default: none).
+        items : DataFrame, pyarrow Table or path, optional
+            Item table; ``item_id_col`` (default ``item_col``) joins it.
+        item_id_col : str, optional
+            The item table's id column.
+        item_text_cols : sequence of str
+            Item columns joined with ``text_sep`` into ``item_text``.
+        item_attr_cols : mapping name -> separator or None, or sequence of str
+            Categorical item columns; a mapping gives a separator for multi-valued columns
+            (e.g. ``{"genres": "|"}``), ``None`` for single values.
+        users, user_id_col, user_text_cols, user_attr_cols
+            The same for users.
+        text_sep : str
+            Separator of the joined text columns.
+        name : str
+            A label for reports.
+        read_kw : mapping, optional
+            Passed to the CSV reader for path inputs.
+
+        Returns
+        -------
+        Dataset
+            The interactions in input order over the catalog.
         """
         rk = dict(read_kw or {})
         inter = read_table(interactions, **rk)
@@ -835,8 +1179,25 @@ _verified: dict[tuple[str, int, float], str] = {}
 def resolve_data_dir(name: str, path: str | os.PathLike | None = None, *, marker: str | None = None) -> Path:
     """The directory of dataset ``name``.
 
-    ``path`` (or, when None, ``$CTXREC_DATA_DIR``) may be the data root holding ``name/``
-    or the dataset directory itself (recognised by ``marker``, a file it must contain).
+    Parameters
+    ----------
+    name : str
+        The dataset's directory name (e.g. ``"ml-100k"``).
+    path : str or path-like, optional
+        The data root holding ``name/`` or the dataset directory itself (recognised by
+        ``marker``); default ``$CTXREC_DATA_DIR``.
+    marker : str, optional
+        A file the dataset directory must contain.
+
+    Returns
+    -------
+    Path
+        The dataset directory.
+
+    Raises
+    ------
+    MissingDataError
+        No ``path`` and ``$CTXREC_DATA_DIR`` unset, or no such directory.
     """
     if path is None:
         env = os.environ.get("CTXREC_DATA_DIR")
@@ -859,8 +1220,23 @@ def resolve_data_dir(name: str, path: str | os.PathLike | None = None, *, marker
 def verify_files(directory: Path, files: Mapping[str, tuple[int, str]], *, verify: bool = True) -> None:
     """Check that every file exists with the documented size and SHA-256.
 
-    Raises :class:`MissingDataError` / :class:`ChecksumError` naming the file. Results are
-    cached per (path, size, mtime) so repeated loads do not re-hash.
+    Results are cached per (path, size, mtime) so repeated loads do not re-hash.
+
+    Parameters
+    ----------
+    directory : Path
+        Where the files are.
+    files : mapping name -> (size in bytes, SHA-256 hex)
+        The documented files.
+    verify : bool
+        Check the SHA-256 (sizes are always checked).
+
+    Raises
+    ------
+    MissingDataError
+        A missing file (named).
+    ChecksumError
+        A file of another size or checksum (named).
     """
     for fname, (size, sha) in files.items():
         p = directory / fname
@@ -896,8 +1272,26 @@ def download_movielens_100k(root: str | os.PathLike, *, url: str = ML100K_URL, t
     ``u.data``, ``u.item``, ``u.user`` and ``u.genre`` (plus ``README``, ``u.info``,
     ``u.occupation`` when present) are extracted into a temporary folder, checked against
     the documented SHA-256 and moved into place; an existing verified copy is kept as is.
-    Raises :class:`ChecksumError` when the download differs from the documented files.
     Mind the GroupLens terms: research use, no redistribution.
+
+    Parameters
+    ----------
+    root : str or path-like
+        The data root (created when missing).
+    url : str
+        Where the zip is fetched from.
+    timeout : float
+        Seconds the download may take.
+
+    Returns
+    -------
+    Path
+        ``root/ml-100k``.
+
+    Raises
+    ------
+    ChecksumError
+        When the download differs from the documented files.
     """
     import shutil
     import tempfile
@@ -940,15 +1334,6 @@ def load_movielens_100k(path: str | os.PathLike | None = None, *, overviews: boo
                         verify: bool = True, download: bool = False) -> Dataset:
     """MovieLens 100K as a :class:`Dataset` (100,000 ratings, 943 users, 1,682 items).
 
-    Args:
-        path: the data root holding ``ml-100k/`` (and ``ml-100k-overviews/``), or the
-            ``ml-100k`` directory itself; default ``$CTXREC_DATA_DIR``.
-        overviews: ``"auto"`` adds TMDB plot overviews when ``ml-100k-overviews/`` is next
-            to ``ml-100k/``; ``True`` requires them; ``False`` leaves them out.
-        verify: check SHA-256 checksums (sizes are always checked).
-        download: when ``ml-100k/`` is missing under ``path`` (or ``$CTXREC_DATA_DIR``),
-            fetch it first with :func:`download_movielens_100k` (needs internet access).
-
     Interactions keep ``u.data``'s row order; raw ids are the ints of the files (dense index
     = id - 1). ``rating`` float32 1..5, ``timestamp`` unix seconds. No context columns (the
     time context comes from ``timestamp``).
@@ -961,6 +1346,32 @@ def load_movielens_100k(path: str | os.PathLike | None = None, *, overviews: boo
     ``decade`` (e.g. "1990s").
     Users: ``user_table`` user_id, age, gender, occupation, zip_code; ``user_attrs``:
     ``gender``, ``occupation``, ``age_group`` (MovieLens-1M bands), ``zip1`` (first zip digit).
+
+    Parameters
+    ----------
+    path : str or path-like, optional
+        The data root holding ``ml-100k/`` (and ``ml-100k-overviews/``), or the
+        ``ml-100k`` directory itself; default ``$CTXREC_DATA_DIR``.
+    overviews : bool or "auto"
+        ``"auto"`` adds TMDB plot overviews when ``ml-100k-overviews/`` is next
+        to ``ml-100k/``; ``True`` requires them; ``False`` leaves them out.
+    verify : bool
+        Check SHA-256 checksums (sizes are always checked).
+    download : bool
+        When ``ml-100k/`` is missing under ``path`` (or ``$CTXREC_DATA_DIR``),
+        fetch it first with :func:`download_movielens_100k` (needs internet access).
+
+    Returns
+    -------
+    Dataset
+        As described above.
+
+    Raises
+    ------
+    MissingDataError
+        A missing directory or file.
+    ChecksumError
+        An altered file.
     """
     if download:
         root = path if path is not None else os.environ.get("CTXREC_DATA_DIR")
@@ -1086,11 +1497,6 @@ def _frappe_meta_table(d: Path) -> tuple[pd.DataFrame, list[str], dict[str, list
 def load_frappe(path: str | os.PathLike | None = None, *, verify: bool = True) -> Dataset:
     """Frappe raw usage logs as a :class:`Dataset` (96,203 logs, 957 users, 4,082 apps).
 
-    Args:
-        path: the data root holding ``frappe/`` or that directory itself; default
-            ``$CTXREC_DATA_DIR``.
-        verify: check SHA-256 checksums.
-
     Interactions keep ``frappe.csv``'s row order: ``count`` = ``cnt`` (usage count), no
     rating/label/timestamp; context columns :data:`FRAPPE_CONTEXT_COLUMNS` with the raw
     values (strings; ``city`` int64; ``unknown`` is a real value, not missing).
@@ -1099,6 +1505,26 @@ def load_frappe(path: str | os.PathLike | None = None, *, verify: bool = True) -
     description and description, with the literal ``unknown`` left out — the 550 apps
     whose metadata are withheld have empty text. ``item_attrs``: category, downloads,
     language, price, developer (``unknown`` → no value).
+
+    Parameters
+    ----------
+    path : str or path-like, optional
+        The data root holding ``frappe/`` or that directory itself; default
+        ``$CTXREC_DATA_DIR``.
+    verify : bool
+        Check SHA-256 checksums.
+
+    Returns
+    -------
+    Dataset
+        As described above.
+
+    Raises
+    ------
+    MissingDataError
+        A missing directory or file.
+    ChecksumError
+        An altered file.
     """
     d = resolve_data_dir("frappe", path, marker="frappe.csv")
     verify_files(d, FRAPPE_FILES, verify=verify)
@@ -1132,14 +1558,20 @@ class FrappeNFM:
     Each part is a :class:`Dataset` with ``label`` (1 = observed log, 0 = sampled negative)
     and the 8 Frappe context columns; ``count`` is None (libFM drops it).
 
-    Attributes:
-        train: reconstructed training split — the raw log rows not used as positives in
-            validation/test (67,604), each followed by ``n_neg`` sampled negatives that keep
-            the row's user and context and pick an app the user never used (seeded).
-        validation: ``frappe.validation.libfm`` (57,722 lines).
-        test: ``frappe.test.libfm`` (28,860 lines).
-        raw: the raw log dataset the splits were built from.
-        train_raw_rows: int64 [n_train_pos] raw log row of each training positive.
+    Attributes
+    ----------
+    train : Dataset
+        Reconstructed training split — the raw log rows not used as positives in
+        validation/test (67,604), each followed by ``n_neg`` sampled negatives that keep
+        the row's user and context and pick an app the user never used (seeded).
+    validation : Dataset
+        ``frappe.validation.libfm`` (57,722 lines).
+    test : Dataset
+        ``frappe.test.libfm`` (28,860 lines).
+    raw : Dataset
+        The raw log dataset the splits were built from.
+    train_raw_rows : int64 array [n_train_pos]
+        Raw log row of each training positive.
     """
 
     train: Dataset
@@ -1209,6 +1641,22 @@ def load_frappe_nfm(path: str | os.PathLike | None = None, *, n_neg: int = 2, se
     ``default_rng(seed)``) uniformly from the apps the user never used in any raw log,
     keeping the positive's user and context. Training rows are ordered positive, its
     negatives, next positive, ...
+
+    Parameters
+    ----------
+    path : str or path-like, optional
+        As in :func:`load_frappe`.
+    n_neg : int
+        Sampled negatives per training positive.
+    seed : int
+        Seed of the negative sampling.
+    verify : bool
+        Check SHA-256 checksums.
+
+    Returns
+    -------
+    FrappeNFM
+        The three labelled splits and the raw logs.
     """
     raw = load_frappe(path, verify=verify)
     d = Path(raw.meta["source"]["path"])
@@ -1367,6 +1815,13 @@ def resolve_config_paths(section: Mapping[str, Any], base_dir: str | os.PathLike
     file the section was read from). Nothing else is checked: entries that are not
     mappings with a string ``path`` are copied as they are, for :meth:`DataConfig.from_dict`
     to report.
+
+    Parameters
+    ----------
+    section : mapping
+        A data config section (``"interactions"``, ``"items"``, ``"users"``, ...).
+    base_dir : str or path-like
+        The directory relative paths start from.
 
     Returns
     -------
@@ -1599,7 +2054,24 @@ class DataConfig:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "DataConfig":
-        """Read a JSON data section (or ``{"data": {...}}``); relative paths start at its directory."""
+        """Read a JSON data section (or ``{"data": {...}}``); relative paths start at its directory.
+
+        Parameters
+        ----------
+        path : str or path-like
+            The JSON file (``~`` accepted).
+
+        Returns
+        -------
+        DataConfig
+
+        Raises
+        ------
+        MissingDataError
+            No such file.
+        DataError
+            Invalid JSON or any error of :meth:`from_dict`.
+        """
         p = Path(path).expanduser()
         d = read_json_file(p, "data config")
         return cls.from_dict(d, base_dir=Path(os.path.abspath(p)).parent)
@@ -1612,6 +2084,15 @@ class DataConfig:
         ``timestamp``; every other column is context (numeric columns ``numeric``, the
         rest ``categorical``). ``items.csv`` (optional): ``item_id`` plus text columns
         among ``title``, ``text``, ``description`` (in that order of columns in the file).
+
+        Parameters
+        ----------
+        directory : str or path-like
+            The directory.
+
+        Returns
+        -------
+        DataConfig
 
         Raises
         ------

@@ -72,10 +72,25 @@ DEFAULT_PARTITION_ROWS = {"encode": 2_000, "recommend": 5_000}
 class JobResult:
     """What a job did: rows, partitions, wall time, and per-task timings for sizing a cluster.
 
-    ``tasks`` has one dict per partition: ``partition``, ``rows``, ``worker``, ``pid``,
-    ``load_s`` (model load paid by this task: non-zero only on a worker's first task),
-    ``read_s`` (materialising the input partition), ``compute_s`` (encoding / scoring),
-    ``write_s`` (Parquet), ``cache_hits`` (encode only).
+    Attributes
+    ----------
+    job : str
+        ``"encode"`` or ``"recommend"``.
+    rows, partitions, workers : int
+        Rows processed, input partitions, workers used.
+    seconds : float
+        Wall time of the job, in seconds.
+    out : str or None
+        The output directory (None: results held in ``ids`` / ``embeddings``).
+    tasks : list of dict
+        One dict per partition: ``partition``, ``rows``, ``worker``, ``pid``,
+        ``load_s`` (model load paid by this task: non-zero only on a worker's first task),
+        ``read_s`` (materialising the input partition), ``compute_s`` (encoding / scoring),
+        ``write_s`` (Parquet), ``cache_hits`` (encode only).
+    ids : array [n] or None
+        Item ids of an in-memory ``encode_catalog`` result.
+    embeddings : float32 array [n, d] or None
+        Embeddings of an in-memory ``encode_catalog`` result.
     """
 
     job: str
@@ -90,9 +105,19 @@ class JobResult:
 
     @property
     def rows_per_s(self) -> float:
+        """float: rows per second of wall time (NaN when ``seconds`` is 0)."""
         return self.rows / self.seconds if self.seconds > 0 else float("nan")
 
     def summary(self) -> dict[str, Any]:
+        """The job's figures with the per-task timings summed.
+
+        Returns
+        -------
+        dict
+            ``job``, ``rows``, ``partitions``, ``workers``, ``seconds``, ``rows_per_s``, ``out``,
+            ``model_loads`` (tasks that loaded the model), and the summed seconds ``load_s``,
+            ``read_s``, ``compute_s``, ``write_s`` and ``cache_hits``.
+        """
         t = self.tasks
         tot = lambda k: float(sum(x.get(k, 0.0) for x in t))  # noqa: E731
         return {"job": self.job, "rows": self.rows, "partitions": self.partitions, "workers": self.workers,
@@ -114,10 +139,29 @@ def _require_distributed() -> Any:
 @contextlib.contextmanager
 def local_client(client: Any = None, scheduler: str | None = None, n_workers: int | None = None,
                  threads_per_worker: int = 1, progress: bool = False) -> Iterator[Any]:
-    """Yield a Client: ``client`` as given, one connected to ``scheduler``, or a new
-    LocalCluster (``n_workers`` processes, default one per core, ``threads_per_worker``
-    threads each) that is closed on exit. Where it connected (and the dashboard's address)
-    is logged to ``ctxrec.distributed``: at INFO with ``progress``, else at DEBUG."""
+    """Yield a Dask Client, closing what it created on exit.
+
+    Where it connected (and the dashboard's address) is logged to ``ctxrec.distributed``:
+    at INFO with ``progress``, else at DEBUG.
+
+    Parameters
+    ----------
+    client : distributed.Client, optional
+        Yielded as given (not closed).
+    scheduler : str, optional
+        Address of a scheduler to connect to.
+    n_workers : int, optional
+        Worker processes of a new LocalCluster (default one per core), when neither
+        ``client`` nor ``scheduler`` is given.
+    threads_per_worker : int
+        Threads of each LocalCluster worker.
+    progress : bool
+        Log the connection at INFO rather than DEBUG.
+
+    Yields
+    ------
+    distributed.Client
+    """
     distributed = _require_distributed()
     if client is not None:
         yield client
@@ -370,26 +414,55 @@ def encode_catalog(items: Any, out: str | os.PathLike | None = None, *, text_col
                    overwrite: bool = False, progress: bool = True) -> JobResult:
     """Encode the item texts of a catalog partition by partition on a Dask cluster.
 
-    items: a Dask DataFrame, a pandas DataFrame (split into ``partition_rows`` rows per
+    Parameters
+    ----------
+    items : Dask DataFrame, pandas DataFrame, str or path-like
+        A Dask DataFrame, a pandas DataFrame (split into ``partition_rows`` rows per
         partition, default 2,000) or a Parquet dataset / CSV path, with ``text_col`` (and
         ``id_col`` unless it is None).
-    out: Parquet dataset directory to write (``part-NNNNN.parquet``: ``id_col`` and
+    out : str or path-like, optional
+        Parquet dataset directory to write (``part-NNNNN.parquet``: ``id_col`` and
         ``embedding`` as fixed-size float32 lists, partition order = input order, then
         ``_manifest.json``); None returns ``ids`` / ``embeddings`` in the result instead.
-    encoder: an encoder export directory (default: ctxrec's; it must be readable by every
+    text_col, id_col : str
+        The text column and the id column (None: no ids).
+    encoder : str, path-like or callable, optional
+        An encoder export directory (default: ctxrec's; it must be readable by every
         worker) or a zero-argument callable returning an object with ``encode(texts)``
-        (called once per worker). variant / provider / threads: ``TextEncoder.load``
-        arguments on the workers (``threads`` onnxruntime threads per task: 1 suits one
-        single-threaded worker process per core).
-    cache_dir: the persistent embedding cache (same layout as ``TextEncoder.load(cache_dir=)``):
+        (called once per worker).
+    variant, provider, threads
+        ``TextEncoder.load`` arguments on the workers (``threads`` onnxruntime threads per
+        task: 1 suits one single-threaded worker process per core).
+    batch_size : int
+        Texts per ``encode`` call.
+    cache_dir : str or path-like, optional
+        The persistent embedding cache (same layout as ``TextEncoder.load(cache_dir=)``):
         texts found there are not encoded again; new ones are added.
-    client / scheduler / n_workers: see :func:`local_client`.
+    partition_rows : int, optional
+        Rows per partition of a pandas input.
+    client, scheduler, n_workers
+        See :func:`local_client`.
+    overwrite : bool
+        Replace a non-empty ``out``.
+    progress : bool
+        A progress bar over the partitions.
 
     Returns
     -------
     JobResult
         Rows, partitions, workers, seconds, cache hits and per-task timings; with ``out=None``
         also ``ids`` and ``embeddings`` (float32 [n, d]); :func:`read_embeddings` reads ``out``.
+
+    Raises
+    ------
+    FileNotFoundError
+        No encoder export at ``encoder``.
+    TypeError
+        ``encoder`` is neither a directory nor a callable.
+    ValueError
+        ``items`` lacks ``text_col`` or ``id_col``.
+    OutputExistsError
+        ``out`` is not empty and ``overwrite`` is False.
     """
     from dask import delayed
     if isinstance(encoder, (str, os.PathLike)) or encoder is None:
@@ -438,7 +511,26 @@ def encode_catalog(items: Any, out: str | os.PathLike | None = None, *, text_col
 
 
 def read_embeddings(path: str | os.PathLike, id_col: str | None = "item_id") -> tuple[np.ndarray | None, np.ndarray]:
-    """(ids, float32 [n, d]) from an ``encode_catalog`` output, in input order."""
+    """The ids and embeddings of an ``encode_catalog`` output, in input order.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The output directory.
+    id_col : str or None
+        The id column (None: ids not read).
+
+    Returns
+    -------
+    ids : array [n] or None
+        None when ``id_col`` is None or not in the files.
+    embeddings : float32 array [n, d]
+
+    Raises
+    ------
+    FileNotFoundError
+        No ``_manifest.json`` (not an output, or incomplete).
+    """
     import pyarrow.parquet as pq
     path = Path(path)
     if not (path / "_manifest.json").is_file():
@@ -469,10 +561,35 @@ def recommend_frame(rec: Any, users: Sequence[Any], contexts: Sequence[Mapping[s
                     k: int = 10, *, exclude_seen: bool = True, num_threads: int = 1,
                     ignore_unknown: bool | None = None,
                     rerank: Mapping[str, Any] | None = None) -> list[tuple[list, list, bool]]:
-    """``(item_ids, scores, cold_start)`` per request from ``Recommender.recommend_batch``
-    (batched, identical to ``Recommender.recommend``; ``ignore_unknown`` and the ``rerank``
-    options ``diversity`` / ``calibrate`` / ``calibrate_by`` / ``explore`` / ``explore_scale`` /
-    ``seed`` as there)."""
+    """Top-k per request from ``Recommender.recommend_batch``.
+
+    Batched, identical to ``Recommender.recommend``.
+
+    Parameters
+    ----------
+    rec : Recommender
+        A fitted recommender.
+    users : sequence [b]
+        Raw user ids.
+    contexts : sequence [b] of mapping or None, optional
+        The context of each request.
+    k : int
+        Items per request.
+    exclude_seen : bool
+        Leave out the items each user has seen.
+    num_threads : int
+        Engine threads.
+    ignore_unknown : bool or None
+        As in ``Recommender.recommend``.
+    rerank : mapping, optional
+        The options ``diversity`` / ``calibrate`` / ``calibrate_by`` / ``explore`` /
+        ``explore_scale`` / ``seed``, as in ``Recommender.recommend``.
+
+    Returns
+    -------
+    list of (item_ids, scores, cold_start) [b]
+        Per request: a list of raw item ids, a list of float scores (best first) and a bool.
+    """
     return [(r.item_ids, r.scores, r.cold_start)
             for r in rec.recommend_batch(users, contexts, k, exclude_seen=exclude_seen, num_threads=num_threads,
                                          ignore_unknown=ignore_unknown, **dict(rerank or {}))]
@@ -577,34 +694,68 @@ def recommend_all(model: Any, out: str | os.PathLike, *, users: Any = None, user
                   explore: str | None = None, explore_scale: float = 1.0, seed: int | None = None) -> JobResult:
     """Top-k for every user (or every request row) on a Dask cluster, written to Parquet.
 
-    model: a Recommender directory (``Recommender.save`` / ``ctxrec train``) or a fitted
+    Parameters
+    ----------
+    model : str, path-like or Recommender
+        A Recommender directory (``Recommender.save`` / ``ctxrec train``) or a fitted
         Recommender (saved to a temporary directory first).
-    users: None (every user the model knows), a sequence of user ids, or a table — pandas /
-        Dask DataFrame or Parquet/CSV path — with ``user_col`` and optional context columns
-        (one request per row; its non-null cells override ``context``).
-    context: context fields applied to every request (e.g. ``{"timestamp": ..., "query": ...}``).
-    out: Parquet dataset directory: ``part-NNNNN.parquet`` with ``row`` (the request's
+    out : str or path-like
+        Parquet dataset directory: ``part-NNNNN.parquet`` with ``row`` (the request's
         position in the input), ``user_col``, ``item_ids`` and ``scores`` (lists, best first),
         ``cold_start``, and the row's context columns; then ``_manifest.json``.
-    ship: how the model reaches the workers: ``"path"`` (every worker reads the directory:
+    users : sequence, DataFrame, str or path-like, optional
+        None (every user the model knows), a sequence of user ids, or a table — pandas /
+        Dask DataFrame or Parquet/CSV path — with ``user_col`` and optional context columns
+        (one request per row; its non-null cells override ``context``).
+    user_col : str
+        The user id column of a table.
+    context : mapping, optional
+        Context fields applied to every request (e.g. ``{"timestamp": ..., "query": ...}``).
+    k : int
+        Items per request.
+    exclude_seen : bool
+        Leave out the items each user has seen.
+    partition_rows : int, optional
+        Requests per partition.
+    threads : int
+        Engine threads per task (1 suits one single-threaded worker process per core).
+    ship : {"auto", "path", "bytes"}
+        How the model reaches the workers: ``"path"`` (every worker reads the directory:
         a shared file system or one machine), ``"bytes"`` (a tar archive broadcast once to
         every worker) or ``"auto"`` (path when every current worker sees the same directory).
-    threads: engine threads per task (1 suits one single-threaded worker process per core).
-    ignore_unknown: as in ``Recommender.recommend``: False refuses a request whose context
+    client, scheduler, n_workers
+        See :func:`local_client`.
+    overwrite : bool
+        Replace a non-empty ``out``.
+    progress : bool
+        A progress bar over the partitions.
+    ignore_unknown : bool or None
+        As in ``Recommender.recommend``: False refuses a request whose context
         has a field the model does not know (or text for a model without an encoder) with
         an error naming it; True ignores such fields; None: the model's own default.
-    diversity, calibrate, calibrate_by: the re-ranking options of ``Recommender.recommend``
-        (checked by it on the workers: a bad value fails the job naming the field). Not the
-        exposure penalty: the workers hold no serving log.
-    explore, explore_scale, seed: the exploration options of ``Recommender.recommend``; with a
-        seed every request's draw is fixed by (seed, its user), so the output does not depend on
-        how the users are partitioned.
+    diversity, calibrate, calibrate_by
+        The re-ranking options of ``Recommender.recommend`` (checked by it on the workers:
+        a bad value fails the job naming the field). Not the exposure penalty: the workers
+        hold no serving log.
+    explore, explore_scale, seed
+        The exploration options of ``Recommender.recommend``; with a seed every request's
+        draw is fixed by (seed, its user), so the output does not depend on how the users
+        are partitioned.
 
     Returns
     -------
     JobResult
         Rows, partitions, workers, seconds, the output directory and per-task timings
         (``summary()`` for a dict); :func:`read_recommendations` reads the output.
+
+    Raises
+    ------
+    ValueError
+        An unknown ``ship``, or a table without ``user_col``.
+    FileNotFoundError
+        ``model`` is not a Recommender directory.
+    OutputExistsError
+        ``out`` is not empty and ``overwrite`` is False.
     """
     from dask import delayed
     from ctxrec.recommender import Recommender
@@ -669,7 +820,24 @@ def recommend_all(model: Any, out: str | os.PathLike, *, users: Any = None, user
 
 
 def read_recommendations(path: str | os.PathLike) -> pd.DataFrame:
-    """A ``recommend_all`` output as one pandas DataFrame, ordered by ``row``."""
+    """A ``recommend_all`` output as one pandas DataFrame, ordered by ``row``.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The output directory.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per request: ``row``, the user column, ``item_ids``, ``scores``,
+        ``cold_start`` and the context columns.
+
+    Raises
+    ------
+    FileNotFoundError
+        No ``_manifest.json`` (not an output, or incomplete).
+    """
     path = Path(path)
     if not (path / "_manifest.json").is_file():
         raise FileNotFoundError(f"{path}: no _manifest.json (not a recommend_all output, or incomplete)")

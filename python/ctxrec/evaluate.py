@@ -74,15 +74,21 @@ log = get_logger("ctxrec.evaluate")
 class Split:
     """A train/test (and optional validation) split of one dataset.
 
-    Attributes:
-        name: protocol name, e.g. ``"leave-last-out"``.
-        train, test, validation: :class:`Dataset` parts sharing the source's catalog
-            (dense ids, item text, attributes). ``validation`` may be None.
-        train_rows, test_rows, validation_rows: int64 row indices into the source dataset
-            (None for splits that are not row subsets, e.g. Frappe's labelled files).
-        candidate_items: int64 dense item indices to rank among (item cold start: the
-            held-out items); None = the whole catalog.
-        info: protocol parameters and sizes.
+    Attributes
+    ----------
+    name : str
+        Protocol name, e.g. ``"leave-last-out"``.
+    train, test, validation : Dataset
+        Parts sharing the source's catalog (dense ids, item text, attributes).
+        ``validation`` may be None.
+    train_rows, test_rows, validation_rows : int64 array or None
+        Row indices into the source dataset (None for splits that are not row subsets,
+        e.g. Frappe's labelled files).
+    candidate_items : int64 array [n_candidates] or None
+        Dense item indices to rank among (item cold start: the held-out items);
+        None = the whole catalog.
+    info : dict
+        Protocol parameters and sizes.
     """
 
     name: str
@@ -125,6 +131,25 @@ def leave_last_out(ds: Dataset, *, n_test: int = 1, n_validation: int = 0) -> Sp
     For each user, interactions sorted by (timestamp, row order): the last ``n_test`` go to
     test, the ``n_validation`` before them to validation, the rest to train. A user with
     ``n_test + n_validation`` interactions or fewer keeps them all in train.
+
+    Parameters
+    ----------
+    ds : Dataset
+        Needs a ``timestamp``.
+    n_test : int
+        Test interactions per user.
+    n_validation : int
+        Validation interactions per user.
+
+    Returns
+    -------
+    Split
+        ``"leave-last-out"``.
+
+    Raises
+    ------
+    DataError
+        The dataset has no timestamp column.
     """
     order = _time_order(ds, "leave_last_out")
     u = ds.users[order]
@@ -142,8 +167,30 @@ def leave_last_out(ds: Dataset, *, n_test: int = 1, n_validation: int = 0) -> Sp
 
 
 def temporal_split(ds: Dataset, *, test_frac: float = 0.2, validation_frac: float = 0.0) -> Split:
-    """Global temporal split: the latest ``test_frac`` of interactions (by timestamp, ties by
-    row order) are test, the ``validation_frac`` before them validation, the rest train."""
+    """Global temporal split.
+
+    The latest ``test_frac`` of interactions (by timestamp, ties by row order) are test, the
+    ``validation_frac`` before them validation, the rest train.
+
+    Parameters
+    ----------
+    ds : Dataset
+        Needs a ``timestamp``.
+    test_frac, validation_frac : float
+        Fractions of all interactions, each in [0, 1), summing to less than 1.
+
+    Returns
+    -------
+    Split
+        ``"temporal"``; ``info["test_from_timestamp"]`` is the earliest test timestamp.
+
+    Raises
+    ------
+    DataError
+        The dataset has no timestamp column.
+    ValueError
+        A fraction out of range.
+    """
     _check_frac(test_frac, validation_frac)
     order = _time_order(ds, "temporal_split")
     n = len(ds)
@@ -176,6 +223,26 @@ def stratified_split(ds: Dataset, *, ratio: float = 0.75, seed: int = 42, valida
     ``validation_frac > 0`` then moves that fraction of each user's *training* rows
     (``round(validation_frac * n_train_u)``, chosen with ``default_rng(seed + 1)``) to a
     validation set, for early stopping; the test set is unchanged.
+
+    Parameters
+    ----------
+    ds : Dataset
+    ratio : float
+        Training fraction per user, in (0, 1).
+    seed : int
+        Shuffle seed.
+    validation_frac : float
+        Fraction of each user's training rows moved to validation, in [0, 1).
+
+    Returns
+    -------
+    Split
+        ``"stratified"``.
+
+    Raises
+    ------
+    ValueError
+        ``ratio`` or ``validation_frac`` out of range.
     """
     if not 0 < ratio < 1:
         raise ValueError(f"ratio must be in (0, 1), got {ratio}")
@@ -214,7 +281,26 @@ def stratified_split(ds: Dataset, *, ratio: float = 0.75, seed: int = 42, valida
 
 
 def random_split(ds: Dataset, *, test_frac: float = 0.2, validation_frac: float = 0.0, seed: int = 0) -> Split:
-    """Uniformly random split of interactions (numpy ``default_rng(seed)`` permutation)."""
+    """Uniformly random split of interactions (numpy ``default_rng(seed)`` permutation).
+
+    Parameters
+    ----------
+    ds : Dataset
+    test_frac, validation_frac : float
+        Fractions of all interactions, each in [0, 1), summing to less than 1.
+    seed : int
+        Permutation seed.
+
+    Returns
+    -------
+    Split
+        ``"random"``.
+
+    Raises
+    ------
+    ValueError
+        A fraction out of range.
+    """
     _check_frac(test_frac, validation_frac)
     perm = np.random.default_rng(seed).permutation(len(ds))
     n_test, n_val = int(round(len(ds) * test_frac)), int(round(len(ds) * validation_frac))
@@ -228,6 +314,24 @@ def item_cold_start(ds: Dataset, *, frac: float = 0.1, seed: int = 0) -> Split:
     Every interaction with a held-out item is test; all others train. The held-out items
     keep their dense index, text and attributes (the catalog is shared), and they are the
     ranking candidates (``candidate_items``): a model must rank them from content alone.
+
+    Parameters
+    ----------
+    ds : Dataset
+    frac : float
+        Fraction of the items with interactions held out, in [0, 1).
+    seed : int
+        Seed of the item draw.
+
+    Returns
+    -------
+    Split
+        ``"item-cold-start"``, ``candidate_items`` = the held-out items (int64, sorted).
+
+    Raises
+    ------
+    ValueError
+        ``frac`` out of range.
     """
     _check_frac(frac)
     active = np.flatnonzero(np.bincount(ds.items, minlength=ds.n_items) > 0)
@@ -245,8 +349,18 @@ def item_cold_start(ds: Dataset, *, frac: float = 0.1, seed: int = 0) -> Split:
 def frappe_nfm_split(source: Any = None, *, n_neg: int = 2, seed: int = 0) -> Split:
     """Frappe's official NFM/AFM validation and test, with the reconstructed train split.
 
-    ``source`` is a :class:`~ctxrec.data.FrappeNFM` or a data directory (default
-    ``$CTXREC_DATA_DIR``); see :func:`ctxrec.data.load_frappe_nfm`.
+    Parameters
+    ----------
+    source : FrappeNFM, str or path-like, optional
+        A :class:`~ctxrec.data.FrappeNFM` or a data directory (default
+        ``$CTXREC_DATA_DIR``); see :func:`ctxrec.data.load_frappe_nfm`.
+    n_neg, seed : int
+        Negatives per training positive and their seed (when loading).
+
+    Returns
+    -------
+    Split
+        ``"frappe-nfm"`` with train, validation and test (not row subsets: ``*_rows`` None).
     """
     from ctxrec.data import FrappeNFM, load_frappe_nfm
 
@@ -266,8 +380,28 @@ def evaluate_pointwise(y_true: Any, y_score: Any, *, users: Any = None, kind: st
                        name: str = "model", split: str = "") -> "EvaluationReport":
     """A report of pointwise metrics.
 
-    ``kind="binary"``: ``y_score`` are probabilities (or raw scores: logloss is then left out);
-    metrics auc, logloss and, with ``users``, user_auc. ``kind="rating"``: rmse, mae.
+    Parameters
+    ----------
+    y_true : array-like [n]
+        0/1 labels (``kind="binary"``) or ratings (``kind="rating"``).
+    y_score : array-like [n]
+        ``kind="binary"``: probabilities (or raw scores: logloss is then left out);
+        ``kind="rating"``: predicted ratings.
+    users : array-like [n], optional
+        User of each row; adds user_auc (binary).
+    kind : {"binary", "rating"}
+        ``"binary"``: metrics auc, logloss and, with ``users``, user_auc. ``"rating"``: rmse, mae.
+    name, split : str
+        Labels of the report.
+
+    Returns
+    -------
+    EvaluationReport
+
+    Raises
+    ------
+    ValueError
+        An unknown ``kind``, or an error of the metric functions.
     """
     m: dict[str, float] = {}
     info: dict[str, Any] = {"n": int(np.size(y_true))}
@@ -296,14 +430,16 @@ def evaluate_pointwise(y_true: Any, y_score: Any, *, users: Any = None, kind: st
 class Factors:
     """A model in factor form: score(q, i) = query[q] · item_vecs[i] + item_bias[i].
 
-    Attributes:
-        item_vecs: float32 [n_items, d].
-        user_vecs: float32 [n_users, d] — the query of a user (per-user evaluation); or None
-            when ``query_fn`` is given.
-        item_bias: float32 [n_items] or None.
-        query_fn: optional ``(users int64 [b], rows int64 [b] or None) -> float32 [b, d]``
-            building queries per evaluation query (e.g. with the test row's context; ``rows``
-            index the test dataset when ``group="row"``, None when ``group="user"``).
+    Attributes
+    ----------
+    item_vecs : float32 array [n_items, d]
+    user_vecs : float32 array [n_users, d] or None
+        The query of a user (per-user evaluation); None when ``query_fn`` is given.
+    item_bias : float32 array [n_items] or None
+    query_fn : callable, optional
+        ``(users int64 [b], rows int64 [b] or None) -> float32 [b, d]`` building queries
+        per evaluation query (e.g. with the test row's context; ``rows`` index the test
+        dataset when ``group="row"``, None when ``group="user"``).
     """
 
     item_vecs: np.ndarray
@@ -325,6 +461,24 @@ class Factors:
             raise ValueError("Factors needs user_vecs or query_fn")
 
     def queries(self, users: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+        """The query vectors of a batch of evaluation queries.
+
+        Parameters
+        ----------
+        users : int64 array [b]
+            Dense user indices.
+        rows : int64 array [b] or None
+            Test rows (``group="row"``), passed to ``query_fn``.
+
+        Returns
+        -------
+        float32 array [b, d]
+
+        Raises
+        ------
+        ValueError
+            ``query_fn`` returned another shape.
+        """
         if self.query_fn is not None:
             q = np.ascontiguousarray(self.query_fn(users, rows), dtype=np.float32)
         else:
@@ -334,7 +488,19 @@ class Factors:
         return q
 
     def scores(self, users: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
-        """float32 [b, n_items]: all item scores of the queries."""
+        """All item scores of the queries.
+
+        Parameters
+        ----------
+        users : int64 array [b]
+            Dense user indices.
+        rows : int64 array [b] or None
+            Test rows (``group="row"``), passed to ``query_fn``.
+
+        Returns
+        -------
+        float32 array [b, n_items]
+        """
         s = self.queries(users, rows) @ self.item_vecs.T
         if self.item_bias is not None:
             s += self.item_bias[None, :]
@@ -353,10 +519,19 @@ def _core_module() -> Any:
 
 
 def topk_numpy(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k per row of ``scores`` float32 [b, n] (``-inf`` = ineligible), as the core does it.
+    """Top-k per row of ``scores`` (``-inf`` = ineligible), as the core does it.
 
-    Returns (ids int64 [b, k], scores float32 [b, k]) sorted by score descending, ties by
-    smaller item index; rows with fewer than k eligible items padded with -1 / -inf.
+    Parameters
+    ----------
+    scores : float32 array [b, n]
+    k : int
+
+    Returns
+    -------
+    ids : int64 array [b, k]
+    scores : float32 array [b, k]
+        Sorted by score descending, ties by smaller item index; rows with fewer than k
+        eligible items padded with -1 / -inf.
     """
     b, n = scores.shape
     ids = np.full((b, k), -1, dtype=np.int64)
@@ -412,30 +587,60 @@ def evaluate_ranking(
 ) -> "EvaluationReport":
     """Full-ranking evaluation of ``model`` on ``test`` after training on ``train``.
 
-    Args:
-        model: :class:`Factors`, or a callable ``score_fn(users int64 [b], rows int64 [b] |
-            None) -> float32 [b, n_items]`` (finite scores; higher = better).
-        train: items a user has in ``train`` (label-1 rows) are excluded from their ranking
-            (``exclude_train``) and never count as relevant.
-        test: the relevant items. ``group="user"``: one query per test user, relevant = the
-            user's distinct test items; ``group="row"``: one query per test row (its own
-            context), relevant = that row's item (``rows`` passed to the model index ``test``).
-        candidates: int64 item indices to rank among (default: all items; item cold start
-            passes the held-out items). Relevant items outside it are dropped.
-        relevance_threshold: keep only test rows with rating >= threshold (or label 1 rows
-            when the test set is labelled).
-        backend: ``"auto"`` (core for Factors when importable, numpy otherwise), ``"core"``,
-            ``"numpy"``. Results are identical.
-        metrics: subset of :data:`RANKING_METRICS`. ``mrr`` and ``auc`` use full-catalog
-            ranks (ties count against the relevant item only for smaller item indices, as in
-            the top-K lists): MRR = mean 1/rank of the best relevant item; AUC = mean over
-            queries of the fraction of (relevant, eligible non-relevant) pairs ordered right.
-        progress: a progress bar over the queries (rate, ETA) on stderr: True / False, or None
-            for one only when stderr is a terminal and there is more than one batch. The
-            query count and the time taken are logged to ``ctxrec.evaluate`` at DEBUG.
+    Parameters
+    ----------
+    model : Factors or callable
+        :class:`Factors`, or a callable ``score_fn(users int64 [b], rows int64 [b] |
+        None) -> float32 [b, n_items]`` (finite scores; higher = better).
+    train : Dataset
+        Items a user has in ``train`` (label-1 rows) are excluded from their ranking
+        (``exclude_train``) and never count as relevant.
+    test : Dataset
+        The relevant items. ``group="user"``: one query per test user, relevant = the
+        user's distinct test items; ``group="row"``: one query per test row (its own
+        context), relevant = that row's item (``rows`` passed to the model index ``test``).
+    ks : sequence of int
+        Cut-offs of the @K metrics.
+    metrics : sequence of str
+        Subset of :data:`RANKING_METRICS`. ``mrr`` and ``auc`` use full-catalog
+        ranks (ties count against the relevant item only for smaller item indices, as in
+        the top-K lists): MRR = mean 1/rank of the best relevant item; AUC = mean over
+        queries of the fraction of (relevant, eligible non-relevant) pairs ordered right.
+    group : {"user", "row"}
+        One query per test user or per test row.
+    candidates : int64 array, optional
+        Item indices to rank among (default: all items; item cold start passes the
+        held-out items). Relevant items outside it are dropped.
+    exclude_train : bool
+        Leave each user's training items out of their ranking.
+    relevance_threshold : float, optional
+        Keep only test rows with rating >= threshold (or label 1 rows when the test set
+        is labelled).
+    backend : {"auto", "core", "numpy"}
+        ``"auto"``: core for Factors when importable, numpy otherwise. Results are identical.
+    batch_size : int
+        Queries scored per batch.
+    num_threads : int
+        Threads of the core top-K (0 = all cores).
+    name, split : str
+        Labels of the report.
+    progress : bool or None
+        A progress bar over the queries (rate, ETA) on stderr: True / False, or None
+        for one only when stderr is a terminal and there is more than one batch. The
+        query count and the time taken are logged to ``ctxrec.evaluate`` at DEBUG.
 
-    Returns an :class:`EvaluationReport`; ``report.result`` holds the per-query
-    :class:`RankingResult`.
+    Returns
+    -------
+    EvaluationReport
+        ``report.result`` holds the per-query :class:`RankingResult`.
+
+    Raises
+    ------
+    ValueError
+        Unknown metrics, backend or group; train and test from different catalogs; no
+        test query with a relevant item left; scores of the wrong shape or not finite.
+    RuntimeError
+        ``backend="core"`` without ``ctxrec._core.topk_full``.
     """
     unknown = set(metrics) - set(RANKING_METRICS)
     if unknown:
@@ -614,14 +819,23 @@ REPORT_VERSION = 1
 class EvaluationReport:
     """Metrics of one model on one split, with optional training curves.
 
-    Attributes:
-        name: the model's label. split: the split's label.
-        metrics: flat dict, e.g. ``{"ndcg@10": 0.41, "mrr": 0.33, "auc": 0.91}``.
-        info: sizes and settings (number of queries, backend, ...).
-        ks: the cut-offs of the @K metrics.
-        curves: optional training curves, name -> list of floats per epoch
-            (e.g. ``{"train_loss": [...], "val_ndcg@10": [...]}``).
-        timings: optional seconds, e.g. ``{"fit_s": 12.3, "epoch_s": 0.8}``.
+    Attributes
+    ----------
+    name : str
+        The model's label.
+    split : str
+        The split's label.
+    metrics : dict[str, float]
+        Flat, e.g. ``{"ndcg@10": 0.41, "mrr": 0.33, "auc": 0.91}``.
+    info : dict
+        Sizes and settings (number of queries, backend, ...).
+    ks : list of int
+        The cut-offs of the @K metrics.
+    curves : dict[str, list of float]
+        Optional training curves, one value per epoch
+        (e.g. ``{"train_loss": [...], "val_ndcg@10": [...]}``).
+    timings : dict[str, float]
+        Optional seconds, e.g. ``{"fit_s": 12.3, "epoch_s": 0.8}``.
     """
 
     name: str
@@ -634,26 +848,71 @@ class EvaluationReport:
     result: RankingResult | None = field(default=None, repr=False)
 
     def at_k(self, metric: str) -> dict[int, float]:
-        """``{K: value}`` of one @K metric."""
+        """The values of one @K metric.
+
+        Parameters
+        ----------
+        metric : str
+            A metric name without ``@K`` (e.g. ``"ndcg"``).
+
+        Returns
+        -------
+        dict[int, float]
+            ``{K: value}`` for the cut-offs the report has.
+        """
         return {k: self.metrics[f"{metric}@{k}"] for k in self.ks if f"{metric}@{k}" in self.metrics}
 
     def to_dict(self) -> dict[str, Any]:
+        """dict: the report as JSON-able data (without ``result``); :meth:`from_dict` reads it back."""
         return {"name": self.name, "split": self.split, "metrics": self.metrics, "info": jsonable(self.info),
                 "ks": list(self.ks), "curves": self.curves, "timings": self.timings}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "EvaluationReport":
+        """A report from :meth:`to_dict`'s output.
+
+        Parameters
+        ----------
+        d : mapping
+            Needs ``name`` and ``metrics``; the other keys default to empty.
+
+        Returns
+        -------
+        EvaluationReport
+        """
         return cls(name=d["name"], split=d.get("split", ""), metrics=dict(d["metrics"]), info=dict(d.get("info", {})),
                    ks=list(d.get("ks", [])), curves=dict(d.get("curves", {})), timings=dict(d.get("timings", {})))
 
     def to_json(self) -> str:
+        """str: :meth:`to_dict` as indented JSON with sorted keys."""
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     def to_markdown(self, digits: int = 4) -> str:
+        """The report as a one-row Markdown table (see :func:`reports_markdown`).
+
+        Parameters
+        ----------
+        digits : int
+            Decimals of the metric values.
+
+        Returns
+        -------
+        str
+        """
         return reports_markdown([self], digits=digits)
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write report.json, report.md and report.png into ``directory`` (atomic, with manifest)."""
+        """Write report.json, report.md and report.png into ``directory`` (atomic, with manifest).
+
+        Parameters
+        ----------
+        directory : str or path-like
+
+        Returns
+        -------
+        Path
+            The directory.
+        """
         return save_reports([self], directory)
 
 
@@ -665,7 +924,21 @@ def _fmt(v: Any, digits: int) -> str:
 
 def reports_markdown(reports: Sequence[EvaluationReport], *, metrics: Sequence[str] | None = None,
                      digits: int = 4) -> str:
-    """A Markdown table: one row per report, one column per metric (union, in first-seen order)."""
+    """A Markdown table: one row per report, one column per metric (union, in first-seen order).
+
+    Parameters
+    ----------
+    reports : sequence of EvaluationReport
+    metrics : sequence of str, optional
+        Metric names or bases (``"ndcg"`` selects every ``ndcg@K``); default all of the
+        reports' metrics. A second table lists the timings when any report has them.
+    digits : int
+        Decimals of the values (missing or NaN: "—").
+
+    Returns
+    -------
+    str
+    """
     cols: list[str] = []
     for r in reports:
         for k in r.metrics:
@@ -689,7 +962,21 @@ def reports_markdown(reports: Sequence[EvaluationReport], *, metrics: Sequence[s
 
 def plot_reports(reports: Sequence[EvaluationReport], path: str | os.PathLike, *,
                  metrics: Sequence[str] = ("hr", "recall", "ndcg", "precision")) -> Path:
-    """PNG: each @K metric vs K (one line per report), plus training curves when any report has them."""
+    """PNG: each @K metric vs K (one line per report), plus training curves when any report has them.
+
+    Parameters
+    ----------
+    reports : sequence of EvaluationReport
+    path : str or path-like
+        The PNG file to write.
+    metrics : sequence of str
+        The @K metrics plotted, one panel each.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -745,6 +1032,18 @@ def save_reports(reports: Sequence[EvaluationReport], directory: str | os.PathLi
 
     Written atomically with a checksummed ``manifest.json`` (format
     ``ctxrec.evaluation_report`` v1); :func:`load_reports` reads it back.
+
+    Parameters
+    ----------
+    reports : sequence of EvaluationReport
+    directory : str or path-like
+    stem : str
+        File name stem.
+
+    Returns
+    -------
+    Path
+        The directory.
     """
     from ctxrec._io import atomic_dir
 
@@ -756,7 +1055,23 @@ def save_reports(reports: Sequence[EvaluationReport], directory: str | os.PathLi
 
 
 def load_reports(directory: str | os.PathLike, *, stem: str = "report") -> list[EvaluationReport]:
-    """Reports saved by :func:`save_reports` (manifest and checksums verified)."""
+    """Reports saved by :func:`save_reports` (manifest and checksums verified).
+
+    Parameters
+    ----------
+    directory : str or path-like
+    stem : str
+        File name stem.
+
+    Returns
+    -------
+    list of EvaluationReport
+
+    Raises
+    ------
+    CorruptArtifactError
+        A missing or altered manifest or file.
+    """
     from ctxrec._io import read_manifest
 
     read_manifest(directory, REPORT_FORMAT, REPORT_VERSION)

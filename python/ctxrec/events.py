@@ -57,6 +57,15 @@ def default_log_path(model_dir: str | os.PathLike) -> Path:
 
     It lives outside the directory because a model directory is replaced as a whole when a
     new model is saved or swapped in; the log outlives every model it feeds.
+
+    Parameters
+    ----------
+    model_dir : str or path-like
+        The model directory (it need not exist).
+
+    Returns
+    -------
+    Path
     """
     p = Path(model_dir).expanduser()
     return p.parent / f"{p.name or 'model'}.events.sqlite"
@@ -238,6 +247,19 @@ class EventLog:
         """Events with ``after < seq <= until`` (``until=None``: to the end), in order.
 
         Read in chunks, so a long log is never held in memory at once.
+
+        Parameters
+        ----------
+        after : int
+            Sequence number to start after.
+        until : int or None
+            Last sequence number to read.
+        chunk : int
+            Rows fetched per query.
+
+        Yields
+        ------
+        Event
         """
         last = int(after)
         while True:

@@ -16,6 +16,11 @@ def int_id(v: Any) -> int | None:
     """The int64 id an int, a decimal digit string (``"174"``, ``"-3"``) or an integral float
     (``174.0``) stands for.
 
+    Parameters
+    ----------
+    v : object
+        A candidate id: int, str, float or anything else.
+
     Returns
     -------
     int or None

@@ -29,7 +29,22 @@ RANKING_METRICS = ("hr", "precision", "recall", "ndcg", "map", "map_nrel", "mrr"
 
 def csr_contains(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray, items: np.ndarray,
                   n_items: int) -> np.ndarray:
-    """bool: is ``items[j]`` in CSR row ``rows[j]`` (indices sorted within rows)."""
+    """Whether ``items[j]`` is in CSR row ``rows[j]``, for each j.
+
+    Parameters
+    ----------
+    indptr : int array [n_rows + 1]
+    indices : int64 array [nnz]
+        The CSR rows (any order within a row).
+    rows, items : int array [m]
+        The (row, item) pairs to look up.
+    n_items : int
+        An upper bound (exclusive) of every item index.
+
+    Returns
+    -------
+    bool array [m]
+    """
     if len(indices) == 0:
         return np.zeros(len(items), dtype=bool)
     row_of = np.repeat(np.arange(len(indptr) - 1, dtype=np.int64), np.diff(indptr))
@@ -44,18 +59,36 @@ def ranking_metrics_from_topk(topk: np.ndarray, rel_indptr: np.ndarray, rel_item
                               ) -> dict[str, float]:
     """HR/Precision/Recall/NDCG/MAP/coverage at each K from ranked lists.
 
-    Args:
-        topk: int64 [m, K_max] ranked item ids per query (-1 = padding).
-        rel_indptr, rel_items: CSR (m + 1, nnz) of each query's relevant items (binary
-            relevance, no duplicates). Queries must have at least one relevant item.
-        ks: cut-offs, each <= K_max.
-        n_candidates: catalog size for coverage.
     Definitions (averaged over queries): HR@K = 1[any hit in top K]; Precision@K =
     hits/K; Recall@K = hits/n_rel; NDCG@K = Σ hit_r/log2(r+1) / Σ_{r≤min(n_rel,K)} 1/log2(r+1)
     (r 1-based); MAP@K: AP@K = Σ_{r≤K} hit_r·Precision@r / min(n_rel, K); MAP_nrel@K: the same sum
     / n_rel — Microsoft Recommenders' ``map`` / ``map_at_k`` of its top-K lists, the MAP column
     its benchmark tables publish; coverage@K = distinct items in
     any top K / n_candidates.
+
+    Parameters
+    ----------
+    topk : int64 array [m, K_max]
+        Ranked item ids per query (-1 = padding).
+    rel_indptr, rel_items : int arrays [m + 1], [nnz]
+        CSR of each query's relevant items (binary relevance, no duplicates). Queries
+        must have at least one relevant item.
+    ks : sequence of int
+        Cut-offs, each <= K_max.
+    n_candidates : int
+        Catalog size for coverage.
+    metrics : sequence of str
+        The metric names to compute (default :data:`RANKING_METRICS`).
+
+    Returns
+    -------
+    dict[str, float]
+        ``"<metric>@<k>"`` -> mean over queries (coverage: over the catalog), K by K.
+
+    Raises
+    ------
+    ValueError
+        A query without relevant item, or a K past ``K_max``.
     """
     per_q = per_query_metrics(topk, rel_indptr, rel_items, ks, metrics=metrics)
     return summarize_metrics(per_q, topk, ks, n_candidates, metrics)
@@ -63,7 +96,26 @@ def ranking_metrics_from_topk(topk: np.ndarray, rel_indptr: np.ndarray, rel_item
 
 def summarize_metrics(per_q: dict[str, np.ndarray], topk: np.ndarray, ks: Sequence[int], n_candidates: int,
                metrics: Sequence[str]) -> dict[str, float]:
-    """Means of the per-query metrics, plus coverage@K, in the order K by K."""
+    """Means of the per-query metrics, plus coverage@K, in the order K by K.
+
+    Parameters
+    ----------
+    per_q : dict[str, float64 array [m]]
+        The output of :func:`per_query_metrics`.
+    topk : int64 array [m, K_max]
+        The ranked lists (-1 = padding), for coverage.
+    ks : sequence of int
+        Cut-offs.
+    n_candidates : int
+        Catalog size for coverage.
+    metrics : sequence of str
+        Metric names (coverage is added when ``"coverage"`` is among them).
+
+    Returns
+    -------
+    dict[str, float]
+        ``"<metric>@<k>"`` -> mean.
+    """
     out: dict[str, float] = {}
     for k in ks:
         for name, v in per_q.items():
@@ -77,8 +129,31 @@ def summarize_metrics(per_q: dict[str, np.ndarray], topk: np.ndarray, ks: Sequen
 
 def per_query_metrics(topk: np.ndarray, rel_indptr: np.ndarray, rel_items: np.ndarray, ks: Sequence[int], *,
                       metrics: Sequence[str] = RANKING_METRICS) -> dict[str, np.ndarray]:
-    """The metrics of :func:`ranking_metrics_from_topk` for each query: name -> float64 [m]
-    (coverage, a catalog-level figure, is not among them)."""
+    """The metrics of :func:`ranking_metrics_from_topk` for each query.
+
+    Coverage, a catalog-level figure, is not among them.
+
+    Parameters
+    ----------
+    topk : int64 array [m, K_max]
+        Ranked item ids per query (-1 = padding).
+    rel_indptr, rel_items : int arrays [m + 1], [nnz]
+        CSR of each query's relevant items; every query needs at least one.
+    ks : sequence of int
+        Cut-offs, each <= K_max.
+    metrics : sequence of str
+        Metric names (default :data:`RANKING_METRICS`).
+
+    Returns
+    -------
+    dict[str, float64 array [m]]
+        ``"<metric>@<k>"`` -> the value of each query.
+
+    Raises
+    ------
+    ValueError
+        A query without relevant item, or a K past ``K_max``.
+    """
     m, kmax = topk.shape
     n_rel = np.diff(rel_indptr)
     if (n_rel <= 0).any():
@@ -118,6 +193,26 @@ def per_query_metrics(topk: np.ndarray, rel_indptr: np.ndarray, rel_items: np.nd
 
 
 def as_1d(x: Any, name: str, dtype: Any = np.float64) -> np.ndarray:
+    """``x`` flattened to a 1-D array of ``dtype``, checked finite when floating.
+
+    Parameters
+    ----------
+    x : array-like
+        The values.
+    name : str
+        Their name, for the error message.
+    dtype : numpy dtype
+        Element type (default float64).
+
+    Returns
+    -------
+    array [x.size] of ``dtype``
+
+    Raises
+    ------
+    ValueError
+        A NaN or inf (its position named).
+    """
     a = np.asarray(x, dtype=dtype).reshape(-1)
     if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
         raise ValueError(f"{name} holds NaN or inf at position {int(np.flatnonzero(~np.isfinite(a))[0])}")
@@ -136,9 +231,24 @@ def _average_ranks(x: np.ndarray) -> np.ndarray:
 
 
 def auc(y_true: Any, y_score: Any) -> float:
-    """Area under the ROC curve (Mann–Whitney, ties count 1/2). ``y_true`` 0/1.
+    """Area under the ROC curve (Mann–Whitney, ties count 1/2).
 
-    Raises ValueError when only one class is present.
+    Parameters
+    ----------
+    y_true : array-like [n]
+        0/1 labels (> 0 counts as positive).
+    y_score : array-like [n]
+        Scores, higher = more likely positive.
+
+    Returns
+    -------
+    float
+        AUC in [0, 1].
+
+    Raises
+    ------
+    ValueError
+        When only one class is present, the lengths differ, or a value is not finite.
     """
     y = as_1d(y_true, "y_true")
     s = as_1d(y_score, "y_score")
@@ -155,8 +265,27 @@ def auc(y_true: Any, y_score: Any) -> float:
 def user_auc(users: Any, y_true: Any, y_score: Any, *, weighted: bool = False) -> tuple[float, int]:
     """Per-user AUC averaged over users that have both classes.
 
-    Returns (mean AUC, number of users averaged). ``weighted=True`` weights each user by
-    their number of rows (the "GAUC" of CTR papers).
+    Parameters
+    ----------
+    users : array-like [n]
+        User of each row.
+    y_true : array-like [n]
+        0/1 labels.
+    y_score : array-like [n]
+        Scores.
+    weighted : bool
+        Weight each user by their number of rows (the "GAUC" of CTR papers).
+
+    Returns
+    -------
+    mean_auc : float
+    n_users : int
+        Number of users averaged.
+
+    Raises
+    ------
+    ValueError
+        Lengths differ, or no user has both positive and negative rows.
     """
     u = np.asarray(users).reshape(-1)
     y = as_1d(y_true, "y_true")
@@ -180,7 +309,27 @@ def user_auc(users: Any, y_true: Any, y_score: Any, *, weighted: bool = False) -
 
 
 def logloss(y_true: Any, y_prob: Any, *, eps: float = 1e-7) -> float:
-    """Mean binary cross-entropy (natural log); probabilities clipped to [eps, 1 - eps]."""
+    """Mean binary cross-entropy (natural log); probabilities clipped to [eps, 1 - eps].
+
+    Parameters
+    ----------
+    y_true : array-like [n]
+        0/1 labels.
+    y_prob : array-like [n]
+        Probabilities in [0, 1].
+    eps : float
+        Clipping bound.
+
+    Returns
+    -------
+    float
+        Nats per row.
+
+    Raises
+    ------
+    ValueError
+        Lengths differ, or a probability outside [0, 1].
+    """
     y = as_1d(y_true, "y_true")
     p = as_1d(y_prob, "y_prob")
     if y.shape != p.shape:
@@ -192,12 +341,32 @@ def logloss(y_true: Any, y_prob: Any, *, eps: float = 1e-7) -> float:
 
 
 def rmse(y_true: Any, y_pred: Any) -> float:
-    """Root mean squared error."""
+    """Root mean squared error.
+
+    Parameters
+    ----------
+    y_true, y_pred : array-like [n]
+
+    Returns
+    -------
+    float
+        In the unit of ``y_true``.
+    """
     y, p = as_1d(y_true, "y_true"), as_1d(y_pred, "y_pred")
     return float(np.sqrt(np.mean((y - p) ** 2)))
 
 
 def mae(y_true: Any, y_pred: Any) -> float:
-    """Mean absolute error."""
+    """Mean absolute error.
+
+    Parameters
+    ----------
+    y_true, y_pred : array-like [n]
+
+    Returns
+    -------
+    float
+        In the unit of ``y_true``.
+    """
     y, p = as_1d(y_true, "y_true"), as_1d(y_pred, "y_pred")
     return float(np.mean(np.abs(y - p)))

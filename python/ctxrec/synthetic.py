@@ -10,11 +10,27 @@ def make_catalog(n: int, kind: str = "clustered", dim: int = 64, text_dim: int =
                  seed: int = 0) -> dict[str, np.ndarray]:
     """A catalog of n items and n_queries queries, all float32.
 
-    kind="normal": i.i.d. standard-normal vectors (hard for HNSW);
-    kind="clustered": like learned embeddings, max(16, n // 1000) clusters of varied size
-    (Dirichlet(0.5) weights) with noise 0.35 around each center; queries drawn the same way.
-    Returns V [n, dim] item vectors, bias [n], T [n, text_dim] unit text embeddings,
-    Q [n_queries, dim] queries and TQ [n_queries, text_dim] unit text queries.
+    Parameters
+    ----------
+    n : int
+        Items.
+    kind : {"clustered", "normal"}
+        ``"normal"``: i.i.d. standard-normal vectors (hard for HNSW); ``"clustered"``: like
+        learned embeddings, max(16, n // 1000) clusters of varied size (Dirichlet(0.5)
+        weights) with noise 0.35 around each center; queries drawn the same way.
+    dim : int
+        Item vector width.
+    text_dim : int
+        Text embedding width.
+    n_queries : int
+        Queries.
+    seed : int
+
+    Returns
+    -------
+    dict[str, float32 array]
+        ``V`` [n, dim] item vectors, ``bias`` [n], ``T`` [n, text_dim] unit text embeddings,
+        ``Q`` [n_queries, dim] queries and ``TQ`` [n_queries, text_dim] unit text queries.
     """
     if n < 1 or dim < 1:
         raise ValueError(f"n and dim must be >= 1, got n={n}, dim={dim}")

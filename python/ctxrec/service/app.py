@@ -207,6 +207,11 @@ def install_error_mapping(app: FastAPI) -> None:
 
     ``field`` is the error's own ``field`` when it has one, else the one its message starts
     with, else the route's default.
+
+    Parameters
+    ----------
+    app : fastapi.FastAPI
+        The application the exception handlers are added to.
     """
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

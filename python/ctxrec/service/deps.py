@@ -41,17 +41,43 @@ class ServiceContext:
 
 
 def context(request: Request) -> ServiceContext:
-    """The :class:`ServiceContext` of the app serving ``request``."""
+    """The :class:`ServiceContext` of the app serving ``request``.
+
+    Parameters
+    ----------
+    request : fastapi.Request
+
+    Returns
+    -------
+    ServiceContext
+    """
     return request.app.state.service
 
 
 async def run(fn: Callable[[], Any]) -> Any:
-    """Run ``fn()`` off the event loop (the engine releases the GIL)."""
+    """Run ``fn()`` off the event loop (the engine releases the GIL).
+
+    Parameters
+    ----------
+    fn : callable
+        A zero-argument function.
+
+    Returns
+    -------
+    object
+        What ``fn()`` returns.
+    """
     return await asyncio.get_running_loop().run_in_executor(None, fn)
 
 
 def require_admin(request: Request, what: str) -> None:
     """The admin endpoints' check, before any body is read.
+
+    Parameters
+    ----------
+    request : fastapi.Request
+    what : str
+        The endpoint's action, for the error message.
 
     Raises
     ------

@@ -41,7 +41,23 @@ class BodyError(HTTPException):
 
 
 def error_body(status: int, message: str, field: str | None, request_id: str | None) -> dict[str, Any]:
-    """The service's error JSON: ``{"error", "field"?, "request_id"}``."""
+    """The service's error JSON: ``{"error", "field"?, "request_id"}``.
+
+    Parameters
+    ----------
+    status : int
+        The HTTP status (not part of the body).
+    message : str
+        The ``error`` text.
+    field : str or None
+        The request field at fault (left out when None).
+    request_id : str or None
+        The request's id.
+
+    Returns
+    -------
+    dict
+    """
     body: dict[str, Any] = {"error": message}
     if field is not None:
         body["field"] = field

@@ -26,6 +26,7 @@ async def healthz(request: Request) -> Any:
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
 async def metrics(request: Request) -> Any:
+    """``GET /metrics``: Prometheus metrics (text exposition format)."""
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
     return PlainTextResponse(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -30,6 +30,7 @@ def _json(raw: str | bytes, field: str) -> Any:
 
 @router.put("/items", summary="add or update catalog items (admin; batch upsert, live at once)")
 async def put_items(request: Request) -> Any:
+    """``PUT /items``: add or update catalog items (admin; batch upsert, live at once)."""
     require_admin(request, "catalog writes")  # before the body is read, as for /admin
     import pandas as pd
     raw = await request.body()
@@ -65,6 +66,7 @@ async def put_items(request: Request) -> Any:
 
 @router.delete("/items/{item_id}", summary="remove an item from the catalog (admin; live at once)")
 async def delete_item(request: Request, item_id: IdStr) -> Any:
+    """``DELETE /items/{id}``: remove an item from the catalog (admin; live at once)."""
     require_admin(request, "catalog writes")
     state = context(request).state
     try:
@@ -77,6 +79,7 @@ async def delete_item(request: Request, item_id: IdStr) -> Any:
 @router.get("/items/{item_id}/similar", summary="items most similar to an item")
 async def similar(request: Request, item_id: IdStr, k: int = Query(10, ge=1, le=1000), by: str = "vectors",
                   filter: str | None = Query(None, description='JSON object, e.g. {"genres": ["Comedy"]}')) -> Any:
+    """``GET /items/{id}/similar``: items most similar to an item."""
     filt = None if filter in (None, "") else _json(filter, "filter")
     if filt is not None and not isinstance(filt, dict):
         raise InputError(f"filter: expected a JSON object of attribute -> value(s), got {filter[:200]!r}",
@@ -101,6 +104,7 @@ async def similar(request: Request, item_id: IdStr, k: int = Query(10, ge=1, le=
 
 @router.get("/items/{item_id}", summary="an item's stored attributes and text")
 async def item(request: Request, item_id: IdStr) -> Any:
+    """``GET /items/{id}``: an item's stored attributes and text."""
     try:
         return context(request).state.model.item_info(item_id)
     except (KeyError, ValueError):

@@ -14,13 +14,41 @@ router = APIRouter()
 
 
 def session_state(sess: Any) -> dict[str, Any]:
-    """The session's JSON state after choosing its next question."""
+    """The session's JSON state after choosing its next question.
+
+    Parameters
+    ----------
+    sess : ctxrec.session.Session
+
+    Returns
+    -------
+    dict
+        ``Session.state()`` plus ``"done"`` (no question pending).
+    """
     sess.next_question()
     return {**sess.state(), "done": sess.pending is None}
 
 
 def get_session(request: Request, sid: str) -> Any:
-    """The live session ``sid``: 404 unknown or expired, 410 ended by a reload."""
+    """The live session ``sid``.
+
+    Parameters
+    ----------
+    request : fastapi.Request
+    sid : str
+        The session id.
+
+    Returns
+    -------
+    ctxrec.session.Session
+
+    Raises
+    ------
+    UnknownIdError
+        Unknown or expired (a ``KeyError``; 404).
+    ServiceError
+        410: the session was ended by a reload.
+    """
     from ctxrec.session import SessionRetiredError
     try:
         return context(request).sessions.get(sid)
@@ -30,6 +58,7 @@ def get_session(request: Request, sid: str) -> Any:
 
 @router.post("/session", summary="start an interactive session: top-k and the first clarifying question")
 async def session_start(request: Request, req: SessionRequest) -> Any:
+    """``POST /session``: start an interactive session: top-k and the first clarifying question."""
     from ctxrec.session import QuestionBank, Session
     ctx = context(request)
     model = ctx.state.model
@@ -46,6 +75,7 @@ async def session_start(request: Request, req: SessionRequest) -> Any:
 
 @router.post("/session/{session_id}/answer", summary="answer the pending question (or say something)")
 async def session_answer(request: Request, session_id: IdStr, req: AnswerRequest) -> Any:
+    """``POST /session/{id}/answer``: answer the pending question (or say something)."""
     sess = get_session(request, session_id)
 
     def work() -> dict[str, Any]:
@@ -63,6 +93,7 @@ async def session_answer(request: Request, session_id: IdStr, req: AnswerRequest
 
 @router.post("/session/{session_id}/explain", summary="why an item is recommended now in this session")
 async def session_explain(request: Request, session_id: IdStr, req: ExplainRequest) -> Any:
+    """``POST /session/{id}/explain``: why an item is recommended now in this session."""
     sess = get_session(request, session_id)
     try:
         return await run(lambda: sess.explain(req.item))
@@ -72,6 +103,7 @@ async def session_explain(request: Request, session_id: IdStr, req: ExplainReque
 
 @router.delete("/session/{session_id}", summary="end a session")
 async def session_end(request: Request, session_id: IdStr) -> Any:
+    """``DELETE /session/{id}``: end a session."""
     if not context(request).sessions.remove(session_id):
         raise UnknownIdError(f"unknown or expired session {session_id!r}", field="session_id")
     return {"status": "ended"}

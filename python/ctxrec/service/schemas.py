@@ -67,8 +67,22 @@ Context = Annotated[dict[Key, Scalar], Field(max_length=MAX_CONTEXT_KEYS)]
 
 
 def echo(v: Any) -> Any:
-    """An echoed input as something JSON can always carry (a NaN, an infinity or a lone
-    surrogate would otherwise make the error response itself fail)."""
+    """An echoed input as something JSON can always carry.
+
+    A NaN, an infinity or a lone surrogate would otherwise make the error response itself fail.
+
+    Parameters
+    ----------
+    v : object
+        The input value.
+
+    Returns
+    -------
+    object
+        ``v`` itself for a finite number, a bool or None; a string with lone surrogates
+        backslash-escaped; ``repr(v)`` for an infinity or NaN and for any other value
+        (also escaped); strings cut to 200 characters plus ``"..."``.
+    """
     if isinstance(v, float) and not math.isfinite(v):
         return repr(v)
     if isinstance(v, str):
@@ -116,6 +130,7 @@ class RerankFields(BaseModel):
                             description="penalise items by their recorded exposure (long tail); 0 = off")
 
     def rerank(self) -> dict[str, Any]:
+        """dict: the re-ranking options as ``Recommender.recommend`` keywords."""
         return {"diversity": self.diversity, "calibrate": self.calibrate, "calibrate_by": self.calibrate_by,
                 "exposure": self.exposure}
 
@@ -130,10 +145,12 @@ class ExploreFields(BaseModel):
     seed: int | None = Field(None, ge=0, lt=2 ** 63, description="fixes the draw (with the user); null = fresh")
 
     def exploration(self) -> dict[str, Any]:
+        """dict: the exploration options as ``Recommender.recommend`` keywords."""
         return {"explore": self.explore, "explore_scale": self.explore_scale, "seed": self.seed}
 
 
 class RecommendRequest(RerankFields, ExploreFields):
+    """Body of ``POST /recommend`` (and each request of a batch)."""
     model_config = ConfigDict(extra="forbid")
     user: Id = Field(description="original user id; unknown users get the cold-start path")
     context: Context = Field(default_factory=dict,
@@ -149,11 +166,13 @@ class RecommendRequest(RerankFields, ExploreFields):
 
 
 class BatchRequest(BaseModel):
+    """Body of ``POST /recommend/batch``: up to 1,000 requests."""
     model_config = ConfigDict(extra="forbid")
     requests: list[RecommendRequest] = Field(min_length=1, max_length=1000)
 
 
 class FeedbackRequest(BaseModel):
+    """Body of ``POST /feedback``: one interaction."""
     model_config = ConfigDict(extra="forbid")
     user: Id
     item: Id
@@ -162,6 +181,7 @@ class FeedbackRequest(BaseModel):
 
 
 class SessionRequest(RerankFields, ExploreFields):
+    """Body of ``POST /session``: who, in which context, and how the session ranks."""
     model_config = ConfigDict(extra="forbid")
     user: Id | None = Field(None, description="original user id; unknown or null = cold start")
     context: Context = Field(default_factory=dict,
@@ -172,12 +192,14 @@ class SessionRequest(RerankFields, ExploreFields):
 
 
 class AnswerRequest(BaseModel):
+    """Body of ``POST /session/{id}/answer``."""
     model_config = ConfigDict(extra="forbid")
     answer: int | Text | None = Field(description="option index, option label, free text, or null to skip")
     question: IdStr | None = Field(None, description="question id (default: the pending question)")
 
 
 class ExplainRequest(BaseModel):
+    """Body of ``POST /session/{id}/explain``."""
     model_config = ConfigDict(extra="forbid")
     item: Id
 
@@ -190,10 +212,12 @@ class ItemIn(BaseModel):
 
 
 class ItemsRequest(BaseModel):
+    """Body of ``PUT /items``: up to 10,000 items."""
     model_config = ConfigDict(extra="forbid")
     items: list[ItemIn] = Field(min_length=1, max_length=10_000)
 
 
 class ReloadRequest(BaseModel):
+    """Body of ``POST /admin/reload`` (optional)."""
     model_config = ConfigDict(extra="forbid")
     path: Text | None = Field(None, description="model directory to load (default: the one being served)")

@@ -28,6 +28,7 @@ class Turn:
     weights: list[float] | None = None  # option weights read from free text
 
     def to_dict(self) -> dict[str, Any]:
+        """dict: the turn's set fields (None ones left out), JSON-ready."""
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
@@ -40,38 +41,65 @@ def _explore_options(policy: Any, scale: Any, seed: Any) -> dict[str, Any]:
 class Session:
     """One conversation with one user: turns, the belief over items, the next question.
 
-    Parameters (see the module docstring for the model they belong to)
+    See the module docstring for the model the parameters belong to.
+
+    Parameters
     ----------
-    recommender : a fitted :class:`ctxrec.recommender.Recommender`
-    user : raw user id (unknown or None = cold start)
-    context : structured context fields; a free-text field of the recommender's spec (e.g.
+    recommender : ctxrec.recommender.Recommender
+        Fitted.
+    user : raw user id, optional
+        Unknown or None = cold start.
+    context : mapping, optional
+        Structured context fields; a free-text field of the recommender's spec (e.g.
         "query") becomes the first turn of the conversation text.
-    bank : QuestionBank (default: ``QuestionBank.for_recommender(recommender)``)
-    k : top-K size; exclude_seen / exclude / allow / filter as in ``Recommender.recommend``
-        (removed items are never in a session's top-K).
-    temperature : belief temperature as a multiple of the base scores' std (default 1).
-    answer_noise : ε, the chance an answer is not what the target's attributes say (0.05).
-    text_decay : weight of each older free-text turn relative to the next newer one (0.5).
-    text_weight : weight of cos(conversation text, item text) (default: the recommender's
+    bank : QuestionBank, optional
+        Default: ``QuestionBank.for_recommender(recommender)``.
+    k : int
+        Top-K size.
+    exclude_seen, exclude, allow, filter
+        As in ``Recommender.recommend`` (removed items are never in a session's top-K).
+    temperature : float
+        Belief temperature as a multiple of the base scores' std (default 1).
+    answer_noise : float
+        ε, the chance an answer is not what the target's attributes say (0.05).
+    text_decay : float
+        Weight of each older free-text turn relative to the next newer one (0.5).
+    text_weight : float, optional
+        Weight of cos(conversation text, item text) (default: the recommender's
         ``text_match_weight_``).
-    confidence : stop asking once the top-K holds this much of the belief (0.5).
-    min_gain : stop asking when no question gains this many nats (0.02).
-    max_questions : ask at most this many questions (None = until confident).
-    text_choice_temperature : softmax temperature turning a free answer's cosine to each
-        option into option weights (0.1; chosen on test rows disjoint from the benchmark's).
-    prior_mix : share of a uniform prior mixed into the belief the questions are chosen on
+    confidence : float
+        Stop asking once the top-K holds this much of the belief (0.5).
+    min_gain : float
+        Stop asking when no question gains this many nats (0.02).
+    max_questions : int, optional
+        Ask at most this many questions (None = until confident).
+    text_choice_temperature : float
+        Softmax temperature turning a free answer's cosine to each option into option
+        weights (0.1; chosen on test rows disjoint from the benchmark's).
+    prior_mix : float
+        Share of a uniform prior mixed into the belief the questions are chosen on
         (0.1): the model's ranking is a guess, and an overconfident belief would only ask
         questions that split items the model already likes.
-    pool : the belief is evaluated on the ``pool`` best items for question choice (2000).
-    llm : optional :class:`ChatLLM` that reads free answers first (and can phrase questions,
-        ``phrase(question)``); None (default) = the session's own reading only.
-    diversity, calibrate, calibrate_by, exposure : how every top-K of the session is re-ranked
-        (``Recommender.recommend``'s options; default off), unless :meth:`recommend` is given
-        others.
-    explore, explore_scale, seed : exploration of every top-K (``Recommender.recommend``'s
-        options; default off): the belief scores plus a Thompson draw's shift or the UCB bonus of
-        the user's posterior (``Recommender.user_posterior``), over the whole catalog.
+    pool : int
+        The belief is evaluated on the ``pool`` best items for question choice (2000).
+    llm : ChatLLM, optional
+        Reads free answers first (and can phrase questions, ``phrase(question)``);
+        None (default) = the session's own reading only.
+    diversity, calibrate, calibrate_by, exposure
+        How every top-K of the session is re-ranked (``Recommender.recommend``'s options;
+        default off), unless :meth:`recommend` is given others.
+    explore, explore_scale, seed
+        Exploration of every top-K (``Recommender.recommend``'s options; default off): the
+        belief scores plus a Thompson draw's shift or the UCB bonus of the user's posterior
+        (``Recommender.user_posterior``), over the whole catalog.
 
+    Raises
+    ------
+    ValueError
+        A bad option value (named), or a bank built for another catalog.
+
+    Notes
+    -----
     ``lock`` (a re-entrant lock) serializes the session's methods; hold it to make several
     calls one consistent step (an answer and the state it leads to).
     """
@@ -234,15 +262,25 @@ class Session:
     def recommend(self, k: int | None = None, **rerank: Any) -> Any:
         """The top-K now, as a ``Recommendation`` (scores = belief scores, model units).
 
-        ``rerank``: diversity / calibrate / calibrate_by / exposure / explore / explore_scale /
-        seed for this call (default: the session's ``rerank_options``), re-ranking the belief's
-        best items as ``Recommender.recommend`` re-ranks the model's (``Recommender.rerank``);
-        with ``explore`` the belief scores get the exploration term first
-        (``Recommendation.explore``; ``scores`` stay the belief scores).
+        Parameters
+        ----------
+        k : int, optional
+            Top-K size (default the session's ``k``).
+        **rerank
+            diversity / calibrate / calibrate_by / exposure / explore / explore_scale /
+            seed for this call (default: the session's ``rerank_options``), re-ranking the belief's
+            best items as ``Recommender.recommend`` re-ranks the model's (``Recommender.rerank``);
+            with ``explore`` the belief scores get the exploration term first
+            (``Recommendation.explore``; ``scores`` stay the belief scores).
 
         Returns
         -------
         Recommendation
+
+        Raises
+        ------
+        TypeError
+            An unknown keyword.
         """
         from ctxrec.recommender import Recommendation
         unknown = set(rerank) - set(self.rerank_options)
@@ -289,7 +327,18 @@ class Session:
         return explore.ucb_bonus(factor, self._vecs, scale).astype(np.float64)
 
     def top_mass(self, k: int | None = None) -> float:
-        """Share of the belief held by the current top-K."""
+        """Share of the belief held by the current top-K.
+
+        Parameters
+        ----------
+        k : int, optional
+            Top-K size (default the session's ``k``).
+
+        Returns
+        -------
+        float
+            In [0, 1].
+        """
         with self.lock:
             k = self.k if k is None else int(k)
             return float(np.sort(self._p)[::-1][:k].sum())
@@ -314,9 +363,16 @@ class Session:
             return out
 
     def next_question(self) -> Question | None:
-        """The unasked question with the highest expected information gain, or None when the
-        top-K is confident (``confidence``), nothing gains ``min_gain`` or ``max_questions``
-        were asked. The question stays pending until answered or skipped."""
+        """The unasked question with the highest expected information gain.
+
+        The question stays pending until answered or skipped.
+
+        Returns
+        -------
+        Question or None
+            None when the top-K is confident (``confidence``), nothing gains ``min_gain`` or
+            ``max_questions`` were asked.
+        """
         with self.lock:
             if self.pending is not None:
                 return self.pending
@@ -335,7 +391,23 @@ class Session:
             return self.pending
 
     def ask(self, question: Question | str) -> Question:
-        """Make ``question`` (or its id) the pending one (e.g. a UI's or a benchmark's own pick)."""
+        """Make ``question`` (or its id) the pending one (e.g. a UI's or a benchmark's own pick).
+
+        Parameters
+        ----------
+        question : Question or str
+            The question or its id in the bank.
+
+        Returns
+        -------
+        Question
+            The pending question.
+
+        Raises
+        ------
+        ValueError
+            The question was already asked.
+        """
         with self.lock:
             q = self.bank[question] if isinstance(question, str) else question
             if q.id in self.asked:
@@ -344,12 +416,29 @@ class Session:
             return q
 
     def answer(self, response: Any, question: Question | str | None = None) -> Any:
-        """Answer the pending question (or ``question``): an option index, an option label,
-        free text, or None to skip. Returns the new top-K (``Recommendation``).
+        """Answer the pending question (or ``question``).
 
         Free text is encoded once, joins the conversation text, and is read as option
         weights (a named option label wins; else cosine to each option's vector).
         Without a pending question, free text is taken as ``say(text)``.
+
+        Parameters
+        ----------
+        response : int, str or None
+            An option index, an option label, free text, or None to skip.
+        question : Question or str, optional
+            The question answered (default the pending one).
+
+        Returns
+        -------
+        Recommendation
+            The new top-K.
+
+        Raises
+        ------
+        ValueError
+            No question pending for a non-text answer, a question already answered, an option
+            index out of range, or an answer of another type.
         """
         with self.lock:
             q = self.pending if question is None else (self.bank[question] if isinstance(question, str)
@@ -409,16 +498,44 @@ class Session:
             return self.recommend()
 
     def phrase(self, question: Question | None = None) -> str | None:
-        """The pending question's (or ``question``'s) wording: the LLM's when one is configured
-        and answers, else the bank's prompt."""
+        """The pending question's (or ``question``'s) wording.
+
+        Parameters
+        ----------
+        question : Question, optional
+            Default the pending one.
+
+        Returns
+        -------
+        str or None
+            The LLM's wording when one is configured and answers, else the bank's prompt;
+            None without a question.
+        """
         q = self.pending if question is None else question
         if q is None:
             return None
         return (self.llm.phrase(q) if self.llm is not None else None) or q.prompt
 
     def say(self, text: str) -> Any:
-        """Free text outside any question ("something light, for kids"): joins the
-        conversation text (newest weighs most). Returns the new top-K."""
+        """Free text outside any question ("something light, for kids").
+
+        It joins the conversation text (newest weighs most).
+
+        Parameters
+        ----------
+        text : str
+            Non-empty text.
+
+        Returns
+        -------
+        Recommendation
+            The new top-K.
+
+        Raises
+        ------
+        ValueError
+            Empty text.
+        """
         with self.lock:
             if not isinstance(text, str) or not text.strip():
                 raise ValueError("say: expected non-empty text")
@@ -428,10 +545,22 @@ class Session:
             return self.recommend()
 
     def explain(self, item: Any) -> dict[str, Any]:
-        """Why ``item`` is where it is now: contributions summing to its belief score
-        (``user_affinity``, ``context``, ``request_text`` (the model's own text input),
-        ``text_match`` (with what was said), ``answers``, ``popularity``), per-answer and
-        per-text-turn detail, and short sentences a UI can show."""
+        """Why ``item`` is where it is now.
+
+        Parameters
+        ----------
+        item : raw item id
+
+        Returns
+        -------
+        dict
+            ``item_id``, the item's fields, ``rank``, ``score`` (belief score, None when the
+            item is excluded), ``probability``, ``contributions`` summing to its belief score
+            (``user_affinity``, ``context``, ``request_text`` (the model's own text input),
+            ``text_match`` (with what was said), ``answers``, ``popularity``), per-answer
+            (``answers``) and per-text-turn (``said``) detail, and ``reasons``: short
+            sentences a UI can show.
+        """
         with self.lock:
             rec = self.rec
             i = rec.item_index(item)
@@ -490,7 +619,19 @@ class Session:
                     "said": per_text, "reasons": [r for _, r in reasons]}
 
     def state(self, k: int | None = None) -> dict[str, Any]:
-        """JSON-ready snapshot: items, the pending question, turns, confidence."""
+        """JSON-ready snapshot: items, the pending question, turns, confidence.
+
+        Parameters
+        ----------
+        k : int, optional
+            Top-K size (default the session's ``k``).
+
+        Returns
+        -------
+        dict
+            ``session_id``, ``user``, ``cold_start``, ``items``, ``question`` (or None),
+            ``confidence``, ``asked``, ``turns``.
+        """
         with self.lock:
             rec = self.recommend(k)
             return {"session_id": self.id, "user": jsonable(self.user), "cold_start": rec.cold_start,

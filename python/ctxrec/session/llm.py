@@ -8,13 +8,28 @@ from ctxrec.session.questions import Question
 
 # ============================================================================ optional LLM
 class ChatLLM:
-    """Optional: a generative model behind an OpenAI-compatible endpoint (``POST
-    {url}/chat/completions``) that phrases questions and reads free answers. Off by default
-    (``Session(llm=None)``); any failure (unreachable, timeout, malformed reply, a reply that
-    names no option) falls back to the session's own reading, so a session never depends on it.
+    """Optional: a generative model behind an OpenAI-compatible endpoint.
 
-    url: base URL, e.g. "http://127.0.0.1:8080/v1". model: the model name sent. api_key:
-    sent as a bearer token when given. timeout_s: per call.
+    It phrases questions and reads free answers (``POST {url}/chat/completions``). Off by
+    default (``Session(llm=None)``); any failure (unreachable, timeout, malformed reply, a
+    reply that names no option) falls back to the session's own reading, so a session never
+    depends on it.
+
+    Parameters
+    ----------
+    url : str
+        Base URL, e.g. "http://127.0.0.1:8080/v1".
+    model : str
+        The model name sent.
+    api_key : str, optional
+        Sent as a bearer token when given.
+    timeout_s : float
+        Seconds per call.
+
+    Raises
+    ------
+    ValueError
+        ``url`` is not an http(s) URL.
     """
 
     def __init__(self, url: str, model: str = "default", api_key: str | None = None, timeout_s: float = 5.0) -> None:
@@ -42,13 +57,35 @@ class ChatLLM:
             return None
 
     def phrase(self, q: Question) -> str | None:
-        """A friendlier wording of ``q`` (None on failure)."""
+        """A friendlier wording of ``q``.
+
+        Parameters
+        ----------
+        q : Question
+
+        Returns
+        -------
+        str or None
+            None on failure.
+        """
         opts = "; ".join(q.options)
         return self._chat("You rephrase a shop assistant's clarifying question in one short friendly sentence. "
                           "Reply with the sentence only.", f"Question: {q.prompt}\nOptions: {opts}")
 
     def parse(self, q: Question, text: str) -> int | None:
-        """The option (0-based) a free answer picks, or None (no option / failure)."""
+        """The option a free answer picks.
+
+        Parameters
+        ----------
+        q : Question
+        text : str
+            The free answer.
+
+        Returns
+        -------
+        int or None
+            The 0-based option, or None (no option / failure).
+        """
         opts = "\n".join(f"{j + 1}. {o}" for j, o in enumerate(q.options))
         reply = self._chat("Which numbered option does the user's answer choose? Reply with the number only, "
                            "or 0 if none.", f"Question: {q.prompt}\nOptions:\n{opts}\nAnswer: {text}")

@@ -19,13 +19,25 @@ from ctxrec.session.text import STOP_WORDS, TOKEN, WORD, singular, unit
 class Question:
     """One clarifying question of a :class:`QuestionBank`.
 
-    id: stable identifier ("attr:genres", "clusters", "clusters/3"). kind: "attribute" or
-    "cluster". field: the item attribute asked about ("text" for clusters). prompt: the
-    question as shown. options: short option labels; details: a longer description of each
-    (typical titles and words for a text cluster). membership: float32 [n_items, n_options],
-    row i = how item i answers (sums to 1; an all-uniform row = the item gives no
-    information). option_vecs: unit float32 [n_options, d] in the encoder's space (to read a
-    free-text answer), or None.
+    Attributes
+    ----------
+    id : str
+        Stable identifier ("attr:genres", "clusters", "clusters/3").
+    kind : str
+        "attribute" or "cluster".
+    field : str
+        The item attribute asked about ("text" for clusters).
+    prompt : str
+        The question as shown.
+    options : list of str
+        Short option labels.
+    details : list of str
+        A longer description of each option (typical titles and words for a text cluster).
+    membership : float32 array [n_items, n_options]
+        Row i = how item i answers (sums to 1; an all-uniform row = the item gives no
+        information).
+    option_vecs : float32 array [n_options, d] or None
+        Unit vectors in the encoder's space (to read a free-text answer).
     """
 
     id: str
@@ -40,15 +52,33 @@ class Question:
 
     @property
     def n_options(self) -> int:
+        """int: number of options."""
         return len(self.options)
 
     def to_dict(self) -> dict[str, Any]:
+        """dict: ``id``, ``kind``, ``field``, ``prompt`` and ``options`` (index, label, detail), JSON-ready."""
         return {"id": self.id, "kind": self.kind, "field": self.field, "prompt": self.prompt,
                 "options": [{"index": j, "label": o, "detail": d}
                             for j, (o, d) in enumerate(zip(self.options, self.details))]}
 
     def option_index(self, answer: Any) -> int | None:
-        """The option an answer names exactly (index or label, case-insensitive), else None."""
+        """The option an answer names exactly (index or label, case-insensitive).
+
+        Parameters
+        ----------
+        answer : int or str
+            An option index or label.
+
+        Returns
+        -------
+        int or None
+            The option index; None when the answer names none.
+
+        Raises
+        ------
+        ValueError
+            An index out of range.
+        """
         if isinstance(answer, (int, np.integer)) and not isinstance(answer, bool):
             if 0 <= int(answer) < self.n_options:
                 return int(answer)
@@ -62,7 +92,17 @@ class Question:
         return None
 
     def named_options(self, text: str) -> list[int]:
-        """Options whose label occurs in ``text`` as a whole word/phrase (case-insensitive)."""
+        """Options whose label occurs in ``text`` as a whole word/phrase (case-insensitive).
+
+        Parameters
+        ----------
+        text : str
+
+        Returns
+        -------
+        list of int
+            Option indices, in option order.
+        """
         t = f" {' '.join(TOKEN.findall(text.lower()))} "
         out = []
         for j, o in enumerate(self.options):
@@ -136,8 +176,20 @@ class QuestionBank:
 
     @classmethod
     def for_recommender(cls, rec: Any) -> "QuestionBank":
-        """The default bank of ``rec``, built once per catalog and cached (per recommender object:
-        a catalog write swaps ``rec.items_``, and the next call builds the bank again)."""
+        """The default bank of ``rec``, built once per catalog and cached.
+
+        Cached per recommender object: a catalog write swaps ``rec.items_``, and the next call
+        builds the bank again.
+
+        Parameters
+        ----------
+        rec : ctxrec.recommender.Recommender
+            Fitted.
+
+        Returns
+        -------
+        QuestionBank
+        """
         with cls._cache_lock:
             got = cls._cache.get(rec)
             items = getattr(rec, "items_", None)
@@ -152,8 +204,26 @@ class QuestionBank:
                          seed: int = 0) -> "QuestionBank":
         """Build the bank from ``rec.items_`` (attributes) and ``rec.item_text_`` (clusters).
 
-        attributes: item columns to ask about (default: detected). n_clusters=0 turns the
-        text-cluster questions off; n_subclusters=0 the second level.
+        Parameters
+        ----------
+        rec : ctxrec.recommender.Recommender
+            Fitted.
+        attributes : sequence of str, optional
+            Item columns to ask about (default: detected).
+        n_clusters : int
+            Options of the text-cluster question; 0 turns the text-cluster questions off.
+        n_subclusters : int
+            Options of each cluster's sub-question; 0 turns the second level off.
+        max_options : int
+            The most options an attribute question may have.
+        min_support : float
+            The least share of items an attribute option must cover.
+        seed : int
+            Seed of the clustering.
+
+        Returns
+        -------
+        QuestionBank
         """
         items: pd.DataFrame = rec.items_
         n = len(items)

@@ -80,7 +80,22 @@ class SessionStore:
             self._retired.popitem(last=False)
 
     def add(self, s: Session) -> str:
-        """Store ``s`` (the least recently used go when a bound is passed); returns its id."""
+        """Store ``s``; the least recently used go when a bound is passed.
+
+        Parameters
+        ----------
+        s : Session
+
+        Returns
+        -------
+        str
+            The session's id.
+
+        Raises
+        ------
+        InputError
+            ``s`` alone is larger than ``max_bytes``.
+        """
         size = self.footprint(s)
         if size > self.max_bytes:
             raise InputError(f"session: its estimated {size} bytes exceed the store's limit of {self.max_bytes}",
@@ -97,6 +112,15 @@ class SessionStore:
 
     def get(self, sid: str) -> Session:
         """The live session ``sid`` (its expiry restarts).
+
+        Parameters
+        ----------
+        sid : str
+            The session id.
+
+        Returns
+        -------
+        Session
 
         Raises
         ------
@@ -131,12 +155,17 @@ class SessionStore:
                 self._fit()
 
     def retire(self, model: Any) -> int:
-        """Bind the store to ``model``: drop every session of another model; returns how many.
+        """Bind the store to ``model``: drop every session of another model.
 
         Parameters
         ----------
         model : Recommender
             The model now served.
+
+        Returns
+        -------
+        int
+            How many sessions were dropped.
         """
         with self._lock:
             self._model = model
@@ -147,7 +176,17 @@ class SessionStore:
             return len(old)
 
     def remove(self, sid: str) -> bool:
-        """End session ``sid``; False when it was not stored."""
+        """End session ``sid``.
+
+        Parameters
+        ----------
+        sid : str
+
+        Returns
+        -------
+        bool
+            False when it was not stored.
+        """
         with self._lock:
             if sid not in self._items:
                 return False

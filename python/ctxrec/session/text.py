@@ -21,6 +21,16 @@ man woman men women when's he's she's they're their's into upon around while fir
 
 
 def unit(x: np.ndarray) -> np.ndarray:
+    """``x`` scaled to unit length (each row of a 2-D ``x``); zero vectors stay zero.
+
+    Parameters
+    ----------
+    x : array [d] or [n, d]
+
+    Returns
+    -------
+    float64 array of the same shape
+    """
     x = np.asarray(x, np.float64)
     if x.ndim == 1:
         n = np.linalg.norm(x)
@@ -34,7 +44,18 @@ FILLER = frozenset("like want would love prefer something anything please maybe 
 
 
 def says_more(text: str, labels: Sequence[str]) -> bool:
-    """Whether ``text`` has content words beyond the option labels it names."""
+    """Whether ``text`` has content words beyond the option labels it names.
+
+    Parameters
+    ----------
+    text : str
+    labels : sequence of str
+        The option labels named in ``text``.
+
+    Returns
+    -------
+    bool
+    """
     used = {w for lab in labels for w in TOKEN.findall(lab.lower())}
     used |= {w + "s" for w in used}
     return any(len(w) >= 3 and w not in STOP_WORDS and w not in FILLER and w not in used
@@ -43,4 +64,14 @@ def says_more(text: str, labels: Sequence[str]) -> bool:
 
 
 def singular(name: str) -> str:
+    """``name`` without a plural ``s`` (``"genres"`` -> ``"genre"``; ``"class"`` unchanged).
+
+    Parameters
+    ----------
+    name : str
+
+    Returns
+    -------
+    str
+    """
     return name[:-1] if name.endswith("s") and not name.endswith("ss") else name
