@@ -163,8 +163,14 @@ def _bit_rows(bits: np.ndarray, n: int) -> np.ndarray:
 
 
 def filter_key(value: Any) -> str:
-    """The one spelling of a filter value: booleans 'true'/'false', integral numbers without
-    a fraction, everything else ``str`` — so ``True``, ``"true"``; ``3``, ``3.0``, ``"3"`` match."""
+    """The one spelling of a filter value.
+
+    Returns
+    -------
+    str
+        Booleans ``'true'`` / ``'false'``, integral numbers without a fraction, everything else
+        ``str``: so ``True`` and ``"true"`` match, and ``3``, ``3.0``, ``"3"``.
+    """
     if isinstance(value, (bool, np.bool_)):
         return "true" if value else "false"
     if isinstance(value, (int, np.integer)):
@@ -500,7 +506,17 @@ class Engine:
         return np.unique(rows) if unique else rows
 
     def item_index(self, item_id: Any) -> int:
-        """Slot (stable position in ``item_ids_``) of an original item id; KeyError when unknown or removed."""
+        """The slot (stable position in ``item_ids_``) of an original item id.
+
+        Returns
+        -------
+        int
+
+        Raises
+        ------
+        KeyError
+            The id is unknown or removed.
+        """
         snap = self._fitted()
         s = int(self._slots([item_id], "item", warn=False)[0])
         if s < 0 or s >= snap.n_slots or snap.slot_row[s] < 0:
@@ -528,7 +544,12 @@ class Engine:
         return np.where(ok, s, -1)
 
     def contains(self, item_id: Any) -> bool:
-        """Whether ``item_id`` is in the catalog now (added and not removed)."""
+        """Whether ``item_id`` is in the catalog now (added and not removed).
+
+        Returns
+        -------
+        bool
+        """
         try:
             self.item_index(item_id)
             return True
@@ -571,7 +592,17 @@ class Engine:
                      doc="bool [slots]: whether each slot's item is in the catalog now")
 
     def item_vector(self, item_id: Any) -> tuple[np.ndarray, float]:
-        """(vector float32 [dim], bias) of a current item; KeyError when unknown or removed."""
+        """The vector and bias of a current item.
+
+        Returns
+        -------
+        (float32 array [dim], float)
+
+        Raises
+        ------
+        KeyError
+            The id is unknown or removed.
+        """
         snap = self._snap
         r = int(snap.slot_row[self.item_index(item_id)])
         return np.array(snap.vecs[r]), float(snap.bias[r])
@@ -886,7 +917,15 @@ class Engine:
     def exact_below(self, n_eligible: int | None = None) -> int:
         """Eligible-item count at or below which a request is scored exactly instead of searched.
 
-        max(exact_threshold, sqrt(CROSSOVER * n_items * ef)); see :data:`CROSSOVER`.
+        Parameters
+        ----------
+        n_eligible : int, optional
+            The items a request may return (default: every visible item).
+
+        Returns
+        -------
+        int
+            ``max(exact_threshold, sqrt(CROSSOVER * n_eligible * ef))``; see :data:`CROSSOVER`.
         """
         snap = self._fitted()
         n = snap.n_live if n_eligible is None else n_eligible
@@ -1132,7 +1171,13 @@ class Engine:
             self._seen[user] = new if old is None else np.union1d(old, new)
 
     def seen(self, user: Any) -> np.ndarray:
-        """Original ids recorded as seen for ``user`` (current items only)."""
+        """The items recorded as seen for ``user`` (``set_seen`` / ``add_seen``).
+
+        Returns
+        -------
+        array [m]
+            Original ids of the current items among them.
+        """
         snap = self._fitted()
         s = self._seen.get(user, np.zeros(0, np.int64))
         s = s[snap.slot_row[s] >= 0]
@@ -1168,14 +1213,28 @@ class Engine:
     def upsert_items(self, item_vecs: Any, item_bias: Any = None, item_ids: Sequence[Any] | None = None, *,
                      item_text: Any = None, item_tri: Any = None, item_filters: Mapping[str, Sequence[Any]] | None = None,
                      num_threads: int | None = None) -> dict[str, int]:
-        """Add the new ids and replace the existing ones in one batch; returns {"added": a, "updated": u}."""
+        """Add the new ids and replace the existing ones in one batch (arguments as :meth:`add_items`).
+
+        Returns
+        -------
+        dict
+            ``{"added": a, "updated": u}``.
+        """
         return self._write_items(item_vecs, item_bias, item_ids, item_text, item_tri, item_filters, "upsert",
                                  num_threads)
 
     def remove_items(self, item_ids: Iterable[Any]) -> int:
-        """Remove items; they are never returned once the call returns. Returns how many were removed.
+        """Remove items; they are never returned once the call returns.
 
-        Raises KeyError (and changes nothing) for an id not in the catalog now.
+        Returns
+        -------
+        int
+            How many were removed.
+
+        Raises
+        ------
+        KeyError
+            An id not in the catalog now (nothing is removed).
         """
         snap = self._fitted()
         with self._write:

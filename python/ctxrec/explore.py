@@ -128,7 +128,19 @@ def posterior_factor(precision: np.ndarray, history_vecs: np.ndarray | None, noi
 
 
 def rng(seed: int | None, user: int) -> np.random.Generator:
-    """The generator of one request: ``(seed, user)`` fixes it; None: fresh entropy."""
+    """The generator of one request.
+
+    Parameters
+    ----------
+    seed : int or None
+    user : int
+        The user's dense index (-1: anonymous).
+
+    Returns
+    -------
+    numpy.random.Generator
+        Fixed by ``(seed, user)``; fresh entropy when ``seed`` is None.
+    """
     return np.random.default_rng(None if seed is None else [int(seed), int(user) + 1])
 
 

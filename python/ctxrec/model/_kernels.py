@@ -500,7 +500,11 @@ def train_epoch(
     item: two BLAS products per period over the period's distinct items instead of two per batch
     over each batch's (``text_every`` = 1: every batch, as plain mini-batch training).
     ``n_threads`` only sets how reductions are partitioned (results do not depend on it).
-    Returns the optimizer step count after the epoch; the summed loss goes to out_loss[0].
+
+    Returns
+    -------
+    int
+        The optimizer step count after the epoch; the summed loss goes to ``out_loss[0]``.
     """
     n = order.shape[0]
     k = V.shape[1]
@@ -915,8 +919,12 @@ def train_epochs(
     ``train_epoch`` calls would (a fold-in's loop): the results are identical. One call holds
     and releases the GIL once for all epochs, where a Python loop over ``train_epoch`` takes
     the GIL back between epochs and waits for it behind every busy request thread (a GIL
-    convoy: a 50-epoch fold-in took ~250 ms beside a busy HTTP thread instead of ~15 ms).
-    Returns the step count after the last epoch; ``out_loss[0]`` holds the last epoch's loss.
+    convoy: measured in ``benchmarks/results/feedback.md``).
+
+    Returns
+    -------
+    int
+        The step count after the last epoch; ``out_loss[0]`` holds the last epoch's loss.
     """
     step = step0
     for ep in range(orders.shape[0]):

@@ -27,6 +27,12 @@ def from_dataset(ds: Any, *, attrs: Sequence[str] = (), user_attrs: Sequence[str
     context_text: float32 [n, d_q] request text embeddings per row.
     label: "auto" (``ds.label`` if present, else ``ds.rating``, else None), "label",
         "rating" or "none".
+
+    Returns
+    -------
+    (Interactions, SideInfo)
+        One row per interaction of ``ds``; its catalog (sizes, attributes, text, context
+        cardinalities).
     """
     n = len(ds.users)
     ctx = None
@@ -74,5 +80,11 @@ def _cards_of(context: Any) -> tuple[int, ...]:
 
 
 def context_cardinalities(spec: Any) -> tuple[int, ...]:
-    """Slot cardinalities (unknown included) of a fitted :class:`ctxrec.context.ContextSpec`."""
+    """The slot cardinalities of a fitted :class:`ctxrec.context.ContextSpec`.
+
+    Returns
+    -------
+    tuple of int
+        One per context slot, its unknown bucket included.
+    """
     return tuple(int(c) for c in spec.cardinalities.values())

@@ -182,7 +182,13 @@ class Interactions:
         return len(self.user)
 
     def subset(self, rows: np.ndarray) -> "Interactions":
-        """Rows ``rows`` of every array."""
+        """The interactions at ``rows``.
+
+        Returns
+        -------
+        Interactions
+            Those rows of every array.
+        """
         pick = (lambda a: None if a is None else np.asarray(a)[rows])
         return Interactions(np.asarray(self.user)[rows], np.asarray(self.item)[rows],
                             pick(self.context), pick(self.context_text), pick(self.label), pick(self.timestamp))
@@ -406,10 +412,28 @@ class ContextFM:
 
     # ------------------------------------------------------------------ parameters --
     def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """Constructor parameters (scikit-learn convention)."""
+        """The constructor parameters (scikit-learn convention).
+
+        Returns
+        -------
+        dict
+            Name -> value.
+        """
         return {k: getattr(self, k) for k in _PARAM_NAMES}
 
     def set_params(self, **params: Any) -> "ContextFM":
+        """Set constructor parameters (scikit-learn convention); takes effect at the next ``fit``.
+
+        Returns
+        -------
+        ContextFM
+            ``self``.
+
+        Raises
+        ------
+        ValueError
+            A name that is not a parameter.
+        """
         for k, v in params.items():
             if k not in _PARAM_NAMES:
                 raise ValueError(f"ContextFM has no parameter {k!r}")
@@ -897,12 +921,23 @@ class ContextFM:
         return out
 
     def predict(self, X: Interactions) -> np.ndarray:
-        """Model score (float64 [n]) per row: the rating for mse, the logit for logloss."""
+        """The model's score of each row (user -1: anonymous).
+
+        Returns
+        -------
+        float64 array [n]
+            The rating for ``loss="mse"``, the logit for logloss, the ranking score otherwise.
+        """
         self.check_fitted()
         return self._predict_rows(self._check_rows(X, "X", allow_anon=True))
 
     def predict_proba(self, X: Interactions) -> np.ndarray:
-        """sigmoid(predict(X)), float64 [n] (meaningful for loss='logloss')."""
+        """The probability of each row: ``sigmoid(predict(X))`` (meaningful for ``loss="logloss"``).
+
+        Returns
+        -------
+        float64 array [n]
+        """
         s = self.predict(X)
         return 1.0 / (1.0 + np.exp(-s))
 
@@ -1019,6 +1054,11 @@ class ContextFM:
 
         Query it with ``build_queries(...).joined()``; its scores are the model's minus the
         item-independent ``const`` of each query.
+
+        Returns
+        -------
+        Engine
+            Keyword arguments go to its constructor; ``item_ids`` name the items.
         """
         from ctxrec.engine import Engine
         tab = self.export()
@@ -1183,7 +1223,13 @@ class ContextFM:
                 "n_item_attrs_", "n_user_attrs_", "step_", "best_epoch_", "fit_time_s_")
 
     def save(self, path: str | Path) -> Path:
-        """Write the fitted model to the directory ``path`` (atomic; manifest with checksums)."""
+        """Write the fitted model to the directory ``path`` (atomic; manifest with checksums).
+
+        Returns
+        -------
+        pathlib.Path
+            The directory written.
+        """
         self.check_fitted()
         meta = {
             "params": self.get_params(),
