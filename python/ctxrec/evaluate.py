@@ -501,7 +501,20 @@ class Factors:
         -------
         float32 array [b, n_items]
         """
-        s = self.queries(users, rows) @ self.item_vecs.T
+        return self.score(self.queries(users, rows))
+
+    def score(self, queries: np.ndarray) -> np.ndarray:
+        """Every item's score for given query vectors: ``queries @ item_vecs.T + item_bias``.
+
+        Parameters
+        ----------
+        queries : float32 array [b, d]
+
+        Returns
+        -------
+        float32 array [b, n_items]
+        """
+        s = queries @ self.item_vecs.T
         if self.item_bias is not None:
             s += self.item_bias[None, :]
         return s
@@ -754,9 +767,7 @@ def _eligible_scores(model: Any, qv: np.ndarray | None, users: np.ndarray, rows:
                      n_items: int) -> np.ndarray:
     """float32 [b, n_items] scores with excluded / non-candidate items at -inf (qv: Factors queries)."""
     if isinstance(model, Factors):
-        s = qv @ model.item_vecs.T
-        if model.item_bias is not None:
-            s += model.item_bias[None, :]
+        s = model.score(qv)
         if not np.isfinite(s).all():
             r, c = np.argwhere(~np.isfinite(s))[0]
             raise ValueError(f"the factors give a non-finite score for user {int(users[r])}, item {int(c)} "
