@@ -136,7 +136,7 @@ class RerankFields(BaseModel):
 
 
 class ExploreFields(BaseModel):
-    """The exploration options of a /recommend request (``Recommender.recommend``)."""
+    """The exploration options a /recommend request and a /session take (``Recommender.recommend``)."""
     explore: Literal["thompson", "ucb"] | None = Field(
         None, description="rank by the model's uncertainty about the user as well (Thompson draw or UCB bonus); "
                           "null = off")
