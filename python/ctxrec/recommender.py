@@ -614,7 +614,7 @@ class Recommender:
 
     def _model_text_dim(self) -> int:
         """Width of the request-text input the model was trained with (0 = none)."""
-        return int(self.model_.toff_[3] - self.model_.toff_[2])
+        return self.model_.text_dims_[2]
 
     @staticmethod
     def saved_user_ids(path: str | os.PathLike) -> np.ndarray:

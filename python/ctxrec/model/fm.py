@@ -489,6 +489,12 @@ class ContextFM:
             raise ValueError(f"n_negatives={self.n_negatives!r}: loss={self.loss!r} takes no sampled negatives")
 
     @property
+    def text_dims_(self) -> tuple[int, int, int]:
+        """The widths of the text inputs the model reads: ``(item, user, request)``; 0 = none."""
+        t = self.toff_
+        return int(t[1] - t[0]), int(t[2] - t[1]), int(t[3] - t[2])
+
+    @property
     def loss_spec(self) -> Loss:
         """The :class:`Loss` entry of ``loss`` (what it needs and does)."""
         return LOSSES[self.loss]

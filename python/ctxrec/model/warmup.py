@@ -70,7 +70,7 @@ def _exercise(m: ContextFM, seed: int = 0) -> None:
     """Run every serving path of a fitted model (``m`` is changed: pass a throw-away copy)."""
     rng = np.random.default_rng(seed)
     n_ctx = len(m.context_cardinalities_)
-    d_query = int(m.toff_[3] - m.toff_[2])
+    d_query = m.text_dims_[2]
     nU, nI = int(m.n_users_), int(m.n_items_)
 
     def rows(b: int) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -147,9 +147,7 @@ def warmup(model: ContextFM | None = None, *, losses: Sequence[str] | None = Non
     misses0 = _misses()
     if model is not None:
         model.check_fitted()
-        di = int(model.toff_[1] - model.toff_[0])
-        du = int(model.toff_[2] - model.toff_[1])
-        dq = int(model.toff_[3] - model.toff_[2])
+        di, du, dq = model.text_dims_
         params = dict(model.get_params(), epochs=1, batch_size=16, verbose=False, early_stopping_rounds=None,
                       n_factors=min(int(model.n_factors), 8), n_tri_factors=min(int(model.n_tri_factors), 2),
                       num_threads=model.num_threads)
