@@ -58,6 +58,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from collections import namedtuple
 from typing import Any, Callable
 
 import numba
@@ -127,6 +128,25 @@ LOSS_BPR = 0
 LOSS_SOFTMAX = 1
 LOSS_MSE = 2
 LOSS_LOGLOSS = 3
+
+# The training kernel's arguments, grouped (numba takes named tuples of arrays and scalars; each
+# kernel unpacks them once at its top, so the loops see plain locals).
+#: the examples: user, item, context indices [n, c], label, request text [n, d_q]
+Examples = namedtuple("Examples", "users items ctx labels qtext")
+#: the parameter layout: row offsets, item / user attribute CSRs, text tables and their row
+#: offsets ``toff``, the first history row ``hist_off`` (-1: none), the end of the context rows
+Layout = namedtuple("Layout", "ctx_off item_off user_off ia_ptr ia_idx ia_val ua_ptr ua_idx ua_val itext utext "
+                              "toff hist_off ctx_hi")
+#: negative sampling: each user's positives (CSR) and the sampling distribution
+Sampler = namedtuple("Sampler", "pos_ptr pos_idx neg_items neg_cdf neg_logq")
+#: the learned parameters (written in place)
+Params = namedtuple("Params", "V w P a w0 T3")
+#: the optimizer's moment estimates, one pair per parameter (written in place)
+Moments = namedtuple("Moments", "mV sV mw sw mP sP ma sa m0 s0 mT3 sT3")
+#: the training settings
+Settings = namedtuple("Settings", "loss n_neg batch_size lr l2_v l2_w l2_p l2_t opt b1 b2 eps drop text_every")
+#: the time-local history window (``hwin`` <= 0: off)
+Window = namedtuple("Window", "hwin ua_rank ex_rank ex_hscale")
 
 OPT_ADAM = 0
 OPT_ADAGRAD = 1
@@ -460,19 +480,13 @@ def _opt_scalar(x, M, S, r, g, l2, lr, opt, b1, b2, eps, c1, c2):
 
 
 @_jit(parallel=True, nogil=True)
-def train_epoch(
-    order, users, items, ctx, labels, qtext,
-    ctx_off, item_off, user_off, ia_ptr, ia_idx, ia_val, ua_ptr, ua_idx, ua_val,
-    itext, utext, toff,
-    pos_ptr, pos_idx, neg_items, neg_cdf, neg_logq,
-    V, w, P, a, w0,
-    mV, sV, mw, sw, mP, sP, ma, sa, m0, s0,
-    T3, mT3, sT3, l2_t, ctx_hi,
-    loss, n_neg, batch_size, lr, l2_v, l2_w, l2_p, opt, b1, b2, eps,
-    step0, seed, epoch, row_lo, row_hi, train_dense, n_threads, hist_off, drop, out_loss,
-    hwin, ua_rank, ex_rank, ex_hscale, text_every,
-):
+def train_epoch(order, examples, layout, sampler, params, moments, settings, window,
+                step0, seed, epoch, row_lo, row_hi, train_dense, n_threads, out_loss):
     """Run one epoch of mini-batch training over ``order`` (example indices, shuffled).
+
+    The arguments are grouped in the named tuples :data:`Examples`, :data:`Layout`,
+    :data:`Sampler`, :data:`Params`, :data:`Moments`, :data:`Settings` and :data:`Window`; the
+    names below are their fields.
 
     Instances per example: j = 0 is the observed item, j = 1..n_neg sampled negatives
     (negatives are drawn from ``neg_items`` by ``neg_cdf`` (cumulative, empty = uniform),
@@ -506,6 +520,14 @@ def train_epoch(
     int
         The optimizer step count after the epoch; the summed loss goes to ``out_loss[0]``.
     """
+    users, items, ctx, labels, qtext = examples
+    ctx_off, item_off, user_off, ia_ptr, ia_idx, ia_val, ua_ptr, ua_idx, ua_val, itext, utext, toff, \
+        hist_off, ctx_hi = layout
+    pos_ptr, pos_idx, neg_items, neg_cdf, neg_logq = sampler
+    V, w, P, a, w0, T3 = params
+    mV, sV, mw, sw, mP, sP, ma, sa, m0, s0, mT3, sT3 = moments
+    loss, n_neg, batch_size, lr, l2_v, l2_w, l2_p, l2_t, opt, b1, b2, eps, drop, text_every = settings
+    hwin, ua_rank, ex_rank, ex_hscale = window
     n = order.shape[0]
     k = V.shape[1]
     J = 1 + n_neg
@@ -906,13 +928,8 @@ def train_epoch(
 # ----------------------------------------------------------------------------------------
 
 @_jit(nogil=True)
-def train_epochs(
-    orders, users, items, ctx, labels, qtext, ctx_off, item_off, user_off, ia_ptr, ia_idx, ia_val,
-    ua_ptr, ua_idx, ua_val, itext, utext, toff, pos_ptr, pos_idx, neg_items, neg_cdf, neg_logq, V,
-    w, P, a, w0, mV, sV, mw, sw, mP, sP, ma, sa, m0, s0, T3, mT3, sT3, l2_t, ctx_hi, loss, n_neg,
-    batch_size, lr, l2_v, l2_w, l2_p, opt, b1, b2, eps, step0, seed, row_lo, row_hi, train_dense,
-    n_threads, hist_off, drop, out_loss, hwin, ua_rank, ex_rank, ex_hscale, text_every,
-):
+def train_epochs(orders, examples, layout, sampler, params, moments, settings, window,
+                 step0, seed, row_lo, row_hi, train_dense, n_threads, out_loss):
     """:func:`train_epoch` once per row of ``orders`` (int64 [epochs, n]), row ``e`` as epoch ``e``.
 
     Every epoch gets the same ``step0`` and ``seed``, exactly as the same number of
@@ -928,14 +945,8 @@ def train_epochs(
     """
     step = step0
     for ep in range(orders.shape[0]):
-        step = train_epoch(
-            orders[ep], users, items, ctx, labels, qtext, ctx_off, item_off, user_off, ia_ptr,
-            ia_idx, ia_val, ua_ptr, ua_idx, ua_val, itext, utext, toff, pos_ptr, pos_idx,
-            neg_items, neg_cdf, neg_logq, V, w, P, a, w0, mV, sV, mw, sw, mP, sP, ma, sa, m0, s0,
-            T3, mT3, sT3, l2_t, ctx_hi, loss, n_neg, batch_size, lr, l2_v, l2_w, l2_p, opt, b1, b2,
-            eps, step0, seed, ep, row_lo, row_hi, train_dense, n_threads, hist_off, drop, out_loss,
-            hwin, ua_rank, ex_rank, ex_hscale, text_every,
-        )
+        step = train_epoch(orders[ep], examples, layout, sampler, params, moments, settings, window,
+                           step0, seed, ep, row_lo, row_hi, train_dense, n_threads, out_loss)
     return step
 
 

@@ -775,22 +775,22 @@ class ContextFM:
         eps = 1e-8 if self.optimizer == "adam" else 1e-6
         # order int64 [n]: one epoch numbered ``epoch``; [epochs, n]: epochs 0.. in one call
         several = order.ndim == 2
+        examples = K.Examples(rows["users"], rows["items"], rows["ctx"], rows["labels"], rows["qtext"])
+        layout = K.Layout(self.ctx_off_, self.item_off_, self.user_off_, self.ia_ptr_, self.ia_idx_, self.ia_val_,
+                          self.ua_ptr_, self.ua_idx_, self.ua_val_, self.item_text_, self.user_text_, self.toff_,
+                          int(self.hist_off_), int(self.uattr_off_))
+        sampler = K.Sampler(pos_ptr, pos_idx, neg_items, neg_cdf, neg_logq)
+        params = K.Params(self.V_, self.w_, self.P_, self.a_, self.w0_, self.T_)
+        moments = K.Moments(o["mV"], o["sV"], o["mw"], o["sw"], o["mP"], o["sP"], o["ma"], o["sa"], o["m0"], o["s0"],
+                            o["mT"], o["sT"])
+        settings = K.Settings(self.loss_spec.code, self._n_neg(), int(min(self.batch_size, order.shape[-1])),
+                              float(self.learning_rate), l2_rows, float(self.l2_bias), float(self.l2_text),
+                              l2_rows if self.l2_tri is None else np.full(len(l2_rows), float(self.l2_tri)),
+                              _OPTS[self.optimizer], b1, b2, eps, float(self.dropout), int(self.text_step_every))
         step = (K.train_epochs if several else K.train_epoch)(
-            order, rows["users"], rows["items"], rows["ctx"], rows["labels"], rows["qtext"],
-            self.ctx_off_, self.item_off_, self.user_off_, self.ia_ptr_, self.ia_idx_, self.ia_val_,
-            self.ua_ptr_, self.ua_idx_, self.ua_val_, self.item_text_, self.user_text_, self.toff_,
-            pos_ptr, pos_idx, neg_items, neg_cdf, neg_logq,
-            self.V_, self.w_, self.P_, self.a_, self.w0_,
-            o["mV"], o["sV"], o["mw"], o["sw"], o["mP"], o["sP"], o["ma"], o["sa"], o["m0"], o["s0"],
-            self.T_, o["mT"], o["sT"], l2_rows if self.l2_tri is None else np.full(len(l2_rows), float(self.l2_tri)),
-            int(self.uattr_off_),
-            self.loss_spec.code, self._n_neg(), int(min(self.batch_size, order.shape[-1])),
-            float(self.learning_rate), l2_rows, float(self.l2_bias), float(self.l2_text),
-            _OPTS[self.optimizer], b1, b2, eps, int(step0),
-            int(self.random_state if seed is None else seed), *(() if several else (int(epoch),)),
-            int(row_lo), int(row_hi),
-            bool(train_dense), int(numba.get_num_threads()), int(self.hist_off_), float(self.dropout), out,
-            hwin, ua_rank, ex_rank, ex_hscale, int(self.text_step_every))
+            order, examples, layout, sampler, params, moments, settings, K.Window(hwin, ua_rank, ex_rank, ex_hscale),
+            int(step0), int(self.random_state if seed is None else seed), *(() if several else (int(epoch),)),
+            int(row_lo), int(row_hi), bool(train_dense), int(numba.get_num_threads()), out)
         if row_lo == 0 and row_hi == self.n_rows_ and train_dense:
             self.step_ = int(step)
         return float(out[0])
