@@ -23,8 +23,9 @@ other folds and permutations are an out-of-sample check of the choice). Replays 
 
 Latency: each policy's added p50 per single request on a synthetic 1M-item engine (64-d, HNSW
 M=12, ef_construction=64) through ``ctxrec.explore.rank`` — the function
-``Recommender.recommend(explore=...)`` calls — with a 20-item history's posterior computed per
-request, interleaved with the plain request.
+``Recommender.recommend(explore=...)`` calls — for a cold user (the prior's factor, cached) and
+with a fresh 20-item history's posterior computed in the request (the cache-miss path),
+interleaved with the plain request. ``--latency-only`` re-measures it, keeping the loop's result.
 """
 from __future__ import annotations
 
@@ -172,14 +173,45 @@ def _latency(n: int, reps: int) -> dict[str, Any]:
     def call(q: np.ndarray, m: int, opts: dict[str, Any]) -> tuple[np.ndarray, ...]:
         return eng.recommend_batch(q, m, num_threads=1, return_terms=True, **opts)
 
-    def explored(i: int, pol: str) -> Any:
-        f = explore.posterior_factor(prior, eng.item_vectors(history[i]))
+    cold = explore.posterior_factor(prior, None)  # a user without history: the prior's (cached) factor
+
+    def explored(i: int, pol: str, fresh: bool) -> Any:
+        f = explore.posterior_factor(prior, eng.item_vectors(history[i])) if fresh else cold
         return explore.rank(eng, pol, 1.0, [explore.rng(i, 0)], [f], Q[i:i + 1], K, call, rerank)
 
-    options = {"plain": lambda i: eng.recommend(Q[i], K), "thompson": lambda i: explored(i, "thompson"),
-               "ucb": lambda i: explored(i, "ucb")}
+    options = {"plain": lambda i: eng.recommend(Q[i], K)}
+    for pol in ("thompson", "ucb"):
+        options[f"{pol}, cold user"] = lambda i, pol=pol: explored(i, pol, False)
+        options[f"{pol}, new 20-item history"] = lambda i, pol=pol: explored(i, pol, True)
     rows = added_latency(options, reps)
     return {"n_items": n, "build_s": build_s, "reps": reps, "rows": rows}
+
+
+def _ucb_pool_exactness(ds: Any, n_users: int = 300) -> list[dict[str, Any]]:
+    """Share of users whose UCB top-10 over the pool (``explore.ucb_pool``) equals the UCB top-10
+    of the whole catalog, per scale: ml-100k, the loop's model fitted on every user; the first
+    ``n_users`` users (their whole history as the posterior's) and one cold user."""
+    from ctxrec import explore
+    from ctxrec.context import ContextSpec
+    from ctxrec.model import ContextFM
+    from ctxrec.recommender import Recommender
+    rec = Recommender(ContextSpec(), model=ContextFM(**FM), encoder=None).fit(ds)
+    eng = rec.engine_
+    users = list(rec.user_ids_[:n_users]) + ["cold"]
+    rows = []
+    for scale in (0.5, 1.0, 2.0, 4.0):
+        same = 0
+        for u in users:
+            r = rec.recommend(u, {}, k=K, explore="ucb", explore_scale=scale)
+            plain = rec.recommend(u, {}, k=len(rec.item_ids_))  # every eligible item, by the model's score
+            ids = plain.item_ids
+            s = np.asarray(plain.scores) + explore.ucb_bonus(rec.user_posterior(u), eng.item_vectors(ids), scale)
+            want = [ids[i] for i in np.lexsort((np.arange(len(s)), -s))[:K]]
+            same += r.item_ids == want
+        rows.append({"scale": scale, "users": len(users), "exact_share": same / len(users),
+                     "pool": explore.ucb_pool(eng, K, scale, dict(diversity=0.0, calibrate=0.0, exposure=0.0))})
+        print(f"ucb pool at scale {scale}: {same}/{len(users)} lists = whole-catalog UCB", flush=True)
+    return rows
 
 
 def main(argv: list[str]) -> dict[str, Any]:
@@ -190,11 +222,23 @@ def main(argv: list[str]) -> dict[str, Any]:
     ap.add_argument("--latency-items", type=int, default=None)
     ap.add_argument("--no-latency", action="store_true")
     ap.add_argument("--workers", type=int, default=2, help="replay processes (each replays whole folds)")
+    ap.add_argument("--latency-only", action="store_true",
+                    help="re-measure the latency only, keeping the feedback loop of results/explore.json")
     args = ap.parse_args(argv)
+    if args.latency_only:
+        import json
+        from bench_quality import RESULTS
+        prev = json.loads((RESULTS / "explore.json").read_text())
+        out: dict[str, Any] = {"loop": prev["loop"], "loop_run": {"date_utc": prev["machine"]["date_utc"],
+                                                                  "argv": prev["argv"]}}
+    else:
+        from ctxrec.data import load_movielens_100k
+        ds = load_movielens_100k(verify=False, overviews=False)
+        out = {"loop": _feedback_loop(ds, 1 if args.quick else args.reps, tuple(args.scales), args.quick,
+                                      args.workers)}
     from ctxrec.data import load_movielens_100k
-    ds = load_movielens_100k(verify=False, overviews=False)
-    out: dict[str, Any] = {"loop": _feedback_loop(ds, 1 if args.quick else args.reps, tuple(args.scales), args.quick,
-                                         args.workers)}
+    out["ucb_pool"] = _ucb_pool_exactness(load_movielens_100k(verify=False, overviews=False),
+                                          50 if args.quick else 300)
     if not args.no_latency:
         out["latency"] = _latency(args.latency_items or (20_000 if args.quick else 1_000_000),
                                   200 if args.quick else 1000)
@@ -204,7 +248,11 @@ def main(argv: list[str]) -> dict[str, Any]:
 def markdown(res: dict[str, Any]) -> str:
     lp = res["loop"]
     R = lp["rounds"]
-    lines = [f"Replayed feedback loop on ml-100k: {lp['simulated_users']} simulated new users ({lp['reps']} fold "
+    lines = []
+    if "loop_run" in res:
+        lines += [f"(The feedback loop below is the run of {res['loop_run']['date_utc']}, `{' '.join(res['loop_run']['argv'])}`; "
+                  "the latency was measured again in this run.)", ""]
+    lines += [f"Replayed feedback loop on ml-100k: {lp['simulated_users']} simulated new users ({lp['reps']} fold "
              f"permutation(s) x 943 users), {R} rounds of {K} items, clicks = shown items among the user's real "
              "interactions, each click folded in before the next round. Cumulative hits summed over users.", "",
              "| policy | explore_scale | " + " | ".join(f"hits after {m} | x greedy" for m in MARKS if m <= R)
@@ -221,11 +269,20 @@ def markdown(res: dict[str, Any]) -> str:
               f"| policy | explore_scale | users | hits after {R} | x greedy |", "|---|---|---|---|---|"]
     for r in lp["sweep"]:
         lines.append(f"| {r['policy']} | {r['scale']} | {r['users']} | {r['hits_last']} | {r['ratio']:.3f} |")
+    if res.get("ucb_pool"):
+        lines += ["", "UCB's pool (`explore.ucb_pool`, k=10): share of ml-100k users (the loop's model fitted on every "
+                      "user, their whole history as the posterior's; and one cold user) whose list equals UCB over the "
+                      "whole catalog:", "", "| explore_scale | pool | users | lists = whole-catalog UCB |",
+                  "|---|---|---|---|"]
+        for r in res["ucb_pool"]:
+            lines.append(f"| {r['scale']} | {r['pool']} | {r['users']} | {100 * r['exact_share']:.1f}% |")
     lat = res.get("latency")
     if lat:
         lines += ["", f"## Latency: {lat['n_items']:,} synthetic items (HNSW M=12, ef_construction=64, built in "
-                      f"{lat['build_s']:.0f} s), single requests, k={K}, {lat['reps']} interleaved reps, posterior "
-                      "of a 20-item history computed per request", "",
+                      f"{lat['build_s']:.0f} s), single requests, k={K}, {lat['reps']} interleaved reps. "
+                      "Cold user: the prior's factor (what `Recommender.user_posterior` caches for every user without "
+                      "history; a known user's factor is cached the same way until their history or the catalog "
+                      "changes); new 20-item history: the factor computed in the request (the cache-miss path).", "",
                   "| option | p50 ms | added p50 ms | p99 ms | target (added <= 0.2 ms) |", "|---|---|---|---|---|"]
         for r in lat["rows"]:
             lines.append(f"| {r['option']} | {r['p50_ms']:.3f} | {r['added_p50_ms']:+.3f} | {r['p99_ms']:.3f} | "

@@ -26,15 +26,15 @@ def test_posterior_matches_the_numpy_reference(seed, m):
     x = rng.normal(size=(m, d)).astype(np.float32)
     noise = float(rng.uniform(0.2, 3.0))
     sigma = np.linalg.inv(p0 + x.astype(np.float64).T @ x / noise)  # the textbook posterior covariance
-    r = explore.posterior_factor(p0, x if m else None, noise)
-    assert np.allclose(np.tril(r), r)
-    assert np.allclose(np.linalg.inv(r @ r.T), sigma, atol=1e-8 * max(1.0, np.abs(sigma).max()))
+    f = explore.posterior_factor(p0, x if m else None, noise)
+    assert np.allclose(np.triu(f), f)
+    assert np.allclose(f @ f.T, sigma, atol=1e-8 * max(1.0, np.abs(sigma).max()))
     v = rng.normal(size=(13, d)).astype(np.float32)
-    bonus = explore.ucb_bonus(r, v, 0.7)
-    assert np.allclose(bonus, 0.7 * np.sqrt(np.einsum("id,de,ie->i", v, sigma, v)), rtol=1e-5)
+    bonus = explore.ucb_bonus(f, v, 0.7)
+    assert np.allclose(bonus, 0.7 * np.sqrt(np.einsum("id,de,ie->i", v, sigma, v)), rtol=1e-4)
     z = np.random.default_rng(5).standard_normal(d)
-    got = explore.sample_offset(r, 1.5, np.random.default_rng(5))
-    assert np.allclose(got, 1.5 * np.linalg.inv(r).T @ z, rtol=1e-5, atol=1e-6)
+    got = explore.sample_offset(f, 1.5, np.random.default_rng(5))
+    assert np.allclose(got, 1.5 * f @ z, rtol=1e-5, atol=1e-6)
 
 
 def test_thompson_draws_have_the_posterior_covariance():
@@ -42,7 +42,7 @@ def test_thompson_draws_have_the_posterior_covariance():
     d = 4
     p0 = np.linalg.inv(_spd(rng, d))
     r = explore.posterior_factor(p0, rng.normal(size=(3, d)))
-    sigma = np.linalg.inv(r @ r.T)
+    sigma = r @ r.T
     g = np.random.default_rng(1)
     draws = np.stack([explore.sample_offset(r, 2.0, g) for _ in range(20_000)])
     assert np.allclose(draws.mean(axis=0), 0, atol=0.06 * np.sqrt(sigma.diagonal().max()) * 2)
@@ -157,6 +157,23 @@ def test_explain_reports_the_uncertainty_ucb_adds(rec):
         r = rec.recommend(user, MORNING, k=4, explore="ucb", explore_scale=1.0)
         got = [rec.explain(user, i, MORNING)["uncertainty"] for i in r.item_ids]
         assert np.allclose(got, r.explore, rtol=1e-5) and min(got) > 0
+
+
+def test_user_posterior_is_cached_until_the_history_or_catalog_changes(planted):
+    from ctxrec.context import ContextSpec
+    from ctxrec.model import ContextFM
+    from ctxrec.recommender import Recommender
+    r = Recommender(ContextSpec(time=["timestamp"]), model=ContextFM(n_factors=8, epochs=2, random_state=0),
+                    encoder=None).fit(planted)
+    a = r.user_posterior("u5")
+    assert r.user_posterior("u5") is a and not a.flags.writeable  # cached, read-only
+    assert r.user_posterior(None) is r.user_posterior("someone-new")  # no history: the prior's
+    item = next(i for i in r.item_ids_ if i not in set(r.history("u5")))
+    r.feedback("u5", item)
+    b = r.user_posterior("u5")
+    assert b is not a and not np.allclose(a, b)  # a new event: a new posterior
+    r.remove_items([r.history("u5")[-2]])
+    assert r.user_posterior("u5") is not b  # the catalog changed: recomputed
 
 
 def test_history_narrows_the_ucb_bonus(rec):

@@ -590,6 +590,8 @@ class Engine:
     n_slots_ = property(lambda self: self._fitted().n_slots, doc="items ever added (slots)")
     live_ = property(lambda self: self._fitted().slot_row[:self._snap.n_slots] >= 0,
                      doc="bool [slots]: whether each slot's item is in the catalog now")
+    version_ = property(lambda self: self._fitted().version,
+                        doc="int: the catalog's version, bumped by every write (keys caches derived from it)")
 
     def item_vector(self, item_id: Any) -> tuple[np.ndarray, float]:
         """The vector and bias of a current item.

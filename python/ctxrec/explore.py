@@ -16,7 +16,7 @@ with the item vectors fixed the user's offset is a Bayesian linear regression:
 A user with no history keeps the prior's spread; each interaction narrows it along that item's
 direction. The policies (``Recommender.recommend(explore=...)``):
 
-* ``"thompson"``: rank by one sample ``q + scale * R^-T z``, ``z ~ N(0, I)``, ``R R^T = P``;
+* ``"thompson"``: rank by one sample ``q + scale * L z``, ``z ~ N(0, I)``, ``L L^T = Sigma``;
 * ``"ucb"``: rank by ``q . v_i + b_i + scale * sqrt(v_i^T Sigma v_i)`` (optimism).
 
 Both are deterministic given a seed. Their effect on a replayed feedback loop is measured in
@@ -41,6 +41,8 @@ NOISE = 1.0
 RIDGE = 1e-3
 #: Most offsets the prior is estimated from (a random sample beyond it).
 PRIOR_USERS = 20_000
+#: Posterior factors a Recommender keeps (least recently used out; 16 KiB each at dim 64).
+CACHE_SIZE = 1024
 
 
 def check_explore(explore: Any, scale: Any = 1.0, seed: Any = None) -> tuple[str | None, float, int | None]:
@@ -103,7 +105,7 @@ def prior_precision(offsets: np.ndarray) -> np.ndarray:
 
 
 def posterior_factor(precision: np.ndarray, history_vecs: np.ndarray | None, noise: float = NOISE) -> np.ndarray:
-    """The Cholesky factor ``R`` of the posterior precision of a user's offset, ``R @ R.T = P``.
+    """A factor ``L`` of the posterior covariance of a user's offset: ``L @ L.T = Sigma``.
 
     Parameters
     ----------
@@ -117,14 +119,15 @@ def posterior_factor(precision: np.ndarray, history_vecs: np.ndarray | None, noi
     Returns
     -------
     float64 array [dim, dim]
-        Lower triangular; the posterior covariance is ``inv(R @ R.T)`` (never formed: the
-        policies solve with ``R``).
+        Upper triangular ``R^-T``, ``R`` the lower Cholesky factor of the posterior precision
+        ``P = precision + X^T X / noise`` (so ``Sigma = P^-1`` is never formed).
     """
     p = np.array(precision, np.float64)
     if history_vecs is not None and len(history_vecs):
         x = np.asarray(history_vecs, np.float64)
         p += x.T @ x / float(noise)
-    return cholesky((p + p.T) / 2, lower=True, check_finite=False)
+    r = cholesky((p + p.T) / 2, lower=True, check_finite=False)
+    return solve_triangular(r, np.eye(len(r)), lower=True, check_finite=False).T
 
 
 def rng(seed: int | None, user: int) -> np.random.Generator:
@@ -150,17 +153,17 @@ def sample_offset(factor: np.ndarray, scale: float, gen: np.random.Generator) ->
     Parameters
     ----------
     factor : float array [dim, dim]
-        :func:`posterior_factor` ``R``.
+        :func:`posterior_factor` ``L``.
     scale : float
     gen : numpy Generator
 
     Returns
     -------
     float32 array [dim]
-        ``scale * R^-T z``, ``z ~ N(0, I)``: covariance ``scale^2 Sigma``.
+        ``scale * L @ z``, ``z ~ N(0, I)``: covariance ``scale^2 Sigma``.
     """
     z = gen.standard_normal(factor.shape[1])
-    return (scale * solve_triangular(factor, z, lower=True, trans="T", check_finite=False)).astype(np.float32)
+    return (scale * (factor @ z)).astype(np.float32)
 
 
 def ucb_bonus(factor: np.ndarray, item_vecs: np.ndarray, scale: float) -> np.ndarray:
@@ -169,20 +172,31 @@ def ucb_bonus(factor: np.ndarray, item_vecs: np.ndarray, scale: float) -> np.nda
     Parameters
     ----------
     factor : float array [dim, dim]
-        :func:`posterior_factor` ``R``.
+        :func:`posterior_factor` ``L``.
     item_vecs : float array [m, dim]
     scale : float
 
     Returns
     -------
     float32 array [m]
-        The bonus added to each item's score (score units, >= 0): ``scale * |R^-1 v|``.
+        The bonus added to each item's score (score units, >= 0): ``scale * |L^T v|``.
     """
-    v = np.asarray(item_vecs, np.float64)
-    if not len(v):
-        return np.zeros(0, np.float32)
-    y = solve_triangular(factor, v.T, lower=True, check_finite=False)
-    return (scale * np.linalg.norm(y, axis=0)).astype(np.float32)
+    v = np.asarray(item_vecs, np.float32)
+    return (scale * np.linalg.norm(v @ factor.astype(np.float32), axis=1)).astype(np.float32)
+
+
+def ucb_pool(engine: Any, k: int, scale: float, rerank: Mapping[str, Any]) -> int:
+    """How many of the best-scored items UCB adds its bonus to.
+
+    Returns
+    -------
+    int
+        ``max(ceil(4 k max(1, scale)), engine.pool_size(k, ...))``: the bonus varies little between
+        items next to each other in score, so a pool a few times k holds the whole-catalog answer
+        (how often: ``benchmarks/results/explore.md``); it widens with the scale and the re-rank.
+    """
+    return max(math.ceil(4 * k * max(1.0, scale)),
+               engine.pool_size(k, rerank["diversity"], rerank["calibrate"], rerank["exposure"]))
 
 
 def rank(engine: Any, policy: str, scale: float, gens: Sequence[np.random.Generator], factors: Sequence[np.ndarray],
@@ -219,8 +233,8 @@ def rank(engine: Any, policy: str, scale: float, gens: Sequence[np.random.Genera
         Per request: the item ids, the model's scores of them (without the query constant),
         the re-rank terms [m, 4] and what exploration added to each item's ranking score.
         Thompson: one search with each query moved by its draw. UCB: a pool of the best
-        ``max(4k, 100, engine.pool_size(...))`` by the model's score, the bonus added, the top k
-        (re-ranked with ``rerank`` when it has options).
+        :func:`ucb_pool` by the model's score, the bonus added, the top k (re-ranked with
+        ``rerank`` when it has options).
     """
     b = len(factors)
     reranked = bool(rerank["diversity"] or rerank["calibrate"] or rerank["exposure"])
@@ -234,7 +248,7 @@ def rank(engine: Any, policy: str, scale: float, gens: Sequence[np.random.Genera
             for o, x in zip(out, (ids[j, :m].tolist(), (sc[j, :m] - shift).tolist(), terms[j, :m], shift.tolist())):
                 o.append(x)
         return out
-    n = max(4 * k, 100, engine.pool_size(k, rerank["diversity"], rerank["calibrate"], rerank["exposure"]))
+    n = ucb_pool(engine, k, scale, rerank)
     ids, sc, _ = call(np.ascontiguousarray(queries, np.float32), n, {})
     for j in range(b):
         m = int(np.count_nonzero(np.isfinite(sc[j])))

@@ -22,6 +22,7 @@ import os
 import shutil
 import threading
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -595,6 +596,7 @@ class Recommender:
         self._base_users = len(self.user_ids_)  # max_new_users counts the users feedback adds beyond these
         self._lock = threading.RLock()  # readers and the swap of a feedback's result; held briefly
         self._prior: np.ndarray | None = None  # exploration's prior precision, computed on first use
+        self._posteriors: OrderedDict[tuple, np.ndarray] = OrderedDict()  # user_posterior's cache (LRU)
         self._write_lock = threading.RLock()  # serializes feedback and catalog writes (log order == apply order)
         self._events: EventLog | None = None
         self._events_applied = 0  # events of the attached log this object has applied (replayed + live)
@@ -1045,7 +1047,7 @@ class Recommender:
             Bayesian posterior over the user's query offset, prior = the fitted users' spread,
             narrowed by each item of the history): ``"thompson"`` ranks by one draw of it,
             ``"ucb"`` adds ``explore_scale * sqrt(v_i^T Sigma v_i)`` to each item's score (over
-            a pool of the best ``max(4k, 100)``). None (default): off. The re-ranking options
+            a pool of the best ``explore.ucb_pool``). None (default): off. The re-ranking options
             apply after it.
         explore_scale : float >= 0
             Multiplies the posterior's standard deviation (default 1; 0: off).
@@ -1137,11 +1139,28 @@ class Recommender:
             ``explore.sample_offset`` take it), ``dim`` the engine's vector width.
         """
         self.check_fitted()
-        hist = self.history(user) if self.user_index(user) >= 0 else np.array([])
+        u = self.user_index(user)
+        hist = self.history(user) if u >= 0 else np.array([])
         n = int(self.fold_in_history)
         hist = hist[len(hist) - n:] if n else hist[:0]
+        # a history changes only at its end (an event appends or moves its item there): the user,
+        # its length and last item, and the catalog's version (the item vectors) key the factor;
+        # every user without history shares the prior's
+        key = (u, len(hist), jsonable(hist[-1]), self.engine_.version_) if len(hist) else \
+            (-1, 0, None, self.engine_.version_)
+        with self._lock:
+            hit = self._posteriors.get(key)
+            if hit is not None:
+                self._posteriors.move_to_end(key)
+                return hit
         vecs = self.engine_.item_vectors(hist) if len(hist) else None
-        return _explore.posterior_factor(self._explore_prior(), vecs)
+        factor = _explore.posterior_factor(self._explore_prior(), vecs)
+        factor.flags.writeable = False
+        with self._lock:
+            self._posteriors[key] = factor
+            while len(self._posteriors) > _explore.CACHE_SIZE:
+                self._posteriors.popitem(last=False)
+        return factor
 
     def _explored(self, policy: str, scale: float, seed: int | None, users: Sequence[Any], uidx: np.ndarray,
                   Q: np.ndarray, k: int, call: Any, rerank: dict[str, Any],
