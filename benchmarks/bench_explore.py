@@ -229,8 +229,8 @@ def main(argv: list[str]) -> dict[str, Any]:
         import json
         from bench_quality import RESULTS
         prev = json.loads((RESULTS / "explore.json").read_text())
-        out: dict[str, Any] = {"loop": prev["loop"], "loop_run": {"date_utc": prev["machine"]["date_utc"],
-                                                                  "argv": prev["argv"]}}
+        out: dict[str, Any] = {"loop": prev["loop"], "loop_run": prev.get("loop_run") or {
+            "date_utc": prev["machine"]["date_utc"], "argv": prev["argv"]}}
     else:
         from ctxrec.data import load_movielens_100k
         ds = load_movielens_100k(verify=False, overviews=False)
@@ -250,7 +250,7 @@ def markdown(res: dict[str, Any]) -> str:
     R = lp["rounds"]
     lines = []
     if "loop_run" in res:
-        lines += [f"(The feedback loop below is the run of {res['loop_run']['date_utc']}, `{' '.join(res['loop_run']['argv'])}`; "
+        lines += [f"(The feedback loop below is the run of {res['loop_run']['date_utc']}, `python benchmarks/run.py --only explore {' '.join(res['loop_run']['argv'])}`; "
                   "the latency was measured again in this run.)", ""]
     lines += [f"Replayed feedback loop on ml-100k: {lp['simulated_users']} simulated new users ({lp['reps']} fold "
              f"permutation(s) x 943 users), {R} rounds of {K} items, clicks = shown items among the user's real "
@@ -271,7 +271,7 @@ def markdown(res: dict[str, Any]) -> str:
         lines.append(f"| {r['policy']} | {r['scale']} | {r['users']} | {r['hits_last']} | {r['ratio']:.3f} |")
     if res.get("ucb_pool"):
         lines += ["", "UCB's pool (`explore.ucb_pool`, k=10): share of ml-100k users (the loop's model fitted on every "
-                      "user, their whole history as the posterior's; and one cold user) whose list equals UCB over the "
+                      "user, their latest 50 items (fold_in_history) as the posterior's; and one cold user) whose list equals UCB over the "
                       "whole catalog:", "", "| explore_scale | pool | users | lists = whole-catalog UCB |",
                   "|---|---|---|---|"]
         for r in res["ucb_pool"]:
