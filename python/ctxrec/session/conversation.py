@@ -297,26 +297,21 @@ class Session:
             if k <= 0:
                 return Recommendation(self.user, [], [], self._u < 0, dict(self.context))
             s = self._score
-            added = np.zeros(len(s))
-            if ex["explore"] is not None:
-                added = self._exploration(ex["explore"], ex["explore_scale"], ex["seed"])
-            ranked = s + added
+            explored = ex["explore"] is not None
+            added = self._exploration(ex["explore"], ex["explore_scale"], ex["seed"]) if explored else None
+            ranked = s + added if explored else s
             reranked = bool(d or c or e)
             n = self.rec.engine_.pool_size(k, d, c, e, allowed) if reranked else k
             top = np.argpartition(-ranked, n - 1)[:n] if n < len(s) else np.arange(len(s))
             top = top[np.lexsort((top, -ranked[top]))]
-            slots = np.asarray(self.rec.item_ids_)
-            ids = [jsonable(x) for x in slots[top]]
-            explored = ex["explore"] is not None
-            if not reranked:
-                top = top[:k]
-                return Recommendation(self.user, ids[:k], s[top].tolist(), self._u < 0, dict(self.context),
-                                      explore=added[top].tolist() if explored else [])
-            ids, _, terms = self.rec.rerank(self.user, ids, ranked[top], k, **opts)
-            pos = {x: int(t) for x, t in zip((jsonable(y) for y in slots[top]), top)}
-            picked = np.array([pos[x] for x in ids], np.int64)
-            return Recommendation(self.user, ids, s[picked].tolist(), self._u < 0, dict(self.context), rerank=terms,
-                                  explore=added[picked].tolist() if explored else [])
+            ids = [jsonable(x) for x in np.asarray(self.rec.item_ids_)[top]]
+            terms: list[dict[str, float]] = []
+            if reranked:
+                pos = dict(zip(ids, top.tolist()))
+                ids, _, terms = self.rec.rerank(self.user, ids, ranked[top], k, **opts)
+                top = np.array([pos[x] for x in ids], np.int64)
+            return Recommendation(self.user, ids, s[top].tolist(), self._u < 0, dict(self.context), rerank=terms,
+                                  explore=added[top].tolist() if explored else [])
 
     def _exploration(self, policy: str, scale: float, seed: int | None) -> np.ndarray:
         """float64 [n_items]: what exploring adds to each item's belief score (a Thompson draw's
