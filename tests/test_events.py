@@ -97,6 +97,45 @@ def test_histories_are_in_time_order():
     assert [ds.item_ids[i] for i in hist[ds.user_index("b")]] == [1]
 
 
+def _positives_match_histories(r):
+    """Every user's model positives are exactly the items of their history the model knows."""
+    known = r.model_.n_items_
+    for u, user in enumerate(r.user_ids_):
+        slots = [r.item_index(x) for x in r.history(user)]
+        assert r.model_.user_positives(u).tolist() == sorted(s for s in slots if s < known), user
+
+
+@pytest.mark.parametrize("loss", ["bpr", "logloss"])
+def test_the_history_is_the_one_record_of_a_users_items(loss, tmp_path):
+    """One record: after fit on a labelled dataset (label-0 rows are in neither: bpr drops them,
+    logloss learns them as negatives), after feedback (a known user, a new user, a label-0
+    event, an item added after fit) and after a reload, each user's model positives are the
+    items of the recommender's history that the model has factors for."""
+    rng = np.random.default_rng(0)
+    n = 400
+    inter = pd.DataFrame({"user_id": rng.integers(0, 30, n), "item_id": rng.integers(0, 40, n),
+                          "label": (rng.random(n) < 0.7).astype(float), "ts": np.arange(n)})
+    ds = Dataset.from_frames(inter, label_col="label", timestamp_col="ts")
+    r = Recommender(ContextSpec(time=["timestamp"]), model=ContextFM(n_factors=4, epochs=2, loss=loss),
+                    encoder=None).fit(ds)
+    neg = inter[inter.label == 0].iloc[0]
+    if not ((inter.user_id == neg.user_id) & (inter.item_id == neg.item_id) & (inter.label > 0)).any():
+        assert neg.item_id not in set(r.history(neg.user_id).tolist())  # a label-0 row is no history
+    _positives_match_histories(r)
+    r.add_items(pd.DataFrame({"item_id": [1000, 1001]}))
+    r.feedback(3, 5)
+    r.feedback(3, 1000)  # an item added after fit: history and seen, no model factor
+    r.feedback(3, 7, label=0.0)
+    r.feedback("newcomer", 1001)
+    r.feedback("newcomer", 9)
+    assert list(r.history("newcomer")) == [1001, 9] and list(r.history(3))[-2:] == [5, 1000]
+    _positives_match_histories(r)
+    r.save(tmp_path / "m")
+    back = Recommender.load(tmp_path / "m", event_log=None)
+    _positives_match_histories(back)
+    assert [list(back.history(u)) for u in back.user_ids_] == [list(r.history(u)) for u in r.user_ids_]
+
+
 def test_fold_in_refits_on_the_latest_items(rec, data, monkeypatch):
     seen = {}
     real = ContextFM.refit_user

@@ -278,17 +278,20 @@ def _attr_values(v: Any) -> list[str]:
     return [s] if s != "" else []
 
 
-def _histories(ds: Dataset) -> list[list[int]]:
+def _histories(ds: Dataset, positive: np.ndarray | None = None) -> list[list[int]]:
     """Each user's distinct positive items, oldest first (by timestamp, ties by row order).
 
-    An item seen more than once sits where it was seen last. Without timestamps the row
-    order of the interactions is taken as time order.
+    ``positive`` bool [len(ds)]: which rows count (the model's rule,
+    :meth:`ContextFM.is_positive`); None: rows with ``ds.label > 0``, or every row without
+    labels. An item seen more than once sits where it was seen last. Without timestamps the
+    row order of the interactions is taken as time order.
     """
     u, i = ds.users.astype(np.int64), ds.items.astype(np.int64)
     rows = np.arange(len(u))
-    if ds.label is not None:
-        keep = ds.label > 0
-        u, i, rows = u[keep], i[keep], rows[keep]
+    if positive is None and ds.label is not None:
+        positive = ds.label > 0
+    if positive is not None:
+        u, i, rows = u[positive], i[positive], rows[positive]
     ts = ds.timestamp[rows] if ds.timestamp is not None else np.zeros(len(rows), np.int64)
     order = np.lexsort((rows, ts, u))
     u, i = u[order], i[order]
@@ -448,7 +451,9 @@ class Recommender:
         item_emb = encode_texts(dataset.item_text, enc) if enc is not None and self.item_text else None
         user_emb = encode_texts(dataset.user_text, enc) \
             if enc is not None and self.user_text and dataset.user_text is not None else None
-        label = {"rating": "rating", "binary": "label"}.get(model.loss_spec.labels, "none")
+        # bpr / softmax learn from the label > 0 rows of a labelled dataset (ContextFM.fit drops the rest)
+        label = {"rating": "rating", "binary": "label"}.get(model.loss_spec.labels,
+                                                            "label" if dataset.label is not None else "none")
 
         def interactions(ds: Dataset) -> tuple[Interactions, SideInfo]:
             feats = spec.transform(context_rows(ds), encoder=enc if train_text else None)
@@ -466,7 +471,8 @@ class Recommender:
         self.items_ = dataset.item_table.assign(text=dataset.item_text)
         self.item_text_ = None if item_emb is None else _unit_rows(item_emb)
         self.item_attrs_ = {str(name): list(a.vocab) for name, a in dataset.item_attrs.items()}
-        self._history = _histories(dataset)
+        # the one record of each user's items; the model's positives are the same rows by its rule
+        self._history = _histories(dataset, None if X.label is None else model.is_positive(X.label))
         self.training_source_ = dataset.meta.get("source")
         self._event_origin: tuple[str, int] | None = None
         # each item's attribute values by slot: what the model's attribute factors and the named
@@ -742,8 +748,10 @@ class Recommender:
         """A user's interaction history: the distinct items of their positive events, oldest first.
 
         The one record of it: training positives (by timestamp), then every acknowledged
-        ``feedback`` (an item seen again moves to the end). ``recommend`` leaves these items out
-        and a fold-in learns from its latest ``fold_in_history`` of them.
+        ``feedback`` (an item seen again moves to the end). ``recommend`` leaves these items out,
+        a fold-in learns from its latest ``fold_in_history`` of them, and the model's positives
+        for the user (:meth:`ContextFM.user_positives`) are set from it: its items the model has
+        factors for. Which events count is the model's rule (:meth:`ContextFM.is_positive`).
 
         Parameters
         ----------
@@ -1508,7 +1516,8 @@ class Recommender:
         new = u < 0
         with self._lock:
             history = [] if new else list(self._history[u])
-        if label > 0:
+        positive = bool(self.model_.is_positive(np.array([label]))[0])
+        if positive:
             history = [x for x in history if x != i] + [i]  # time order: the item is now the latest
         # the fold-in learns from the items the model has id factors for; an item added to the
         # catalog after fit (no id factor) is recorded (history, seen) but teaches the model nothing
@@ -1518,7 +1527,8 @@ class Recommender:
         labels = np.ones(len(items), np.float32)
         if self.model_.loss_spec.needs_labels and len(items) and items[-1] == i:
             labels[-1] = label
-        kw = dict(user=None if new else u, label=labels)
+        # the model's positives are this record's items it knows (one record: the fold-in sets them)
+        kw = dict(user=None if new else u, label=labels, history=np.array([x for x in history if x < known], np.int64))
         if copy_model:
             model, u2 = self.model_.refit_user(items, **kw)
         else:
@@ -1529,7 +1539,7 @@ class Recommender:
                 self.user_ids_ = new_ids
                 self._user_pos[user] = u2
                 self._history.append([])
-            if label > 0:
+            if positive:
                 self._history[u2] = history
                 self.engine_.add_seen(u2, self.item_ids_[[i]])
         return {"user": jsonable(user), "item_id": jsonable(self.item_ids_[i]), "new_user": new,

@@ -499,6 +499,47 @@ class ContextFM:
         """The :class:`Loss` entry of ``loss`` (what it needs and does)."""
         return LOSSES[self.loss]
 
+    def is_positive(self, labels: np.ndarray) -> np.ndarray:
+        """Which interactions make an item part of a user's positives under this loss.
+
+        The one rule both the model's positives (negative rejection, the ``user_history``
+        features, the ranking evaluation's exclusions) and a recommender's user histories
+        follow: for mse every rated item (a rating of 0 is still an interaction), otherwise a
+        label > 0 (bpr / softmax drop label-0 rows before training, logloss keeps them as
+        negatives).
+
+        Parameters
+        ----------
+        labels : ndarray of float, shape (n,)
+            The interactions' labels (all ones when a dataset has none).
+
+        Returns
+        -------
+        ndarray of bool, shape (n,)
+        """
+        labels = np.asarray(labels)
+        if self.loss_spec.labels == "rating":
+            return np.ones(labels.shape, bool)
+        return labels > 0
+
+    def user_positives(self, user: int) -> np.ndarray:
+        """The items the model holds as ``user``'s positives (sorted, distinct).
+
+        Parameters
+        ----------
+        user : int
+            A user index in [0, n_users_).
+
+        Returns
+        -------
+        ndarray of int64, shape (n,)
+            Item indices in [0, n_items_).
+        """
+        self.check_fitted()
+        if not (0 <= int(user) < self.n_users_):
+            raise ValueError(f"user={user}: out of range [0, {self.n_users_})")
+        return self.pos_idx_[self.pos_ptr_[int(user)]:self.pos_ptr_[int(user) + 1]].copy()
+
     def _n_neg(self) -> int:
         if self.n_negatives is None:
             return self.loss_spec.negatives
@@ -673,7 +714,7 @@ class ContextFM:
             raise ValueError("X: no training rows")
         self._train_rows = rows
         # positives per user (for negative rejection and ranking evaluation)
-        pos_mask = rows["labels"] > 0 if self.loss_spec.labels == "binary" else np.ones(n, bool)
+        pos_mask = self.is_positive(rows["labels"])
         self.pos_ptr_, self.pos_idx_ = csr.from_pairs(rows["users"][pos_mask], rows["items"][pos_mask], self.n_users_, unique=True)
         self._rebuild_user_attrs()
         window = self._history_windows(rows) if self.history_window is not None else None
@@ -691,6 +732,8 @@ class ContextFM:
         val = None
         if validation is not None:
             val = self._check_rows(validation, "validation", allow_anon=False)
+            if self.loss_spec.labels == "none" and validation.label is not None:  # as the training rows
+                val = {k_: v[val["labels"] > 0] for k_, v in val.items()}
         metric = self._metric_name()
         higher_better = metric not in ("logloss", "rmse")
         best, best_epoch, since_best, best_params = -np.inf, -1, 0, None
@@ -1107,7 +1150,7 @@ class ContextFM:
     def fold_in(self, items: np.ndarray, *, user: int | None = None, context: np.ndarray | None = None,
                 context_text: np.ndarray | None = None, label: np.ndarray | None = None,
                 user_text: np.ndarray | None = None, user_attrs: Sequence[int] | None = None,
-                epochs: int = 50) -> int:
+                epochs: int = 50, history: np.ndarray | None = None) -> int:
         """Learn (or update) one user's vector from a handful of interactions, items fixed.
 
         Only the user's id row (and linear weight) is trained, with the model's loss and
@@ -1116,6 +1159,11 @@ class ContextFM:
         ``user_text`` f32 [d_user] and ``user_attrs`` attribute indices) and returns its
         index; otherwise the given user is updated in place and returned. Deterministic.
 
+        ``history`` (item indices, any order) is the user's whole record as its owner keeps
+        it (a :class:`~ctxrec.Recommender`'s user history): the model's positives for the
+        user become exactly those items. Without it the fold-in's positive items are merged
+        into the user's positives.
+
         Returns
         -------
         int
@@ -1123,6 +1171,7 @@ class ContextFM:
         """
         self.check_fitted()
         items = np.atleast_1d(np.asarray(items, dtype=np.int64))
+        hist = None if history is None else self._check_history(history)
         if user is None:
             user = self._append_user(user_text, user_attrs)
         elif not (0 <= int(user) < self.n_users_):
@@ -1130,14 +1179,18 @@ class ContextFM:
         user = int(user)
         n = len(items)
         if n == 0:
+            if hist is not None:
+                self._set_user_positives(user, hist, replace=True)
             return user
         X = Interactions(np.full(n, user, np.int64), items, context, context_text, label)
         rows = self._check_rows(X, "fold_in", allow_anon=False)
         if self.loss_spec.needs_labels and label is None:
             raise ValueError(f"label: loss={self.loss!r} needs labels for fold_in")
-        # merge this user's positives into the exclusion CSR
-        new = np.unique(items if self.loss_spec.labels != "binary" else items[rows["labels"] > 0])
-        self._set_user_positives(user, new)
+        if hist is not None:  # the caller's record: the user's positives become it
+            self._set_user_positives(user, hist, replace=True)
+        else:  # merge this fold-in's positives into the user's
+            self._set_user_positives(user, np.unique(items if self.loss_spec.labels != "binary"
+                                                     else items[rows["labels"] > 0]))
         r = self.user_off_ + user
         # one thread: a fold-in is a handful of examples, and a parallel region's barrier per
         # mini-batch stalls when a request thread holds the other core (results do not depend
@@ -1152,7 +1205,7 @@ class ContextFM:
     def refit_user(self, items: np.ndarray, *, user: int | None = None, context: np.ndarray | None = None,
                    context_text: np.ndarray | None = None, label: np.ndarray | None = None,
                    user_text: np.ndarray | None = None, user_attrs: Sequence[int] | None = None,
-                   epochs: int = 50) -> tuple["ContextFM", int]:
+                   epochs: int = 50, history: np.ndarray | None = None) -> tuple["ContextFM", int]:
         """:meth:`fold_in` on a copy of the model: ``self`` is not changed at all.
 
         The copy shares every array that a fold-in does not write (items, attributes,
@@ -1176,7 +1229,7 @@ class ContextFM:
             for name in ("mV", "sV", "mw", "sw", "mT", "sT"):
                 m._opt[name] = self._opt[name].copy()
         u = m.fold_in(items, user=user, context=context, context_text=context_text, label=label,
-                      user_text=user_text, user_attrs=user_attrs, epochs=epochs)
+                      user_text=user_text, user_attrs=user_attrs, epochs=epochs, history=history)
         return m, u
 
     def _append_user(self, user_text: np.ndarray | None, user_attrs: Sequence[int] | None) -> int:
@@ -1213,9 +1266,18 @@ class ContextFM:
         self._rebuild_user_attrs()
         return self.n_users_ - 1
 
-    def _set_user_positives(self, u: int, new: np.ndarray) -> None:
+    def _check_history(self, history: np.ndarray) -> np.ndarray:
+        h = np.asarray(history)
+        if h.ndim != 1 or (len(h) and not np.issubdtype(h.dtype, np.integer)):
+            raise ValueError(f"history: expected a 1-d array of item indices, got shape {h.shape} dtype {h.dtype}")
+        h = np.unique(h.astype(np.int64))
+        if len(h) and (h[0] < 0 or h[-1] >= self.n_items_):
+            raise ValueError(f"history: item index out of range [0, {self.n_items_})")
+        return h
+
+    def _set_user_positives(self, u: int, new: np.ndarray, *, replace: bool = False) -> None:
         lo, hi = self.pos_ptr_[u], self.pos_ptr_[u + 1]
-        merged = np.union1d(self.pos_idx_[lo:hi], new).astype(np.int64)
+        merged = new.astype(np.int64) if replace else np.union1d(self.pos_idx_[lo:hi], new).astype(np.int64)
         self.pos_idx_ = np.concatenate([self.pos_idx_[:lo], merged, self.pos_idx_[hi:]])
         self.pos_ptr_ = self.pos_ptr_.copy()
         self.pos_ptr_[u + 1:] += len(merged) - (hi - lo)
