@@ -275,7 +275,7 @@ def measure_crossover(eng: Engine, cat: dict[str, np.ndarray], Q: np.ndarray, TQ
         return f
 
     # The plans really are the forced ones (the core reports which path each query took).
-    snap = eng._snap
+    assert eng.text_weight_ == TEXT_W
     for s in CROSS_SELS:
         name = f"s{pct(s)}"
         for exact, want in ((True, 1), (False, 0)):
@@ -283,8 +283,7 @@ def measure_crossover(eng: Engine, cat: dict[str, np.ndarray], Q: np.ndarray, TQ
                 eng.exact_threshold = 10 ** 12
             else:
                 eng.exact_threshold, engine_mod.CROSSOVER = 0, 0.0
-            kw = dict(text_queries=np.ascontiguousarray(TQ[:1]), item_text=snap.text, text_weight=TEXT_W)
-            plans = eng._call(snap, np.ascontiguousarray(Q[:1]), K, kw, None, None, eng._mask(snap, {name: True}), 1, return_plans=True)[2]
+            plans = eng.search_plans(Q[:1], K, filter={name: True}, text_queries=TQ[:1])
             eng.exact_threshold, engine_mod.CROSSOVER = saved
             assert int(plans[0]) == want, f"forcing the {'exact' if exact else 'graph'} path failed at s={s}"
 
@@ -374,7 +373,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # ---- build the engine (once) with named filters s<pct> = True on the items kept
     filters = {f"s{pct(s)}": [True if x else None for x in keep[s]] for s in sels}
     t0 = time.perf_counter()
-    Engine()._filter_values(filters, n)  # the filter-column preprocessing fit does, timed alone
+    engine_mod.filter_groups(filters, n)  # the filter-column preprocessing fit does, timed alone
     t_filters = time.perf_counter() - t0
     t0 = time.perf_counter()
     eng = Engine(M=args.M, ef_construction=args.ef_construction, ef=args.ef, n_candidates=args.candidates,
@@ -393,8 +392,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import hnswlib
     import faiss
     with tempfile.TemporaryDirectory() as tmp:
-        p = str(Path(tmp) / "hnsw.bin")
-        eng._snap.index.save(p)
+        eng.save(Path(tmp) / "engine")  # its graph is engine/hnsw.bin, in hnswlib's format
+        p = str(Path(tmp) / "engine" / "hnsw.bin")
         # the engine's graph: [v, b] under inner product, or ("sphere") [v, b, sqrt(R^2 - |v|^2 - b^2)]
         # under squared L2 (see csrc/index.hpp)
         hx = hnswlib.Index(space="l2", dim=DIM + 2) if args.graph == "sphere" else hnswlib.Index(space="ip", dim=DIM + 1)

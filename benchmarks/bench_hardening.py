@@ -798,8 +798,10 @@ def _variants() -> list[tuple[str, str, Callable[[Path], None], str]]:
          "extra"),
         ("model_ia_ptr_decreasing", "model/ia_ptr.npy not monotonic", _npy("model/ia_ptr.npy", _set_at(1, 10 ** 6)),
          "extra"),
-        ("model_ctx_off_negative", "model/ctx_off.npy holds -1", _npy("model/ctx_off.npy", _set_at(0, -1)), "extra"),
-        ("model_toff_decreasing", "model/toff.npy reversed", _npy("model/toff.npy", lambda a: a[::-1] + 1), "extra"),
+        ("model_meta_cardinality_-1", "model meta layout.context_cardinalities = [-1]",
+         _meta(M, ("layout", "context_cardinalities"), [-1]), "extra"),
+        ("model_meta_text_dims_negative", "model meta layout.text_dims = [-1, 0, 0]",
+         _meta(M, ("layout", "text_dims"), [-1, 0, 0]), "extra"),
         ("model_V_nan", "model/V.npy holds NaN", _npy("model/V.npy", _set_at(0, np.nan)), "extra"),
         ("model_w_truncated_npy", "model/w.npy cut in half (header intact)", _truncate("model/w.npy", lambda n: n // 2),
          "issue"),
@@ -872,9 +874,9 @@ def _variants() -> list[tuple[str, str, Callable[[Path], None], str]]:
          "issue"),
         ("model_meta_n_factors_-1", "model meta params.n_factors = -1", _meta(M, ("params", "n_factors"), -1), "extra"),
         ("model_meta_loss_unknown", "model meta params.loss = \"zz\"", _meta(M, ("params", "loss"), "zz"), "extra"),
-        ("model_meta_n_users_plus_1", "model meta scalars.n_users_ one more", _meta(M, ("scalars", "n_users_"), 31),
+        ("model_meta_n_users_plus_1", "model meta layout.n_users one more", _meta(M, ("layout", "n_users"), 31),
          "extra"),
-        ("model_meta_n_rows_2^40", "model meta scalars.n_rows_ = 2**40", _meta(M, ("scalars", "n_rows_"), 2 ** 40),
+        ("model_meta_n_items_2^40", "model meta layout.n_items = 2**40", _meta(M, ("layout", "n_items"), 2 ** 40),
          "extra"),
         ("rec_meta_unknown_param", "recommender meta params.zz = 1", _meta(R, ("params", "zz"), 1), "extra"),
         ("rec_meta_fold_in_-1", "recommender meta params.fold_in_history = -1", _meta(R, ("params", "fold_in_history"), -1),
@@ -1010,8 +1012,8 @@ _SAVER = textwrap.dedent("""
 
 
 def _leftovers(target: Path) -> list[str]:
-    from ctxrec._io import _leftover_re
-    pat = _leftover_re(target.name)
+    from ctxrec._io import leftover_pattern
+    pat = leftover_pattern(target.name)
     sib = [n for n in os.listdir(target.parent) if pat.fullmatch(n)]
     inner = [str(p.relative_to(target)) for p in target.rglob("*")
              if ".tmp-" in p.name or ".old-" in p.name] if target.is_dir() else []

@@ -136,7 +136,7 @@ def run(rec, bank, cases, mode: str, policy: str, n_q: int, seed: int, kw=None):
 
 
 def rank_of(s, target: int) -> int:
-    sc = s._score
+    sc = s.scores
     return int(np.sum(sc > sc[target])) + 1 if np.isfinite(sc[target]) else 10**9
 
 

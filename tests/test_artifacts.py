@@ -82,7 +82,14 @@ CASES = {
     # model meta
     "model unknown param": (_edit_meta("model", _set("params.warp_speed", 9)), "warp_speed"),
     "model loss='hinge'": (_edit_meta("model", _set("params.loss", "hinge")), "loss"),
-    "model n_users_ as text": (_edit_meta("model", _set("scalars.n_users_", "20")), "n_users_"),
+    "model layout n_users as text": (_edit_meta("model", _set("layout.n_users", "20")), "layout.n_users"),
+    "model layout n_users one more": (_edit_meta("model", lambda m: m["layout"].update(n_users=m["layout"]["n_users"] + 1)),
+                                      "V.npy"),
+    "model layout without text_dims": (_edit_meta("model", lambda m: m["layout"].pop("text_dims")), "text_dims"),
+    "model layout user_history flipped": (_edit_meta("model", lambda m: m["layout"].update(
+        user_history=not m["layout"]["user_history"])), "user_history"),
+    "model layout cardinality 0": (_edit_meta("model", lambda m: m["layout"].update(context_cardinalities=[0])),
+                                   "context_cardinalities"),
     "model scalars unknown key": (_edit_meta("model", _set("scalars.extra_", 1)), "extra_"),
     # recommender meta
     "recommender unknown param": (_edit_meta(".", _set("params.secret", 1)), "secret"),

@@ -194,9 +194,9 @@ def test_python_threads_run_while_the_serial_query_kernel_runs():
     q, c, tri = np.zeros((b, k), np.float32), np.zeros(b), np.zeros((b, 0), np.float32)
 
     def run() -> None:
-        K.query_table_serial(u, np.zeros((b, 0), np.int64), np.zeros((b, 0), np.float32), m.ctx_off_, m.V_, m.w_,
-                             m.P_, m.a_, m.user_off_, m.ua_ptr_, m.ua_idx_, m.ua_val_, m.user_text_,
-                             int(m.toff_[1]), int(m.toff_[2]), m.w0_, m.T_, q, c, tri)
+        K.query_table_serial(u, np.zeros((b, 0), np.int64), np.zeros((b, 0), np.float32), m.layout_.ctx_off, m.V_, m.w_,
+                             m.P_, m.a_, m.layout_.user_off, m.ua_ptr_, m.ua_idx_, m.ua_val_, m.user_text_,
+                             int(m.layout_.text_off[1]), int(m.layout_.text_off[2]), m.w0_, m.T_, q, c, tri)
 
     run()  # compiled / loaded
     rate = _python_rate()
@@ -267,10 +267,10 @@ def test_warmup_with_a_model_leaves_it_unchanged(params):
               if isinstance(v, tuple) and v and all(isinstance(a, np.ndarray) for a in v)}
     assert "ua_base_" in tuples and "_neg" in tuples
     opt = {k: v.copy() for k, v in m._opt.items()}
-    scalars = (m.n_users_, m.n_rows_, m.step_)
+    scalars = (m.n_users_, m.layout_.n_rows, m.step_)
     p0 = m.predict(X)
     assert warmup(m) > 0
-    assert (m.n_users_, m.n_rows_, m.step_) == scalars
+    assert (m.n_users_, m.layout_.n_rows, m.step_) == scalars
     assert set(before) == {k for k, v in vars(m).items() if isinstance(v, np.ndarray)}
     for k, v in before.items():
         assert np.array_equal(getattr(m, k), v), k

@@ -66,8 +66,8 @@ def _tri_reference(m, users, items, ctx):
     for e, (u, i) in enumerate(zip(users, items)):
         if u < 0:
             continue
-        tc = sum((T[m.ctx_off_[c] + v] for c, v in enumerate(ctx[e]) if v >= 0), np.zeros(T.shape[1]))
-        out[e] = float(np.sum(T[m.user_off_ + u] * T[m.item_off_ + i] * tc))
+        tc = sum((T[m.layout_.ctx_off[c] + v] for c, v in enumerate(ctx[e]) if v >= 0), np.zeros(T.shape[1]))
+        out[e] = float(np.sum(T[m.layout_.user_off + u] * T[m.layout_.item_off + i] * tc))
     return out
 
 
@@ -91,7 +91,7 @@ def test_export_equals_predict(loss, tri):
         assert np.abs(t3).max() > 1e-3
         s += t3
     else:
-        assert tab.item_tri is None and qb.tri_queries is None and m.T_.shape == (m.n_rows_, 0)
+        assert tab.item_tri is None and qb.tri_queries is None and m.T_.shape == (m.layout_.n_rows, 0)
     scale = max(1.0, float(np.abs(p).max()))
     assert np.abs(p - s).max() < 1e-5 * scale
     # the pairwise part is not trivial (the check would be vacuous with zero vectors)
@@ -231,13 +231,13 @@ def test_l2_fields_regularize_only_their_rows():
     kw = dict(n_factors=8, loss="logloss", epochs=3, batch_size=64, init_std=0.3, l2=0.0, user_history=True)
     a = ContextFM(**kw).fit(X, side)
     b = ContextFM(l2_fields={"context": 50.0}, **kw).fit(X, side)
-    ctx = slice(int(a.ctx_off_[0]), a.uattr_off_)
-    rows = a._field_rows()
+    ctx = slice(int(a.layout_.ctx_off[0]), a.layout_.uattr_off)
+    rows = a.layout_.field_rows()
     assert rows["context"] == (ctx.start, ctx.stop) and rows["user"][1] == a.V_.shape[0]
-    assert rows["history"] == (a.hist_off_, a.user_off_)
+    assert rows["history"] == (a.layout_.hist_off, a.layout_.user_off)
     # strong L2 shrinks the context rows, the item rows stay about as large
     assert np.abs(b.V_[ctx]).mean() < 0.5 * np.abs(a.V_[ctx]).mean()
-    it = slice(0, a.iattr_off_)
+    it = slice(0, a.layout_.iattr_off)
     assert np.abs(b.V_[it]).mean() > 0.5 * np.abs(a.V_[it]).mean()
     l2 = b._row_l2()
     assert np.all(l2[ctx] == 50.0) and np.all(np.delete(l2, np.r_[ctx]) == 0.0)
@@ -290,8 +290,8 @@ def test_history_window_ranks_match_brute_force():
         c = seq.index(int(items[e]))
         want = {seq[j] for j in range(max(0, c - W), min(len(seq), c + W + 1)) if j != c}
         lo, hi = m.ua_ptr_[u], m.ua_ptr_[u + 1]
-        got = {int(m.ua_idx_[p] - m.hist_off_) for p in range(lo, hi)
-               if ua_rank[p] >= 0 and abs(ua_rank[p] - ex_rank[e]) <= W and m.ua_idx_[p] - m.hist_off_ != items[e]}
+        got = {int(m.ua_idx_[p] - m.layout_.hist_off) for p in range(lo, hi)
+               if ua_rank[p] >= 0 and abs(ua_rank[p] - ex_rank[e]) <= W and m.ua_idx_[p] - m.layout_.hist_off != items[e]}
         assert ex_rank[e] == c and got == want, e
         assert np.isclose(hs[e], (len(seq) / len(want)) ** 0.5)
 
@@ -305,7 +305,7 @@ def test_history_window_learns_sessions_and_scores_whole_history(tmp_path: Path)
               user_history=True, l2=1e-3)
 
     def pair_auc(m):  # history row j . item row i: same group vs the next group (other session)
-        S = m.V_[m.hist_off_:m.hist_off_ + 60] @ m.V_[:60].T
+        S = m.V_[m.layout_.hist_off:m.layout_.hist_off + 60] @ m.V_[:60].T
         same = ig[:, None] == ig[None, :]
         sel = ~np.eye(60, dtype=bool) & (same | ((ig[None, :] - ig[:, None]) % 6 == 1))
         return auc_score(same[sel].astype(float), S[sel])
@@ -406,7 +406,7 @@ def test_text_gives_cold_items_a_vector(every):
                   text_step_every=every)
     m.fit(Interactions(users[keep], items[keep]), SideInfo(120, 100, item_text=text))
     cold_items = np.flatnonzero(cold)
-    assert np.all(m.V_[m.item_off_ + cold_items] == 0)  # id rows of unseen items stay zero
+    assert np.all(m.V_[m.layout_.item_off + cold_items] == 0)  # id rows of unseen items stay zero
     uu = np.repeat(np.arange(120), len(cold_items))
     it = np.tile(cold_items, 120)
     s = m.predict(Interactions(uu, it))
@@ -433,7 +433,7 @@ def test_text_step_every_steps_the_item_projection_once_per_period(loss):
     assert 3 <= nb <= 10
     c1, c2 = 1 - 0.9 ** nb, 1 - 0.999 ** nb
     step = lr * (0.1 / c1) / np.sqrt(0.001 / c2)
-    t0, t1, t2, t3 = (int(x) for x in m.toff_[:4])
+    t0, t1, t2, t3 = (int(x) for x in m.layout_.text_off[:4])
     assert np.allclose(np.abs(m.P_[t0:t1]), step, rtol=1e-4) and np.allclose(np.abs(m.a_[t0:t1]), step, rtol=1e-4)
     for lo, hi in ((t1, t2), (t2, t3)):  # user text, request text: ten steps
         assert np.abs(m.P_[lo:hi]).max() > 2 * step
@@ -460,8 +460,8 @@ def test_item_vectors_cold_start_equals_export_without_the_id_factor(tri):
     # without: export() of a model whose id factors (and linear weights) are zeroed
     cold = m.item_vectors(attrs[3:5], text[3:5])
     z = copy.deepcopy(m)
-    z.V_[z.item_off_:z.item_off_ + 25] = 0
-    z.w_[z.item_off_:z.item_off_ + 25] = 0
+    z.V_[z.layout_.item_off:z.layout_.item_off + 25] = 0
+    z.w_[z.layout_.item_off:z.layout_.item_off + 25] = 0
     ref = z.export()
     assert np.abs(cold.item_vecs - tab.item_vecs[3:5]).max() > 1e-3  # the id factor mattered
     assert np.allclose(cold.item_vecs, ref.item_vecs[3:5], atol=1e-6)
@@ -528,15 +528,15 @@ def test_three_way_fold_in_and_save_load(tmp_path: Path):
     X, side = _context_flips()
     m = ContextFM(n_factors=8, n_tri_factors=4, loss="logloss", epochs=10, batch_size=128,
                   learning_rate=0.02).fit(X, side)
-    T_items = m.T_[m.item_off_:m.item_off_ + m.n_items_].copy()
+    T_items = m.T_[m.layout_.item_off:m.layout_.item_off + m.n_items_].copy()
     # a new user who likes group 0 in context 1 and group 1 in context 0
     items = np.arange(40)
     ctx = np.r_[np.ones(20, np.int64), np.zeros(20, np.int64)][:, None]
     items = np.r_[items[:20], items[20:]]
     label = ((items % 2) == np.where(ctx[:, 0] == 1, 0, 1)).astype(np.float64)
     u = m.fold_in(items, context=ctx, label=label, epochs=40)
-    assert np.array_equal(m.T_[m.item_off_:m.item_off_ + m.n_items_], T_items)  # items untouched
-    assert np.any(m.T_[m.user_off_ + u])
+    assert np.array_equal(m.T_[m.layout_.item_off:m.layout_.item_off + m.n_items_], T_items)  # items untouched
+    assert np.any(m.T_[m.layout_.user_off + u])
     for c, group in ((1, 0), (0, 1)):
         top = m.recommend(np.array([u]), 10, context=np.array([[c]]), exclude_seen=False)[0]
         assert np.mean(top % 2 == group) >= 0.8, (c, top)
@@ -606,6 +606,54 @@ def test_save_load_roundtrip_and_corruption(tmp_path: Path):
     (tmp_path / "fm2" / "manifest.json").write_text(json.dumps(man))
     with pytest.raises(CorruptArtifactError, match="version"):
         ContextFM.load(tmp_path / "fm2")
+
+
+def _write_format_2(src: Path, dst: Path, **edit) -> None:
+    """Rewrite a saved model as ctxrec's previous writer did (format 2: the offsets recorded
+    as scalars, ctx_off.npy and toff.npy), with ``edit`` overriding recorded scalars."""
+    from ctxrec._io import atomic_dir, read_manifest
+    man = read_manifest(src, "ctxrec.ContextFM", 3)
+    meta = man["meta"]
+    lay = ContextFM.load(src).layout_
+    scalars = {"item_off_": lay.item_off, "iattr_off_": lay.iattr_off, "uattr_off_": lay.uattr_off,
+               "hist_off_": lay.hist_off, "user_off_": lay.user_off, "n_rows_": lay.n_rows, "n_users_": lay.n_users,
+               "n_items_": lay.n_items, "n_item_attrs_": lay.n_item_attrs, "n_user_attrs_": lay.n_user_attrs,
+               **meta["scalars"], **edit}
+    old = {"params": meta["params"], "scalars": scalars, "history": meta["history"],
+           "context_cardinalities": list(lay.context_cardinalities)}
+    with atomic_dir(dst, "ctxrec.ContextFM", 2, old) as d:
+        for f in src.glob("*.npy"):
+            (d / f.name).write_bytes(f.read_bytes())
+        np.save(d / "ctx_off.npy", np.asarray(lay.ctx_off, np.int64))
+        np.save(d / "toff.npy", np.asarray(lay.text_off, np.int64))
+
+
+@pytest.mark.parametrize("user_history", [False, True])
+def test_layout_is_derived_from_sizes_and_format_2_still_loads(tmp_path: Path, user_history: bool):
+    """The parameter layout is one value object (``layout_``) whose offsets follow from its sizes;
+    a model saved by the previous format (offsets recorded) loads to the same layout and
+    predictions, and one whose recorded offsets disagree with its sizes is refused."""
+    X, side = _random_problem(6)
+    m = ContextFM(n_factors=4, loss="logloss", epochs=2, batch_size=64, user_history=user_history,
+                  n_tri_factors=2).fit(X, side)
+    lay = m.layout_
+    rows = lay.field_rows()
+    assert rows["item"] == (0, 25) and rows["item_attrs"] == (25, 30) and rows["context"] == (30, 37)
+    assert list(lay.ctx_off) == [30, 33] and rows["user_attrs"] == (37, 40)
+    assert rows["history"] == ((40, 65) if user_history else (40, 40)) and lay.hist_off == (40 if user_history else -1)
+    assert rows["user"] == (lay.user_off, lay.n_rows) and lay.n_rows == m.V_.shape[0] == lay.user_off + 30
+    assert list(lay.text_off) == [0, 12, 18, 23] and m.text_dims_ == (12, 6, 5) and lay.n_text == m.P_.shape[0]
+    u = m.fold_in(np.array([1, 2]), label=np.array([1.0, 0.0]), epochs=1)  # a new user: one more row, at the end
+    assert u == 30 and m.layout_ == lay.with_users(31) and m.layout_.user_off == lay.user_off
+    assert m.V_.shape[0] == m.layout_.n_rows == lay.n_rows + 1 and m.n_users_ == 31
+    d = m.save(tmp_path / "v3")
+    _write_format_2(d, tmp_path / "v2")
+    back = ContextFM.load(tmp_path / "v2")
+    assert back.layout_ == m.layout_ and list(back.layout_.ctx_off) == list(m.layout_.ctx_off)
+    assert np.array_equal(back.predict(X), m.predict(X))
+    _write_format_2(d, tmp_path / "bad", user_off_=m.layout_.user_off - 1)
+    with pytest.raises(CorruptArtifactError, match="user_off_ = "):
+        ContextFM.load(tmp_path / "bad")
 
 
 def test_errors_name_the_field():

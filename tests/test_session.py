@@ -239,12 +239,12 @@ def test_chosen_questions_beat_no_questions_and_random(rec, bank, dataset):
         pick = np.random.default_rng(1)
         for c, (u, ctx, t) in enumerate(targets):
             s = session(rec, bank, u, ctx, confidence=1.0, min_gain=0.0, exclude_seen=False)
-            out[c, 0] = np.sum(s._score > s._score[rec.item_index(t)]) + 1
+            out[c, 0] = np.sum(s.scores > s.scores[rec.item_index(t)]) + 1
             for step in (1, 2):
                 q = s.next_question() if policy == "chosen" else \
                     s.ask([q.id for q in bank if q.id not in s.asked][pick.integers(len(bank) - step + 1)])
                 s.answer(truthful(q, t))
-                out[c, step] = np.sum(s._score > s._score[rec.item_index(t)]) + 1
+                out[c, step] = np.sum(s.scores > s.scores[rec.item_index(t)]) + 1
         return out
 
     chosen, rand = ranks("chosen"), ranks("random")

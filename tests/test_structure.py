@@ -6,16 +6,22 @@ and a ``from ctxrec.m import _name`` are allowed only when ``_name`` is defined 
 module (a method, a class, an attribute it assigns, a module-level name): a module may use
 its own private members on other instances of its own classes, never another module's.
 Private *modules* (``ctxrec._core``, ``ctxrec._io``, ``ctxrec._log``, ...) are the package's
-own layers and are imported by name; their public names are what the rule lets through."""
+own layers and are imported by name; their public names are what the rule lets through.
+
+The rule covers the benchmark scripts (``benchmarks/*.py``) too: they time the package through
+its public API. The tests (``tests/``) are white-box unit tests and are not covered."""
 from __future__ import annotations
 
 import ast
 import importlib.util
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1] / "python" / "ctxrec"
-#: (file, name) reads allowed with a reason: numba's dispatcher tells its on-disk cache only
-#: through these (ctxrec.model._kernels.cache_dir, logged by warmup).
+REPO = Path(__file__).resolve().parents[1]
+ROOT = REPO / "python" / "ctxrec"
+BENCHMARKS = REPO / "benchmarks"
+#: (file relative to the root it is checked under, name) reads allowed with a reason: numba's
+#: dispatcher tells its on-disk cache only through these (ctxrec.model._kernels.cache_dir,
+#: logged by warmup).
 ALLOWED = {("model/_kernels.py", "_cache"), ("model/_kernels.py", "_cache_path")}
 
 
@@ -48,8 +54,10 @@ def _own_names(tree: ast.AST) -> set[str]:
     return {x for x in names if _private(x)}
 
 
-def private_reaches(path: Path) -> list[str]:
-    """``file:line: expression`` for every read of another module's private member in ``path``."""
+def private_reaches(path: Path, root: Path = ROOT) -> list[str]:
+    """``file:line: expression`` for every read of another module's private member in ``path``.
+
+    ``file`` is relative to ``root``, and so are the files of ``ALLOWED``."""
     tree = ast.parse(path.read_text())
     mine = _own_names(tree)
     out = []
@@ -68,13 +76,22 @@ def private_reaches(path: Path) -> list[str]:
             if bad:
                 hit = f"from {n.module} import {', '.join(bad)}"
         name = n.attr if isinstance(n, ast.Attribute) else n.args[1].value if isinstance(n, ast.Call) and hit else None
-        if hit and (str(path.relative_to(ROOT)), name) not in ALLOWED:
-            out.append(f"{path.relative_to(ROOT)}:{n.lineno}: {hit[:80]}")
+        rel = str(path.relative_to(root))
+        if hit and (rel, name) not in ALLOWED:
+            out.append(f"{rel}:{n.lineno}: {hit[:80]}")
     return out
 
 
 def test_no_module_reads_another_modules_private_members():
     found = [r for p in sorted(ROOT.rglob("*.py")) for r in private_reaches(p)]
+    assert found == [], "\n".join(found)
+
+
+def test_benchmarks_read_no_private_members():
+    """The benchmark scripts use the package's public API only (their own privates aside)."""
+    scripts = sorted(BENCHMARKS.glob("*.py"))
+    assert scripts, BENCHMARKS
+    found = [r for p in scripts for r in private_reaches(p, REPO)]
     assert found == [], "\n".join(found)
 
 
@@ -88,3 +105,10 @@ def test_the_checker_finds_a_private_reach(tmp_path):
     finally:
         p.unlink()
     assert len(got) == 3, got
+
+
+def test_the_checker_reports_relative_to_its_root(tmp_path):
+    """A file outside the package (a benchmark) is reported relative to the root it is checked under."""
+    p = tmp_path / "bench_probe.py"
+    p.write_text("def f(eng):\n    return eng._snap\n")
+    assert private_reaches(p, tmp_path) == ["bench_probe.py:2: eng._snap"]

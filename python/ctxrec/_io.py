@@ -70,8 +70,8 @@ DIGEST_KEY = "digest"
 from ctxrec.errors import CorruptArtifactError  # noqa: E402  (re-exported: ctxrec._io.CorruptArtifactError)
 
 __all__ = [
-    "MANIFEST", "CorruptArtifactError", "MetaField", "atomic_dir", "check_meta", "clean_leftovers", "jsonable", "load_array",
-    "manifest_digest", "read_manifest", "sha256_file",
+    "MANIFEST", "CorruptArtifactError", "MetaField", "atomic_dir", "check_meta", "clean_leftovers", "jsonable",
+    "leftover_pattern", "load_array", "manifest_digest", "read_manifest", "sha256_file",
 ]
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -462,9 +462,25 @@ def _renameat2(src: Path, dst: Path, flags: int) -> None:
         raise OSError(e, os.strerror(e), str(src), None, str(dst))
 
 
-def _leftover_re(name: str) -> re.Pattern[str]:
-    # mkdtemp's random part is 8 characters of [a-z0-9_]: never '.' or '-', so the
-    # leftovers of a target called "m.tmp-x" are not mistaken for those of "m".
+def leftover_pattern(name: str) -> re.Pattern[str]:
+    """The names a save of the artifact ``name`` gives its sibling temporaries.
+
+    ``atomic_dir`` writes into ``.{name}.tmp-XXXXXXXX`` and, without ``RENAME_EXCHANGE``,
+    moves the old artifact to ``.{name}.old-XXXXXXXX`` (``XXXXXXXX``: mkdtemp's 8 random
+    characters of ``[a-z0-9_]``, never ``.`` or ``-``, so the leftovers of a target called
+    ``m.tmp-x`` are not mistaken for those of ``m``); a killed save can leave either behind
+    (:func:`clean_leftovers` removes them).
+
+    Parameters
+    ----------
+    name : str
+        The artifact directory's file name (not its path).
+
+    Returns
+    -------
+    re.Pattern
+        Matches (with ``fullmatch``) exactly those sibling names.
+    """
     return re.compile(rf"\.{re.escape(name)}\.(tmp|old)-[a-z0-9_]{{8}}")
 
 
@@ -490,7 +506,7 @@ def clean_leftovers(target: str | os.PathLike) -> list[Path]:
     """
     target = Path(target)
     parent = target.parent
-    pat = _leftover_re(target.name)
+    pat = leftover_pattern(target.name)
     try:
         names = [n for n in os.listdir(parent) if pat.fullmatch(n)]
     except OSError:

@@ -190,6 +190,41 @@ def _values_of(v: Any) -> list[str]:
     return [filter_key(v)]
 
 
+def filter_groups(item_filters: Mapping[str, Sequence[Any]], n: int) -> dict[str, dict[str, list[int]]]:
+    """Group the rows of named filter columns by value: the lists ``Engine.fit`` turns into bitsets.
+
+    Parameters
+    ----------
+    item_filters : mapping name -> sequence of length n
+        One value per item: None / NaN (no value), a scalar, or a list / tuple / set / array
+        of values (the item has each of them).
+    n : int
+        The number of items (rows) every column must have.
+
+    Returns
+    -------
+    dict of str -> dict of str -> list of int
+        filter name -> value (spelled by :func:`filter_key`) -> the rows (0 .. n-1, ascending)
+        having it.
+
+    Raises
+    ------
+    ValueError
+        A column without exactly ``n`` values.
+    """
+    out: dict[str, dict[str, list[int]]] = {}
+    for name, col in item_filters.items():
+        vals = list(col)
+        if len(vals) != n:
+            raise ValueError(f"item_filters[{name!r}] has {len(vals)} values, expected one per item ({n})")
+        groups: dict[str, list[int]] = {}
+        for r, v in enumerate(vals):
+            for key in _values_of(v):
+                groups.setdefault(key, []).append(r)
+        out[str(name)] = groups
+    return out
+
+
 @dataclass(frozen=True)
 class _Snapshot:
     """What one request reads; immutable once published (tables only grow past ``n_rows``)."""
@@ -341,7 +376,7 @@ class Engine:
         cols = self._columns(vecs, item_bias, item_text, item_tri, n)
         names = sorted(item_filters or {})
         self.filter_names_ = tuple(names)
-        filt = self._filter_values(item_filters or {}, n)
+        filt = filter_groups(item_filters or {}, n)
         index = self._new_index(cols["vecs"], cols["bias"])
         words = _words(n)
         filters = {name: {v: _bits_of(np.asarray(rows, np.int64), words) for v, rows in filt[name].items()}
@@ -423,19 +458,6 @@ class Engine:
         if len(uniq) != n:
             raise ValueError(f"item_ids must be unique; duplicated: {uniq[counts > 1][:5].tolist()}")
         return ids
-
-    def _filter_values(self, item_filters: Mapping[str, Sequence[Any]], n: int) -> dict[str, dict[str, list[int]]]:
-        out: dict[str, dict[str, list[int]]] = {}
-        for name, col in item_filters.items():
-            vals = list(col)
-            if len(vals) != n:
-                raise ValueError(f"item_filters[{name!r}] has {len(vals)} values, expected one per item ({n})")
-            groups: dict[str, list[int]] = {}
-            for r, v in enumerate(vals):
-                for key in _values_of(v):
-                    groups.setdefault(key, []).append(r)
-            out[str(name)] = groups
-        return out
 
     @staticmethod
     def _sort_ids(ids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -979,6 +1001,39 @@ class Engine:
                                  n_candidates=int(self.n_candidates), exact_below=self.exact_below(),
                                  num_threads=threads, return_plans=return_plans, **kw)
 
+    def search_plans(self, queries: Any, k: int = 10, *, filter: Mapping[str, Any] | None = None,
+                     allow: Iterable[Any] | None = None, text_queries: Any = None,
+                     tri_queries: Any = None) -> np.ndarray:
+        """Which path the native core takes for each query: an exact scan or a graph search.
+
+        Runs the search of ``recommend_batch(queries, k, filter=..., allow=..., text_queries=...,
+        tri_queries=...)`` on one thread (no exclusions, no re-ranking) and returns the plan the
+        core chose per query instead of the items: exact when the eligible count is at most
+        :meth:`exact_below` (or ``4 * k`` reaches it). For checking and benchmarking the rule.
+
+        Parameters
+        ----------
+        queries : float array [b, dim]
+        k : int
+            Clamped to the visible items, as in ``recommend_batch``.
+        filter, allow
+            As in ``recommend_batch``.
+        text_queries : float array [b, d], optional
+        tri_queries : float array [b, t], optional
+            With the fitted weights.
+
+        Returns
+        -------
+        numpy.ndarray of int8, shape [b]
+            1 = every eligible item scored exactly, 0 = graph search then exact rescoring.
+        """
+        snap = self._fitted()
+        k = self._check_k(k, snap)
+        q = _query(queries, "queries", self.dim_, batch=True)
+        kw = self._extras(snap, text_queries, tri_queries, q.shape[0], True, None, None)
+        return self._call(snap, q, k, kw, None, self._rows(snap, allow, "allow"), self._mask(snap, filter), 1,
+                          return_plans=True)[2]
+
     @staticmethod
     def _check_k(k: Any, snap: _Snapshot) -> int:
         """k as an int, clamped to the visible items (a k past the catalog cannot allocate [b, 2**62])."""
@@ -1281,7 +1336,7 @@ class Engine:
             unknown = [name for name in (item_filters or {}) if name not in snap.filters]
             if unknown:
                 raise ValueError(f"item_filters: unknown filter(s) {unknown}; this catalog has {sorted(snap.filters)}")
-            filt = self._filter_values(item_filters or {}, n)
+            filt = filter_groups(item_filters or {}, n)
             slots = self._slots(keys, "item_ids", warn=False)
             current = (slots >= 0) & (snap.slot_row[np.clip(slots, 0, None)] >= 0) if len(slots) else slots >= 0
             if mode == "add" and current.any():

@@ -1881,7 +1881,7 @@ class Recommender:
             indices.extend(p)
             indptr.append(len(indices))
         csr = (np.asarray(indptr, np.int64), np.asarray(indices, np.int64), np.ones(len(indices), np.float32), off) \
-            if self.model_.n_item_attrs_ else None
+            if self.model_.layout_.n_item_attrs else None
         known = self.model_.n_items_
         slots = [self.engine_.item_index(x) if self.engine_.contains(x) else -1 for x in ids]
         items = np.array([s if 0 <= s < known else -1 for s in slots], np.int64)

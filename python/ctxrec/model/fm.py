@@ -41,16 +41,17 @@ from typing import Any, Callable, Sequence
 import numba
 import numpy as np
 
-from ctxrec._io import CorruptArtifactError, MetaField, atomic_dir, load_array, read_manifest
+from ctxrec._io import CorruptArtifactError, MetaField, atomic_dir, check_meta, load_array, read_manifest
 from ctxrec import csr
 from ctxrec.errors import NotFittedError
 from ctxrec.model import _kernels as K
+from ctxrec.model.layout import Layout
 from ctxrec.metrics import auc, logloss, ranking_metrics_from_topk
 
 __all__ = ["ContextFM", "Interactions", "SideInfo", "ServingTables", "QueryBatch"]
 
 FORMAT = "ctxrec.ContextFM"
-FORMAT_VERSION = 2  # 2: three-way factors (T.npy)
+FORMAT_VERSION = 3  # 2: three-way factors (T.npy); 3: the layout recorded as sizes (meta "layout")
 
 @dataclass(frozen=True)
 class Loss:
@@ -491,8 +492,17 @@ class ContextFM:
     @property
     def text_dims_(self) -> tuple[int, int, int]:
         """The widths of the text inputs the model reads: ``(item, user, request)``; 0 = none."""
-        t = self.toff_
-        return int(t[1] - t[0]), int(t[2] - t[1]), int(t[3] - t[2])
+        return self.layout_.text_dims
+
+    @property
+    def n_users_(self) -> int:
+        """Users with an id row (fitted ones and those a fold-in added): ``layout_.n_users``."""
+        return self.layout_.n_users
+
+    @property
+    def n_items_(self) -> int:
+        """Items with an id row: ``layout_.n_items``."""
+        return self.layout_.n_items
 
     @property
     def loss_spec(self) -> Loss:
@@ -564,59 +574,39 @@ class ContextFM:
         if self.normalize_attrs:
             ia_val = _row_normalize(ia_ptr, ia_val)
             ua_val = _row_normalize(ua_ptr, ua_val)
-        # rows: items | item attrs | context fields | user attrs | users
-        self.item_off_ = 0
-        self.iattr_off_ = nI
-        off = nI + n_ia
-        ctx_off = []
-        for c in cards:
-            ctx_off.append(off)
-            off += c
-        self.uattr_off_ = off
-        off += n_ua
-        self.hist_off_ = off if self.user_history else -1
-        if self.user_history:
-            off += nI
-        self.user_off_ = off
-        self.n_rows_ = off + nU
-        self.ctx_off_ = np.asarray(ctx_off, dtype=np.int64)
-        self.context_cardinalities_ = tuple(cards)
-        self.n_users_, self.n_items_ = nU, nI
-        self.n_item_attrs_, self.n_user_attrs_ = n_ia, n_ua
-        self.ia_ptr_, self.ia_idx_, self.ia_val_ = ia_ptr, ia_idx + self.iattr_off_, ia_val
-        self.ua_base_ = (ua_ptr, ua_idx + self.uattr_off_, ua_val)
-        self.ua_ptr_, self.ua_idx_, self.ua_val_ = self.ua_base_
         self.item_text_ = _dense(side.item_text, nI, "SideInfo.item_text")
         self.user_text_ = _dense(side.user_text, nU, "SideInfo.user_text")
-        dq = int(side.context_text_dim)
-        di, du = self.item_text_.shape[1], self.user_text_.shape[1]
-        self.toff_ = np.asarray([0, di, di + du, di + du + dq], dtype=np.int64)
+        lay = self.layout_ = Layout(nI, n_ia, tuple(cards), n_ua, bool(self.user_history), nU,
+                                    (self.item_text_.shape[1], self.user_text_.shape[1], int(side.context_text_dim)))
+        self.ia_ptr_, self.ia_idx_, self.ia_val_ = ia_ptr, ia_idx + lay.iattr_off, ia_val
+        self.ua_base_ = (ua_ptr, ua_idx + lay.uattr_off, ua_val)
+        self.ua_ptr_, self.ua_idx_, self.ua_val_ = self.ua_base_
 
     def _init_params(self, seen_rows: np.ndarray) -> None:
         k = int(self.n_factors)
         rng = np.random.default_rng(self.random_state)
-        V = rng.normal(0.0, self.init_std, size=(self.n_rows_, k)).astype(np.float32)
+        V = rng.normal(0.0, self.init_std, size=(self.layout_.n_rows, k)).astype(np.float32)
         V[~seen_rows] = 0.0
         self.V_ = V
-        self.w_ = np.zeros(self.n_rows_, np.float32)
-        P = np.zeros((int(self.toff_[-1]), k), np.float32)
+        self.w_ = np.zeros(self.layout_.n_rows, np.float32)
+        P = np.zeros((int(self.layout_.text_off[-1]), k), np.float32)
         for f in range(3):
-            lo, hi = self.toff_[f], self.toff_[f + 1]
+            lo, hi = self.layout_.text_off[f], self.layout_.text_off[f + 1]
             if hi > lo:
                 std = self.text_init_std if self.text_init_std is not None else self.init_std / math.sqrt(hi - lo)
                 P[lo:hi] = rng.normal(0.0, std, size=(hi - lo, k))
         self.P_ = P
-        self.a_ = np.zeros(int(self.toff_[-1]), np.float32)
+        self.a_ = np.zeros(int(self.layout_.text_off[-1]), np.float32)
         self.w0_ = np.zeros(1, np.float32)
         # three-way factors: own stream (the pairwise init does not depend on t); only seen
         # users / items and context values get random rows
         t = int(self.n_tri_factors)
         T = np.random.default_rng([self.random_state, 3]).normal(
-            0.0, self.init_std, size=(self.n_rows_, t)).astype(np.float32)
+            0.0, self.init_std, size=(self.layout_.n_rows, t)).astype(np.float32)
         if t:
             tri_rows = seen_rows.copy()
-            tri_rows[self.iattr_off_:self.user_off_] = False
-            ctx_lo, ctx_hi = self._field_rows()["context"]
+            tri_rows[self.layout_.iattr_off:self.layout_.user_off] = False
+            ctx_lo, ctx_hi = self.layout_.field_rows()["context"]
             tri_rows[ctx_lo:ctx_hi] = True
             T[~tri_rows] = 0.0
         self.T_ = T
@@ -646,7 +636,7 @@ class ContextFM:
         if n and (items.min() < 0 or items.max() >= self.n_items_):
             bad = items[(items < 0) | (items >= self.n_items_)][0]
             raise ValueError(f"{name}.item: index {bad} out of range [0, {self.n_items_})")
-        C = len(self.context_cardinalities_)
+        C = len(self.layout_.context_cardinalities)
         if X.context is None:
             ctx = np.full((n, C), -1, np.int64)
         else:
@@ -655,12 +645,12 @@ class ContextFM:
                 ctx = ctx.reshape(n, -1) if C else ctx.reshape(n, 0)
             if ctx.shape != (n, C):
                 raise ValueError(f"{name}.context: shape {ctx.shape}, expected ({n}, {C})")
-            for f, c in enumerate(self.context_cardinalities_):
+            for f, c in enumerate(self.layout_.context_cardinalities):
                 col = ctx[:, f]
                 bad = (col < -1) | (col >= c)
                 if bad.any():
                     raise ValueError(f"{name}.context[:, {f}]: value {col[bad][0]} out of range [-1, {c})")
-        dq = int(self.toff_[3] - self.toff_[2])
+        dq = int(self.layout_.text_off[3] - self.layout_.text_off[2])
         if X.context_text is None:
             qt = np.zeros((n, dq), np.float32)
         else:
@@ -724,10 +714,10 @@ class ContextFM:
         neg_items = np.flatnonzero(counts > 0).astype(np.int64)
         self._neg = _neg_tables(neg_items, counts, self.negative_sampling, self.popularity_alpha, self.n_items_)
         # rows that occur in training get random init, the others stay 0
-        seen = np.zeros(self.n_rows_, bool)
-        seen[self.item_off_ + np.unique(rows["items"])] = True
-        seen[self.user_off_ + np.unique(rows["users"])] = True
-        seen[self.iattr_off_:self.user_off_] = True
+        seen = np.zeros(self.layout_.n_rows, bool)
+        seen[self.layout_.item_off + np.unique(rows["items"])] = True
+        seen[self.layout_.user_off + np.unique(rows["users"])] = True
+        seen[self.layout_.iattr_off:self.layout_.user_off] = True
         self._init_params(seen)
         val = None
         if validation is not None:
@@ -745,7 +735,7 @@ class ContextFM:
         # then those of one call, so the parameters do not depend on how the epoch was cut)
         bsz = int(min(self.batch_size, n))
         unit = bsz * int(self.text_step_every)
-        chunk = 2 * unit * -(-bsz * max(64, -(-self.n_rows_ // (4 * bsz))) // (2 * unit))
+        chunk = 2 * unit * -(-bsz * max(64, -(-self.layout_.n_rows // (4 * bsz))) // (2 * unit))
         chooser = ThreadChooser(numba.get_num_threads(), chunk, unit * -(-4 * bsz // unit)) \
             if nthreads is None and numba.get_num_threads() > 1 else None
         t_fit = time.perf_counter()
@@ -758,7 +748,7 @@ class ContextFM:
                 t0 = time.perf_counter()
                 order = np.random.default_rng([self.random_state, epoch]).permutation(n).astype(np.int64)
                 if chooser is None:
-                    tot = self._run_epoch(rows, order, epoch, 0, self.n_rows_, True, self.step_, window=window)
+                    tot = self._run_epoch(rows, order, epoch, 0, self.layout_.n_rows, True, self.step_, window=window)
                 else:
                     tot, lo = 0.0, 0
                     while lo < n:
@@ -766,7 +756,7 @@ class ContextFM:
                         part, lo = order[lo:lo + size], lo + size
                         numba.set_num_threads(threads)
                         t_c = time.perf_counter()
-                        tot += self._run_epoch(rows, part, epoch, 0, self.n_rows_, True, self.step_, window=window)
+                        tot += self._run_epoch(rows, part, epoch, 0, self.layout_.n_rows, True, self.step_, window=window)
                         chooser.record(threads, time.perf_counter() - t_c, len(part))
                 dt = time.perf_counter() - t0
                 rec: dict[str, float] = {"epoch": epoch, "loss": tot / n, "seconds": dt,
@@ -819,9 +809,9 @@ class ContextFM:
         # order int64 [n]: one epoch numbered ``epoch``; [epochs, n]: epochs 0.. in one call
         several = order.ndim == 2
         examples = K.Examples(rows["users"], rows["items"], rows["ctx"], rows["labels"], rows["qtext"])
-        layout = K.Layout(self.ctx_off_, self.item_off_, self.user_off_, self.ia_ptr_, self.ia_idx_, self.ia_val_,
-                          self.ua_ptr_, self.ua_idx_, self.ua_val_, self.item_text_, self.user_text_, self.toff_,
-                          int(self.hist_off_), int(self.uattr_off_))
+        layout = K.Layout(self.layout_.ctx_off, self.layout_.item_off, self.layout_.user_off, self.ia_ptr_, self.ia_idx_, self.ia_val_,
+                          self.ua_ptr_, self.ua_idx_, self.ua_val_, self.item_text_, self.user_text_, self.layout_.text_off,
+                          int(self.layout_.hist_off), int(self.layout_.uattr_off))
         sampler = K.Sampler(pos_ptr, pos_idx, neg_items, neg_cdf, neg_logq)
         params = K.Params(self.V_, self.w_, self.P_, self.a_, self.w0_, self.T_)
         moments = K.Moments(o["mV"], o["sV"], o["mw"], o["sw"], o["mP"], o["sP"], o["ma"], o["sa"], o["m0"], o["s0"],
@@ -834,22 +824,14 @@ class ContextFM:
             order, examples, layout, sampler, params, moments, settings, K.Window(hwin, ua_rank, ex_rank, ex_hscale),
             int(step0), int(self.random_state if seed is None else seed), *(() if several else (int(epoch),)),
             int(row_lo), int(row_hi), bool(train_dense), int(numba.get_num_threads()), out)
-        if row_lo == 0 and row_hi == self.n_rows_ and train_dense:
+        if row_lo == 0 and row_hi == self.layout_.n_rows and train_dense:
             self.step_ = int(step)
         return float(out[0])
-
-    def _field_rows(self) -> dict[str, tuple[int, int]]:
-        """Row range [lo, hi) of V / w owned by each field."""
-        ctx_lo = int(self.ctx_off_[0]) if len(self.ctx_off_) else self.uattr_off_
-        hist_lo = self.hist_off_ if self.hist_off_ >= 0 else self.user_off_
-        return {"item": (self.item_off_, self.iattr_off_), "item_attrs": (self.iattr_off_, ctx_lo),
-                "context": (ctx_lo, self.uattr_off_), "user_attrs": (self.uattr_off_, hist_lo),
-                "history": (hist_lo, self.user_off_), "user": (self.user_off_, self.V_.shape[0])}
 
     def _row_l2(self) -> np.ndarray:
         """L2 coefficient per embedding row (float64 [n_rows]): ``l2`` with ``l2_fields`` applied."""
         out = np.full(self.V_.shape[0], float(self.l2), np.float64)
-        rng = self._field_rows()
+        rng = self.layout_.field_rows()
         for fld, v in (self.l2_fields or {}).items():
             lo, hi = rng[fld]
             out[lo:hi] = float(v)
@@ -870,10 +852,10 @@ class ContextFM:
         rank = np.empty(len(uniq), np.int64)
         rank[by_time] = np.arange(len(uniq)) - starts[u_sorted]
         ex_rank = rank[np.searchsorted(uniq, key)]
-        hist = (self.ua_idx_ >= self.hist_off_) & (self.ua_idx_ < self.hist_off_ + nI)
+        hist = (self.ua_idx_ >= self.layout_.hist_off) & (self.ua_idx_ < self.layout_.hist_off + nI)
         ua_user = np.repeat(np.arange(self.n_users_), np.diff(self.ua_ptr_))
         ua_rank = np.full(len(self.ua_idx_), -1, np.int64)
-        ua_rank[hist] = rank[np.searchsorted(uniq, ua_user[hist] * nI + (self.ua_idx_[hist] - self.hist_off_))]
+        ua_rank[hist] = rank[np.searchsorted(uniq, ua_user[hist] * nI + (self.ua_idx_[hist] - self.layout_.hist_off))]
         nh = np.diff(self.pos_ptr_)[users]
         W = int(self.history_window)
         m = np.minimum(ex_rank + W, nh - 1) - np.maximum(ex_rank - W, 0)  # window size, own item excluded
@@ -901,7 +883,7 @@ class ContextFM:
         idx[pos_b], val[pos_b] = bi, bv
         row = np.repeat(np.arange(n), hl)
         pos_h = ptr[row] + bl[row] + (np.arange(len(hi_)) - hp[row])
-        idx[pos_h], val[pos_h] = hi_ + self.hist_off_, hv
+        idx[pos_h], val[pos_h] = hi_ + self.layout_.hist_off, hv
         self.ua_ptr_, self.ua_idx_, self.ua_val_ = ptr, idx, val
 
     def _snapshot(self) -> dict[str, np.ndarray]:
@@ -963,9 +945,9 @@ class ContextFM:
     # ------------------------------------------------------------------- scoring --
     def _predict_rows(self, r: dict[str, np.ndarray]) -> np.ndarray:
         out = np.zeros(len(r["users"]), np.float64)
-        K.predict_full(r["users"], r["items"], r["ctx"], r["qtext"], self.ctx_off_, self.item_off_,
-                       self.user_off_, self.ia_ptr_, self.ia_idx_, self.ia_val_, self.ua_ptr_,
-                       self.ua_idx_, self.ua_val_, self.item_text_, self.user_text_, self.toff_,
+        K.predict_full(r["users"], r["items"], r["ctx"], r["qtext"], self.layout_.ctx_off, self.layout_.item_off,
+                       self.layout_.user_off, self.ia_ptr_, self.ia_idx_, self.ia_val_, self.ua_ptr_,
+                       self.ua_idx_, self.ua_val_, self.item_text_, self.user_text_, self.layout_.text_off,
                        self.V_, self.w_, self.P_, self.a_, self.w0_, self.T_, out)
         return out
 
@@ -1019,11 +1001,11 @@ class ContextFM:
         k = self.V_.shape[1]
         vecs = np.zeros((self.n_items_, k), np.float32)
         bias = np.zeros(self.n_items_, np.float32)
-        K.item_table(self.V_, self.w_, self.P_, self.a_, self.item_off_, self.ia_ptr_, self.ia_idx_,
-                     self.ia_val_, self.item_text_, int(self.toff_[0]), vecs, bias)
+        K.item_table(self.V_, self.w_, self.P_, self.a_, self.layout_.item_off, self.ia_ptr_, self.ia_idx_,
+                     self.ia_val_, self.item_text_, int(self.layout_.text_off[0]), vecs, bias)
         tri = None
         if self.T_.shape[1]:
-            tri = np.ascontiguousarray(self.T_[self.item_off_:self.item_off_ + self.n_items_])
+            tri = np.ascontiguousarray(self.T_[self.layout_.item_off:self.layout_.item_off + self.n_items_])
         return ServingTables(vecs, bias, item_tri=tri)
 
     def item_vectors(self, item_attrs: Any = None, item_text: np.ndarray | None = None, *,
@@ -1069,8 +1051,8 @@ class ContextFM:
         else:
             raise ValueError("item_vectors: give item_attrs, item_text or items (the number of rows)")
         ptr, idx, val, n_cols = _as_csr(item_attrs, m, "item_attrs")
-        if item_attrs is not None and n_cols != self.n_item_attrs_:
-            raise ValueError(f"item_attrs: {n_cols} columns, the model was fitted with {self.n_item_attrs_}")
+        if item_attrs is not None and n_cols != self.layout_.n_item_attrs:
+            raise ValueError(f"item_attrs: {n_cols} columns, the model was fitted with {self.layout_.n_item_attrs}")
         if self.normalize_attrs:
             val = _row_normalize(ptr, val)
         d = self.item_text_.shape[1]
@@ -1086,9 +1068,9 @@ class ContextFM:
         k = self.V_.shape[1]
         vecs = np.zeros((m, k), np.float32)
         bias = np.zeros(m, np.float32)
-        id_rows = np.where(rows >= 0, rows + self.item_off_, -1)
-        K.item_table_rows(id_rows, self.V_, self.w_, self.P_, self.a_, ptr, idx + self.iattr_off_,
-                          np.ascontiguousarray(val, np.float32), np.ascontiguousarray(text), int(self.toff_[0]),
+        id_rows = np.where(rows >= 0, rows + self.layout_.item_off, -1)
+        K.item_table_rows(id_rows, self.V_, self.w_, self.P_, self.a_, ptr, idx + self.layout_.iattr_off,
+                          np.ascontiguousarray(val, np.float32), np.ascontiguousarray(text), int(self.layout_.text_off[0]),
                           vecs, bias)
         tri = None
         if self.T_.shape[1]:
@@ -1121,9 +1103,9 @@ class ContextFM:
         t = self.T_.shape[1]
         tri = np.zeros((b, t), np.float32)
         kernel = K.query_table if b >= 64 else K.query_table_serial  # live requests: no thread pool
-        kernel(users, ctx, qt, self.ctx_off_, self.V_, self.w_, self.P_, self.a_, self.user_off_,
-               self.ua_ptr_, self.ua_idx_, self.ua_val_, self.user_text_, int(self.toff_[1]),
-               int(self.toff_[2]), self.w0_, self.T_, q, c, tri)
+        kernel(users, ctx, qt, self.layout_.ctx_off, self.V_, self.w_, self.P_, self.a_, self.layout_.user_off,
+               self.ua_ptr_, self.ua_idx_, self.ua_val_, self.user_text_, int(self.layout_.text_off[1]),
+               int(self.layout_.text_off[2]), self.w0_, self.T_, q, c, tri)
         return QueryBatch(q, c.astype(np.float32), tri_queries=tri if t else None)
 
     def build_queries(self, users: np.ndarray, *, context: np.ndarray | None = None,
@@ -1191,7 +1173,7 @@ class ContextFM:
         else:  # merge this fold-in's positives into the user's
             self._set_user_positives(user, np.unique(items if self.loss_spec.labels != "binary"
                                                      else items[rows["labels"] > 0]))
-        r = self.user_off_ + user
+        r = self.layout_.user_off + user
         # one thread: a fold-in is a handful of examples, and a parallel region's barrier per
         # mini-batch stalls when a request thread holds the other core (results do not depend
         # on the thread count)
@@ -1244,13 +1226,13 @@ class ContextFM:
         for name in ("mw", "sw"):
             self._opt[name] = np.append(self._opt[name], np.float32(0))
         attrs = np.asarray(user_attrs if user_attrs is not None else [], dtype=np.int64)
-        if len(attrs) and (attrs.min() < 0 or attrs.max() >= self.n_user_attrs_):
-            raise ValueError(f"user_attrs: index out of range [0, {self.n_user_attrs_})")
+        if len(attrs) and (attrs.min() < 0 or attrs.max() >= self.layout_.n_user_attrs):
+            raise ValueError(f"user_attrs: index out of range [0, {self.layout_.n_user_attrs})")
         vals = np.ones(len(attrs), np.float32)
         if self.normalize_attrs and len(attrs):
             vals /= np.sqrt(len(attrs))
         bp, bi, bv = self.ua_base_
-        self.ua_base_ = (np.append(bp, bp[-1] + len(attrs)), np.concatenate([bi, attrs + self.uattr_off_]),
+        self.ua_base_ = (np.append(bp, bp[-1] + len(attrs)), np.concatenate([bi, attrs + self.layout_.uattr_off]),
                          np.concatenate([bv, vals]).astype(np.float32))
         du = self.user_text_.shape[1]
         row = np.zeros((1, du), np.float32)
@@ -1261,8 +1243,7 @@ class ContextFM:
             row[0] = t
         self.user_text_ = np.ascontiguousarray(np.vstack([self.user_text_, row]))
         self.pos_ptr_ = np.append(self.pos_ptr_, self.pos_ptr_[-1])
-        self.n_users_ += 1
-        self.n_rows_ += 1
+        self.layout_ = self.layout_.with_users(self.layout_.n_users + 1)
         self._rebuild_user_attrs()
         return self.n_users_ - 1
 
@@ -1284,11 +1265,10 @@ class ContextFM:
         self._rebuild_user_attrs()
 
     # ---------------------------------------------------------------- save / load --
-    _ARRAYS = ("V_", "w_", "P_", "a_", "w0_", "T_", "ctx_off_", "toff_", "ia_ptr_", "ia_idx_", "ia_val_",
+    _ARRAYS = ("V_", "w_", "P_", "a_", "w0_", "T_", "ia_ptr_", "ia_idx_", "ia_val_",
                "ua_ptr_", "ua_idx_", "ua_val_", "item_text_", "user_text_", "pos_ptr_", "pos_idx_",
                "item_counts_", "uab_ptr_", "uab_idx_", "uab_val_")
-    _SCALARS = ("item_off_", "iattr_off_", "uattr_off_", "hist_off_", "user_off_", "n_rows_", "n_users_", "n_items_",
-                "n_item_attrs_", "n_user_attrs_", "step_", "best_epoch_", "fit_time_s_")
+    _SCALARS = ("step_", "best_epoch_", "fit_time_s_")
 
     def save(self, path: str | Path) -> Path:
         """Write the fitted model to the directory ``path`` (atomic; manifest with checksums).
@@ -1301,9 +1281,9 @@ class ContextFM:
         self.check_fitted()
         meta = {
             "params": self.get_params(),
+            "layout": self.layout_.to_meta(),
             "scalars": {k_: (float(getattr(self, k_)) if isinstance(getattr(self, k_), float)
                              else int(getattr(self, k_))) for k_ in self._SCALARS},
-            "context_cardinalities": list(self.context_cardinalities_),
             "history": self.history_,
         }
         self.uab_ptr_, self.uab_idx_, self.uab_val_ = self.ua_base_
@@ -1314,7 +1294,7 @@ class ContextFM:
 
     @classmethod
     def load(cls, path: str | Path) -> "ContextFM":
-        """Read a directory written by :meth:`save`.
+        """Read a directory written by :meth:`save` (this format, or version 2's).
 
         Returns
         -------
@@ -1327,8 +1307,8 @@ class ContextFM:
             A wrong format or version, a missing / altered / inconsistent file, or metadata
             out of range.
         """
-        man = read_manifest(path, FORMAT, FORMAT_VERSION, meta_schema=_meta_schema())
-        meta = man["meta"]
+        man = read_manifest(path, FORMAT, (2, FORMAT_VERSION))
+        meta = check_meta(man["meta"], _meta_schema(man["version"]), str(path))
         unknown = sorted(set(meta["params"]) - set(_PARAM_NAMES))
         if unknown:
             raise CorruptArtifactError(f"{path}: meta['params'] has unknown key(s) {unknown}",
@@ -1343,13 +1323,12 @@ class ContextFM:
             if not p.is_file():
                 raise CorruptArtifactError(f"{p}: missing array file")
             setattr(m, k_, load_array(p, finite=True))
-        for k_, v in meta["scalars"].items():
-            setattr(m, k_, v)
-        m.context_cardinalities_ = tuple(meta["context_cardinalities"])
+        m.layout_ = _read_layout(path, man["version"], meta, bool(m.user_history))
+        for k_ in cls._SCALARS:
+            setattr(m, k_, meta["scalars"][k_])
         m.ua_base_ = (m.uab_ptr_, m.uab_idx_, m.uab_val_)
         m.history_ = meta["history"]
         m._reset_opt_state()
-        m.step_ = meta["scalars"]["step_"]
         m._validate_arrays(path)
         m._neg = _neg_tables(np.flatnonzero(m.item_counts_ > 0).astype(np.int64), m.item_counts_,
                              m.negative_sampling, m.popularity_alpha, m.n_items_)
@@ -1361,25 +1340,19 @@ class ContextFM:
         def bad(msg: str) -> None:
             raise CorruptArtifactError(f"{path}: {msg}")
 
-        nr, ni, nu, k = int(self.n_rows_), int(self.n_items_), int(self.n_users_), int(self.n_factors)
+        nr, ni, nu, k = int(self.layout_.n_rows), int(self.n_items_), int(self.n_users_), int(self.n_factors)
         for name in self._ARRAYS:
             a = getattr(self, name)
             want = np.float32 if a.dtype.kind == "f" or name in ("V_", "w_", "P_", "a_", "w0_", "T_") else np.int64
             if a.dtype != want:
                 bad(f"{name.rstrip('_')}.npy has dtype {a.dtype}, expected {np.dtype(want)}")
-        toff = self.toff_
-        if toff.shape != (4,) or (np.diff(toff) < 0).any() or toff[0] < 0:
-            bad(f"toff.npy must be 4 non-decreasing offsets, got {toff.tolist()}")
+        nt = self.layout_.n_text
+        di, du, _ = self.layout_.text_dims
         shapes = {"V_": (nr, k), "T_": (nr, int(self.n_tri_factors)), "w_": (nr,), "w0_": (1,),
-                  "a_": (int(toff[-1]),), "P_": (int(toff[-1]), k), "item_counts_": (ni,),
-                  "item_text_": (ni, int(toff[1] - toff[0])), "user_text_": (nu, int(toff[2] - toff[1]))}
+                  "a_": (nt,), "P_": (nt, k), "item_counts_": (ni,), "item_text_": (ni, di), "user_text_": (nu, du)}
         for name, shape in shapes.items():
             if getattr(self, name).shape != shape:
                 bad(f"{name.rstrip('_')}.npy has shape {getattr(self, name).shape}, expected {shape}")
-        if not (0 <= self.item_off_ and self.item_off_ + ni <= nr and 0 <= self.user_off_ and self.user_off_ + nu <= nr):
-            bad("item/user offsets outside the factor table")
-        if len(self.ctx_off_) and (self.ctx_off_.min() < 0 or self.ctx_off_.max() > nr):
-            bad("ctx_off.npy holds offsets outside the factor table")
         for ptr, idx, val, rows, hi in (("ia_ptr_", "ia_idx_", "ia_val_", ni, nr), ("ua_ptr_", "ua_idx_", "ua_val_", nu, nr),
                                         ("uab_ptr_", "uab_idx_", "uab_val_", nu, nr), ("pos_ptr_", "pos_idx_", None, nu, ni)):
             p, ix = getattr(self, ptr), getattr(self, idx)
@@ -1400,18 +1373,58 @@ _DEFAULTS = {k: v.default for k, v in __import__("inspect").signature(ContextFM.
 _PARAM_NAMES = tuple(_DEFAULTS)
 
 
-def _meta_schema() -> dict[str, MetaField]:
+def _meta_schema(version: int = FORMAT_VERSION) -> dict[str, MetaField]:
     """What a saved model's ``meta`` must hold before its arrays are read (see :meth:`ContextFM.load`)."""
     count = MetaField(int, min=0, max=1 << 40)
-    scalars = {k: count for k in ContextFM._SCALARS}
-    for k in ("item_off_", "iattr_off_", "uattr_off_", "hist_off_", "user_off_"):  # -1: the block is absent
-        scalars[k] = MetaField(int, min=-1, max=1 << 40)
-    scalars["fit_time_s_"] = MetaField(float, min=0.0)
-    scalars["best_epoch_"] = MetaField(int, min=-1, max=1 << 40, allow_none=True)
-    return {"params": MetaField(dict),
-            "scalars": MetaField(dict, fields=scalars, allow_unknown=False),
-            "context_cardinalities": MetaField(list, max=1 << 16, items=MetaField(int, min=0, max=1 << 40)),
-            "history": MetaField((list, dict), allow_none=True)}
+    scalars = {"step_": count, "fit_time_s_": MetaField(float, min=0.0),
+               "best_epoch_": MetaField(int, min=-1, max=1 << 40, allow_none=True)}
+    common = {"params": MetaField(dict), "history": MetaField((list, dict), allow_none=True)}
+    cards = MetaField(list, max=1 << 16, items=MetaField(int, min=0, max=1 << 40))
+    if version == 2:  # the offsets themselves were recorded (ctx_off.npy / toff.npy beside)
+        scalars.update({k: count for k in ("n_rows_", "n_users_", "n_items_", "n_item_attrs_", "n_user_attrs_")})
+        for k in _V2_OFFSETS:  # -1: the block is absent
+            scalars[k] = MetaField(int, min=-1, max=1 << 40)
+        return {**common, "scalars": MetaField(dict, fields=scalars, allow_unknown=False),
+                "context_cardinalities": cards}
+    size = MetaField(int, min=0, max=1 << 40, required=True)
+    layout = {"n_items": MetaField(int, min=1, max=1 << 40, required=True), "n_item_attrs": size,
+              "context_cardinalities": MetaField(list, max=1 << 16, items=MetaField(int, min=1, max=1 << 40),
+                                                 required=True),
+              "n_user_attrs": size, "user_history": MetaField(bool, required=True),
+              "n_users": MetaField(int, min=1, max=1 << 40, required=True),
+              "text_dims": MetaField(list, min=3, max=3, items=MetaField(int, min=0, max=1 << 20), required=True)}
+    return {**common, "scalars": MetaField(dict, fields=scalars, allow_unknown=False),
+            "layout": MetaField(dict, fields=layout, allow_unknown=False, required=True)}
+
+
+_V2_OFFSETS = ("item_off_", "iattr_off_", "uattr_off_", "hist_off_", "user_off_")
+
+
+def _read_layout(path: Any, version: int, meta: dict[str, Any], user_history: bool) -> Layout:
+    """The saved model's :class:`Layout`. Version 2 recorded the offsets themselves: they are
+    read back from the sizes and must equal what was recorded (else CorruptArtifactError)."""
+    if version != 2:
+        lay = Layout.from_meta(meta["layout"])
+        if lay.user_history != user_history:
+            raise CorruptArtifactError(f"{path}: meta layout.user_history={lay.user_history} but "
+                                       f"params.user_history={user_history}", field="meta.layout.user_history")
+        return lay
+    sc = meta["scalars"]
+    toff = load_array(Path(path) / "toff.npy")
+    if toff.shape != (4,) or (np.diff(toff) < 0).any() or toff[0] != 0:
+        raise CorruptArtifactError(f"{path}: toff.npy must be 4 non-decreasing offsets from 0, got {toff.tolist()}",
+                                   field="toff")
+    lay = Layout(sc["n_items_"], sc["n_item_attrs_"], tuple(meta["context_cardinalities"]), sc["n_user_attrs_"],
+                 user_history, sc["n_users_"], tuple(int(d) for d in np.diff(toff)))
+    ctx_off = load_array(Path(path) / "ctx_off.npy")
+    recorded = {**{k: sc[k] for k in _V2_OFFSETS}, "n_rows_": sc["n_rows_"], "ctx_off_": ctx_off.tolist()}
+    derived = {**{k: getattr(lay, k.rstrip("_")) for k in _V2_OFFSETS}, "n_rows_": lay.n_rows,
+               "ctx_off_": lay.ctx_off.tolist()}
+    for k in recorded:
+        if recorded[k] != derived[k]:
+            raise CorruptArtifactError(f"{path}: {k} = {recorded[k]} disagrees with the sizes saved beside it "
+                                       f"(they give {derived[k]})", field=k)
+    return lay
 
 
 # ----------------------------------------------------------------------------------------

@@ -69,7 +69,7 @@ def _problem(loss: str, n_ctx: int, d_item: int, d_user: int, d_query: int, n_it
 def _exercise(m: ContextFM, seed: int = 0) -> None:
     """Run every serving path of a fitted model (``m`` is changed: pass a throw-away copy)."""
     rng = np.random.default_rng(seed)
-    n_ctx = len(m.context_cardinalities_)
+    n_ctx = len(m.layout_.context_cardinalities)
     d_query = m.text_dims_[2]
     nU, nI = int(m.n_users_), int(m.n_items_)
 
@@ -151,8 +151,8 @@ def warmup(model: ContextFM | None = None, *, losses: Sequence[str] | None = Non
         params = dict(model.get_params(), epochs=1, batch_size=16, verbose=False, early_stopping_rounds=None,
                       n_factors=min(int(model.n_factors), 8), n_tri_factors=min(int(model.n_tri_factors), 2),
                       num_threads=model.num_threads)
-        X, side = _problem(model.loss, len(model.context_cardinalities_), di, du, dq,
-                           min(int(model.n_item_attrs_), 3), min(int(model.n_user_attrs_), 3))
+        X, side = _problem(model.loss, len(model.layout_.context_cardinalities), di, du, dq,
+                           min(int(model.layout_.n_item_attrs), 3), min(int(model.layout_.n_user_attrs), 3))
         _exercise(ContextFM(**params).fit(X, side))
         _exercise(copy.deepcopy(model))
     else:

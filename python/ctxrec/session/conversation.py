@@ -259,6 +259,22 @@ class Session:
         n += sum(len(str(t)) for t in self.turns) + sum(len(q) for q in self.asked)
         return int(n)
 
+    @property
+    def scores(self) -> np.ndarray:
+        """The belief score of every item now, by slot (``recommender.item_ids_`` order).
+
+        Returns
+        -------
+        numpy.ndarray of float64, shape [n_items]
+            Model units: the base score plus the answers' evidence; ``-inf`` where the item
+            can never be recommended in this session (removed, seen, excluded, filtered out).
+            A read-only view; the next turn replaces it.
+        """
+        with self.lock:
+            v = self._score.view()
+        v.flags.writeable = False
+        return v
+
     def recommend(self, k: int | None = None, **rerank: Any) -> Any:
         """The top-K now, as a ``Recommendation`` (scores = belief scores, model units).
 
