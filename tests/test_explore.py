@@ -159,18 +159,26 @@ def test_explain_reports_the_uncertainty_ucb_adds(rec):
         assert np.allclose(got, r.explore, rtol=1e-5) and min(got) > 0
 
 
-def test_user_posterior_is_cached_until_the_history_or_catalog_changes(planted):
+def test_user_posterior_is_cached_until_the_history_or_catalog_changes(planted, monkeypatch):
     from ctxrec.context import ContextSpec
     from ctxrec.model import ContextFM
     from ctxrec.recommender import Recommender
     r = Recommender(ContextSpec(time=["timestamp"]), model=ContextFM(n_factors=8, epochs=2, random_state=0),
                     encoder=None).fit(planted)
+    calls = []
+    real = explore.posterior_factor
+    monkeypatch.setattr(explore, "posterior_factor", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    r.feedback("u6", r.item_ids_[0])
+    assert calls == []  # a recommender that never explored computes no posterior at feedback
     a = r.user_posterior("u5")
     assert r.user_posterior("u5") is a and not a.flags.writeable  # cached, read-only
     assert r.user_posterior(None) is r.user_posterior("someone-new")  # no history: the prior's
     item = next(i for i in r.item_ids_ if i not in set(r.history("u5")))
+    n = len(calls)
     r.feedback("u5", item)
+    assert len(calls) == n + 1  # it explores: the feedback computed the user's next factor ...
     b = r.user_posterior("u5")
+    assert len(calls) == n + 1  # ... which the next request reads
     assert b is not a and not np.allclose(a, b)  # a new event: a new posterior
     r.remove_items([r.history("u5")[-2]])
     assert r.user_posterior("u5") is not b  # the catalog changed: recomputed

@@ -28,7 +28,7 @@ import math
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-from scipy.linalg import cholesky, solve_triangular
+from scipy.linalg import cholesky, lapack
 
 from ctxrec.errors import InputError
 
@@ -127,7 +127,10 @@ def posterior_factor(precision: np.ndarray, history_vecs: np.ndarray | None, noi
         x = np.asarray(history_vecs, np.float64)
         p += x.T @ x / float(noise)
     r = cholesky((p + p.T) / 2, lower=True, check_finite=False)
-    return solve_triangular(r, np.eye(len(r)), lower=True, check_finite=False).T
+    inv, info = lapack.dtrtri(r, lower=1)  # R^-1 (lower), in one LAPACK call
+    if info != 0:
+        raise np.linalg.LinAlgError(f"posterior precision is singular (dtrtri info={info})")
+    return inv.T
 
 
 def rng(seed: int | None, user: int) -> np.random.Generator:

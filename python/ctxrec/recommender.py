@@ -1143,8 +1143,10 @@ class Recommender:
         Returns
         -------
         float64 array [dim, dim]
-            The lower Cholesky factor ``R`` of the posterior precision (``explore.ucb_bonus``,
-            ``explore.sample_offset`` take it), ``dim`` the engine's vector width.
+            The covariance factor ``L`` (``L @ L.T`` = the posterior covariance; what
+            ``explore.ucb_bonus`` and ``explore.sample_offset`` take), ``dim`` the engine's
+            vector width. Read-only; cached (a ``feedback`` computes the user's next one once
+            this recommender has explored, so a request after an event reads it).
         """
         self.check_fitted()
         u = self.user_index(user)
@@ -1456,6 +1458,11 @@ class Recommender:
             if seq is not None:
                 self._events_applied += 1
                 self._event_origin = (self._events.log_id, seq)
+        if self._posteriors:  # this recommender explores: the user's next request reads the new factor
+            try:
+                self.user_posterior(checked[0])
+            except np.linalg.LinAlgError as e:  # the event is applied either way; the request recomputes
+                log.warning("user_posterior after feedback of %r: %s", checked[0], e)
         return {**out, "event": seq}
 
     def _check_event(self, user: Any, item: Any, context: Mapping[str, Any] | None, label: float, *,
