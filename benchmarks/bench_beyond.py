@@ -27,7 +27,10 @@ vectors, 384-d text, 20 categories) through the HNSW path, interleaved with the 
 Exposure: after one round of plain top-10s recorded as the serving log (``Engine.add_exposure``),
 the same users are served again with ``exposure=eta`` (each item penalised by its impressions over
 the most shown item's). The trade-off plot (``beyond.png``): NDCG@10 against ILD, coverage and KL
-for each sweep. Exploration (Thompson / UCB) and its replayed feedback loop: ``bench_explore``.
+for each sweep. Mixed rows combine diversity with exposure (and calibration with exposure).
+``ild_ceilings``: the ILD of random 10-item lists and of greedy max-dispersion lists over the
+catalog (relevance ignored), for reading the ILD target against what any list can reach.
+Exploration (Thompson / UCB) and its replayed feedback loop: ``bench_explore``.
 Tried and not kept: the factor vectors as the re-rank's similarity for every item (stratified
 75/25: NDCG -3.4 % at lambda 0.7 for ILD +1.2 %
 and coverage -5.6 %; text embeddings give -1.8 % for +2.9 % / +2.7 %).
@@ -45,6 +48,7 @@ LAMBDAS = (0.0, 0.2, 0.4, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
 GAMMAS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 MIXED = ((0.6, 1.0), (0.8, 1.0))
 ETAS = (0.25, 0.5, 1.0, 2.0, 4.0)  # exposure weights, after one round of plain top-10s as the serving log
+MIXED_EXPOSURE = ((0.7, 0.0, 0.5), (0.7, 0.0, 1.0), (0.8, 0.0, 1.0), (0.0, 1.0, 0.5))  # (lambda, gamma, eta)
 ALPHA = 0.01
 
 
@@ -54,6 +58,35 @@ def _gini(counts: np.ndarray) -> float:
     if x.sum() == 0:
         return 0.0
     return float((2 * np.arange(1, n + 1) - n - 1) @ x / (n * x.sum()))
+
+
+def ild_ceilings(table: np.ndarray, k: int = 10, seed: int = 0) -> dict[str, float]:
+    """What ILD a list of ``k`` items can reach when relevance is ignored, over unit rows ``table``.
+
+    Returns
+    -------
+    dict
+        ``random``: the mean ILD of 2,000 uniformly random lists; ``max_dispersion``: the mean
+        ILD of 50 greedy max-sum-dispersion lists (each from a random first item, then the item
+        farthest in total from those chosen), an approximate upper bound.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(table)
+    S = table @ table.T
+
+    def ild(ids: list[int] | np.ndarray) -> float:
+        sub = S[np.ix_(ids, ids)]
+        return float((k * k - sub.sum()) / (k * (k - 1)))  # mean 1 - cos over pairs (unit rows: diagonal 1)
+    rand = [ild(rng.choice(n, k, replace=False)) for _ in range(2000)]
+    disp = []
+    for _ in range(50):
+        sel = [int(rng.integers(n))]
+        for _ in range(k - 1):
+            far = (1.0 - S[:, sel]).sum(axis=1)
+            far[sel] = -np.inf
+            sel.append(int(np.argmax(far)))
+        disp.append(ild(sel))
+    return {"random": float(np.mean(rand)), "max_dispersion": float(np.mean(disp))}
 
 
 def _protocol(name: str, ds: Any, text: np.ndarray, quick: bool) -> dict[str, Any]:
@@ -151,7 +184,7 @@ def _protocol(name: str, ds: Any, text: np.ndarray, quick: bool) -> dict[str, An
         [measure(lam, gam) for lam, gam in MIXED]
     plain_ids, _ = eng.recommend_batch(Q, 10, users=[int(u) for u in users], num_threads=0)
     eng.add_exposure(np.asarray(plain_ids).reshape(-1).tolist())  # the serving log: one round of plain lists
-    rows += [measure(0.0, 0.0, eta) for eta in ETAS]
+    rows += [measure(0.0, 0.0, eta) for eta in ETAS] + [measure(lam, gam, eta) for lam, gam, eta in MIXED_EXPOSURE]
     base = rows[0]
     for r in rows:
         r["ndcg_change"] = r["ndcg@10"] / base["ndcg@10"] - 1
@@ -167,7 +200,9 @@ def _protocol(name: str, ds: Any, text: np.ndarray, quick: bool) -> dict[str, An
     ok = [r for r in rows if r["ndcg_change"] >= -0.03]
     div_hit = [r for r in ok if r["ild_change"] >= 0.20 and r["coverage_change"] >= 0.30]
     cal_hit = [r for r in ok if r["kl_ratio"] <= 0.5]
+    ceilings = {"text": ild_ceilings(tn), "genres": ild_ceilings(gn), "vectors": ild_ceilings(vn)}
     return {"protocol": name, "epochs": epochs, "fit_s": fit_s, "n_users": int(len(users)), "rows": rows,
+            "ild_ceilings": ceilings,
             "diversity_target": {"pass": bool(div_hit), "best": max(ok, key=lambda r: min(r["ild_change"] / 0.2,
                                                                                          r["coverage_change"] / 0.3))},
             "calibration_target": {"pass": bool(cal_hit), "best": min(ok, key=lambda r: r["kl_ratio"])}}
@@ -294,6 +329,15 @@ def markdown(res: dict[str, Any]) -> str:
                   f"Calibration target (KL halved at <= 3 % NDCG@10 loss): {'pass' if c['pass'] else 'MISS'}; best: "
                   f"calibrate {c['best']['calibrate']} (diversity {c['best']['diversity']}): KL x{c['best']['kl_ratio']:.2f}, "
                   f"NDCG {100 * c['best']['ndcg_change']:+.1f} %.", ""]
+        if "ild_ceilings" in p:
+            base = p["rows"][0]
+            cells = [f"{what} {p['ild_ceilings'][key][kind]:.3f} ({100 * (p['ild_ceilings'][key][kind] / base[col] - 1):+.1f} %)"
+                     for key, what, col in (("text", "text", "ild"), ("genres", "genres", "ild_genres"),
+                                            ("vectors", "vectors", "ild_vectors"))
+                     for kind in ("random", "max_dispersion")]
+            lines += ["What ILD a 10-item list reaches when relevance is ignored, against lambda = 0's "
+                      "(`ild_ceilings`): random lists " + ", ".join(cells[0::2]) + "; greedy max-dispersion lists "
+                      "(about the most diverse 10 items of the catalog) " + ", ".join(cells[1::2]) + ".", ""]
     png = f"beyond{'_quick' if '--quick' in res.get('argv', []) else ''}.png"
     try:
         from bench_quality import RESULTS
