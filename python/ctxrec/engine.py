@@ -97,7 +97,7 @@ def _table(x: Any, name: str, rows: int | None = None) -> np.ndarray:
     return a
 
 
-def _query(x: Any, name: str, dim: int, batch: bool) -> np.ndarray:
+def _check_query(x: Any, name: str, dim: int, batch: bool) -> np.ndarray:
     """Finite float32 queries [b, dim], C-contiguous (a single query [dim] becomes [1, dim])."""
     a = np.asarray(x, dtype=np.float32)
     if a.ndim != (2 if batch else 1) or a.shape[-1] != dim:
@@ -657,12 +657,12 @@ class Engine:
         if text_q is not None:
             if snap.text is None:
                 raise ValueError("text_query given but the engine has no item_text table")
-            kw.update(text_queries=_query(text_q, "text_query", snap.text.shape[1], batch), item_text=snap.text,
+            kw.update(text_queries=_check_query(text_q, "text_query", snap.text.shape[1], batch), item_text=snap.text,
                       text_weight=self.text_weight_ if text_weight is None else float(text_weight))
         if tri_q is not None:
             if snap.tri is None:
                 raise ValueError("tri_query given but the engine has no item_tri table")
-            kw.update(tri_queries=_query(tri_q, "tri_query", snap.tri.shape[1], batch), item_tri=snap.tri,
+            kw.update(tri_queries=_check_query(tri_q, "tri_query", snap.tri.shape[1], batch), item_tri=snap.tri,
                       tri_weight=self.tri_weight_ if tri_weight is None else float(tri_weight))
         for key in ("text_queries", "tri_queries"):
             if key in kw and kw[key].shape[0] != b:
@@ -1029,7 +1029,7 @@ class Engine:
         """
         snap = self._fitted()
         k = self._check_k(k, snap)
-        q = _query(queries, "queries", self.dim_, batch=True)
+        q = _check_query(queries, "queries", self.dim_, batch=True)
         kw = self._extras(snap, text_queries, tri_queries, q.shape[0], True, None, None)
         return self._call(snap, q, k, kw, None, self._rows(snap, allow, "allow"), self._mask(snap, filter), 1,
                           return_plans=True)[2]
@@ -1096,7 +1096,7 @@ class Engine:
         """
         snap = self._fitted()
         k = self._check_k(k, snap)
-        q = _query(query, "query", self.dim_, batch=False)
+        q = _check_query(query, "query", self.dim_, batch=False)
         kw = self._extras(snap, text_query, tri_query, 1, False, text_weight, tri_weight)
         excl = self._excluded(snap, self._rows(snap, exclude, "exclude", unique=False), user)
         allow_rows, mask = self._rows(snap, allow, "allow"), self._mask(snap, filter)
@@ -1139,7 +1139,7 @@ class Engine:
         """
         snap = self._fitted()
         k = self._check_k(k, snap)
-        q = _query(queries, "queries", self.dim_, batch=True)
+        q = _check_query(queries, "queries", self.dim_, batch=True)
         b = q.shape[0]
         kw = self._extras(snap, text_queries, tri_queries, b, True, text_weight, tri_weight)
         for name, seq in (("exclude", exclude), ("users", users)):

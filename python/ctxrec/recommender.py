@@ -996,7 +996,7 @@ class Recommender:
         ctx = feats.indices if self.context_.slots else None
         return ctx, self._request_text(feats)
 
-    def _query(self, u: int, context: Mapping[str, Any] | None) -> tuple[np.ndarray, float, np.ndarray | None]:
+    def _user_query(self, u: int, context: Mapping[str, Any] | None) -> tuple[np.ndarray, float, np.ndarray | None]:
         ctx, text = self._features(context)
         q, const = self.query_vector(u, ctx, text)
         tq = None
@@ -1087,7 +1087,7 @@ class Recommender:
         diversity, calibrate, calibrate_by, exposure = self.check_rerank(diversity, calibrate, calibrate_by, exposure)
         explore, explore_scale, seed = _explore.check_explore(explore, explore_scale, seed)
         u = self.user_index(user)
-        q, const, tq = self._query(u, ctx)
+        q, const, tq = self._user_query(u, ctx)
         target = self.history_mix(user, calibrate_by) if calibrate and u >= 0 else None
         if explore is not None:
             rerank = dict(diversity=diversity, calibrate=calibrate, calibrate_by=calibrate_by, exposure=exposure)

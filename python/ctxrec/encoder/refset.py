@@ -144,7 +144,7 @@ def _description(rng: random.Random) -> str:
     return " ".join(s[:keep])
 
 
-def _query(rng: random.Random, patterns=_QUERY_PATTERNS) -> str:
+def _random_query(rng: random.Random, patterns=_QUERY_PATTERNS) -> str:
     pat = _pick(rng, patterns)
     return pat.format(adj=_pick(rng, _ADJ), product=_pick(rng, _PRODUCTS)[0], use=_pick(rng, _USES),
                       dish=_pick(rng, _DISHES)[0], occasion=_pick(rng, _OCCASIONS), genre=_pick(rng, _GENRES),
@@ -185,7 +185,7 @@ def reference_texts(n_corpus: int = 2000, n_queries: int = 200, seed: int = 2026
     queries: list[str] = []
     patterns, misses = _QUERY_PATTERNS, 0
     while len(queries) < n_queries:
-        q = _query(rng, patterns)
+        q = _random_query(rng, patterns)
         if q not in seen:
             seen.add(q)
             queries.append(q)
