@@ -87,6 +87,20 @@ def test_user_auc_logloss_rmse_mae():
 # ---------------------------------------------------------------------------- ranking metrics
 
 
+@pytest.mark.parametrize("names, match", [(["mrr"], "full-catalog scores"), (["ndcg", "auc"], "full-catalog"),
+                                           (["ndcg", "colour"], "colour")])
+def test_top_k_metrics_refuse_what_a_list_cannot_give(names, match):
+    """mrr / auc need every item's score (evaluate_ranking); a list-only function says so instead
+    of returning nothing for them."""
+    topk, rel_ptr, rel = np.array([[3, 5]]), np.array([0, 1]), np.array([3])
+    for call in (lambda: per_query_metrics(topk, rel_ptr, rel, [2], metrics=names),
+                 lambda: ranking_metrics_from_topk(topk, rel_ptr, rel, [2], n_candidates=10, metrics=names)):
+        with pytest.raises(ValueError, match=match):
+            call()
+    assert set(per_query_metrics(topk, rel_ptr, rel, [2])) == {f"{m}@2" for m in
+                                                              ("hr", "precision", "recall", "ndcg", "map", "map_nrel")}
+
+
 def test_ranking_metrics_hand_example():
     # query 0: relevant {3, 7}, ranked [3, 5, 7, 1]; query 1: relevant {2}, ranked [4, 6, 8, 2]
     topk = np.array([[3, 5, 7, 1], [4, 6, 8, 2]])

@@ -29,7 +29,7 @@ import json
 import math
 import zoneinfo
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Mapping, Protocol, Sequence, Union
+from typing import Any, Mapping, Protocol, Sequence, Union
 
 import numpy as np
 import pandas as pd

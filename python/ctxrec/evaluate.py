@@ -35,7 +35,7 @@ from ctxrec import csr
 from ctxrec._io import jsonable
 from ctxrec._log import get_logger, progress as _progress
 from ctxrec.data import DataError, Dataset
-from ctxrec.metrics import (RANKING_METRICS, as_1d, csr_contains, summarize_metrics, auc, logloss, mae,  # noqa: F401
+from ctxrec.metrics import (RANKING_METRICS, TOPK_METRICS, as_1d, csr_contains, summarize_metrics, auc, logloss, mae,  # noqa: F401
                             per_query_metrics, ranking_metrics_from_topk, rmse, user_auc)
 
 __all__ = [
@@ -748,7 +748,7 @@ def evaluate_ranking(
             bar.update(b - a)
     log.debug("evaluate_ranking %s: %d queries over %d candidates in %.2f s", name, m, n_cand,
               time.perf_counter() - t_eval)
-    per_q = per_query_metrics(topk, rel_ptr, rel_items, ks, metrics=metrics)
+    per_q = per_query_metrics(topk, rel_ptr, rel_items, ks, metrics=[x for x in metrics if x in TOPK_METRICS])
     res = summarize_metrics(per_q, topk, ks, n_cand, metrics)
     if "mrr" in metrics:
         res["mrr"] = float(np.mean(1.0 / first_rank))

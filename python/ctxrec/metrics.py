@@ -21,10 +21,23 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["RANKING_METRICS", "ranking_metrics_from_topk", "per_query_metrics", "auc", "user_auc", "logloss",
-           "rmse", "mae"]
+__all__ = ["RANKING_METRICS", "TOPK_METRICS", "ranking_metrics_from_topk", "per_query_metrics", "auc", "user_auc",
+           "logloss", "rmse", "mae"]
 
-RANKING_METRICS = ("hr", "precision", "recall", "ndcg", "map", "map_nrel", "mrr", "auc", "coverage")
+#: What a top-K list alone gives, per query (:func:`per_query_metrics`).
+TOPK_METRICS = ("hr", "precision", "recall", "ndcg", "map", "map_nrel")
+#: Every ranking metric of ctxrec.evaluate.evaluate_ranking: the top-K ones, coverage (of the catalog, from
+#: the lists) and mrr / auc (they need the full-catalog scores, not a top-K list).
+RANKING_METRICS = TOPK_METRICS + ("mrr", "auc", "coverage")
+
+
+def _check_names(metrics: Sequence[str], allowed: tuple[str, ...]) -> None:
+    bad = [m for m in metrics if m not in allowed]
+    if bad:
+        full = [m for m in bad if m in RANKING_METRICS]
+        why = f" ({full} need the full-catalog scores: ctxrec.evaluate.evaluate_ranking)" if full else ""
+        raise ValueError(f"metrics={list(metrics)!r}: {bad} not computed from top-K lists{why}; "
+                         f"expected a subset of {list(allowed)}")
 
 
 def csr_contains(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray, items: np.ndarray,
@@ -55,7 +68,7 @@ def csr_contains(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray, item
 
 
 def ranking_metrics_from_topk(topk: np.ndarray, rel_indptr: np.ndarray, rel_items: np.ndarray, ks: Sequence[int],
-                              *, n_candidates: int, metrics: Sequence[str] = RANKING_METRICS
+                              *, n_candidates: int, metrics: Sequence[str] = TOPK_METRICS + ("coverage",)
                               ) -> dict[str, float]:
     """HR/Precision/Recall/NDCG/MAP/coverage at each K from ranked lists.
 
@@ -78,7 +91,8 @@ def ranking_metrics_from_topk(topk: np.ndarray, rel_indptr: np.ndarray, rel_item
     n_candidates : int
         Catalog size for coverage.
     metrics : sequence of str
-        The metric names to compute (default :data:`RANKING_METRICS`).
+        The metric names to compute: of :data:`TOPK_METRICS` and ``"coverage"`` (the default:
+        all of them).
 
     Returns
     -------
@@ -88,9 +102,11 @@ def ranking_metrics_from_topk(topk: np.ndarray, rel_indptr: np.ndarray, rel_item
     Raises
     ------
     ValueError
-        A query without relevant item, or a K past ``K_max``.
+        A query without relevant item, a K past ``K_max``, or a metric not computed from
+        top-K lists (``mrr`` / ``auc``: :func:`ctxrec.evaluate.evaluate_ranking`).
     """
-    per_q = per_query_metrics(topk, rel_indptr, rel_items, ks, metrics=metrics)
+    _check_names(metrics, TOPK_METRICS + ("coverage",))
+    per_q = per_query_metrics(topk, rel_indptr, rel_items, ks, metrics=[m for m in metrics if m != "coverage"])
     return summarize_metrics(per_q, topk, ks, n_candidates, metrics)
 
 
@@ -128,7 +144,7 @@ def summarize_metrics(per_q: dict[str, np.ndarray], topk: np.ndarray, ks: Sequen
 
 
 def per_query_metrics(topk: np.ndarray, rel_indptr: np.ndarray, rel_items: np.ndarray, ks: Sequence[int], *,
-                      metrics: Sequence[str] = RANKING_METRICS) -> dict[str, np.ndarray]:
+                      metrics: Sequence[str] = TOPK_METRICS) -> dict[str, np.ndarray]:
     """The metrics of :func:`ranking_metrics_from_topk` for each query.
 
     Coverage, a catalog-level figure, is not among them.
@@ -142,7 +158,7 @@ def per_query_metrics(topk: np.ndarray, rel_indptr: np.ndarray, rel_items: np.nd
     ks : sequence of int
         Cut-offs, each <= K_max.
     metrics : sequence of str
-        Metric names (default :data:`RANKING_METRICS`).
+        Metric names, of :data:`TOPK_METRICS` (the default: all of them).
 
     Returns
     -------
@@ -152,8 +168,10 @@ def per_query_metrics(topk: np.ndarray, rel_indptr: np.ndarray, rel_items: np.nd
     Raises
     ------
     ValueError
-        A query without relevant item, or a K past ``K_max``.
+        A query without relevant item, a K past ``K_max``, or a metric name not in
+        :data:`TOPK_METRICS`.
     """
+    _check_names(metrics, TOPK_METRICS)
     m, kmax = topk.shape
     n_rel = np.diff(rel_indptr)
     if (n_rel <= 0).any():
