@@ -136,6 +136,41 @@ def test_the_history_is_the_one_record_of_a_users_items(loss, tmp_path):
     assert [list(back.history(u)) for u in back.user_ids_] == [list(r.history(u)) for u in r.user_ids_]
 
 
+def test_a_label_0_event_teaches_what_its_loss_learns(monkeypatch):
+    """bpr learns positives only: a label-0 event trains nothing (a new user is still added, with
+    a zero vector); logloss learns it as a negative, beside the user's latest positives; with
+    fold_in_history=0 a click is recorded (history, positives) but nothing is refit."""
+    inter = pd.DataFrame({"user_id": np.repeat(np.arange(12), 5), "item_id": np.arange(60) % 17,
+                          "label": 1.0, "ts": np.arange(60)})
+    ds = Dataset.from_frames(inter, label_col="label", timestamp_col="ts")
+    bpr = Recommender(ContextSpec(time=["timestamp"]), model=ContextFM(n_factors=4, epochs=2), encoder=None).fit(ds)
+    V = bpr.model_.V_.copy()
+    assert 9 not in bpr.history(3).tolist()
+    assert bpr.feedback(3, 9, label=0.0)["known_items"] == 5 and np.array_equal(bpr.model_.V_, V)
+    assert bpr.feedback("new", 9, label=0.0)["new_user"] and len(bpr.history("new")) == 0
+    lay = bpr.model_.layout_
+    assert not np.any(bpr.model_.V_[lay.user_off + bpr.user_index("new")])  # not trained towards item 9
+    seen = {}
+    real = ContextFM.refit_user
+
+    def spy(self, items, **kw):
+        seen.update(items=np.asarray(items).tolist(), labels=np.asarray(kw["label"]).tolist())
+        return real(self, items, **kw)
+    monkeypatch.setattr(ContextFM, "refit_user", spy)
+    log = Recommender(ContextSpec(time=["timestamp"]), model=ContextFM(n_factors=4, epochs=2, loss="logloss"),
+                      encoder=None, fold_in_history=3).fit(ds)
+    last = [log.item_index(x) for x in log.history(3)][-3:]
+    log.feedback(3, 9, label=0.0)
+    assert seen == {"items": last + [log.item_index(9)], "labels": [1.0, 1.0, 1.0, 0.0]}
+    assert 9 not in log.history(3).tolist()
+    none = Recommender(ContextSpec(time=["timestamp"]), model=ContextFM(n_factors=4, epochs=2), encoder=None,
+                       fold_in_history=0).fit(ds)
+    V = none.model_.V_.copy()
+    none.feedback(3, 9)
+    assert none.history(3).tolist()[-1] == 9 and none.item_index(9) in none.model_.user_positives(3).tolist()
+    assert np.array_equal(none.model_.V_, V)
+
+
 def test_fold_in_refits_on_the_latest_items(rec, data, monkeypatch):
     seen = {}
     real = ContextFM.refit_user

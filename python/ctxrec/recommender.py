@@ -343,7 +343,8 @@ class Recommender:
     engine_params : dict or None
         Keyword arguments of :class:`ctxrec.engine.Engine`.
     fold_in_history : int
-        How many of a user's latest items ``feedback`` refits the user's vector on.
+        How many of a user's latest items ``feedback`` refits the user's vector on (0: none;
+        the events are still recorded) and the exploration posterior observes.
     ignore_unknown_context : bool
         Default of the methods' ``ignore_unknown``: False (the default) refuses a request
         context with a key the context spec does not read (``{"event_time": ...}`` on a model
@@ -1529,17 +1530,25 @@ class Recommender:
         # the fold-in learns from the items the model has id factors for; an item added to the
         # catalog after fit (no id factor) is recorded (history, seen) but teaches the model nothing
         known = self.model_.n_items_
-        window = [x for x in history if x < known][-int(self.fold_in_history):]
-        items = np.array(window or ([i] if i < known else []), np.int64)
-        labels = np.ones(len(items), np.float32)
-        if self.model_.loss_spec.needs_labels and len(items) and items[-1] == i:
-            labels[-1] = label
-        # the model's positives are this record's items it knows (one record: the fold-in sets them)
-        kw = dict(user=None if new else u, label=labels, history=np.array([x for x in history if x < known], np.int64))
-        if copy_model:
-            model, u2 = self.model_.refit_user(items, **kw)
+        n = int(self.fold_in_history)
+        window = [x for x in history if x < known][-n:] if n else []  # 0: feedback refits nothing
+        # bpr / softmax learn from positives only: a label-0 event changes neither the record nor
+        # the model (it used to train a user without history on the item as if it were a click)
+        learns = positive or self.model_.loss_spec.needs_labels
+        items, labels = (list(window), [1.0] * len(window)) if learns else ([], [])
+        if self.model_.loss_spec.needs_labels and i < known:  # logloss / mse learn the event's own label
+            if positive and window and window[-1] == i:
+                labels[-1] = label
+            elif not positive:  # an explicit negative, learned as one
+                items, labels = items + [i], labels + [label]
+        kw = dict(user=None if new else u, label=np.array(labels, np.float32),
+                  history=np.array([x for x in history if x < known], np.int64))
+        if not items and not new and not (positive and i < known):  # nothing to learn, the positives unchanged
+            model, u2 = self.model_, u
+        elif copy_model:
+            model, u2 = self.model_.refit_user(np.array(items, np.int64), **kw)
         else:
-            model, u2 = self.model_, self.model_.fold_in(items, **kw)
+            model, u2 = self.model_, self.model_.fold_in(np.array(items, np.int64), **kw)
         with self._lock:
             self.model_ = model
             if new:
