@@ -510,6 +510,14 @@ def encode_catalog(items: Any, out: str | os.PathLike | None = None, *, text_col
     return result
 
 
+def _output_parts(path: str | os.PathLike, job: str) -> list[Path]:
+    """The part files of a finished ``job`` output directory (FileNotFoundError without its manifest)."""
+    path = Path(path)
+    if not (path / "_manifest.json").is_file():
+        raise FileNotFoundError(f"{path}: no _manifest.json (not a {job} output, or incomplete)")
+    return sorted(path.glob("part-*.parquet"))
+
+
 def read_embeddings(path: str | os.PathLike, id_col: str | None = "item_id") -> tuple[np.ndarray | None, np.ndarray]:
     """The ids and embeddings of an ``encode_catalog`` output, in input order.
 
@@ -532,11 +540,8 @@ def read_embeddings(path: str | os.PathLike, id_col: str | None = "item_id") -> 
         No ``_manifest.json`` (not an output, or incomplete).
     """
     import pyarrow.parquet as pq
-    path = Path(path)
-    if not (path / "_manifest.json").is_file():
-        raise FileNotFoundError(f"{path}: no _manifest.json (not an encode_catalog output, or incomplete)")
     ids, embs = [], []
-    for f in sorted(path.glob("part-*.parquet")):
+    for f in _output_parts(path, "encode_catalog"):
         t = pq.read_table(f)
         col = t.column("embedding").combine_chunks()
         d = col.type.list_size
@@ -838,9 +843,6 @@ def read_recommendations(path: str | os.PathLike) -> pd.DataFrame:
     FileNotFoundError
         No ``_manifest.json`` (not an output, or incomplete).
     """
-    path = Path(path)
-    if not (path / "_manifest.json").is_file():
-        raise FileNotFoundError(f"{path}: no _manifest.json (not a recommend_all output, or incomplete)")
-    frames = [pd.read_parquet(f) for f in sorted(path.glob("part-*.parquet"))]
+    frames = [pd.read_parquet(f) for f in _output_parts(path, "recommend_all")]
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return df.sort_values("row", kind="stable").reset_index(drop=True) if len(df) else df
