@@ -177,7 +177,8 @@ def _latency(n: int, reps: int) -> dict[str, Any]:
 
     def explored(i: int, pol: str, fresh: bool) -> Any:
         f = explore.posterior_factor(prior, eng.item_vectors(history[i])) if fresh else cold
-        return explore.rank(eng, pol, 1.0, [explore.rng(i, 0)], [f], Q[i:i + 1], K, call, rerank)
+        gen = explore.rng(i, 0) if pol == "thompson" else None  # as Recommender.recommend: UCB draws nothing
+        return explore.rank(eng, pol, 1.0, [gen], [f], Q[i:i + 1], K, call, rerank)
 
     options = {"plain": lambda i: eng.recommend(Q[i], K)}
     for pol in ("thompson", "ucb"):

@@ -215,8 +215,8 @@ def rank(engine: Any, policy: str, scale: float, gens: Sequence[np.random.Genera
     policy : {"thompson", "ucb"}
     scale : float
         As :func:`check_explore`.
-    gens : sequence of b numpy Generators
-        One per request (:func:`rng`); Thompson draws from it.
+    gens : sequence of b numpy Generators (or None for UCB)
+        One per request (:func:`rng`); Thompson draws from it, UCB reads none.
     factors : sequence of b float arrays [dim, dim]
         Each request's :func:`posterior_factor`.
     queries : float array [b, dim]

@@ -1178,8 +1178,8 @@ class Recommender:
                   targets: Sequence[Mapping[str, float] | None] | None) -> tuple[list[Any], ...]:
         """The exploring answer of b requests (:func:`ctxrec.explore.rank` with each user's posterior)."""
         factors = [self.user_posterior(x) for x in users]
-        return _explore.rank(self.engine_, policy, scale, [_explore.rng(seed, int(u)) for u in uidx], factors,
-                             Q, k, call, rerank, targets)
+        gens = [_explore.rng(seed, int(u)) for u in uidx] if policy == "thompson" else [None] * len(uidx)  # UCB draws nothing
+        return _explore.rank(self.engine_, policy, scale, gens, factors, Q, k, call, rerank, targets)
 
     def recommend_batch(self, users: Sequence[Any], contexts: Sequence[Mapping[str, Any] | None] | None = None,
                         k: int = 10, *, exclude_seen: bool = True, filter: Mapping[str, Any] | None = None,
