@@ -45,8 +45,8 @@ from typing import Any
 import numpy as np
 
 LAMBDAS = (0.0, 0.2, 0.4, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
-GAMMAS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
-MIXED = ((0.6, 1.0), (0.8, 1.0))
+GAMMAS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+MIXED = ((0.6, 1.0), (0.8, 1.0), (0.7, 8.0))
 ETAS = (0.25, 0.5, 1.0, 2.0, 4.0)  # exposure weights, after one round of plain top-10s as the serving log
 MIXED_EXPOSURE = ((0.7, 0.0, 0.5), (0.7, 0.0, 1.0), (0.8, 0.0, 1.0), (0.0, 1.0, 0.5))  # (lambda, gamma, eta)
 ALPHA = 0.01

@@ -24,13 +24,14 @@ inline float inv_norm(const float* row, int64_t n) {
     return s > 0.f ? 1.f / std::sqrt(s) : 0.f;
 }
 
-// KL(p || (1 - alpha) q + alpha p) over the categories with p > 0; q = counts / n_sel.
-inline double kl(const float* p, const double* counts, double n_sel, int64_t n_cat, double alpha) {
+// KL(p || (1 - alpha) q + alpha p) over the categories with p > 0; q = (counts + (k - n_sel) p) / k,
+// the mix of a k-item list whose n_sel chosen items are completed by the target (see rerank.hpp).
+inline double kl(const float* p, const double* counts, double n_sel, double k, int64_t n_cat, double alpha) {
     double out = 0.0;
     for (int64_t c = 0; c < n_cat; ++c) {
         const double pc = p[c];
         if (pc <= 0.0) continue;
-        const double qc = (1.0 - alpha) * (n_sel > 0 ? counts[c] / n_sel : 0.0) + alpha * pc;
+        const double qc = (1.0 - alpha) * (k > 0 ? (counts[c] + (k - n_sel) * pc) / k : 0.0) + alpha * pc;
         out += pc * std::log(pc / qc);
     }
     return out;
@@ -89,7 +90,7 @@ void rerank_one(const RerankSpec& sp, int64_t q, const int64_t* row, const float
             double klj = 0.0;
             if (calib) {
                 add_cats(j, counts, 1.0);
-                klj = kl(p, counts.data(), static_cast<double>(t + 1), sp.n_cat, alpha);
+                klj = kl(p, counts.data(), static_cast<double>(t + 1), static_cast<double>(kk), sp.n_cat, alpha);
                 add_cats(j, counts, -1.0);
                 obj -= gam * klj;
             }

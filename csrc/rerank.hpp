@@ -10,8 +10,13 @@
 //   sim     = cosine of the items' text embeddings when both have text (a non-zero row), else
 //             of their factor vectors (maximal marginal relevance, Carbonell & Goldstein 1998);
 //   p       = the query's target category distribution (e.g. the user's history mix), q~ the
-//             list's category mix smoothed towards p, q~ = (1 - alpha) q + alpha p, with q the
-//             mean of the chosen items' category weights (Steck 2018, calibrated recommendations).
+//             list's category mix smoothed towards p, q~ = (1 - alpha) q + alpha p (Steck 2018,
+//             calibrated recommendations), with q the mix of the whole list of k items when the
+//             slots not yet filled follow the target: q = (sum of the chosen items' category
+//             weights + (k - |S + j|) p) / k. (Steck's greedy scores the partial list's mix, the
+//             mean over S + j, which over-weights the first picks and costs far more accuracy
+//             for the same final KL: benchmarks/results/beyond.md.) At the last pick both are the
+//             final list's mix.
 //   e       = the candidate's exposure penalty in [0, 1] (e.g. its share of recent impressions over
 //             the most exposed item's), given per candidate.
 // The first pick has no similarity term. Ties go to the earlier candidate (the higher score).

@@ -43,7 +43,8 @@ def _ref(cand, scores, k, vecs, text, lam, cats, target, gamma, alpha=0.01, pen=
                 for cat, x in w.items():
                     if tot > 0:
                         cnt[cat] += x / tot
-            return cnt / len(sel)
+            p = target[q].astype(np.float64)
+            return (cnt + (kk - len(sel)) * p) / kk  # the k-item list, its open slots following the target
 
         def kl(sel):
             p = target[q].astype(np.float64)

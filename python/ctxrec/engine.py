@@ -1072,7 +1072,8 @@ class Engine:
             items have it, else over the item vectors (``_core.rerank``). 0: plain top-k.
         calibrate : float >= 0
             With ``target``: also subtract ``calibrate * KL(target || the list's mix)`` over the
-            values of the filter ``calibrate_by`` (Steck's calibrated recommendations).
+            values of the filter ``calibrate_by`` (Steck's calibrated recommendations), the mix
+            of the k-item list with its open slots following the target (``csrc/rerank.hpp``).
         calibrate_by : str, optional
             The named filter whose values are the categories (e.g. ``"genres"``).
         target : mapping value -> weight, optional
