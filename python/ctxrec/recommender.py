@@ -1531,7 +1531,8 @@ class Recommender:
         # catalog after fit (no id factor) is recorded (history, seen) but teaches the model nothing
         known = self.model_.n_items_
         n = int(self.fold_in_history)
-        window = [x for x in history if x < known][-n:] if n else []  # 0: feedback refits nothing
+        record = [x for x in history if x < known]  # what the model's positives become
+        window = record[-n:] if n else []  # 0: feedback refits nothing
         # bpr / softmax learn from positives only: a label-0 event changes neither the record nor
         # the model (it used to train a user without history on the item as if it were a click)
         learns = positive or self.model_.loss_spec.needs_labels
@@ -1541,8 +1542,7 @@ class Recommender:
                 labels[-1] = label
             elif not positive:  # an explicit negative, learned as one
                 items, labels = items + [i], labels + [label]
-        kw = dict(user=None if new else u, label=np.array(labels, np.float32),
-                  history=np.array([x for x in history if x < known], np.int64))
+        kw = dict(user=None if new else u, label=np.array(labels, np.float32), history=np.array(record, np.int64))
         if not items and not new and not (positive and i < known):  # nothing to learn, the positives unchanged
             model, u2 = self.model_, u
         elif copy_model:
